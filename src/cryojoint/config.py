@@ -1,0 +1,231 @@
+"""Typed configuration: the paper's defaults in one place, with units.
+
+Units: every length here is in **pixels of the micrograph as the network sees it** (after any
+``--downsample``), unless its name ends in ``_angstrom``. Probabilities and fractions are in [0, 1].
+``None`` means "derive from the data" (particle size, expected count, cut-off), never "unset".
+
+A :class:`CryojointConfig` is saved as YAML next to every output and inside every checkpoint, so a result
+can always be traced to the settings that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from cryojoint.errors import UserInputError
+
+TrainingMode = Literal["joint", "joint-no-consistency", "sequential", "denoise-only", "detect-only"]
+TRAINING_MODES: tuple[str, ...] = ("joint", "joint-no-consistency", "sequential", "denoise-only", "detect-only")
+NoiseModel = Literal["constant", "estimator"]
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. ``paper`` preset = the published network; ``default`` = the faster CPU variant."""
+
+    preset: str = "default"
+    unet_encoder_channels: int = 48  # appendix: 48 in every encoder block
+    unet_decoder_channels: int = 96  # appendix: 96 in every decoder block (after concatenation)
+    unet_depth: int = 5  # number of 2x poolings; inputs are padded to a multiple of 2**depth
+    leaky_relu_slope: float = 0.1
+    noise_model: str = "constant"  # "constant": one learnable sigma; "estimator": per-image sigma net
+    detector_channels: tuple[int, ...] = (32, 64, 128)  # ResNet8 residual blocks (appendix)
+    detector_output_stride: int = 1  # >1: dense map computed at this stride, then upsampled
+    sigmoid_clamp: float = 1e-4  # "modified sigmoid": sigmoid clamped to [clamp, 1 - clamp]
+
+
+@dataclass
+class LossConfig:
+    """Loss weights: L = alpha*L_denoise + (1-alpha)*L_detect + consistency_weight*L_consistency."""
+
+    alpha: float = 0.75  # appendix: 0.75 (0.7-0.9 works)
+    consistency_weight: float = 0.1  # appendix: lambda = 0.1
+    sigma_regulariser: float = 0.1  # Laine et al. 2019: subtract 0.1*sigma from the likelihood loss
+    label_sigma_fraction: float = 0.25  # soft label bump std = fraction x particle radius
+
+
+@dataclass
+class DataConfig:
+    """Patch sampling and labels."""
+
+    patch_size_px: int = 64
+    batch_size: int = 4
+    labelled_centre_fraction: float = 0.1  # 10% of patch centres on labelled particles, 90% anywhere
+    particle_diameter_px: float | None = None  # None: estimated from the labelled particles
+    expected_particles: float | None = None  # per micrograph; None: estimated from the labelled region
+    validation_fraction: float = 0.2  # share of labels (micrographs or regions) held out
+    downsample: int = 1  # bin micrographs by this factor before the network sees them
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule."""
+
+    mode: str = "joint"
+    steps: int = 3000
+    learning_rate: float = 1e-4
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    rampup_fraction: float = 0.1  # cosine ramp-up over this share of steps
+    rampdown_fraction: float = 0.3  # cosine ramp-down over the last share of steps
+    eval_every: int = 100  # steps between validation passes
+    checkpoint_every: int = 100  # steps between resumable checkpoints
+    early_stopping_patience: int = 10  # validation passes without improvement before stopping
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int | None = None  # torch intra-op threads; None = all cores
+
+
+@dataclass
+class PredictConfig:
+    """Inference and picking."""
+
+    threshold: float | None = None  # None = automatic: score at the auto_threshold_quantile
+    auto_threshold_top_fraction: float = 0.25  # appendix: cut-off near the top 25-30% of values
+    nms_radius_px: float | None = None  # None: particle radius
+    border_px: float = 0.0  # drop peaks closer than this to the image edge
+    tile_size_px: int = 512  # tiles of the micrograph processed at once (flat memory)
+    tile_overlap_px: int = 64
+    batch_size: int = 1
+
+
+@dataclass
+class CryojointConfig:
+    """Everything that determines a run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str | Path | None = None) -> CryojointConfig:
+        """Build from a (possibly partial) nested dict; unknown keys are an error, not silently ignored."""
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for name, section_values in (values or {}).items():
+            if name not in sections:
+                raise UserInputError(source, f"unknown config section '{name}' (known: {', '.join(sections)})")
+            section_cls = _SECTION_CLASSES[name]
+            kwargs[name] = _build_section(section_cls, section_values or {}, source, name)
+        config = cls(**kwargs)
+        validate(config, source)
+        return config
+
+    def save_yaml(self, path: str | Path) -> None:
+        from cryojoint._atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load_yaml(cls, path: str | Path) -> CryojointConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise UserInputError(path, "config file not found")
+        try:
+            values = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise UserInputError(path, f"not valid YAML ({err.__class__.__name__})") from None
+        if values is not None and not isinstance(values, dict):
+            raise UserInputError(path, "config must be a mapping of sections")
+        return cls.from_dict(values or {}, source=path)
+
+
+_SECTION_CLASSES: dict[str, type] = {
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "predict": PredictConfig,
+}
+
+#: Architecture presets. ``paper`` is the published network (appendix 1.1); ``default`` is the lighter
+#: network we ship for CPU users (see benchmarks/ for its speed and quality against ``paper``).
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(
+        unet_encoder_channels=48,
+        unet_decoder_channels=96,
+        unet_depth=5,
+        detector_channels=(32, 64, 128),
+        detector_output_stride=1,
+    ),
+    "default": dict(
+        unet_encoder_channels=32,
+        unet_decoder_channels=64,
+        unet_depth=5,
+        detector_channels=(32, 64, 128),
+        detector_output_stride=1,
+    ),
+}
+
+
+def model_config_for_preset(preset: str) -> ModelConfig:
+    if preset not in MODEL_PRESETS:
+        raise UserInputError(None, f"unknown preset '{preset}' (known: {', '.join(MODEL_PRESETS)})")
+    return ModelConfig(preset=preset, **MODEL_PRESETS[preset])
+
+
+def default_config(preset: str = "default") -> CryojointConfig:
+    return CryojointConfig(model=model_config_for_preset(preset))
+
+
+def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
+    """Reject values that cannot work, with the option's name in the message."""
+    checks: list[tuple[bool, str]] = [
+        (config.train.mode in TRAINING_MODES, f"train.mode must be one of {', '.join(TRAINING_MODES)}"),
+        (0.0 <= config.loss.alpha <= 1.0, "loss.alpha must be in [0, 1]"),
+        (config.loss.consistency_weight >= 0, "loss.consistency_weight must be >= 0"),
+        (config.data.patch_size_px >= 16, "data.patch_size_px must be >= 16"),
+        (config.data.batch_size >= 1, "data.batch_size must be >= 1"),
+        (0.0 <= config.data.labelled_centre_fraction <= 1.0, "data.labelled_centre_fraction must be in [0, 1]"),
+        (config.data.particle_diameter_px is None or config.data.particle_diameter_px > 0,
+         "data.particle_diameter_px must be > 0"),
+        (config.data.expected_particles is None or config.data.expected_particles > 0,
+         "data.expected_particles must be > 0"),
+        (config.data.downsample >= 1, "data.downsample must be >= 1"),
+        (0.0 <= config.data.validation_fraction < 1.0, "data.validation_fraction must be in [0, 1)"),
+        (config.train.steps >= 1, "train.steps must be >= 1"),
+        (config.train.learning_rate > 0, "train.learning_rate must be > 0"),
+        (config.model.unet_depth >= 1, "model.unet_depth must be >= 1"),
+        (config.model.noise_model in ("constant", "estimator"), "model.noise_model must be constant|estimator"),
+        (config.model.detector_output_stride >= 1, "model.detector_output_stride must be >= 1"),
+        (0.0 < config.predict.auto_threshold_top_fraction < 1.0,
+         "predict.auto_threshold_top_fraction must be in (0, 1)"),
+        (config.predict.tile_size_px >= 64, "predict.tile_size_px must be >= 64"),
+        (0 <= config.predict.tile_overlap_px < config.predict.tile_size_px // 2,
+         "predict.tile_overlap_px must be in [0, tile_size_px/2)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserInputError(source, message)
+
+
+def _build_section(section_cls: type, values: dict[str, Any], source: str | Path | None, name: str) -> Any:
+    if not isinstance(values, dict):
+        raise UserInputError(source, f"config section '{name}' must be a mapping")
+    known = {f.name: f for f in dataclasses.fields(section_cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserInputError(source, f"unknown key(s) in '{name}': {', '.join(unknown)}")
+    base = model_config_for_preset(values["preset"]) if section_cls is ModelConfig and "preset" in values \
+        else section_cls()
+    cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return dataclasses.replace(base, **cleaned)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists so YAML and torch's weights_only loader see only plain types."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

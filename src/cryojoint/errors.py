@@ -1,0 +1,22 @@
+"""Errors a user can cause and fix, as opposed to bugs.
+
+The CLI turns a :class:`UserInputError` into one line ``error: <file>: <problem>`` and exit code 2; every
+other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserInputError(Exception):
+    """A problem with something the user handed us (a file, an option), named precisely."""
+
+    def __init__(self, source: str | Path | None, problem: str) -> None:
+        self.source = None if source is None else str(source)
+        self.problem = problem
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        text = self.problem.replace("\n", " ").strip()
+        return f"{self.source}: {text}" if self.source else text

@@ -1,0 +1,447 @@
+"""Particle coordinate files: one in-memory table, readers and writers chosen through a lookup table.
+
+The table is a :class:`pandas.DataFrame` with columns
+
+``micrograph``
+    micrograph name: basename without directory or extension, the key RELION and Topaz users match by;
+``x``, ``y``
+    particle centre in pixels of the micrograph as given (x = column, y = row, origin at the first pixel);
+``score``
+    figure of merit, ``NaN`` when the file has none.
+
+Other columns (angles, defocus, ...) pass through. EMAN BOX corner <-> centre conversion happens only here, at
+the file boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from cryojoint._atomic import atomic_path
+from cryojoint.errors import UserInputError
+from cryojoint.io.mrc import micrograph_name
+
+COLUMNS: tuple[str, ...] = ("micrograph", "x", "y", "score")
+
+#: RELION column names of the table's columns.
+STAR_COLUMNS: dict[str, str] = {
+    "x": "rlnCoordinateX",
+    "y": "rlnCoordinateY",
+    "micrograph": "rlnMicrographName",
+    "score": "rlnAutopickFigureOfMerit",
+}
+#: Extra columns RELION knows, kept under our own names when present.
+STAR_EXTRA_COLUMNS: dict[str, str] = {
+    "rlnAngleRot": "angle_rot",
+    "rlnAngleTilt": "angle_tilt",
+    "rlnAnglePsi": "angle_psi",
+    "rlnDefocusU": "defocus_u",
+    "rlnDefocusV": "defocus_v",
+    "rlnClassNumber": "class_number",
+}
+#: Names that CSV files from other tools use for our columns.
+CSV_ALIASES: dict[str, tuple[str, ...]] = {
+    "micrograph": ("micrograph", "image_name", "micrograph_name", "rlnmicrographname", "name", "image"),
+    "x": ("x", "x_coord", "rlncoordinatex", "coordinate_x", "xcoord"),
+    "y": ("y", "y_coord", "rlncoordinatey", "coordinate_y", "ycoord"),
+    "score": ("score", "rlnautopickfigureofmerit", "confidence", "probability", "fom"),
+}
+TOPAZ_HEADER: tuple[str, ...] = ("image_name", "x_coord", "y_coord")
+#: The column that, when present, holds the micrograph file name to write into STAR files.
+FILE_NAME_COLUMN = "micrograph_file"
+
+
+def empty_table() -> pd.DataFrame:
+    return pd.DataFrame({"micrograph": pd.Series(dtype=str), "x": pd.Series(dtype=float),
+                         "y": pd.Series(dtype=float), "score": pd.Series(dtype=float)})
+
+
+def make_table(
+    micrograph: str | Sequence[str], x: Iterable[float], y: Iterable[float], score: Iterable[float] | None = None
+) -> pd.DataFrame:
+    """Build a coordinate table from arrays (the form every reader returns)."""
+    xs = np.asarray(list(x), dtype=float)
+    ys = np.asarray(list(y), dtype=float)
+    names = [micrograph] * len(xs) if isinstance(micrograph, str) else list(micrograph)
+    scores = np.full(len(xs), np.nan) if score is None else np.asarray(list(score), dtype=float)
+    return pd.DataFrame({"micrograph": pd.Series(names, dtype=str), "x": xs, "y": ys, "score": scores})
+
+
+# ----------------------------------------------------------------------------------------------- readers
+
+
+def _read_star(path: Path, box_size: float | None) -> pd.DataFrame:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = starfile.read(path, always_dict=True)
+    except Exception as err:  # starfile raises many types on malformed text
+        raise UserInputError(path, f"not a readable STAR file ({err.__class__.__name__}: {err})") from None
+    tables = [b for b in blocks.values() if isinstance(b, pd.DataFrame)]
+    index = next((t for t in tables if "rlnMicrographCoordinates" in t.columns), None)
+    if index is not None:  # RELION 4/5 coordinate index: one row per micrograph, pointing at its own file
+        parts = []
+        for mic_name, coord_file in zip(index["rlnMicrographName"], index["rlnMicrographCoordinates"]):
+            coord_path = Path(str(coord_file))
+            if not coord_path.is_absolute():
+                coord_path = path.parent / coord_path
+            part = _read_star(coord_path, box_size)
+            part["micrograph"] = micrograph_name(mic_name)
+            parts.append(part)
+        return pd.concat(parts, ignore_index=True) if parts else empty_table()
+    coords = next((t for t in tables if {"rlnCoordinateX", "rlnCoordinateY"} <= set(t.columns)), None)
+    if coords is None:
+        if not tables:
+            raise UserInputError(path, "no data loop found (empty or malformed STAR file)")
+        raise UserInputError(path, "no rlnCoordinateX/rlnCoordinateY columns in any data block")
+    if "rlnMicrographName" in coords.columns:
+        names = [micrograph_name(n) for n in coords["rlnMicrographName"].astype(str)]
+    else:  # one file per micrograph (RELION autopick style): the file's own name says which
+        names = [_name_from_coordinate_file(path)] * len(coords)
+    table = make_table(
+        names,
+        _numeric(coords["rlnCoordinateX"], path, "rlnCoordinateX"),
+        _numeric(coords["rlnCoordinateY"], path, "rlnCoordinateY"),
+        _numeric(coords["rlnAutopickFigureOfMerit"], path, "rlnAutopickFigureOfMerit")
+        if "rlnAutopickFigureOfMerit" in coords.columns else None,
+    )
+    if "rlnMicrographName" in coords.columns:
+        table[FILE_NAME_COLUMN] = coords["rlnMicrographName"].astype(str).map(lambda n: Path(n).name).to_numpy()
+    for star_name, our_name in STAR_EXTRA_COLUMNS.items():
+        if star_name in coords.columns:
+            table[our_name] = pd.to_numeric(coords[star_name], errors="coerce").to_numpy()
+    return table
+
+
+def _read_box(path: Path, box_size: float | None) -> pd.DataFrame:
+    values = _read_numeric_rows(path, min_columns=4)
+    corner_x, corner_y, width, height = values[:, 0], values[:, 1], values[:, 2], values[:, 3]
+    return make_table(_name_from_coordinate_file(path), corner_x + width / 2, corner_y + height / 2)
+
+
+def _read_csv(path: Path, box_size: float | None) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, sep=None, engine="python")
+    except pd.errors.EmptyDataError:
+        raise UserInputError(path, "file is empty; expected a CSV header and coordinates") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise UserInputError(path, f"malformed CSV ({err})") from None
+    lowered = {c.lower().strip(): c for c in frame.columns}
+    found: dict[str, str] = {}
+    for ours, aliases in CSV_ALIASES.items():
+        match = next((lowered[a] for a in aliases if a in lowered), None)
+        if match is not None:
+            found[ours] = match
+    missing = [c for c in ("x", "y") if c not in found]
+    if missing:
+        raise UserInputError(path, f"no column for {' and '.join(missing)} (columns: {', '.join(frame.columns)})")
+    names = (frame[found["micrograph"]].astype(str).map(micrograph_name)
+             if "micrograph" in found else [_name_from_coordinate_file(path)] * len(frame))
+    return make_table(
+        list(names),
+        _numeric(frame[found["x"]], path, found["x"]),
+        _numeric(frame[found["y"]], path, found["y"]),
+        _numeric(frame[found["score"]], path, found["score"]) if "score" in found else None,
+    )
+
+
+def _read_topaz(path: Path, box_size: float | None) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype={"image_name": str})
+    except pd.errors.EmptyDataError:
+        raise UserInputError(path, "file is empty; expected a Topaz header 'image_name x_coord y_coord'") from None
+    except pd.errors.ParserError as err:
+        raise UserInputError(path, f"malformed Topaz coordinate file ({err})") from None
+    if not set(TOPAZ_HEADER) <= set(frame.columns):
+        raise UserInputError(path, "missing Topaz header 'image_name\\tx_coord\\ty_coord'")
+    return make_table(
+        list(frame["image_name"].astype(str).map(micrograph_name)),
+        _numeric(frame["x_coord"], path, "x_coord"),
+        _numeric(frame["y_coord"], path, "y_coord"),
+        _numeric(frame["score"], path, "score") if "score" in frame.columns else None,
+    )
+
+
+def _read_imod(path: Path, box_size: float | None) -> pd.DataFrame:
+    """IMOD ``model2point`` text: ``x y z``, ``contour x y z`` (-contour) or ``object contour x y z`` (-object)."""
+    values = _read_numeric_rows(path, min_columns=3)
+    xyz = values[:, -3:]
+    return make_table(_name_from_coordinate_file(path), xyz[:, 0], xyz[:, 1])
+
+
+Reader = Callable[[Path, "float | None"], pd.DataFrame]
+READERS: dict[str, Reader] = {
+    "star": _read_star,
+    "box": _read_box,
+    "csv": _read_csv,
+    "topaz": _read_topaz,
+    "imod": _read_imod,
+}
+
+# ----------------------------------------------------------------------------------------------- writers
+
+
+def _write_star(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
+    file_names = (table[FILE_NAME_COLUMN].astype(str) if FILE_NAME_COLUMN in table.columns
+                  else table["micrograph"].astype(str) + ".mrc")
+    frame = pd.DataFrame({
+        STAR_COLUMNS["micrograph"]: file_names.to_numpy(),
+        STAR_COLUMNS["x"]: table["x"].to_numpy(float),
+        STAR_COLUMNS["y"]: table["y"].to_numpy(float),
+    })
+    if table["score"].notna().any():
+        frame[STAR_COLUMNS["score"]] = table["score"].fillna(0.0).to_numpy(float)
+    for star_name, our_name in STAR_EXTRA_COLUMNS.items():
+        if our_name in table.columns:
+            frame[star_name] = table[our_name].to_numpy()
+    starfile.write({"particles": frame}, path)
+
+
+def _write_box(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
+    if box_size is None or box_size <= 0:
+        raise UserInputError(path, "EMAN .box files need a box size (pass --box-size N, in pixels)")
+    half = box_size / 2
+    lines = [f"{x - half:.2f}\t{y - half:.2f}\t{box_size:g}\t{box_size:g}"
+             for x, y in zip(table["x"].to_numpy(float), table["y"].to_numpy(float))]
+    path.write_text("\n".join(lines) + ("\n" if lines else ""))
+
+
+def _write_csv(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
+    table.loc[:, list(COLUMNS)].to_csv(path, index=False, float_format="%.6g")
+
+
+def _write_topaz(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
+    frame = pd.DataFrame({
+        "image_name": table["micrograph"].astype(str).to_numpy(),
+        "x_coord": np.rint(table["x"].to_numpy(float)).astype(int),
+        "y_coord": np.rint(table["y"].to_numpy(float)).astype(int),
+    })
+    if table["score"].notna().any():
+        frame["score"] = table["score"].fillna(0.0).to_numpy(float)
+    frame.to_csv(path, sep="\t", index=False, float_format="%.6g")
+
+
+Writer = Callable[[pd.DataFrame, Path, "float | None"], None]
+WRITERS: dict[str, Writer] = {
+    "star": _write_star,
+    "box": _write_box,
+    "csv": _write_csv,
+    "topaz": _write_topaz,
+}
+#: File suffix for each format, and the format for each suffix (``.txt`` is sniffed: Topaz or IMOD).
+SUFFIX_OF_FORMAT: dict[str, str] = {"star": ".star", "box": ".box", "csv": ".csv", "topaz": ".txt", "imod": ".txt"}
+#: Formats whose files hold the picks of a single micrograph, named by the file.
+PER_MICROGRAPH_FORMATS: frozenset[str] = frozenset({"box", "imod"})
+FORMAT_OF_SUFFIX: dict[str, str] = {
+    ".star": "star", ".box": "box", ".csv": "csv", ".tsv": "topaz", ".pos": "imod", ".pts": "imod", ".coords": "imod",
+}
+
+# ------------------------------------------------------------------------------------------- public API
+
+
+def detect_format(path: str | Path) -> str:
+    """Format from the suffix; ``.txt`` is Topaz when it starts with its header, IMOD point text otherwise."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in FORMAT_OF_SUFFIX:
+        return FORMAT_OF_SUFFIX[suffix]
+    if suffix == ".txt":
+        if path.is_file():
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                with path.open() as handle:
+                    first = handle.readline().split()
+                if first and first[0] == TOPAZ_HEADER[0]:
+                    return "topaz"
+                return "imod"
+        return "topaz"
+    known = ", ".join(sorted({*FORMAT_OF_SUFFIX, ".txt"}))
+    raise UserInputError(path, f"unknown coordinate format '{suffix or '(no suffix)'}' (known: {known})")
+
+
+def _check_format(fmt: str | None, path: Path, table: dict[str, object]) -> str:
+    fmt = detect_format(path) if fmt is None else fmt.lower()
+    if fmt not in table:
+        raise UserInputError(path, f"unknown coordinate format '{fmt}' (known: {', '.join(table)})")
+    return fmt
+
+
+def read_coordinates(
+    paths: str | Path | Sequence[str | Path], fmt: str | None = None, box_size: float | None = None
+) -> pd.DataFrame:
+    """Read one or many coordinate files (or a folder of them) into one table.
+
+    Parameters
+    ----------
+    paths
+        A file, a folder (every coordinate file inside), or a list of files. One-file-per-micrograph formats
+        (BOX, IMOD, per-micrograph STAR) take the micrograph name from the file name.
+    fmt
+        ``star``, ``box``, ``csv``, ``topaz`` or ``imod``; ``None`` detects it from the suffix.
+    box_size
+        Unused when reading (BOX files carry their own box size); kept for symmetry with writing.
+    """
+    files = _expand(paths)
+    parts = []
+    for path in files:
+        if not path.is_file():
+            raise UserInputError(path, "coordinate file not found")
+        file_format = _check_format(fmt, path, READERS)
+        table = READERS[file_format](path, box_size)
+        if not np.all(np.isfinite(table[["x", "y"]].to_numpy(float))):
+            raise UserInputError(path, "contains coordinates that are NaN or not numbers")
+        parts.append(table)
+    table = pd.concat(parts, ignore_index=True) if parts else empty_table()
+    if len(table) == 0:
+        raise UserInputError(files[0] if len(files) == 1 else paths, "no particle coordinates found")
+    return table
+
+
+def write_coordinates(
+    table: pd.DataFrame,
+    path: str | Path,
+    fmt: str | None = None,
+    box_size: float | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write ``table`` to one file, atomically (temp file + rename). BOX needs ``box_size`` in pixels."""
+    path = Path(path)
+    file_format = _check_format(fmt, path, WRITERS)
+    if file_format == "box" and (box_size is None or box_size <= 0):
+        raise UserInputError(path, "EMAN .box files need a box size (pass --box-size N, in pixels)")
+    if file_format in PER_MICROGRAPH_FORMATS and table["micrograph"].nunique() > 1:
+        raise UserInputError(path, f"a {file_format} file holds one micrograph, the table has "
+                             f"{table['micrograph'].nunique()} (write one file per micrograph into a folder)")
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        WRITERS[file_format](table, tmp, box_size)
+    return path
+
+
+def write_coordinates_per_micrograph(
+    table: pd.DataFrame,
+    folder: str | Path,
+    fmt: str,
+    names: Iterable[str] | None = None,
+    box_size: float | None = None,
+    overwrite: bool = True,
+) -> list[Path]:
+    """One file per micrograph, ``<folder>/<name><suffix>``; ``names`` adds empty files for pick-less ones."""
+    folder = Path(folder)
+    all_names = list(dict.fromkeys([*(names or []), *table["micrograph"].astype(str)]))
+    suffix = SUFFIX_OF_FORMAT[fmt]
+    written = []
+    for name in all_names:
+        rows = table[table["micrograph"].astype(str) == name]
+        written.append(write_coordinates(rows, folder / f"{name}{suffix}", fmt, box_size, overwrite))
+    return written
+
+
+def check_inside(table: pd.DataFrame, shapes: dict[str, tuple[int, int]], source: str | Path | None) -> None:
+    """Every coordinate lies inside its micrograph (shape ``(ny, nx)``), or a one-line error names one that doesn't."""
+    for name, rows in table.groupby("micrograph", sort=False):
+        ny, nx = shapes[str(name)]
+        outside = (rows["x"] < 0) | (rows["x"] > nx - 1) | (rows["y"] < 0) | (rows["y"] > ny - 1)
+        if outside.any():
+            bad = rows[outside].iloc[0]
+            raise UserInputError(
+                source, f"{int(outside.sum())} coordinate(s) of micrograph '{name}' lie outside its {nx}x{ny} "
+                f"pixels (e.g. x={bad['x']:.1f}, y={bad['y']:.1f}); are they in another pixel size? "
+                "(see --downsample)"
+            )
+
+
+def check_names_match(table: pd.DataFrame, micrograph_names: Iterable[str], source: str | Path | None) -> None:
+    """Every micrograph named in the labels is among the given micrographs (matched by basename)."""
+    known = set(micrograph_names)
+    unknown = sorted(set(table["micrograph"].astype(str)) - known)
+    if unknown:
+        sample = ", ".join(unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+        raise UserInputError(
+            source, f"{len(unknown)} micrograph name(s) in the labels match no given micrograph: {sample} "
+            f"(names are matched by file name without folder or extension)"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not items:
+        raise UserInputError(None, "no coordinate files given")
+    files: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            inside = sorted(p for p in item.iterdir() if p.is_file() and (
+                p.suffix.lower() in FORMAT_OF_SUFFIX or p.suffix.lower() == ".txt"))
+            if not inside:
+                raise UserInputError(item, "folder holds no coordinate files")
+            files.extend(inside)
+        else:
+            files.append(item)
+    return files
+
+
+def _name_from_coordinate_file(path: Path) -> str:
+    """``mic_001_autopick.star`` / ``mic_001.box`` -> ``mic_001`` (RELION appends a suffix after an underscore)."""
+    name = micrograph_name(path)
+    for relion_suffix in ("_autopick", "_manualpick", "_pick", "_coords"):
+        if name.endswith(relion_suffix):
+            return name[: -len(relion_suffix)]
+    return name
+
+
+def _read_numeric_rows(path: Path, min_columns: int) -> np.ndarray:
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise UserInputError(path, "not a text coordinate file") from None
+    rows = [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not rows:
+        raise UserInputError(path, "file is empty; no coordinates found")
+    width = min(len(r) for r in rows)
+    if width < min_columns:
+        line_no = next(i for i, r in enumerate(rows, 1) if len(r) < min_columns)
+        raise UserInputError(path, f"line {line_no}: expected at least {min_columns} numbers")
+    try:
+        return np.loadtxt(io.StringIO("\n".join(" ".join(r[:width]) for r in rows)), ndmin=2, dtype=float)
+    except ValueError as err:
+        raise UserInputError(path, f"malformed numbers ({err})") from None
+
+
+def _numeric(column: pd.Series, path: Path, name: str) -> np.ndarray:
+    values = pd.to_numeric(column, errors="coerce").to_numpy(float)
+    if np.isnan(values).any() and column.notna().all():
+        row = int(np.flatnonzero(np.isnan(values))[0])
+        raise UserInputError(path, f"column {name}, row {row + 1}: '{column.iloc[row]}' is not a number")
+    return values
+
+
+def convert_coordinates(
+    inputs: str | Path | Sequence[str | Path],
+    output: str | Path,
+    in_fmt: str | None = None,
+    out_fmt: str | None = None,
+    box_size: float | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Convert coordinate files; ``output`` is a file, or a folder for one file per micrograph.
+
+    A folder is used when ``output`` has no suffix or is an existing folder; then ``out_fmt`` is required.
+    """
+    table = read_coordinates(inputs, in_fmt)
+    output = Path(output)
+    if output.is_dir() or not output.suffix:
+        if out_fmt is None:
+            raise UserInputError(output, "is a folder: say which format to write with --to (star, box, csv, topaz)")
+        if out_fmt not in WRITERS:
+            raise UserInputError(output, f"cannot write format '{out_fmt}' (known: {', '.join(WRITERS)})")
+        return write_coordinates_per_micrograph(table, output, out_fmt, box_size=box_size, overwrite=overwrite)
+    return [write_coordinates(table, output, out_fmt, box_size, overwrite)]

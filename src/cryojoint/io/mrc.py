@@ -1,0 +1,117 @@
+"""MRC images through ``mrcfile``: every mode users meet, pixel size kept, atomic writes."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from cryojoint._atomic import atomic_path
+from cryojoint.errors import UserInputError
+
+#: Extensions stripped to get a micrograph's name (RELION/Topaz match micrographs by this name).
+_NAME_SUFFIXES = (".mrcs", ".mrc", ".map", ".st", ".tif", ".tiff", ".star", ".box", ".csv", ".txt", ".tsv")
+
+
+def micrograph_name(path: str | Path) -> str:
+    """Basename without directory and image/coordinate extension: the key that joins images and labels."""
+    name = Path(str(path)).name
+    lowered = name.lower()
+    for suffix in _NAME_SUFFIXES:
+        if lowered.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+@dataclass
+class Micrograph:
+    """A 2D image in float32 with its pixel size (Å/px, ``None`` if the header has none)."""
+
+    data: np.ndarray
+    pixel_size: float | None = None
+    name: str = ""
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.data.shape[0]), int(self.data.shape[1]))
+
+
+def _open_checked(path: Path) -> tuple[np.ndarray, float | None]:
+    if not path.exists():
+        raise UserInputError(path, "file not found")
+    if path.is_dir():
+        raise UserInputError(path, "is a folder, expected an MRC file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, mode="r", permissive=False) as mrc:
+                data = np.asarray(mrc.data)
+                voxel = mrc.voxel_size
+                pixel_size = float(voxel.x) if float(voxel.x) > 0 else None
+    except ValueError as err:
+        message = str(err)
+        if "too small" in message or "larger than" in message or "truncated" in message.lower():
+            raise UserInputError(path, "MRC file is truncated (data shorter than its header says)") from None
+        raise UserInputError(path, f"not a valid MRC file ({message.rstrip('.')})") from None
+    except (OSError, EOFError) as err:
+        raise UserInputError(path, f"cannot read MRC file ({err})") from None
+    if data is None or data.size == 0:
+        raise UserInputError(path, "MRC file holds no image data")
+    return data, pixel_size
+
+
+def _as_float32(data: np.ndarray, path: Path) -> np.ndarray:
+    if np.iscomplexobj(data):
+        raise UserInputError(path, "complex MRC data is not a micrograph")
+    out = np.asarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(out)):
+        bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
+        raise UserInputError(path, f"contains {bad} NaN/Inf value(s)")
+    return out
+
+
+def read_micrograph(path: str | Path) -> Micrograph:
+    """Read a 2D micrograph (or a stack holding exactly one frame) as float32."""
+    path = Path(path)
+    data, pixel_size = _open_checked(path)
+    if data.ndim == 3:
+        if data.shape[0] != 1:
+            raise UserInputError(
+                path, f"is a 3D stack of {data.shape[0]} frames; a 2D micrograph is needed "
+                "(sum the frames first, or use read_movie)"
+            )
+        data = data[0]
+    if data.ndim != 2:
+        raise UserInputError(path, f"has {data.ndim} dimensions; a 2D micrograph is needed")
+    return Micrograph(_as_float32(data, path), pixel_size, micrograph_name(path), path)
+
+
+def read_movie(path: str | Path) -> tuple[np.ndarray, float | None]:
+    """Read a movie's frames as float32 ``(n_frames, ny, nx)``; a 2D file is one frame."""
+    path = Path(path)
+    data, pixel_size = _open_checked(path)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3:
+        raise UserInputError(path, f"has {data.ndim} dimensions; a frame stack is 3D")
+    return _as_float32(data, path), pixel_size
+
+
+def write_mrc(
+    path: str | Path, data: np.ndarray, pixel_size: float | None = None, overwrite: bool = True
+) -> Path:
+    """Write float32 MRC atomically (temp file + rename), keeping the pixel size in Å/px."""
+    path = Path(path)
+    array = np.ascontiguousarray(data, dtype=np.float32)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(array)
+            if pixel_size is not None:
+                mrc.voxel_size = float(pixel_size)
+            if array.ndim == 3:
+                mrc.set_image_stack()
+    return path
