@@ -73,6 +73,200 @@ def convert(
     typer.echo(f"wrote {len(written)} file(s): {written[0]}{' ...' if len(written) > 1 else ''}")
 
 
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _threshold(value: str | None) -> float | None:
+    if value is None or value.lower() == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise UserInputError(None, f"--threshold must be 'auto' or a number, not '{value}'") from None
+
+
+def _command_line() -> str:
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in ["cryojoint", *sys.argv[1:]])
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Argument(help="Output folder (dose_100/, dose_060/, ..., clean/, truth.star, ...).")],
+    micrographs: Annotated[int, typer.Option(help="Number of micrographs.")] = 16,
+    size: Annotated[int, typer.Option(help="Micrograph side in pixels.")] = 1024,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data, bit for bit).")] = 0,
+    preset: Annotated[str, typer.Option(help="Particle structure preset (see docs/simulation.md).")] = "ribosome",
+    frames: Annotated[int, typer.Option(help="Also write K-frame movies whose sums give the doses.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
+) -> None:
+    """Simulate micrographs at 100/60/20/10% dose with ground truth, masks and partial labels.
+
+    Example: cryojoint simulate data/ --micrographs 16 --size 1024 --seed 1
+    """
+    from cryojoint.simulation import simulate_to_folder
+
+    summary = simulate_to_folder(out, n_micrographs=micrographs, size=size, seed=seed, preset=preset,
+                                 frames=frames, overwrite=overwrite, progress=True)
+    typer.echo(summary)
+
+
+@app.command()
+def train(
+    micrographs: Annotated[list[Path], typer.Argument(help="Training micrographs (MRC).")],
+    labels: Annotated[Path, typer.Option(help="Partial particle labels (STAR, BOX folder, CSV, Topaz, IMOD).")],
+    out: Annotated[Path, typer.Option(help="Run folder for model.pt, checkpoints and metrics.")],
+    mode: Annotated[str, typer.Option(help="joint | joint-no-consistency | sequential | denoise-only | "
+                                           "detect-only")] = "joint",
+    preset: Annotated[str, typer.Option(help="Architecture: default (fast on CPU) or paper (published).")] = "default",
+    steps: Annotated[int | None, typer.Option(help="Training steps (minibatches).")] = None,
+    particle_diameter: Annotated[float | None, typer.Option(
+        "--particle-diameter", help="Particle diameter in input pixels (default: estimated from the labels).")] = None,
+    expected_particles: Annotated[float | None, typer.Option(
+        help="Particles per micrograph (default: estimated from the label density; a lower bound).")] = None,
+    downsample: Annotated[int | None, typer.Option(help="Bin micrographs by N before training.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config (see config.yaml in any run folder).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
+) -> None:
+    """Train one network to denoise and pick, from micrographs and a few hand-picked particles.
+
+    Example: cryojoint train data/dose_010/*.mrc --labels data/labels.star --out runs/m1 --steps 2000
+    """
+    import dataclasses
+
+    from cryojoint.config import TRAINING_MODES, model_config_for_preset, validate
+    from cryojoint.training import train as train_model
+
+    cfg = _config(config, preset)
+    if config is None or preset != "default":
+        cfg.model = model_config_for_preset(preset)
+    if mode not in TRAINING_MODES:
+        raise UserInputError(None, f"--mode must be one of {', '.join(TRAINING_MODES)}")
+    cfg.train = dataclasses.replace(cfg.train, mode=mode, **{k: v for k, v in
+                                    dict(steps=steps, seed=seed, device=device).items() if v is not None})
+    cfg.data = dataclasses.replace(cfg.data, **{k: v for k, v in dict(
+        particle_diameter_px=particle_diameter, expected_particles=expected_particles,
+        downsample=downsample).items() if v is not None})
+    validate(cfg, config)
+    result = train_model(micrographs, labels, out, cfg, resume=resume, overwrite=overwrite,
+                         command_line=_command_line())
+    for note in result.notes:
+        typer.echo(note)
+    stop = "stopped early" if result.stopped_early else "finished"
+    typer.echo(f"{stop} after {result.steps_done} steps in {result.seconds:.0f} s; best {result.metric_name} "
+               f"{result.best_metric:.4f} at step {result.best_step}; model: {result.model_path}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Trained model (RUN/model.pt).")],
+    micrographs: Annotated[list[Path], typer.Argument(help="Micrographs to denoise and pick (MRC).")],
+    out: Annotated[Path, typer.Option(help="Output folder: picks.star, denoised/, heatmaps/, picks/<format>/.")],
+    threshold: Annotated[str | None, typer.Option(help="Cut-off on the soft segmentation (0-1) or 'auto' "
+                                                       "(the top 25% of candidate scores).")] = "auto",
+    nms_radius: Annotated[float | None, typer.Option("--nms-radius", help="NMS radius in input pixels "
+                                                     "(default: particle radius).")] = None,
+    border: Annotated[float | None, typer.Option(help="Drop picks closer than this to the edge (input px).")] = None,
+    formats: Annotated[str, typer.Option(help="Per-micrograph pick files: any of star,box,csv,topaz.")] = "star",
+    outputs: Annotated[str, typer.Option(help="Any of picks,denoised,heatmap.")] = "picks,denoised,heatmap",
+    downsample: Annotated[int | None, typer.Option(help="Bin input by N (default: as in training). "
+                                                   "Coordinates are written in input pixels.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
+    workers: Annotated[int, typer.Option(help="Parallel workers (Dask).")] = 1,
+    scheduler: Annotated[str | None, typer.Option(help="'local' or a Dask scheduler address tcp://host:port.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo micrographs already predicted.")] = False,
+) -> None:
+    """Denoise micrographs and pick particles with a trained model.
+
+    Example: cryojoint predict runs/m1/model.pt data/dose_010/*.mrc --out runs/m1/pred --formats star,box
+    """
+    from cryojoint.prediction import predict_files
+
+    summary = predict_files(model, micrographs, out, threshold=_threshold(threshold), nms_radius_px=nms_radius,
+                            border_px=border, downsample=downsample, formats=_split(formats),
+                            outputs=_split(outputs), overwrite=overwrite, device=device, workers=workers,
+                            scheduler=scheduler, command_line=_command_line())
+    how = "automatic" if summary.threshold_was_automatic else "fixed"
+    typer.echo(f"{summary.n_picks} picks in {summary.n_micrographs - len(summary.failures)} micrograph(s) "
+               f"({summary.n_skipped} already done); {how} cut-off {summary.threshold:.3f}; "
+               f"{summary.seconds_per_micrograph:.1f} s/micrograph; picks: {summary.out_dir / 'picks.star'}")
+    if summary.failures:
+        for message in summary.failures.values():
+            typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
+@app.command()
+def evaluate(
+    picks: Annotated[Path | None, typer.Option(help="Predicted picks (STAR/CSV/Topaz/folder).")] = None,
+    truth: Annotated[Path | None, typer.Option(help="True particle coordinates.")] = None,
+    match_radius: Annotated[float | None, typer.Option(help="Match distance in px (default: particle radius "
+                                                       "from the picks' run, else 10).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Score cut-off for P/R/F1 (default: all picks).")] = None,
+    masks: Annotated[Path | None, typer.Option(help="Folder of per-micrograph mask MRCs to exclude.")] = None,
+    denoised: Annotated[Path | None, typer.Option(help="Folder of denoised MRCs.")] = None,
+    reference: Annotated[Path | None, typer.Option(help="Folder of reference (full-dose) MRCs.")] = None,
+    clean: Annotated[Path | None, typer.Option(help="Folder of noise-free MRCs (simulated data).")] = None,
+    lowpass_angstrom: Annotated[float | None, typer.Option(help="Also score vs the reference low-passed to "
+                                                           "this resolution (Å).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full results as JSON.")] = None,
+) -> None:
+    """Score picks against truth (precision, recall, F1, AP) and denoised images against references (PSNR, FRC).
+
+    Example: cryojoint evaluate --picks runs/m1/pred/picks.star --truth data/truth.star --match-radius 12
+    """
+    from rich.console import Console
+
+    from cryojoint.evaluation import evaluate_files
+
+    results = evaluate_files(picks=picks, truth=truth, match_radius=match_radius, threshold=threshold,
+                             mask_dir=masks, denoised_dir=denoised, reference_dir=reference, clean_dir=clean,
+                             lowpass_angstrom=lowpass_angstrom, json_path=json_out)
+    console = Console()
+    for report in results.values():
+        console.print(report.to_rich_table())
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run folder (from train, demo or the benchmark).")],
+    out: Annotated[Path | None, typer.Option(help="HTML file (default: RUN/report.html).")] = None,
+) -> None:
+    """Write one self-contained HTML page: images, picks, score histogram, PR curves, losses, tables.
+
+    Example: cryojoint report runs/demo
+    """
+    from cryojoint.report import write_report
+
+    path = write_report(run, out)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Argument(help="Folder for the demo data, model, predictions and report.")] = Path(
+        "runs/demo"),
+    steps: Annotated[int | None, typer.Option(help="Training steps (default: fits a few CPU minutes).")] = None,
+    dose: Annotated[str, typer.Option(help="Dose fraction to train and pick on: dose_010, dose_020, dose_060.")] =
+    "dose_020",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing demo folder.")] = False,
+) -> None:
+    """Simulate a small dataset, train, pick, denoise, evaluate and write a report: the first thing to run.
+
+    Example: cryojoint demo runs/demo
+    """
+    from cryojoint.demo import run_demo
+
+    result = run_demo(out, steps=steps, dose=dose, seed=seed, overwrite=overwrite)
+    typer.echo(result)
+
+
 def main() -> None:
     """Console entry point: user mistakes become one line and exit code 2, never a traceback."""
     try:

@@ -1,0 +1,88 @@
+"""Model files are data, not code: tensors plus a plain config dict, loaded with ``weights_only=True``.
+
+Opening a model someone shared therefore cannot run their code. Every file carries a format version, the
+package version, the config and the command line that made it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cryojoint._atomic import atomic_path
+from cryojoint.config import CryojointConfig
+from cryojoint.errors import UserInputError
+
+MODEL_FORMAT_VERSION = 1
+MODEL_KIND = "cryojoint-model"
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-run network with everything prediction needs to know about its training data."""
+
+    network: torch.nn.Module
+    config: CryojointConfig
+    particle_diameter_px: float  # at network scale (after downsample)
+    downsample: int
+    meta: dict[str, Any]
+
+
+def save_model(path: str | Path, network: torch.nn.Module, config: CryojointConfig, meta: dict[str, Any]) -> Path:
+    """Write ``model.pt`` atomically: state dict on CPU + plain metadata."""
+    from cryojoint import __version__
+
+    payload = {
+        "kind": MODEL_KIND,
+        "format_version": MODEL_FORMAT_VERSION,
+        "cryojoint_version": __version__,
+        "config": config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        "meta": meta,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(path, "model file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for foreign or damaged files
+        raise UserInputError(path, f"not a cryojoint model file ({err.__class__.__name__})") from None
+    if not isinstance(payload, dict) or payload.get("kind") != MODEL_KIND:
+        raise UserInputError(path, "not a cryojoint model file (a training checkpoint? use RUN/model.pt)")
+    version = int(payload.get("format_version", 0))
+    if version > MODEL_FORMAT_VERSION:
+        raise UserInputError(
+            path, f"model format {version} is newer than this cryojoint understands ({MODEL_FORMAT_VERSION}); "
+            f"made by cryojoint {payload.get('cryojoint_version')}: upgrade cryojoint"
+        )
+    return payload
+
+
+def build_network(config: CryojointConfig) -> torch.nn.Module:
+    from cryojoint.models.joint import JointModel
+
+    mode = config.train.mode
+    return JointModel(config.model, use_denoiser=mode != "detect-only", use_detector=mode != "denoise-only")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load ``model.pt`` for prediction (eval mode, on ``device``)."""
+    payload = read_model_file(path)
+    config = CryojointConfig.from_dict(payload["config"], source=path)
+    network = build_network(config)
+    try:
+        network.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise UserInputError(path, f"weights do not fit the architecture in its config ({err})") from None
+    network.to(device).eval()
+    meta = dict(payload.get("meta", {}))
+    return LoadedModel(network, config, float(meta["particle_diameter_px"]), int(meta.get("downsample", 1)), meta)

@@ -1,0 +1,458 @@
+"""Inference: tiled network passes in flat memory, soft segmentation, NMS picks, files written atomically.
+
+A run over many micrographs writes, per micrograph, the denoised image, the soft segmentation map and the
+candidate peaks with their scores; the cut-off is applied once all candidates are known (the automatic
+cut-off is a quantile over the whole run), then picks are written in every requested format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryojoint._atomic import atomic_path
+from cryojoint.checkpoint import LoadedModel, load_model
+from cryojoint.config import CryojointConfig
+from cryojoint.data import bin_image, from_binned_coordinates, normalise
+from cryojoint.errors import UserInputError
+from cryojoint.io.coords import (
+    FILE_NAME_COLUMN,
+    SUFFIX_OF_FORMAT,
+    WRITERS,
+    empty_table,
+    make_table,
+    read_coordinates,
+    write_coordinates,
+    write_coordinates_per_micrograph,
+)
+from cryojoint.io.mrc import Micrograph, micrograph_name, read_micrograph, write_mrc
+
+OUTPUT_KINDS: tuple[str, ...] = ("picks", "denoised", "heatmap")
+DENOISED_DIR, HEATMAP_DIR, CANDIDATE_DIR = "denoised", "heatmaps", "candidates"
+COMBINED_STAR = "picks.star"
+#: Box size written into EMAN .box files, in particle diameters (extraction boxes are ~1.5-2x the diameter).
+BOX_SIZE_DIAMETERS = 2.0
+
+
+@dataclass
+class NetworkResult:
+    """Per-pixel network outputs for one image, at network scale (arrays are ``None`` for absent heads)."""
+
+    prior_mean: np.ndarray | None
+    prior_var: np.ndarray | None
+    noise_var: float | None
+    denoised: np.ndarray | None
+    logits: np.ndarray | None
+    soft_segmentation: np.ndarray | None
+
+
+def _pad_to_multiple(image: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+    ny, nx = image.shape
+    py, px = (-ny) % multiple, (-nx) % multiple
+    if py == 0 and px == 0:
+        return image, (0, 0)
+    mode = "reflect" if min(ny, nx) > max(py, px) else "symmetric"
+    return np.pad(image, ((0, py), (0, px)), mode=mode), (py, px)
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of the kept (central) parts of tiles covering ``length``."""
+    if length <= tile:
+        return [0]
+    step = tile - 2 * overlap
+    return list(range(0, length, step))
+
+
+@torch.no_grad()
+def run_network_on_image(
+    network: torch.nn.Module,
+    image: np.ndarray,
+    config: CryojointConfig,
+    device: torch.device | str = "cpu",
+    dense: bool = True,
+) -> NetworkResult:
+    """Run the network over a normalised image in overlapping tiles, so memory does not grow with image size.
+
+    Each tile is the kept block plus ``tile_overlap_px`` of real context on every side (mirrored at the image
+    edge), padded to a multiple of the U-Net's ``2**depth``; only the kept block of each output is stored.
+    """
+    network.eval()
+    multiple = 2 ** config.model.unet_depth
+    ny, nx = image.shape
+    tile = config.predict.tile_size_px
+    overlap = config.predict.tile_overlap_px
+    keep = tile - 2 * overlap if max(ny, nx) > tile else max(ny, nx)
+    outputs: dict[str, np.ndarray] = {}
+    noise_vars: list[float] = []
+    for top in _tile_starts(ny, tile, overlap):
+        for left in _tile_starts(nx, tile, overlap):
+            y0, y1 = top, min(top + keep, ny)
+            x0, x1 = left, min(left + keep, nx)
+            cy0, cy1 = max(y0 - overlap, 0), min(y1 + overlap, ny)
+            cx0, cx1 = max(x0 - overlap, 0), min(x1 + overlap, nx)
+            context = image[cy0:cy1, cx0:cx1]
+            padded, _ = _pad_to_multiple(context, multiple)
+            x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(device)
+            out = network(x, dense=dense)
+            for key in ("prior_mean", "prior_var", "denoised", "logits"):
+                value = getattr(out, key)
+                if value is None:
+                    continue
+                block = value[0, 0].float().cpu().numpy()
+                if key not in outputs:
+                    outputs[key] = np.empty((ny, nx), dtype=np.float32)
+                outputs[key][y0:y1, x0:x1] = block[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
+            if out.noise_var is not None:
+                noise_vars.append(float(out.noise_var.float().mean()))
+    logits = outputs.get("logits")
+    soft = None
+    if logits is not None:
+        clamp = config.model.sigmoid_clamp
+        soft = np.clip(1.0 / (1.0 + np.exp(-logits.astype(np.float64))), clamp, 1 - clamp).astype(np.float32)
+    return NetworkResult(outputs.get("prior_mean"), outputs.get("prior_var"),
+                         float(np.mean(noise_vars)) if noise_vars else None, outputs.get("denoised"), logits, soft)
+
+
+# ---------------------------------------------------------------------------------------- in memory
+
+
+@dataclass
+class MicrographPrediction:
+    """What prediction makes of one micrograph. Coordinates are in the input's pixels."""
+
+    name: str
+    denoised: np.ndarray | None  # network scale (binned when downsample > 1), in the input's intensity units
+    soft_segmentation: np.ndarray | None  # network scale
+    candidates: pd.DataFrame  # every NMS peak with its score, input pixels
+    pixel_size: float | None  # Å/px of the arrays above
+    seconds: float = 0.0
+
+
+@dataclass
+class Predictions:
+    micrographs: list[MicrographPrediction]
+    threshold: float | None
+    threshold_was_automatic: bool
+    picks: pd.DataFrame  # candidates at or above the threshold, all micrographs
+
+    def __iter__(self):  # noqa: ANN204 - iterate like a list of micrographs
+        return iter(self.micrographs)
+
+
+@dataclass
+class PickingSettings:
+    """Picking parameters resolved against the model (units: network pixels unless stated)."""
+
+    downsample: int
+    nms_radius_px: float
+    border_px: float
+    threshold: float | None
+    top_fraction: float
+
+    @classmethod
+    def resolve(cls, model: LoadedModel, threshold: float | None = None, nms_radius_px: float | None = None,
+                border_px: float | None = None, downsample: int | None = None) -> PickingSettings:
+        """Options given in input pixels (as users think of them) become network pixels here."""
+        factor = int(downsample or model.downsample)
+        if factor < 1:
+            raise UserInputError(None, "--downsample must be >= 1")
+        predict_config = model.config.predict
+        radius = nms_radius_px if nms_radius_px is not None else predict_config.nms_radius_px
+        radius_net = radius / factor if radius is not None else model.particle_diameter_px / 2
+        border = border_px if border_px is not None else predict_config.border_px
+        return cls(factor, float(radius_net), float(border) / factor, threshold if threshold is not None
+                   else predict_config.threshold, predict_config.auto_threshold_top_fraction)
+
+
+def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
+                       device: torch.device | str = "cpu") -> MicrographPrediction:
+    """Denoise one micrograph, map it, and find every candidate peak (no cut-off yet)."""
+    from cryojoint.picking import nms_peaks
+
+    start = time.perf_counter()
+    factor = settings.downsample
+    binned = bin_image(micrograph.data, factor)
+    if min(binned.shape) < 2 ** model.config.model.unet_depth:
+        raise UserInputError(micrograph.path or micrograph.name,
+                             f"image of {binned.shape[1]}x{binned.shape[0]} px (after binning by {factor}) is too small")
+    centre = float(np.median(binned))
+    normalised = normalise(binned)
+    scale = float(np.median(np.abs(binned - centre))) * 1.4826 or 1.0
+    result = run_network_on_image(model.network, normalised, model.config, device)
+    denoised = None if result.denoised is None else (result.denoised * scale + centre).astype(np.float32)
+    candidates = empty_table()
+    if result.soft_segmentation is not None:
+        xy, scores = nms_peaks(result.soft_segmentation, settings.nms_radius_px, border_px=settings.border_px)
+        xy_input = from_binned_coordinates(xy, factor) if len(xy) else xy.reshape(0, 2)
+        candidates = make_table(micrograph.name, xy_input[:, 0], xy_input[:, 1], scores)
+    if micrograph.path is not None:
+        candidates[FILE_NAME_COLUMN] = Path(micrograph.path).name
+    pixel_size = None if micrograph.pixel_size is None else micrograph.pixel_size * factor
+    return MicrographPrediction(micrograph.name, denoised, result.soft_segmentation, candidates, pixel_size,
+                                time.perf_counter() - start)
+
+
+def choose_threshold(candidate_scores: Sequence[np.ndarray], settings: PickingSettings) -> tuple[float, bool]:
+    """The fixed cut-off if given, else the automatic one over all candidates of the run."""
+    from cryojoint.picking import auto_threshold
+
+    if settings.threshold is not None:
+        return float(settings.threshold), False
+    values = [np.asarray(s, dtype=float) for s in candidate_scores if len(s)]
+    if not values:
+        return 0.5, True
+    return float(auto_threshold(values, settings.top_fraction)), True
+
+
+def predict(
+    model: LoadedModel | str | Path,
+    images: Sequence[np.ndarray | Micrograph | str | Path] | np.ndarray | Micrograph,
+    threshold: float | None = None,
+    nms_radius_px: float | None = None,
+    border_px: float | None = None,
+    downsample: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Predictions:
+    """Denoise and pick micrographs in memory (notebook API). Coordinates are in the input images' pixels."""
+    loaded = load_model(model, device) if isinstance(model, (str, Path)) else model
+    settings = PickingSettings.resolve(loaded, threshold, nms_radius_px, border_px, downsample)
+    items = [images] if isinstance(images, (np.ndarray, Micrograph, str, Path)) else list(images)
+    results = [predict_micrograph(loaded, _as_micrograph(item, i), settings, device) for i, item in enumerate(items)]
+    cut, automatic = choose_threshold([r.candidates["score"].to_numpy() for r in results], settings)
+    picks = _apply_threshold([r.candidates for r in results], cut)
+    return Predictions(results, cut, automatic, picks)
+
+
+def _as_micrograph(item: np.ndarray | Micrograph | str | Path, index: int) -> Micrograph:
+    if isinstance(item, Micrograph):
+        return item
+    if isinstance(item, (str, Path)):
+        return read_micrograph(item)
+    array = np.asarray(item, dtype=np.float32)
+    if array.ndim != 2:
+        raise UserInputError(f"image {index}", f"has {array.ndim} dimensions; a 2D micrograph is needed")
+    if not np.all(np.isfinite(array)):
+        raise UserInputError(f"image {index}", "contains NaN/Inf values")
+    return Micrograph(array, None, f"image_{index:04d}")
+
+
+def _apply_threshold(candidate_tables: Sequence[pd.DataFrame], threshold: float) -> pd.DataFrame:
+    tables = [t[t["score"] >= threshold] for t in candidate_tables if len(t)]
+    return pd.concat(tables, ignore_index=True) if tables else empty_table()
+
+
+# ------------------------------------------------------------------------------------------- on disk
+
+
+@dataclass
+class PredictSummary:
+    out_dir: Path
+    n_micrographs: int
+    n_done: int
+    n_skipped: int
+    failures: dict[str, str]
+    threshold: float | None
+    threshold_was_automatic: bool
+    n_picks: int
+    seconds_per_micrograph: float
+    written: list[Path] = field(default_factory=list)
+
+
+def _output_paths(out_dir: Path, name: str) -> dict[str, Path]:
+    return {
+        "denoised": out_dir / DENOISED_DIR / f"{name}.mrc",
+        "heatmap": out_dir / HEATMAP_DIR / f"{name}.mrc",
+        "heatmap_png": out_dir / HEATMAP_DIR / f"{name}.png",
+        "candidates": out_dir / CANDIDATE_DIR / f"{name}.csv",
+    }
+
+
+def write_micrograph_outputs(prediction: MicrographPrediction, out_dir: Path, outputs: Sequence[str]) -> None:
+    """Write one micrograph's files, each atomically; the candidates file last marks the micrograph done."""
+    paths = _output_paths(out_dir, prediction.name)
+    if "denoised" in outputs and prediction.denoised is not None:
+        write_mrc(paths["denoised"], prediction.denoised, prediction.pixel_size)
+    if "heatmap" in outputs and prediction.soft_segmentation is not None:
+        write_mrc(paths["heatmap"], prediction.soft_segmentation, prediction.pixel_size)
+        _write_thumbnail(paths["heatmap_png"], prediction.soft_segmentation)
+    write_coordinates(prediction.candidates, paths["candidates"], "csv")
+
+
+def _write_thumbnail(path: Path, image: np.ndarray, max_side: int = 512) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    step = max(1, int(math.ceil(max(image.shape) / max_side)))
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, image[::step, ::step], cmap="magma", vmin=0.0, vmax=1.0, format="png")
+
+
+def predict_files(
+    model_path: str | Path,
+    micrographs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    threshold: float | None = None,
+    nms_radius_px: float | None = None,
+    border_px: float | None = None,
+    downsample: int | None = None,
+    formats: Sequence[str] = ("star",),
+    outputs: Sequence[str] = OUTPUT_KINDS,
+    overwrite: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    workers: int = 1,
+    scheduler: str | None = None,
+    command_line: str | None = None,
+) -> PredictSummary:
+    """Predict a set of micrograph files into ``out_dir`` (see the module docstring for the layout).
+
+    A micrograph whose candidates file exists is skipped unless ``overwrite``; a bad file is reported and the
+    run goes on; picks are written for all micrographs that succeeded.
+    """
+    from cryojoint.training import select_device
+
+    out_dir = Path(out_dir)
+    unknown_formats = [f for f in formats if f not in WRITERS]
+    if unknown_formats:
+        raise UserInputError(None, f"unknown format '{unknown_formats[0]}' (known: {', '.join(WRITERS)})")
+    unknown_outputs = [o for o in outputs if o not in OUTPUT_KINDS]
+    if unknown_outputs:
+        raise UserInputError(None, f"unknown output '{unknown_outputs[0]}' (known: {', '.join(OUTPUT_KINDS)})")
+    if not micrographs:
+        raise UserInputError(None, "no micrographs given")
+    names = [micrograph_name(p) for p in micrographs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UserInputError(None, f"several micrographs share the name '{duplicates[0]}' (names must be unique)")
+    resolved_device = select_device(device)
+    model = load_model(model_path, resolved_device)
+    settings = PickingSettings.resolve(model, threshold, nms_radius_px, border_px, downsample)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserInputError(out_dir, f"cannot create output folder ({err.strerror})") from None
+
+    todo = [Path(p) for p, n in zip(micrographs, names)
+            if overwrite or not _output_paths(out_dir, n)["candidates"].exists()]
+    n_skipped = len(micrographs) - len(todo)
+    started = time.perf_counter()
+    if scheduler is not None or workers > 1:
+        from cryojoint.parallel import predict_distributed
+
+        failures = predict_distributed(model_path, todo, out_dir, settings, outputs, workers, scheduler, progress)
+    else:
+        failures = _predict_sequential(model, todo, out_dir, settings, outputs, resolved_device, progress)
+    elapsed = time.perf_counter() - started
+    n_done = len(todo) - len(failures)
+
+    candidate_tables = []
+    for path, name in zip(micrographs, names):
+        candidate_path = _output_paths(out_dir, name)["candidates"]
+        if name in failures or not candidate_path.exists():
+            continue
+        table = _read_candidates(candidate_path, name)
+        table[FILE_NAME_COLUMN] = Path(path).name
+        candidate_tables.append(table)
+    cut, automatic = choose_threshold([t["score"].to_numpy() for t in candidate_tables], settings)
+    picks = _apply_threshold(candidate_tables, cut)
+    written = _write_picks(picks, out_dir, formats, [n for n in names if n not in failures],
+                           model.particle_diameter_px * settings.downsample)
+    summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, cut, automatic, len(picks),
+                             elapsed / max(n_done, 1), written)
+    _write_run_record(out_dir, model, settings, summary, model_path, command_line)
+    return summary
+
+
+def _read_candidates(path: Path, name: str) -> pd.DataFrame:
+    try:
+        return read_coordinates(path, "csv")
+    except UserInputError:  # an empty candidates file: no peaks at all
+        table = empty_table()
+        return table
+
+
+def _predict_sequential(model: LoadedModel, paths: Sequence[Path], out_dir: Path, settings: PickingSettings,
+                        outputs: Sequence[str], device: torch.device, progress: bool) -> dict[str, str]:
+    failures: dict[str, str] = {}
+    with _progress(len(paths), progress, "predict") as advance:
+        for path in paths:
+            try:
+                prediction = predict_micrograph(model, read_micrograph(path), settings, device)
+                write_micrograph_outputs(prediction, out_dir, outputs)
+            except UserInputError as err:
+                failures[micrograph_name(path)] = err.one_line()
+            advance()
+    return failures
+
+
+def _write_picks(picks: pd.DataFrame, out_dir: Path, formats: Sequence[str], names: Sequence[str],
+                 box_size: float) -> list[Path]:
+    """The combined RELION STAR (always) plus one file per micrograph in each requested format."""
+    written = [write_coordinates(picks, out_dir / COMBINED_STAR, "star")]
+    box = float(round(BOX_SIZE_DIAMETERS * box_size))
+    for fmt in formats:
+        folder = out_dir / "picks" / fmt
+        written += write_coordinates_per_micrograph(picks, folder, fmt, names=names, box_size=box)
+    return written
+
+
+def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettings, summary: PredictSummary,
+                      model_path: str | Path, command_line: str | None) -> None:
+    from cryojoint import __version__
+
+    record: dict[str, Any] = {
+        "cryojoint_version": __version__,
+        "command_line": command_line,
+        "model": str(model_path),
+        "threshold": summary.threshold,
+        "threshold_was_automatic": summary.threshold_was_automatic,
+        "auto_threshold_top_fraction": settings.top_fraction,
+        "nms_radius_px_input": settings.nms_radius_px * settings.downsample,
+        "border_px_input": settings.border_px * settings.downsample,
+        "downsample": settings.downsample,
+        "particle_diameter_px_input": model.particle_diameter_px * settings.downsample,
+        "n_micrographs": summary.n_micrographs,
+        "n_picks": summary.n_picks,
+        "failures": summary.failures,
+        "seconds_per_micrograph": summary.seconds_per_micrograph,
+        "model_config": model.config.to_dict(),
+    }
+    with atomic_path(out_dir / "predict.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+
+
+class _progress:
+    """Context manager yielding an ``advance()`` callable backed by a rich progress bar (or nothing)."""
+
+    def __init__(self, total: int, enabled: bool, label: str) -> None:
+        self.total, self.enabled, self.label = total, enabled, label
+
+    def __enter__(self) -> Callable[[], None]:
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        self.bar.__enter__()
+        task = self.bar.add_task("", total=self.total)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
+__all__ = ["NetworkResult", "Predictions", "PredictSummary", "predict", "predict_files", "run_network_on_image",
+           "SUFFIX_OF_FORMAT"]

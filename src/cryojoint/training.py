@@ -1,0 +1,467 @@
+"""The training loop: config in; best model, resumable checkpoints and a metrics log out.
+
+One network, two heads (design.md §2). The mode selects which loss terms train which parts:
+
+``joint``                  alpha*L_denoise + (1-alpha)*L_detect + lambda*L_consistency
+``joint-no-consistency``   the same with lambda = 0
+``sequential``             first half: L_denoise only; then the denoiser is frozen and L_detect trains the detector
+``denoise-only``           L_denoise, no detector
+``detect-only``            L_detect on the raw micrograph (no denoiser): a Topaz-like picker
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryojoint._atomic import atomic_path, check_can_write
+from cryojoint.checkpoint import LoadedModel, build_network, load_model, save_model
+from cryojoint.config import CryojointConfig, default_config
+from cryojoint.data import LabelledImage, PatchSampler, PreparedData, load_micrographs, prepare_data
+from cryojoint.errors import UserInputError
+from cryojoint.io.coords import read_coordinates
+from cryojoint.io.mrc import Micrograph
+
+__all__ = ["TrainResult", "load_model", "select_device", "train", "learning_rate_at"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_NAME = "model.pt"
+METRICS_NAME = "metrics.csv"
+CONFIG_NAME = "config.yaml"
+#: Pixels around the validation picks' bounding box included when scoring validation AP.
+VALIDATION_MARGIN_DIAMETERS = 1.0
+
+
+@dataclass
+class LossWeights:
+    denoise: float
+    detect: float
+    consistency: float
+    train_denoiser: bool = True
+    train_detector: bool = True
+
+
+def loss_weights(config: CryojointConfig, stage: int = 0) -> LossWeights:
+    """Which loss terms (and which parts of the network) a mode trains; ``stage`` only matters for sequential."""
+    alpha, lam = config.loss.alpha, config.loss.consistency_weight
+    mode = config.train.mode
+    table: dict[str, LossWeights] = {
+        "joint": LossWeights(alpha, 1 - alpha, lam),
+        "joint-no-consistency": LossWeights(alpha, 1 - alpha, 0.0),
+        "denoise-only": LossWeights(1.0, 0.0, 0.0, train_detector=False),
+        "detect-only": LossWeights(0.0, 1.0, 0.0, train_denoiser=False),
+    }
+    if mode == "sequential":
+        return LossWeights(1.0, 0.0, 0.0, train_detector=False) if stage == 0 else \
+            LossWeights(0.0, 1.0, 0.0, train_denoiser=False)
+    return table[mode]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then CPU, unless a device is forced."""
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserInputError(None, f"unknown device '{name}' (cpu, cuda, cuda:N, mps, auto)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserInputError(None, "--device cuda asked for, but no CUDA GPU is available")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise UserInputError(None, "--device mps asked for, but MPS is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def learning_rate_at(step: int, total: int, base: float, rampup_fraction: float, rampdown_fraction: float) -> float:
+    """Cosine ramp-up over the first steps and cosine ramp-down over the last (Laine et al. 2019)."""
+    up = max(int(total * rampup_fraction), 1)
+    down = max(int(total * rampdown_fraction), 1)
+    factor = 1.0
+    if step < up:
+        factor = 0.5 - 0.5 * math.cos(math.pi * (step + 1) / up)
+    if step >= total - down:
+        factor *= 0.5 + 0.5 * math.cos(math.pi * (step - (total - down)) / down)
+    return base * max(factor, 1e-3)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_path: Path
+    best_step: int
+    best_metric: float
+    metric_name: str
+    steps_done: int
+    seconds: float
+    stopped_early: bool
+    history: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    step: int = 0
+    stage: int = 0
+    best_metric: float = -math.inf
+    best_step: int = 0
+    bad_evaluations: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train(
+    micrographs: Sequence[str | Path | Micrograph],
+    labels: pd.DataFrame | str | Path,
+    out: str | Path,
+    config: CryojointConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    command_line: str | None = None,
+) -> TrainResult:
+    """Train a joint model on micrographs and sparse labels; write ``out/model.pt`` (the best validation step).
+
+    Parameters
+    ----------
+    micrographs
+        MRC paths or :class:`~cryojoint.io.mrc.Micrograph` objects (e.g. from :func:`cryojoint.simulate`).
+    labels
+        A coordinate file (any format :func:`~cryojoint.io.coords.read_coordinates` reads) or a table with
+        columns ``micrograph, x, y`` in the micrographs' pixels.
+    out
+        Run folder: ``model.pt``, ``checkpoint.pt`` (resumable), ``metrics.csv``, ``config.yaml``.
+    resume
+        Continue from ``out/checkpoint.pt`` exactly where it stopped (same batches, same result).
+    """
+    config = config or default_config()
+    run_dir = Path(out)
+    command_line = command_line or " ".join(shlex.quote(a) for a in sys.argv)
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    if resume and not checkpoint_path.is_file():
+        raise UserInputError(checkpoint_path, "no checkpoint to resume from")
+    if not resume:
+        check_can_write(run_dir / MODEL_NAME, overwrite)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    device = select_device(config.train.device)
+
+    labels_source = labels if isinstance(labels, (str, Path)) else None
+    label_table = read_coordinates(labels) if labels_source is not None else labels
+    mics = [m if isinstance(m, Micrograph) else None for m in micrographs]
+    paths = [m for m in micrographs if not isinstance(m, Micrograph)]
+    loaded = iter(load_micrographs(paths)) if paths else iter(())
+    mics = [m if m is not None else next(loaded) for m in mics]
+
+    torch.manual_seed(config.train.seed)
+    rng = np.random.default_rng(config.train.seed)
+    prepared = prepare_data(mics, label_table, config.data, config.loss, rng, labels_source)
+    sampler = PatchSampler(prepared.train, config.data.patch_size_px, config.data.labelled_centre_fraction, rng)
+
+    network = build_network(config).to(device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.train.learning_rate, betas=config.train.adam_betas)
+    state = _State()
+    best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    if resume:
+        state, best_weights = _load_checkpoint(checkpoint_path, network, optimizer, rng, device)
+    config.save_yaml(run_dir / CONFIG_NAME)
+
+    meta = _model_meta(prepared, command_line, config)
+    metric_name = "validation_ap" if config.train.mode != "denoise-only" else "validation_neg_denoise_loss"
+    total = config.train.steps
+    stopped_early = False
+    start = time.perf_counter() - state.seconds
+    bar = _ProgressBar(total, enabled=progress, initial=state.step)
+    running: dict[str, float] = {}
+    with bar:
+        while state.step < total:
+            if config.train.mode == "sequential" and state.stage == 0 and state.step >= total // 2:
+                state = _begin_second_stage(network, best_weights, state)
+            weights = loss_weights(config, state.stage)
+            lr = learning_rate_at(state.step, total, config.train.learning_rate,
+                                  config.train.rampup_fraction, config.train.rampdown_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            terms = _train_step(network, optimizer, sampler, config, prepared, weights, device)
+            state.step += 1
+            for key, value in terms.items():
+                running[key] = 0.9 * running.get(key, value) + 0.1 * value
+            bar.update(state.step, running)
+            if state.step % config.train.eval_every == 0 or state.step == total:
+                record = {"step": state.step, "lr": lr, "seconds": time.perf_counter() - start, **running}
+                record.update(_validate(network, prepared, config, device))
+                metric = _stage_metric(record, config, state.stage)
+                if metric > state.best_metric:
+                    state.best_metric, state.best_step, state.bad_evaluations = metric, state.step, 0
+                    best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                    save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step,
+                                                                       metric_name: metric})
+                else:
+                    state.bad_evaluations += 1
+                state.history.append(record)
+                _write_metrics(run_dir / METRICS_NAME, state.history)
+                bar.log(record)
+                if state.bad_evaluations >= config.train.early_stopping_patience:
+                    if config.train.mode == "sequential" and state.stage == 0:
+                        state.step = max(state.step, total // 2)
+                    else:
+                        stopped_early = True
+                        break
+            if state.step % config.train.checkpoint_every == 0 or state.step == total:
+                state.seconds = time.perf_counter() - start
+                _save_checkpoint(checkpoint_path, network, optimizer, rng, state, best_weights)
+    state.seconds = time.perf_counter() - start
+    _save_checkpoint(checkpoint_path, network, optimizer, rng, state, best_weights)
+    if not (run_dir / MODEL_NAME).exists():
+        save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step})
+    return TrainResult(run_dir, run_dir / MODEL_NAME, state.best_step, state.best_metric, metric_name, state.step,
+                       state.seconds, stopped_early, pd.DataFrame(state.history), prepared.notes)
+
+
+# ------------------------------------------------------------------------------------------ one step
+
+
+def _train_step(
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sampler: PatchSampler,
+    config: CryojointConfig,
+    prepared: PreparedData,
+    weights: LossWeights,
+    device: torch.device,
+) -> dict[str, float]:
+    from cryojoint import losses
+
+    network.train()
+    images, targets = sampler.sample(config.data.batch_size)
+    x = torch.from_numpy(images).to(device)
+    t = torch.from_numpy(targets).to(device)
+    output = network(x, dense=False)
+    total = torch.zeros((), device=device)
+    terms: dict[str, float] = {}
+    if weights.denoise > 0 and output.prior_mean is not None:
+        l_denoise = losses.denoise_loss(x, output.prior_mean, output.prior_var, output.noise_var,
+                                        config.loss.sigma_regulariser)
+        total = total + weights.denoise * l_denoise
+        terms["loss_denoise"] = float(l_denoise.detach())
+    if weights.detect > 0 and output.logits is not None:
+        l_detect = losses.pu_loss(output.logits, _targets_for(output.logits, t), prepared.pi)
+        total = total + weights.detect * l_detect
+        terms["loss_detect"] = float(l_detect.detach())
+        if weights.consistency > 0:
+            flipped = network(torch.flip(x, dims=(-1,)), dense=False)
+            l_consistency = losses.consistency_loss(
+                losses.soft_segmentation(output.logits, config.model.sigmoid_clamp),
+                torch.flip(losses.soft_segmentation(flipped.logits, config.model.sigmoid_clamp), dims=(-1,)),
+            )
+            total = total + weights.consistency * l_consistency
+            terms["loss_consistency"] = float(l_consistency.detach())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    terms["loss"] = float(total.detach())
+    return terms
+
+
+def _targets_for(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Soft labels at the positions the detector scored: the patch centre, or every pixel of a dense map."""
+    if logits.shape[-2:] == targets.shape[-2:]:
+        return targets
+    if logits.shape[-2:] == (1, 1):
+        cy, cx = targets.shape[-2] // 2, targets.shape[-1] // 2
+        return targets[..., cy:cy + 1, cx:cx + 1]
+    return torch.nn.functional.interpolate(targets, size=logits.shape[-2:], mode="area")
+
+
+# -------------------------------------------------------------------------------------------- validation
+
+
+def _stage_metric(record: dict[str, float], config: CryojointConfig, stage: int) -> float:
+    denoise_only = config.train.mode == "denoise-only" or (config.train.mode == "sequential" and stage == 0)
+    if denoise_only or "validation_ap" not in record:
+        return -record.get("validation_denoise_loss", math.inf)
+    return record["validation_ap"]
+
+
+@torch.no_grad()
+def _validate(network: torch.nn.Module, prepared: PreparedData, config: CryojointConfig,
+              device: torch.device) -> dict[str, float]:
+    """Validation denoise loss and AP on held-out labels (cropped around them: scoring is where labels are)."""
+    from cryojoint import losses
+    from cryojoint.evaluation import average_precision
+    from cryojoint.prediction import run_network_on_image
+    from cryojoint.picking import nms_peaks
+
+    if not prepared.validation:
+        return {}
+    network.eval()
+    denoise_losses = []
+    ap_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    radius = prepared.particle_diameter_px / 2
+    for image in prepared.validation:
+        crop, offset = _validation_crop(image, prepared.particle_diameter_px)
+        result = run_network_on_image(network, crop, config, device, dense=True)
+        if result.prior_mean is not None:
+            y = torch.from_numpy(crop)[None, None]
+            denoise_losses.append(float(losses.denoise_loss(
+                y, torch.from_numpy(result.prior_mean)[None, None], torch.from_numpy(result.prior_var)[None, None],
+                torch.as_tensor(result.noise_var).reshape(1, 1, 1, 1), config.loss.sigma_regulariser)))
+        if result.soft_segmentation is not None:
+            xy, scores = nms_peaks(result.soft_segmentation, radius)
+            ap_parts.append((xy, scores, image.picks_xy - offset))
+    record: dict[str, float] = {}
+    if denoise_losses:
+        record["validation_denoise_loss"] = float(np.mean(denoise_losses))
+    if ap_parts:
+        record["validation_ap"] = float(average_precision_pooled(ap_parts, radius, average_precision))
+    return record
+
+
+def average_precision_pooled(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], radius: float,
+                             average_precision_fn: Any) -> float:
+    """AP over several images: picks are matched within their own image, then ranked together."""
+    if len(parts) == 1:
+        xy, scores, truth = parts[0]
+        return float(average_precision_fn(xy, scores, truth, radius))
+    # Shift images apart so that no pick can match a particle of another image, then score once.
+    shifted_xy, shifted_truth, all_scores = [], [], []
+    offset = 0.0
+    for xy, scores, truth in parts:
+        shifted_xy.append(xy + [offset, 0.0])
+        shifted_truth.append(truth + [offset, 0.0])
+        all_scores.append(scores)
+        span = max(xy[:, 0].max(initial=0.0), truth[:, 0].max(initial=0.0))
+        offset += span + 4 * radius
+    return float(average_precision_fn(np.concatenate(shifted_xy), np.concatenate(all_scores),
+                                      np.concatenate(shifted_truth), radius))
+
+
+def _validation_crop(image: LabelledImage, diameter: float) -> tuple[np.ndarray, np.ndarray]:
+    margin = int(VALIDATION_MARGIN_DIAMETERS * diameter)
+    ny, nx = image.image.shape
+    x0 = int(max(np.floor(image.picks_xy[:, 0].min()) - margin, 0))
+    x1 = int(min(np.ceil(image.picks_xy[:, 0].max()) + margin + 1, nx))
+    y0 = int(max(np.floor(image.picks_xy[:, 1].min()) - margin, 0))
+    y1 = int(min(np.ceil(image.picks_xy[:, 1].max()) + margin + 1, ny))
+    return np.ascontiguousarray(image.image[y0:y1, x0:x1]), np.array([x0, y0], dtype=float)
+
+
+# ------------------------------------------------------------------------------------ stages, saving
+
+
+def _begin_second_stage(network: torch.nn.Module, best_weights: dict[str, torch.Tensor], state: _State) -> _State:
+    """Sequential mode: restore the best denoiser, freeze it, and start judging by validation AP."""
+    network.load_state_dict(best_weights)
+    network.freeze_denoiser()
+    state.stage = 1
+    state.best_metric = -math.inf
+    state.bad_evaluations = 0
+    return state
+
+
+def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConfig) -> dict[str, Any]:
+    return {
+        "particle_diameter_px": float(prepared.particle_diameter_px),
+        "particle_diameter_estimated": bool(prepared.diameter_was_estimated),
+        "expected_particles": float(prepared.expected_particles),
+        "expected_particles_estimated": bool(prepared.expected_was_estimated),
+        "pi": float(prepared.pi),
+        "downsample": int(prepared.downsample),
+        "mode": config.train.mode,
+        "command_line": command_line,
+        "train_micrographs": [im.name for im in prepared.train],
+        "validation_micrographs": [im.name for im in prepared.validation],
+    }
+
+
+def _save_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     rng: np.random.Generator, state: _State, best_weights: dict[str, torch.Tensor]) -> None:
+    payload = {
+        "kind": "cryojoint-checkpoint",
+        "network": network.state_dict(),
+        "best_weights": best_weights,
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": rng.bit_generator.state,
+        "state": {k: v for k, v in vars(state).items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     rng: np.random.Generator, device: torch.device) -> tuple[_State, dict[str, torch.Tensor]]:
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise UserInputError(path, f"cannot read checkpoint ({err.__class__.__name__})") from None
+    if not isinstance(payload, dict) or payload.get("kind") != "cryojoint-checkpoint":
+        raise UserInputError(path, "not a cryojoint training checkpoint")
+    state = _State(**payload["state"])
+    if state.stage == 1:
+        network.freeze_denoiser()
+    try:
+        network.load_state_dict(payload["network"])
+        optimizer.load_state_dict(payload["optimizer"])
+    except (RuntimeError, ValueError) as err:
+        raise UserInputError(path, f"checkpoint does not fit this configuration ({err})") from None
+    torch.set_rng_state(payload["torch_rng"].cpu())
+    rng.bit_generator.state = payload["numpy_rng"]
+    return state, payload["best_weights"]
+
+
+def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
+    keys = list(dict.fromkeys(k for record in history for k in record))
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+class _ProgressBar:
+    """A rich progress bar with the running loss terms and ETA; silent when disabled (tests, notebooks)."""
+
+    def __init__(self, total: int, enabled: bool, initial: int = 0) -> None:
+        self.enabled = enabled
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"))
+            self.task = self.progress.add_task("", total=total, completed=initial)
+
+    def __enter__(self) -> _ProgressBar:
+        if self.enabled:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.progress.__exit__(*exc)
+
+    def update(self, step: int, running: dict[str, float]) -> None:
+        if self.enabled:
+            text = " ".join(f"{k.removeprefix('loss_')}={v:.4f}" for k, v in running.items())
+            self.progress.update(self.task, completed=step, description=text)
+
+    def log(self, record: dict[str, float]) -> None:
+        if self.enabled:
+            shown = {k: v for k, v in record.items() if k.startswith("validation")}
+            text = ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
+            self.progress.console.print(f"step {int(record['step'])}: {text}")
+
