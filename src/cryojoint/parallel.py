@@ -1,0 +1,114 @@
+"""Scale-out of prediction with Dask distributed: one task per micrograph, one model per worker process.
+
+``scheduler=None`` or ``"local"`` starts a :class:`distributed.LocalCluster` of worker processes on this
+machine; an address (``tcp://host:port``) uses an existing cluster (``dask scheduler`` + ``dask worker``,
+dask-jobqueue on SLURM, Kubernetes). Workers write their micrograph's outputs atomically, so a rerun resumes
+where the last one stopped; a task that crashes is retried, then reported, and never stops the others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cryojoint.errors import UserInputError
+
+#: Times a crashed task (not a bad input) is retried on another attempt before it is reported.
+TASK_RETRIES = 2
+_MODEL_CACHE: dict[tuple[str, str], Any] = {}
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Share the machine's cores between worker processes so they do not oversubscribe."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(workers, 1))
+
+
+def _cached_model(model_path: str, device: str) -> Any:
+    """Load the model once per worker process and keep it for all the tasks that process runs."""
+    from cryojoint.checkpoint import load_model
+
+    key = (model_path, device)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load_model(model_path, device)
+    return _MODEL_CACHE[key]
+
+
+def predict_task(model_path: str, micrograph_path: str, out_dir: str, settings: Any, outputs: Sequence[str],
+                 threads: int) -> tuple[str, str | None]:
+    """Predict one micrograph on a worker. Bad input is returned as an error; crashes raise (and are retried)."""
+    import torch
+
+    from cryojoint.io.mrc import micrograph_name, read_micrograph
+    from cryojoint.prediction import predict_micrograph, write_micrograph_outputs
+
+    torch.set_num_threads(threads)
+    name = micrograph_name(micrograph_path)
+    try:
+        model = _cached_model(model_path, "cpu")
+        prediction = predict_micrograph(model, read_micrograph(micrograph_path), settings, "cpu")
+        write_micrograph_outputs(prediction, Path(out_dir), outputs)
+    except UserInputError as err:
+        return name, err.one_line()
+    return name, None
+
+
+def _client(workers: int, scheduler: str | None) -> Any:
+    from distributed import Client, LocalCluster
+
+    if scheduler in (None, "local"):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        return Client(cluster)
+    try:
+        return Client(scheduler, timeout="20s")
+    except OSError as err:
+        raise UserInputError(None, f"cannot reach the Dask scheduler at {scheduler} ({err})") from None
+
+
+def predict_distributed(
+    model_path: str | Path,
+    paths: Sequence[Path],
+    out_dir: Path,
+    settings: Any,
+    outputs: Sequence[str],
+    workers: int,
+    scheduler: str | None,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Predict ``paths`` on a Dask cluster; return ``{micrograph name: error}`` for those that failed."""
+    from distributed import as_completed
+
+    from cryojoint.io.mrc import micrograph_name
+    from cryojoint.prediction import _progress
+
+    if not paths:
+        return {}
+    client = _client(workers, scheduler)
+    failures: dict[str, str] = {}
+    try:
+        n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
+        threads = threads_per_worker(n_workers) if scheduler in (None, "local") else 0
+        futures = {
+            client.submit(predict_task, str(Path(model_path).resolve()), str(Path(p).resolve()),
+                          str(out_dir.resolve()), settings, list(outputs), threads or os.cpu_count() or 1,
+                          retries=TASK_RETRIES, pure=False): p
+            for p in paths
+        }
+        with _progress(len(futures), progress, "predict") as advance:
+            for future in as_completed(futures):
+                path = futures[future]
+                try:
+                    name, error = future.result()
+                except Exception as err:  # a crash that survived its retries: report it, keep going
+                    name, error = micrograph_name(path), f"{path}: worker failed ({err.__class__.__name__}: {err})"
+                if error is not None:
+                    failures[name] = error
+                advance()
+    finally:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return failures

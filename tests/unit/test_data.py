@@ -1,0 +1,131 @@
+"""Data preparation: normalisation, binning, soft labels, density/prior estimates, splits, patch sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cryojoint.data import (
+    LabelledImage,
+    PatchSampler,
+    bin_image,
+    estimate_expected_particles,
+    from_binned_coordinates,
+    labelled_region_area,
+    normalise,
+    positive_fraction,
+    soft_label_map,
+    split_validation,
+    to_binned_coordinates,
+)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (65, 97)])
+def test_normalise_is_robust_to_dark_outliers(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.normal(100.0, 5.0, shape).astype(np.float32)
+    image[:3, :3] = -1e4  # a gold bead
+    out = normalise(image)
+    assert out.dtype == np.float32
+    body = out[5:, 5:]
+    assert abs(float(np.median(body))) < 0.1
+    assert 0.8 < float(body.std()) < 1.2
+
+
+def test_bin_image_averages_blocks_and_drops_remainder() -> None:
+    image = np.arange(7 * 9, dtype=np.float32).reshape(7, 9)
+    binned = bin_image(image, 2)
+    assert binned.shape == (3, 4)
+    assert binned[0, 0] == pytest.approx(image[:2, :2].mean())
+    np.testing.assert_array_equal(bin_image(image, 1), image)
+
+
+@given(st.integers(1, 8), st.floats(0, 1000, allow_nan=False), st.floats(0, 1000, allow_nan=False))
+def test_binned_coordinates_round_trip(factor: int, x: float, y: float) -> None:
+    xy = np.array([[x, y]])
+    back = from_binned_coordinates(to_binned_coordinates(xy, factor), factor)
+    np.testing.assert_allclose(back, xy, atol=1e-9)
+
+
+def test_binned_coordinate_lands_in_the_block_that_holds_it() -> None:
+    # input pixel 5 lies in block 1 of a 4x binning (pixels 4..7); its centre maps inside [0.5, 1.5)
+    assert 0.5 <= to_binned_coordinates(np.array([[5.0, 5.0]]), 4)[0, 0] < 1.5
+
+
+def test_soft_label_map_has_unit_peaks_and_gaussian_fall_off() -> None:
+    target = soft_label_map((50, 60), np.array([[10.0, 20.0], [40.0, 30.0]]), sigma_px=3.0)
+    assert target[20, 10] == pytest.approx(1.0)
+    assert target[30, 40] == pytest.approx(1.0)
+    assert target[20, 13] == pytest.approx(np.exp(-0.5), rel=1e-5)
+    assert target[0, 59] == 0.0
+    assert target.max() <= 1.0
+
+
+def test_soft_label_map_ignores_picks_outside_but_keeps_partial_bumps() -> None:
+    target = soft_label_map((20, 20), np.array([[-2.0, 10.0], [500.0, 500.0]]), sigma_px=2.0)
+    assert target[10, 0] > 0.5
+    assert target.sum() > 0
+
+
+def test_labelled_region_area_grows_hull_by_radius() -> None:
+    square = np.array([[0, 0], [100, 0], [100, 100], [0, 100]], dtype=float)
+    area = labelled_region_area(square, particle_diameter_px=20)
+    assert area == pytest.approx(100 * 100 + 400 * 10 + np.pi * 100, rel=1e-6)
+
+
+def test_expected_particles_scales_label_density_to_the_image() -> None:
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 200, size=(40, 2))
+    expected = estimate_expected_particles([xy], [(1000, 1000)], particle_diameter_px=10)
+    region = labelled_region_area(xy, 10)
+    assert expected == pytest.approx(40 / region * 1e6, rel=1e-6)
+
+
+def test_positive_fraction_is_clipped_to_a_sane_range() -> None:
+    assert positive_fraction(100, 1024**2, 4) == pytest.approx(100 * np.pi * 16 / 1024**2)
+    assert positive_fraction(1e9, 100, 10) == 0.5
+
+
+def _images(n: int, size: int = 128) -> list[LabelledImage]:
+    rng = np.random.default_rng(2)
+    images = []
+    for i in range(n):
+        xy = rng.uniform(20, size - 20, size=(10, 2))
+        image = rng.normal(size=(size, size)).astype(np.float32)
+        images.append(LabelledImage(f"m{i}", image, xy, soft_label_map(image.shape, xy, 2.0)))
+    return images
+
+
+def test_split_holds_out_whole_micrographs_when_there_are_enough() -> None:
+    train, validation = split_validation(_images(5), 0.2, np.random.default_rng(0))
+    assert len(validation) == 1 and len(train) == 4
+    assert {im.name for im in train}.isdisjoint({im.name for im in validation})
+
+
+def test_split_of_a_single_micrograph_never_shares_pixels() -> None:
+    image = _images(1, size=256)[0]
+    train, validation = split_validation([image], 0.25, np.random.default_rng(0))
+    assert len(train) == 1 and len(validation) == 1
+    assert train[0].image.shape[1] + validation[0].image.shape[1] == 256
+    assert len(train[0].picks_xy) + len(validation[0].picks_xy) == len(image.picks_xy)
+    assert (validation[0].picks_xy[:, 0] >= 0).all()
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_patch_sampler_is_deterministic_and_aligned(seed: int) -> None:
+    images = _images(2)
+    first = PatchSampler(images, 32, 0.5, np.random.default_rng(seed)).sample(4)
+    second = PatchSampler(images, 32, 0.5, np.random.default_rng(seed)).sample(4)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    assert first[0].shape == (4, 1, 32, 32) and first[0].dtype == np.float32
+
+
+def test_patches_centred_on_picks_carry_their_label() -> None:
+    images = _images(1)
+    patches, targets = PatchSampler(images, 32, 1.0, np.random.default_rng(3)).sample(16)
+    # every patch is centred on a pick (clipped at borders), so each target holds a bump
+    assert (targets.reshape(16, -1).max(axis=1) > 0.5).all()
