@@ -16,7 +16,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from cryojoint.config import DataConfig, LossConfig
 from cryojoint.errors import UserInputError
-from cryojoint.io.coords import check_inside, check_names_match, read_coordinates
+from cryojoint.io.coords import check_inside, check_names_match
 from cryojoint.io.mrc import Micrograph, read_micrograph
 
 #: MAD -> standard deviation for Gaussian data.

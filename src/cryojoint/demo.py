@@ -76,8 +76,7 @@ def run_demo(out: str | Path, steps: int | None = None, dose: str = "dose_020", 
     results = evaluate_files(picks=pred_dir / "picks.star", truth=truth_path,
                              match_radius=dataset.particle_diameter_px / 2, mask_dir=data_dir / "masks",
                              denoised_dir=pred_dir / "denoised", reference_dir=data_dir / "dose_100",
-                             clean_dir=data_dir / "clean", json_path=run_dir / "evaluation.json",
-                             names=test_names)
+                             clean_dir=data_dir / "clean", json_path=run_dir / "evaluation.json")
     sources = {"data": str(data_dir.resolve()), "dose": dose, "truth": str(truth_path.resolve()),
                "reference": str((data_dir / "dose_100").resolve()), "clean": str((data_dir / "clean").resolve()),
                "masks": str((data_dir / "masks").resolve()), "test_micrographs": test_names}

@@ -183,7 +183,7 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     binned = bin_image(micrograph.data, factor)
     if min(binned.shape) < 2 ** model.config.model.unet_depth:
         raise UserInputError(micrograph.path or micrograph.name,
-                             f"image of {binned.shape[1]}x{binned.shape[0]} px (after binning by {factor}) is too small")
+                             f"image of {binned.shape[1]}x{binned.shape[0]} px (binned by {factor}) is too small")
     centre = float(np.median(binned))
     normalised = normalise(binned)
     scale = float(np.median(np.abs(binned - centre))) * 1.4826 or 1.0
@@ -191,7 +191,10 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     denoised = None if result.denoised is None else (result.denoised * scale + centre).astype(np.float32)
     candidates = empty_table()
     if result.soft_segmentation is not None:
-        xy, scores = nms_peaks(result.soft_segmentation, settings.nms_radius_px, border_px=settings.border_px)
+        # Pixels at the clamp floor are background plateaus, not peaks.
+        floor = float(np.nextafter(np.float32(model.config.model.sigmoid_clamp), np.float32(1)))
+        xy, scores = nms_peaks(result.soft_segmentation, settings.nms_radius_px, threshold=floor,
+                               border_px=settings.border_px)
         xy_input = from_binned_coordinates(xy, factor) if len(xy) else xy.reshape(0, 2)
         candidates = make_table(micrograph.name, xy_input[:, 0], xy_input[:, 1], scores)
     if micrograph.path is not None:

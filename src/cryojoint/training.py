@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from cryojoint._atomic import atomic_path, check_can_write
-from cryojoint.checkpoint import LoadedModel, build_network, load_model, save_model
+from cryojoint.checkpoint import build_network, load_model, save_model
 from cryojoint.config import CryojointConfig, default_config
 from cryojoint.data import LabelledImage, PatchSampler, PreparedData, load_micrographs, prepare_data
 from cryojoint.errors import UserInputError
@@ -304,8 +304,8 @@ def _validate(network: torch.nn.Module, prepared: PreparedData, config: Cryojoin
     """Validation denoise loss and AP on held-out labels (cropped around them: scoring is where labels are)."""
     from cryojoint import losses
     from cryojoint.evaluation import average_precision
-    from cryojoint.prediction import run_network_on_image
     from cryojoint.picking import nms_peaks
+    from cryojoint.prediction import run_network_on_image
 
     if not prepared.validation:
         return {}
@@ -441,8 +441,9 @@ class _ProgressBar:
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"))
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(),
+                                     TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                                     TimeRemainingColumn(), TextColumn("{task.description}"))
             self.task = self.progress.add_task("", total=total, completed=initial)
 
     def __enter__(self) -> _ProgressBar:

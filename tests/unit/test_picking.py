@@ -1,0 +1,224 @@
+"""Non-maximum suppression, automatic cut-off, particle size and count estimates."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from cryojoint.picking import (
+    auto_threshold,
+    estimate_expected_particles,
+    estimate_particle_diameter,
+    nms_peaks,
+)
+
+
+def _reference_greedy_nms(score_map: np.ndarray, radius: float) -> list[tuple[int, int]]:
+    """Brute force: 3x3 local maxima, visited by (-score, row, col), O(n²) suppression."""
+    ny, nx = score_map.shape
+    candidates = []
+    for row in range(ny):
+        for col in range(nx):
+            window = score_map[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2]
+            if score_map[row, col] == window.max():
+                candidates.append((-score_map[row, col], row, col))
+    kept: list[tuple[int, int]] = []
+    for _, row, col in sorted(candidates):
+        if all(math.hypot(row - r, col - c) > radius for r, c in kept):
+            kept.append((row, col))
+    return kept
+
+
+def _blob_image(
+    rng: np.random.Generator, shape: tuple[int, int], diameter: float, kind: str, contrast: float, noise: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping discs or Gaussian blobs (std = d / 2√2) of one diameter in white noise."""
+    count = int(0.2 * shape[0] * shape[1] / (diameter * diameter))
+    points: list[np.ndarray] = []
+    for _ in range(50 * count):
+        if len(points) == count:
+            break
+        p = rng.uniform(diameter / 2, np.array(shape[::-1]) - 1 - diameter / 2)
+        if all(np.hypot(*(p - q)) >= 1.2 * diameter for q in points):
+            points.append(p)
+    xy = np.array(points)
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    image = np.zeros(shape)
+    sigma = diameter / (2 * math.sqrt(2))
+    for x, y in xy:
+        r2 = (cols - x) ** 2 + (rows - y) ** 2
+        image += (r2 <= (diameter / 2) ** 2) if kind == "disc" else np.exp(-r2 / (2 * sigma * sigma))
+    return contrast * image + rng.normal(0.0, noise, shape), xy
+
+
+# ------------------------------------------------------------------------------------------------ NMS
+
+
+def test_nms_keeps_higher_of_two_close_peaks_and_both_far_ones() -> None:
+    score_map = np.zeros((40, 40))
+    score_map[10, 10] = 1.0
+    score_map[10, 15] = 0.8  # 5 px away: suppressed by radius 6
+    score_map[30, 30] = 0.9
+    xy, scores = nms_peaks(score_map, radius_px=6, threshold=0.1)  # the zero background is a plateau
+    np.testing.assert_array_equal(xy, [[10, 10], [30, 30]])
+    np.testing.assert_array_equal(scores, [1.0, 0.9])
+    xy, _ = nms_peaks(score_map, radius_px=4, threshold=0.1)
+    np.testing.assert_array_equal(xy, [[10, 10], [30, 30], [15, 10]])  # x = column, y = row
+
+
+def test_nms_radius_is_inclusive() -> None:
+    score_map = np.zeros((20, 20))
+    score_map[5, 5] = 2.0
+    score_map[5, 12] = 1.0  # exactly 7 px away
+    assert len(nms_peaks(score_map, radius_px=7, threshold=0.5)[1]) == 1
+    assert len(nms_peaks(score_map, radius_px=6.99, threshold=0.5)[1]) == 2
+
+
+def test_nms_ties_are_broken_in_raster_order() -> None:
+    score_map = np.zeros((30, 30))
+    score_map[12, 20] = 1.0
+    score_map[14, 8] = 1.0  # same score, within radius 13 of the first; later row -> suppressed
+    xy, _ = nms_peaks(score_map, radius_px=13, threshold=0.5)
+    np.testing.assert_array_equal(xy, [[20, 12]])
+    plateau = np.zeros((9, 9))
+    plateau[3:6, 2:7] = 5.0
+    xy, scores = nms_peaks(plateau, radius_px=10, threshold=1.0)
+    np.testing.assert_array_equal(xy, [[2, 3]])  # top-left pixel of the plateau
+    np.testing.assert_array_equal(scores, [5.0])
+
+
+def test_nms_border_threshold_and_max_peaks() -> None:
+    score_map = np.zeros((50, 60))
+    score_map[2, 30] = 3.0  # 2 px from the top edge
+    score_map[25, 57] = 2.0  # 2 px from the right edge
+    score_map[25, 30] = 1.0
+    score_map[40, 10] = 0.5
+    xy, _ = nms_peaks(score_map, radius_px=3, threshold=0.1, border_px=3)
+    np.testing.assert_array_equal(xy, [[30, 25], [10, 40]])
+    xy, scores = nms_peaks(score_map, radius_px=3, threshold=1.0)
+    np.testing.assert_array_equal(scores, [3.0, 2.0, 1.0])
+    assert nms_peaks(score_map, radius_px=3, threshold=3.5)[0].shape == (0, 2)
+    xy, scores = nms_peaks(score_map, radius_px=3, max_peaks=2)  # background plateau ranks below
+    np.testing.assert_array_equal(scores, [3.0, 2.0])
+
+
+def test_nms_border_peak_does_not_suppress_interior_peak() -> None:
+    score_map = np.zeros((40, 40))
+    score_map[1, 20] = 5.0
+    score_map[6, 20] = 1.0
+    xy, _ = nms_peaks(score_map, radius_px=8, threshold=0.1, border_px=3)
+    np.testing.assert_array_equal(xy, [[20, 6]])
+
+
+@pytest.mark.parametrize("score_map", [np.zeros((0, 0)), np.full((8, 8), np.nan), np.full((5, 7), -np.inf)])
+def test_nms_empty_results(score_map: np.ndarray) -> None:
+    xy, scores = nms_peaks(score_map, radius_px=3)
+    assert xy.shape == (0, 2) and scores.shape == (0,)
+
+
+def test_nms_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        nms_peaks(np.zeros(10), radius_px=2)
+    with pytest.raises(ValueError):
+        nms_peaks(np.zeros((4, 4)), radius_px=-1)
+
+
+@pytest.mark.parametrize("shape", [(31, 40), (32, 33)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("radius", [0, 2.5, 6])
+def test_nms_matches_brute_force_greedy(shape: tuple[int, int], dtype: type, radius: float) -> None:
+    rng = np.random.default_rng(7)
+    score_map = ndimage.gaussian_filter(rng.normal(size=shape), 1.2).astype(dtype)
+    score_map[rng.random(shape) < 0.05] = 0.0  # exact ties
+    xy, scores = nms_peaks(score_map, radius_px=radius)
+    expected = _reference_greedy_nms(score_map, radius)
+    np.testing.assert_array_equal(xy[:, ::-1].astype(int), np.array(expected))
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_nms_subpixel_recovers_fractional_centre() -> None:
+    rows, cols = np.mgrid[:40, :40]
+    true_x, true_y = 17.3, 21.8
+    score_map = np.exp(-((cols - true_x) ** 2 + (rows - true_y) ** 2) / (2 * 2.0**2))
+    integer_xy, _ = nms_peaks(score_map, radius_px=5)
+    refined_xy, _ = nms_peaks(score_map, radius_px=5, subpixel=True)
+    np.testing.assert_array_equal(integer_xy, [[17, 22]])
+    assert np.hypot(refined_xy[0, 0] - true_x, refined_xy[0, 1] - true_y) < 0.1
+
+
+# ------------------------------------------------------------------------------------------ cut-off
+
+
+@pytest.mark.parametrize("top_fraction", [0.25, 0.3, 0.5])
+def test_auto_threshold_is_the_stated_quantile(top_fraction: float) -> None:
+    rng = np.random.default_rng(0)
+    values = rng.gamma(2.0, size=1001)
+    assert auto_threshold(values, top_fraction) == pytest.approx(np.quantile(values, 1 - top_fraction))
+    pooled = auto_threshold([values[:400], values[400:], np.array([np.nan])], top_fraction)
+    assert pooled == pytest.approx(np.quantile(values, 1 - top_fraction))
+    assert np.mean(values >= pooled) == pytest.approx(top_fraction, abs=2e-3)
+
+
+def test_auto_threshold_edge_cases() -> None:
+    assert math.isnan(auto_threshold([]))
+    with pytest.raises(ValueError):
+        auto_threshold(np.ones(3), top_fraction=1.0)
+
+
+def test_auto_threshold_over_peak_scores_separates_sparse_particles() -> None:
+    """Over all pixels of a sparse map the quantile is background; over NMS peaks it is not."""
+    rng = np.random.default_rng(3)
+    score_map = 0.05 * rng.random((256, 256))
+    centres = rng.integers(20, 236, size=(15, 2))
+    for row, col in centres:
+        score_map[row - 2 : row + 3, col - 2 : col + 3] += 0.9
+    pixel_cut = auto_threshold(score_map)
+    _, peak_scores = nms_peaks(score_map, radius_px=12)
+    peak_cut = auto_threshold(peak_scores)
+    assert pixel_cut < 0.05
+    assert peak_cut > pixel_cut
+
+
+# -------------------------------------------------------------------------------------- particle size
+
+
+@pytest.mark.parametrize("diameter", [12, 24, 40])
+@pytest.mark.parametrize(("kind", "contrast"), [("disc", -1.0), ("gauss", -1.0), ("disc", 1.0)])
+def test_estimate_particle_diameter_on_synthetic_blobs(diameter: int, kind: str, contrast: float) -> None:
+    rng = np.random.default_rng(diameter)
+    images, coords = zip(*[_blob_image(rng, (320, 352), diameter, kind, contrast, noise=3.0) for _ in range(2)],
+                         strict=True)
+    estimate = estimate_particle_diameter(list(images), list(coords))
+    assert estimate == pytest.approx(diameter, rel=0.2)
+
+
+def test_estimate_particle_diameter_ignores_scale_and_offset_of_images() -> None:
+    rng = np.random.default_rng(5)
+    image, xy = _blob_image(rng, (256, 256), 20, "disc", -1.0, noise=2.0)
+    first = estimate_particle_diameter([image], [xy], max_px=80)
+    second = estimate_particle_diameter([250.0 + 40.0 * image], [xy], max_px=80)
+    assert first == pytest.approx(second, rel=1e-6)
+
+
+def test_estimate_particle_diameter_rejects_no_usable_picks() -> None:
+    with pytest.raises(ValueError):
+        estimate_particle_diameter([np.zeros((64, 64))], [np.array([[500.0, 500.0]])])
+
+
+# -------------------------------------------------------------------------------------- particle count
+
+
+def test_estimate_expected_particles_from_partial_region() -> None:
+    spacing = 20.0
+    grid = np.arange(110, 410, spacing)  # a 300x300 px labelled region with 15x15 labels
+    xx, yy = np.meshgrid(grid, grid)
+    region_labels = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    expected = (1024 * 1024) / (spacing * spacing)
+    estimate = estimate_expected_particles([region_labels, np.zeros((0, 2))], [(1024, 1024), (1024, 1024)])
+    assert estimate == pytest.approx(expected, rel=0.1)
+    half_labelled = estimate_expected_particles([region_labels], [(1024, 1024)], label_completeness=0.5)
+    assert half_labelled == pytest.approx(2 * estimate)
+    assert math.isnan(estimate_expected_particles([np.zeros((0, 2))], [(64, 64)]))
