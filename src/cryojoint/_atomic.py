@@ -4,24 +4,58 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from cryojoint.errors import UserInputError
 
+#: Permissions asked for new files; the process umask trims them, as for any ``open(path, "w")``.
+_NEW_FILE_MODE = 0o666
 
-def check_can_write(path: Path, overwrite: bool) -> None:
-    """Fail early, before any work, when ``path`` exists (without overwrite) or its folder is unwritable."""
+
+def check_can_write(path: str | Path, overwrite: bool) -> None:
+    """Fail early, before any work, when ``path`` exists (without overwrite) or its folder is unwritable.
+
+    Creates nothing: a command that fails on its inputs afterwards leaves no empty output folder behind.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(path, "is a folder; expected an output file name")
     if path.exists() and not overwrite:
         raise UserInputError(path, "already exists (pass --overwrite to replace it)")
     folder = path.parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor or "."))
+    if not existing.is_dir():
+        raise UserInputError(folder, f"cannot create output folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(folder, "output folder is not writable" if existing == folder
+                             else f"cannot create output folder ({existing} is not writable)")
+
+
+def _make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserInputError(folder, f"cannot create output folder ({err.strerror})") from None
-    if not os.access(folder, os.W_OK):
-        raise UserInputError(folder, "output folder is not writable")
+
+
+def _new_temp_file(path: Path) -> Path:
+    """Create an empty hidden file next to ``path`` with the permissions a plain ``open`` would give.
+
+    ``tempfile.mkstemp`` creates files readable only by their owner, and the rename would carry that onto the
+    output; users sharing a project folder need the usual umask-derived permissions.
+    """
+    while True:
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.part"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _NEW_FILE_MODE)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise UserInputError(path.parent, f"cannot write in output folder ({err.strerror})") from None
+        os.close(fd)
+        return tmp
 
 
 @contextlib.contextmanager
@@ -29,9 +63,8 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     check_can_write(path, overwrite)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    _make_folder(path.parent)
+    tmp = _new_temp_file(path)
     try:
         yield tmp
         os.replace(tmp, path)

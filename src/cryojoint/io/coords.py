@@ -16,7 +16,7 @@ the file boundary.
 from __future__ import annotations
 
 import contextlib
-import io
+import csv
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from cryojoint._atomic import atomic_path
+from cryojoint._atomic import atomic_path, check_can_write
 from cryojoint.errors import UserInputError
 from cryojoint.io.mrc import micrograph_name
 
@@ -55,6 +55,14 @@ CSV_ALIASES: dict[str, tuple[str, ...]] = {
     "score": ("score", "rlnautopickfigureofmerit", "confidence", "probability", "fom"),
 }
 TOPAZ_HEADER: tuple[str, ...] = ("image_name", "x_coord", "y_coord")
+#: What RELION appends to a micrograph's name in its per-micrograph coordinate STAR files.
+RELION_COORDINATE_FILE_SUFFIXES: tuple[str, ...] = ("_autopick", "_manualpick", "_pick", "_coords")
+#: Files up to this size are checked for holding only whitespace; larger ones go through their format's reader.
+_BLANK_FILE_MAX_BYTES = 4096
+#: How text files spell a missing number (lower case).
+MISSING_VALUE_SPELLINGS: frozenset[str] = frozenset({"", "nan", "na", "n/a", "null", "none", "<na>"})
+#: Ten significant digits keep coordinates of micrographs up to 10^5 px to 10^-4 px.
+CSV_FLOAT_FORMAT = "%.10g"
 #: The column that, when present, holds the micrograph file name to write into STAR files.
 FILE_NAME_COLUMN = "micrograph_file"
 
@@ -89,10 +97,9 @@ def _read_star(path: Path, box_size: float | None) -> pd.DataFrame:
     index = next((t for t in tables if "rlnMicrographCoordinates" in t.columns), None)
     if index is not None:  # RELION 4/5 coordinate index: one row per micrograph, pointing at its own file
         parts = []
+        bases = _listed_file_bases(path)
         for mic_name, coord_file in zip(index["rlnMicrographName"], index["rlnMicrographCoordinates"]):
-            coord_path = Path(str(coord_file))
-            if not coord_path.is_absolute():
-                coord_path = path.parent / coord_path
+            coord_path = _resolve_listed_file(str(coord_file), path, bases)
             part = _read_star(coord_path, box_size)
             part["micrograph"] = micrograph_name(mic_name)
             parts.append(part)
@@ -129,10 +136,11 @@ def _read_box(path: Path, box_size: float | None) -> pd.DataFrame:
 
 def _read_csv(path: Path, box_size: float | None) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(path, sep=None, engine="python")
+        frame = pd.read_csv(path, sep=None, engine="python", dtype=str, skipinitialspace=True,
+                            keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise UserInputError(path, "file is empty; expected a CSV header and coordinates") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as err:
         raise UserInputError(path, f"malformed CSV ({err})") from None
     lowered = {c.lower().strip(): c for c in frame.columns}
     found: dict[str, str] = {}
@@ -155,10 +163,10 @@ def _read_csv(path: Path, box_size: float | None) -> pd.DataFrame:
 
 def _read_topaz(path: Path, box_size: float | None) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(path, sep="\t", dtype={"image_name": str})
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise UserInputError(path, "file is empty; expected a Topaz header 'image_name x_coord y_coord'") from None
-    except pd.errors.ParserError as err:
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise UserInputError(path, f"malformed Topaz coordinate file ({err})") from None
     if not set(TOPAZ_HEADER) <= set(frame.columns):
         raise UserInputError(path, "missing Topaz header 'image_name\\tx_coord\\ty_coord'")
@@ -215,7 +223,7 @@ def _write_box(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
 
 
 def _write_csv(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
-    table.loc[:, list(COLUMNS)].to_csv(path, index=False, float_format="%.6g")
+    table.loc[:, list(COLUMNS)].to_csv(path, index=False, float_format=CSV_FLOAT_FORMAT)
 
 
 def _write_topaz(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
@@ -294,14 +302,21 @@ def read_coordinates(
         if not path.is_file():
             raise UserInputError(path, "coordinate file not found")
         file_format = _check_format(fmt, path, READERS)
+        if _is_blank(path):  # one file per micrograph: a micrograph without picks
+            continue
         table = READERS[file_format](path, box_size)
         if not np.all(np.isfinite(table[["x", "y"]].to_numpy(float))):
             raise UserInputError(path, "contains coordinates that are NaN or not numbers")
         parts.append(table)
-    table = pd.concat(parts, ignore_index=True) if parts else empty_table()
-    if len(table) == 0:
-        raise UserInputError(files[0] if len(files) == 1 else paths, "no particle coordinates found")
-    return table
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        if len(files) == 1:
+            empty = _is_blank(files[0])
+            raise UserInputError(files[0], "file is empty; no particle coordinates found" if empty
+                                 else "no particle coordinates found")
+        source = paths if isinstance(paths, (str, Path)) else None
+        raise UserInputError(source, f"no particle coordinates found in {len(files)} files")
+    return pd.concat(parts, ignore_index=True)
 
 
 def write_coordinates(
@@ -313,12 +328,9 @@ def write_coordinates(
 ) -> Path:
     """Write ``table`` to one file, atomically (temp file + rename). BOX needs ``box_size`` in pixels."""
     path = Path(path)
-    file_format = _check_format(fmt, path, WRITERS)
-    if file_format == "box" and (box_size is None or box_size <= 0):
-        raise UserInputError(path, "EMAN .box files need a box size (pass --box-size N, in pixels)")
-    if file_format in PER_MICROGRAPH_FORMATS and table["micrograph"].nunique() > 1:
-        raise UserInputError(path, f"a {file_format} file holds one micrograph, the table has "
-                             f"{table['micrograph'].nunique()} (write one file per micrograph into a folder)")
+    file_format = _check_writable_format(table, path, fmt, box_size)
+    if "score" not in table.columns:  # tables built by hand may lack scores; every writer expects the column
+        table = table.assign(score=np.nan)
     with atomic_path(path, overwrite=overwrite) as tmp:
         WRITERS[file_format](table, tmp, box_size)
     return path
@@ -336,10 +348,14 @@ def write_coordinates_per_micrograph(
     folder = Path(folder)
     all_names = list(dict.fromkeys([*(names or []), *table["micrograph"].astype(str)]))
     suffix = SUFFIX_OF_FORMAT[fmt]
+    targets = {name: folder / f"{name}{suffix}" for name in all_names}
+    for target in targets.values():  # every check before the first write: no half-converted folder
+        _check_writable_format(table.iloc[:0], target, fmt, box_size)
+        check_can_write(target, overwrite)
     written = []
-    for name in all_names:
+    for name, target in targets.items():
         rows = table[table["micrograph"].astype(str) == name]
-        written.append(write_coordinates(rows, folder / f"{name}{suffix}", fmt, box_size, overwrite))
+        written.append(write_coordinates(rows, target, fmt, box_size, overwrite))
     return written
 
 
@@ -389,37 +405,107 @@ def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def _check_writable_format(table: pd.DataFrame, path: Path, fmt: str | None, box_size: float | None) -> str:
+    """The format to write ``path`` in, after the checks that need no disk access."""
+    file_format = _check_format(fmt, path, WRITERS)
+    if file_format == "box" and (box_size is None or box_size <= 0):
+        raise UserInputError(path, "EMAN .box files need a box size (pass --box-size N, in pixels)")
+    if file_format in PER_MICROGRAPH_FORMATS and table["micrograph"].nunique() > 1:
+        raise UserInputError(path, f"a {file_format} file holds one micrograph, the table has "
+                             f"{table['micrograph'].nunique()} (write one file per micrograph into a folder)")
+    return file_format
+
+
+def _is_blank(path: Path) -> bool:
+    """Empty or only whitespace (what an editor or a script leaves for a micrograph without picks)."""
+    size = path.stat().st_size
+    return size == 0 or (size <= _BLANK_FILE_MAX_BYTES and not path.read_bytes().strip())
+
+
+def _listed_file_bases(index_path: Path) -> list[Path]:
+    """Folders a relative path inside ``index_path`` may be relative to, most likely first.
+
+    RELION writes paths relative to its project folder (``AutoPick/job006/Movies/mic_autopick.star`` inside
+    ``AutoPick/job006/autopick.star``), so the project is an ancestor of the index file; hand-made index files
+    often use paths relative to their own folder or to the current folder.
+    """
+    folder = index_path.resolve().parent
+    return [folder, *folder.parents, Path.cwd()]
+
+
+def _resolve_listed_file(listed: str, index_path: Path, bases: list[Path]) -> Path:
+    """The existing file a coordinate index lists; the base that worked moves first for the next lookups."""
+    listed_path = Path(listed)
+    if listed_path.is_absolute():
+        if listed_path.is_file():
+            return listed_path
+    else:
+        for position, base in enumerate(bases):
+            candidate = base / listed_path
+            if candidate.is_file():
+                bases.insert(0, bases.pop(position))
+                return candidate
+    raise UserInputError(index_path, f"lists coordinate file '{listed}', which was not found (looked in the "
+                         "index file's folder, its parent folders and the current folder)")
+
+
 def _name_from_coordinate_file(path: Path) -> str:
-    """``mic_001_autopick.star`` / ``mic_001.box`` -> ``mic_001`` (RELION appends a suffix after an underscore)."""
+    """``mic_001_autopick.star`` / ``mic_001.box`` -> ``mic_001``.
+
+    RELION appends a job suffix to its per-micrograph STAR files; EMAN, IMOD and our own writers name the file
+    exactly after the micrograph, so there a name like ``grid_pick`` is kept whole.
+    """
     name = micrograph_name(path)
-    for relion_suffix in ("_autopick", "_manualpick", "_pick", "_coords"):
+    if path.suffix.lower() != ".star":
+        return name
+    for relion_suffix in RELION_COORDINATE_FILE_SUFFIXES:
         if name.endswith(relion_suffix):
             return name[: -len(relion_suffix)]
     return name
 
 
 def _read_numeric_rows(path: Path, min_columns: int) -> np.ndarray:
+    """Whitespace-separated numbers, one row per line (``#`` comments and blank lines skipped), cut to the
+    narrowest row; errors name the file's own line number."""
     try:
         text = path.read_text()
     except UnicodeDecodeError:
         raise UserInputError(path, "not a text coordinate file") from None
-    rows = [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not rows:
-        raise UserInputError(path, "file is empty; no coordinates found")
-    width = min(len(r) for r in rows)
-    if width < min_columns:
-        line_no = next(i for i, r in enumerate(rows, 1) if len(r) < min_columns)
-        raise UserInputError(path, f"line {line_no}: expected at least {min_columns} numbers")
+    numbered = [(line_no, line.split()) for line_no, line in enumerate(text.splitlines(), 1)
+                if line.strip() and not line.lstrip().startswith("#")]
+    if not numbered:  # a micrograph without picks; read_coordinates decides whether that is an error
+        return np.empty((0, min_columns))
+    short = next(((line_no, r) for line_no, r in numbered if len(r) < min_columns), None)
+    if short is not None:
+        raise UserInputError(path, f"line {short[0]}: expected at least {min_columns} numbers, found {len(short[1])}")
+    width = min(len(r) for _, r in numbered)
+    values = np.empty((len(numbered), width))
+    for row, (line_no, fields) in enumerate(numbered):
+        try:
+            values[row] = [float(field) for field in fields[:width]]
+        except ValueError:
+            bad = next(f for f in fields[:width] if not _is_number(f))
+            raise UserInputError(path, f"line {line_no}: '{bad}' is not a number") from None
+    return values
+
+
+def _is_number(text: str) -> bool:
     try:
-        return np.loadtxt(io.StringIO("\n".join(" ".join(r[:width]) for r in rows)), ndmin=2, dtype=float)
-    except ValueError as err:
-        raise UserInputError(path, f"malformed numbers ({err})") from None
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _numeric(column: pd.Series, path: Path, name: str) -> np.ndarray:
+    """Numbers of a column; cells spelled as missing become NaN, any other text is an error naming its row."""
+    if not pd.api.types.is_numeric_dtype(column):  # CSV and Topaz are read as text
+        missing = column.astype(str).str.strip().str.lower().isin(MISSING_VALUE_SPELLINGS)
+        column = column.mask(missing)
     values = pd.to_numeric(column, errors="coerce").to_numpy(float)
-    if np.isnan(values).any() and column.notna().all():
-        row = int(np.flatnonzero(np.isnan(values))[0])
+    not_numbers = np.isnan(values) & column.notna().to_numpy()
+    if not_numbers.any():
+        row = int(np.flatnonzero(not_numbers)[0])
         raise UserInputError(path, f"column {name}, row {row + 1}: '{column.iloc[row]}' is not a number")
     return values
 

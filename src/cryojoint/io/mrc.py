@@ -14,6 +14,13 @@ from cryojoint.errors import UserInputError
 
 #: Extensions stripped to get a micrograph's name (RELION/Topaz match micrographs by this name).
 _NAME_SUFFIXES = (".mrcs", ".mrc", ".map", ".st", ".tif", ".tiff", ".star", ".box", ".csv", ".txt", ".tsv")
+#: IMOD marks its headers with this number at byte 152 and keeps flags at byte 156; flag bit 0 set means mode-0
+#: bytes are signed. Without it IMOD's mode-0 bytes are unsigned (0-255), which mrcfile would read as int8.
+_IMOD_STAMP = 1146047817
+_IMOD_STAMP_OFFSET_IN_EXTRA2 = 152 - 112
+_IMOD_SIGNED_BYTES_FLAG = 1
+#: Fragments of mrcfile's errors for a data block shorter than the header promises (mrcfile 1.4-1.5 wording).
+_TRUNCATION_MARKERS = ("bytes in data block", "bytes in extended header", "truncated")
 
 
 def micrograph_name(path: str | Path) -> str:
@@ -50,11 +57,13 @@ def _open_checked(path: Path) -> tuple[np.ndarray, float | None]:
             warnings.simplefilter("ignore")
             with mrcfile.open(path, mode="r", permissive=False) as mrc:
                 data = np.asarray(mrc.data)
-                voxel = mrc.voxel_size
-                pixel_size = float(voxel.x) if float(voxel.x) > 0 else None
+                if _holds_imod_unsigned_bytes(mrc.header):
+                    data = data.view(np.uint8)
+                voxel_x = float(mrc.voxel_size.x)
+                pixel_size = voxel_x if np.isfinite(voxel_x) and voxel_x > 0 else None
     except ValueError as err:
         message = str(err)
-        if "too small" in message or "larger than" in message or "truncated" in message.lower():
+        if any(marker in message.lower() for marker in _TRUNCATION_MARKERS):
             raise UserInputError(path, "MRC file is truncated (data shorter than its header says)") from None
         raise UserInputError(path, f"not a valid MRC file ({message.rstrip('.')})") from None
     except (OSError, EOFError) as err:
@@ -62,6 +71,16 @@ def _open_checked(path: Path) -> tuple[np.ndarray, float | None]:
     if data is None or data.size == 0:
         raise UserInputError(path, "MRC file holds no image data")
     return data, pixel_size
+
+
+def _holds_imod_unsigned_bytes(header: np.recarray) -> bool:
+    """Mode 0 written by IMOD without its signed-bytes flag: the bytes are 0-255, not -128-127."""
+    if int(header.mode) != 0:
+        return False
+    int32 = np.dtype(np.int32).newbyteorder(header.mode.dtype.byteorder)
+    start = _IMOD_STAMP_OFFSET_IN_EXTRA2
+    stamp, flags = np.frombuffer(header.extra2.tobytes()[start:start + 2 * int32.itemsize], dtype=int32)
+    return int(stamp) == _IMOD_STAMP and not int(flags) & _IMOD_SIGNED_BYTES_FLAG
 
 
 def _as_float32(data: np.ndarray, path: Path) -> np.ndarray:
@@ -82,7 +101,7 @@ def read_micrograph(path: str | Path) -> Micrograph:
         if data.shape[0] != 1:
             raise UserInputError(
                 path, f"is a 3D stack of {data.shape[0]} frames; a 2D micrograph is needed "
-                "(sum the frames first, or use read_movie)"
+                "(sum or motion-correct the frames first)"
             )
         data = data[0]
     if data.ndim != 2:
