@@ -68,10 +68,11 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
 
 
 def build_network(config: CryojointConfig) -> torch.nn.Module:
+    from cryojoint.losses import model_parts
     from cryojoint.models.joint import JointModel
 
-    mode = config.train.mode
-    return JointModel(config.model, use_denoiser=mode != "detect-only", use_detector=mode != "denoise-only")
+    use_denoiser, use_detector = model_parts(config.train.mode)
+    return JointModel(config.model, use_denoiser=use_denoiser, use_detector=use_detector)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

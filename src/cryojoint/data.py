@@ -193,7 +193,11 @@ def prepare_data(
     diameter = data_config.particle_diameter_px
     diameter_estimated = diameter is None
     if diameter is None:
-        diameter = float(estimate_particle_diameter([im.image for im in labelled], [im.picks_xy for im in labelled]))
+        try:
+            diameter = float(estimate_particle_diameter([im.image for im in labelled],
+                                                        [im.picks_xy for im in labelled]))
+        except ValueError as err:
+            raise UserInputError(labels_source, f"{err} (--particle-diameter PX, in input pixels)") from None
         notes.append(f"particle diameter estimated from the labels: {diameter:.1f} px (network scale)")
     else:
         diameter = diameter / factor

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cryojoint import losses
 from cryojoint._atomic import atomic_path, check_can_write
 from cryojoint.checkpoint import build_network, load_model, save_model
 from cryojoint.config import CryojointConfig, default_config
@@ -32,8 +33,9 @@ from cryojoint.data import LabelledImage, PatchSampler, PreparedData, load_micro
 from cryojoint.errors import UserInputError
 from cryojoint.io.coords import read_coordinates
 from cryojoint.io.mrc import Micrograph
+from cryojoint.losses import TrainingStage, training_stages
 
-__all__ = ["TrainResult", "load_model", "select_device", "train", "learning_rate_at"]
+__all__ = ["TrainResult", "learning_rate_at", "load_model", "select_device", "train"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
@@ -41,31 +43,6 @@ METRICS_NAME = "metrics.csv"
 CONFIG_NAME = "config.yaml"
 #: Pixels around the validation picks' bounding box included when scoring validation AP.
 VALIDATION_MARGIN_DIAMETERS = 1.0
-
-
-@dataclass
-class LossWeights:
-    denoise: float
-    detect: float
-    consistency: float
-    train_denoiser: bool = True
-    train_detector: bool = True
-
-
-def loss_weights(config: CryojointConfig, stage: int = 0) -> LossWeights:
-    """Which loss terms (and which parts of the network) a mode trains; ``stage`` only matters for sequential."""
-    alpha, lam = config.loss.alpha, config.loss.consistency_weight
-    mode = config.train.mode
-    table: dict[str, LossWeights] = {
-        "joint": LossWeights(alpha, 1 - alpha, lam),
-        "joint-no-consistency": LossWeights(alpha, 1 - alpha, 0.0),
-        "denoise-only": LossWeights(1.0, 0.0, 0.0, train_detector=False),
-        "detect-only": LossWeights(0.0, 1.0, 0.0, train_denoiser=False),
-    }
-    if mode == "sequential":
-        return LossWeights(1.0, 0.0, 0.0, train_detector=False) if stage == 0 else \
-            LossWeights(0.0, 1.0, 0.0, train_denoiser=False)
-    return table[mode]
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -178,26 +155,29 @@ def train(
     state = _State()
     best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
     if resume:
-        state, best_weights = _load_checkpoint(checkpoint_path, network, optimizer, rng, device)
+        state, best_weights = _load_checkpoint(checkpoint_path, network, optimizer, rng, device,
+                                               training_stages(config.train.mode))
     config.save_yaml(run_dir / CONFIG_NAME)
 
     meta = _model_meta(prepared, command_line, config)
     metric_name = "validation_ap" if config.train.mode != "denoise-only" else "validation_neg_denoise_loss"
     total = config.train.steps
+    stages = training_stages(config.train.mode)
+    stage_ends = np.cumsum([round(s.step_fraction * total) for s in stages]).tolist()
     stopped_early = False
     start = time.perf_counter() - state.seconds
     bar = _ProgressBar(total, enabled=progress, initial=state.step)
     running: dict[str, float] = {}
     with bar:
         while state.step < total:
-            if config.train.mode == "sequential" and state.stage == 0 and state.step >= total // 2:
-                state = _begin_second_stage(network, best_weights, state)
-            weights = loss_weights(config, state.stage)
+            if state.stage + 1 < len(stages) and state.step >= stage_ends[state.stage]:
+                state = _begin_next_stage(network, best_weights, state, stages[state.stage + 1])
+            stage = stages[state.stage]
             lr = learning_rate_at(state.step, total, config.train.learning_rate,
                                   config.train.rampup_fraction, config.train.rampdown_fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            terms = _train_step(network, optimizer, sampler, config, prepared, weights, device)
+            terms = _train_step(network, optimizer, sampler, config, prepared, stage, device)
             state.step += 1
             for key, value in terms.items():
                 running[key] = 0.9 * running.get(key, value) + 0.1 * value
@@ -205,7 +185,7 @@ def train(
             if state.step % config.train.eval_every == 0 or state.step == total:
                 record = {"step": state.step, "lr": lr, "seconds": time.perf_counter() - start, **running}
                 record.update(_validate(network, prepared, config, device))
-                metric = _stage_metric(record, config, state.stage)
+                metric = _stage_metric(record, stage)
                 if metric > state.best_metric:
                     state.best_metric, state.best_step, state.bad_evaluations = metric, state.step, 0
                     best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
@@ -217,8 +197,8 @@ def train(
                 _write_metrics(run_dir / METRICS_NAME, state.history)
                 bar.log(record)
                 if state.bad_evaluations >= config.train.early_stopping_patience:
-                    if config.train.mode == "sequential" and state.stage == 0:
-                        state.step = max(state.step, total // 2)
+                    if state.stage + 1 < len(stages):  # this stage has converged: go on to the next
+                        state.step = max(state.step, stage_ends[state.stage])
                     else:
                         stopped_early = True
                         break
@@ -242,39 +222,36 @@ def _train_step(
     sampler: PatchSampler,
     config: CryojointConfig,
     prepared: PreparedData,
-    weights: LossWeights,
+    stage: TrainingStage,
     device: torch.device,
 ) -> dict[str, float]:
-    from cryojoint import losses
-
+    """One minibatch: the loss terms the stage uses, weighted as the paper does, one Adam step."""
     network.train()
     images, targets = sampler.sample(config.data.batch_size)
     x = torch.from_numpy(images).to(device)
     t = torch.from_numpy(targets).to(device)
     output = network(x, dense=False)
-    total = torch.zeros((), device=device)
-    terms: dict[str, float] = {}
-    if weights.denoise > 0 and output.prior_mean is not None:
+    l_denoise = l_detect = l_consistency = None
+    if stage.denoise:
         l_denoise = losses.denoise_loss(x, output.prior_mean, output.prior_var, output.noise_var,
                                         config.loss.sigma_regulariser)
-        total = total + weights.denoise * l_denoise
-        terms["loss_denoise"] = float(l_denoise.detach())
-    if weights.detect > 0 and output.logits is not None:
+    if stage.detect:
         l_detect = losses.pu_loss(output.logits, _targets_for(output.logits, t), prepared.pi)
-        total = total + weights.detect * l_detect
-        terms["loss_detect"] = float(l_detect.detach())
-        if weights.consistency > 0:
-            flipped = network(torch.flip(x, dims=(-1,)), dense=False)
-            l_consistency = losses.consistency_loss(
-                losses.soft_segmentation(output.logits, config.model.sigmoid_clamp),
-                torch.flip(losses.soft_segmentation(flipped.logits, config.model.sigmoid_clamp), dims=(-1,)),
-            )
-            total = total + weights.consistency * l_consistency
-            terms["loss_consistency"] = float(l_consistency.detach())
+    if stage.consistency and config.loss.consistency_weight > 0:
+        flipped_back = network.flipped_logits(x, output, dense=False)
+        l_consistency = losses.consistency_loss(output.logits, flipped_back, config.model.sigmoid_clamp)
+    elif stage.consistency:
+        l_consistency = torch.zeros((), device=device)
+    total = losses.stage_loss(stage, config.loss.alpha, config.loss.consistency_weight, l_denoise, l_detect,
+                              l_consistency)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
-    terms["loss"] = float(total.detach())
+    terms = {"loss": float(total.detach())}
+    for name, value in (("loss_denoise", l_denoise), ("loss_detect", l_detect),
+                        ("loss_consistency", l_consistency)):
+        if value is not None:
+            terms[name] = float(value.detach())
     return terms
 
 
@@ -291,9 +268,9 @@ def _targets_for(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 # -------------------------------------------------------------------------------------------- validation
 
 
-def _stage_metric(record: dict[str, float], config: CryojointConfig, stage: int) -> float:
-    denoise_only = config.train.mode == "denoise-only" or (config.train.mode == "sequential" and stage == 0)
-    if denoise_only or "validation_ap" not in record:
+def _stage_metric(record: dict[str, float], stage: TrainingStage) -> float:
+    """Validation AP while the detector learns; minus the validation denoise loss while only the denoiser does."""
+    if not stage.detect or "validation_ap" not in record:
         return -record.get("validation_denoise_loss", math.inf)
     return record["validation_ap"]
 
@@ -364,11 +341,14 @@ def _validation_crop(image: LabelledImage, diameter: float) -> tuple[np.ndarray,
 # ------------------------------------------------------------------------------------ stages, saving
 
 
-def _begin_second_stage(network: torch.nn.Module, best_weights: dict[str, torch.Tensor], state: _State) -> _State:
-    """Sequential mode: restore the best denoiser, freeze it, and start judging by validation AP."""
+def _begin_next_stage(network: torch.nn.Module, best_weights: dict[str, torch.Tensor], state: _State,
+                      next_stage: TrainingStage) -> _State:
+    """Sequential mode: restore the best weights of the stage that ended, freeze the denoiser if asked, reset
+    the early-stopping record (the next stage is judged by its own metric)."""
     network.load_state_dict(best_weights)
-    network.freeze_denoiser()
-    state.stage = 1
+    if next_stage.freeze_denoiser:
+        network.freeze_denoiser()
+    state.stage += 1
     state.best_metric = -math.inf
     state.bad_evaluations = 0
     return state
@@ -405,7 +385,8 @@ def _save_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.opti
 
 
 def _load_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     rng: np.random.Generator, device: torch.device) -> tuple[_State, dict[str, torch.Tensor]]:
+                     rng: np.random.Generator, device: torch.device,
+                     stages: Sequence[TrainingStage]) -> tuple[_State, dict[str, torch.Tensor]]:
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
@@ -413,7 +394,9 @@ def _load_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.opti
     if not isinstance(payload, dict) or payload.get("kind") != "cryojoint-checkpoint":
         raise UserInputError(path, "not a cryojoint training checkpoint")
     state = _State(**payload["state"])
-    if state.stage == 1:
+    if state.stage >= len(stages):
+        raise UserInputError(path, f"checkpoint is from another training mode than '{stages[0].name}'")
+    if stages[state.stage].freeze_denoiser:
         network.freeze_denoiser()
     try:
         network.load_state_dict(payload["network"])

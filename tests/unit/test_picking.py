@@ -222,3 +222,22 @@ def test_estimate_expected_particles_from_partial_region() -> None:
     half_labelled = estimate_expected_particles([region_labels], [(1024, 1024)], label_completeness=0.5)
     assert half_labelled == pytest.approx(2 * estimate)
     assert math.isnan(estimate_expected_particles([np.zeros((0, 2))], [(64, 64)]))
+
+
+@pytest.mark.parametrize("diameter", [16.0, 30.0, 48.0])
+def test_particle_diameter_of_projected_spheres_in_noise(diameter: float) -> None:
+    """Globular particles project like solid spheres; the default shape model recovers their diameter."""
+    rng = np.random.default_rng(int(diameter))
+    size, radius = 512, diameter / 2
+    image = np.zeros((size, size))
+    centres = []
+    grid = np.arange(int(diameter) + 8, size - int(diameter) - 8, int(2.2 * diameter))
+    for cy in grid:
+        for cx in grid:
+            x, y = cx + rng.uniform(-2, 2), cy + rng.uniform(-2, 2)
+            yy, xx = np.mgrid[:size, :size]
+            image += np.sqrt(np.clip(radius**2 - (xx - x) ** 2 - (yy - y) ** 2, 0, None)) / radius
+            centres.append((x, y))
+    noisy = -image + rng.normal(0, 2.0, image.shape)  # dark particles, noise twice the peak contrast
+    estimate = estimate_particle_diameter([noisy], [np.array(centres)])
+    assert estimate == pytest.approx(diameter, rel=0.15)
