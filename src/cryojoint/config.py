@@ -37,6 +37,10 @@ class ModelConfig:
     detector_channels: tuple[int, ...] = (32, 64, 128)  # ResNet8 residual blocks (appendix)
     detector_output_stride: int = 1  # >1: dense map computed at this stride, then upsampled
     sigmoid_clamp: float = 1e-4  # "modified sigmoid": sigmoid clamped to [clamp, 1 - clamp]
+    # Consistency pass: True mirrors the denoised image (one denoiser pass, ~2x cheaper); False runs the
+    # denoiser again on the mirrored input (the blind-spot net is not mirror-equivariant, so this is a
+    # genuinely different view and the consistency term also trains the denoiser).
+    consistency_shares_denoiser: bool = False
 
 
 @dataclass
@@ -88,8 +92,8 @@ class PredictConfig:
     auto_threshold_top_fraction: float = 0.25  # appendix: cut-off near the top 25-30% of values
     nms_radius_px: float | None = None  # None: particle radius
     border_px: float = 0.0  # drop peaks closer than this to the image edge
-    tile_size_px: int = 512  # tiles of the micrograph processed at once (flat memory)
-    tile_overlap_px: int = 64
+    tile_size_px: int = 512  # largest output block computed per network pass (flat memory); blocks split evenly
+    tile_overlap_px: int = 64  # context added on each side of a block (>= detector receptive radius 31)
     batch_size: int = 1
 
 
@@ -157,13 +161,15 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         unet_depth=5,
         detector_channels=(32, 64, 128),
         detector_output_stride=1,
+        consistency_shares_denoiser=False,
     ),
     "default": dict(
-        unet_encoder_channels=32,
-        unet_decoder_channels=64,
+        unet_encoder_channels=24,
+        unet_decoder_channels=48,
         unet_depth=5,
         detector_channels=(32, 64, 128),
-        detector_output_stride=1,
+        detector_output_stride=2,
+        consistency_shares_denoiser=True,
     ),
 }
 
@@ -201,8 +207,7 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (0.0 < config.predict.auto_threshold_top_fraction < 1.0,
          "predict.auto_threshold_top_fraction must be in (0, 1)"),
         (config.predict.tile_size_px >= 64, "predict.tile_size_px must be >= 64"),
-        (0 <= config.predict.tile_overlap_px < config.predict.tile_size_px // 2,
-         "predict.tile_overlap_px must be in [0, tile_size_px/2)"),
+        (0 <= config.predict.tile_overlap_px, "predict.tile_overlap_px must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -216,8 +221,8 @@ def _build_section(section_cls: type, values: dict[str, Any], source: str | Path
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UserInputError(source, f"unknown key(s) in '{name}': {', '.join(unknown)}")
-    base = model_config_for_preset(values["preset"]) if section_cls is ModelConfig and "preset" in values \
-        else section_cls()
+    # A model section starts from its preset (default: "default"), so a partial YAML changes only what it names.
+    base = model_config_for_preset(values.get("preset", "default")) if section_cls is ModelConfig else section_cls()
     cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return dataclasses.replace(base, **cleaned)
 

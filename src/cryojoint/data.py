@@ -148,6 +148,8 @@ class PreparedData:
     expected_particles: float
     pi: float
     label_sigma_px: float
+    pixels_per_positive: float  # area (px^2) of one particle's soft label: 2 pi sigma^2
+    noise_std: float  # per-pixel noise of the normalised images (from neighbour differences)
     downsample: int
     diameter_was_estimated: bool = False
     expected_was_estimated: bool = False
@@ -212,12 +214,24 @@ def prepare_data(
     for im in images:
         im.target = soft_label_map(im.image.shape, im.picks_xy, label_sigma)
     mean_area = float(np.mean([im.image.size for im in images]))
-    # Pixels within one label sigma of a centre count as positive for the prior.
-    pi = positive_fraction(expected, mean_area, label_sigma)
+    # One particle's share of positive pixels is the mass of its soft label, 2 pi sigma^2.
+    pixels_per_positive = 2 * np.pi * label_sigma**2
+    pi = positive_fraction(expected, mean_area, float(np.sqrt(pixels_per_positive / np.pi)))
 
     train, validation = split_validation(images, data_config.validation_fraction, rng)
-    return PreparedData(train, validation, diameter, expected, pi, label_sigma, factor,
-                        diameter_estimated, expected_estimated, notes)
+    return PreparedData(train, validation, diameter, expected, pi, label_sigma, float(pixels_per_positive),
+                        estimate_noise_std([im.image for im in images]), factor, diameter_estimated,
+                        expected_estimated, notes)
+
+
+def estimate_noise_std(images: Sequence[np.ndarray]) -> float:
+    """Per-pixel noise from horizontal neighbour differences (robust): shot noise is independent per pixel,
+    particle and ice signal are smooth at the pixel scale, so differences are almost pure noise."""
+    spreads = []
+    for image in images:
+        diff = np.diff(image, axis=1)
+        spreads.append(float(np.median(np.abs(diff - np.median(diff)))) * MAD_TO_STD / np.sqrt(2))
+    return max(float(np.median(spreads)), 1e-3)
 
 
 def split_validation(

@@ -64,12 +64,11 @@ def _pad_to_multiple(image: np.ndarray, multiple: int) -> tuple[np.ndarray, tupl
     return np.pad(image, ((0, py), (0, px)), mode=mode), (py, px)
 
 
-def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of the kept (central) parts of tiles covering ``length``."""
-    if length <= tile:
-        return [0]
-    step = tile - 2 * overlap
-    return list(range(0, length, step))
+def _blocks(length: int, largest: int) -> list[tuple[int, int]]:
+    """Split ``[0, length)`` into the fewest blocks of at most ``largest`` pixels, of near-equal size."""
+    count = max(1, math.ceil(length / largest))
+    edges = np.linspace(0, length, count + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
 @torch.no_grad()
@@ -82,21 +81,18 @@ def run_network_on_image(
 ) -> NetworkResult:
     """Run the network over a normalised image in overlapping tiles, so memory does not grow with image size.
 
-    Each tile is the kept block plus ``tile_overlap_px`` of real context on every side (mirrored at the image
-    edge), padded to a multiple of the U-Net's ``2**depth``; only the kept block of each output is stored.
+    The image is split into the fewest near-equal blocks of at most ``tile_size_px``; each pass sees its block
+    plus ``tile_overlap_px`` of real context on every side (mirrored at the image edge), padded to a multiple
+    of the U-Net's ``2**depth``; only the block's part of each output is kept.
     """
     network.eval()
     multiple = 2 ** config.model.unet_depth
     ny, nx = image.shape
-    tile = config.predict.tile_size_px
     overlap = config.predict.tile_overlap_px
-    keep = tile - 2 * overlap if max(ny, nx) > tile else max(ny, nx)
     outputs: dict[str, np.ndarray] = {}
     noise_vars: list[float] = []
-    for top in _tile_starts(ny, tile, overlap):
-        for left in _tile_starts(nx, tile, overlap):
-            y0, y1 = top, min(top + keep, ny)
-            x0, x1 = left, min(left + keep, nx)
+    for y0, y1 in _blocks(ny, config.predict.tile_size_px):
+        for x0, x1 in _blocks(nx, config.predict.tile_size_px):
             cy0, cy1 = max(y0 - overlap, 0), min(y1 + overlap, ny)
             cx0, cx1 = max(x0 - overlap, 0), min(x1 + overlap, nx)
             context = image[cy0:cy1, cx0:cx1]

@@ -150,7 +150,9 @@ def train(
     prepared = prepare_data(mics, label_table, config.data, config.loss, rng, labels_source)
     sampler = PatchSampler(prepared.train, config.data.patch_size_px, config.data.labelled_centre_fraction, rng)
 
-    network = build_network(config).to(device)
+    network = build_network(config)
+    _initialise(network, prepared)
+    network = network.to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.train.learning_rate, betas=config.train.adam_betas)
     state = _State()
     best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
@@ -216,6 +218,14 @@ def train(
 # ------------------------------------------------------------------------------------------ one step
 
 
+def _initialise(network: torch.nn.Module, prepared: PreparedData) -> None:
+    """Start from the data: the detector's bias at the prior pi, the denoiser's sigma at the measured noise."""
+    if getattr(network, "detector", None) is not None:
+        network.detector.initialise_prior(prepared.pi)
+    if getattr(network, "denoiser", None) is not None:
+        network.denoiser.initialise_noise_std(prepared.noise_std)
+
+
 def _train_step(
     network: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -230,15 +240,19 @@ def _train_step(
     images, targets = sampler.sample(config.data.batch_size)
     x = torch.from_numpy(images).to(device)
     t = torch.from_numpy(targets).to(device)
-    output = network(x, dense=False)
+    # Dense logits over the whole patch: every pixel teaches the detector (a single centre logit per patch
+    # would leave its last BatchNorm with batch_size values).
+    output = network(x, dense=True)
     l_denoise = l_detect = l_consistency = None
     if stage.denoise:
         l_denoise = losses.denoise_loss(x, output.prior_mean, output.prior_var, output.noise_var,
                                         config.loss.sigma_regulariser)
     if stage.detect:
-        l_detect = losses.pu_loss(output.logits, _targets_for(output.logits, t), prepared.pi)
+        l_detect = losses.pu_loss(output.logits, _targets_for(output.logits, t), prepared.pi,
+                                  pixels_per_positive=prepared.pixels_per_positive)
     if stage.consistency and config.loss.consistency_weight > 0:
-        flipped_back = network.flipped_logits(x, output, dense=False)
+        flipped_back = network.flipped_logits(x, output, dense=True,
+                                              share_denoiser=config.model.consistency_shares_denoiser)
         l_consistency = losses.consistency_loss(output.logits, flipped_back, config.model.sigmoid_clamp)
     elif stage.consistency:
         l_consistency = torch.zeros((), device=device)

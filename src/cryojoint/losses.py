@@ -1,0 +1,236 @@
+"""Loss functions of the joint model and which of them each training mode uses. Pure functions, no state.
+
+``L = alpha * L_denoise + (1 - alpha) * L_detect + consistency_weight * L_consistency`` (paper: alpha 0.75,
+consistency weight 0.1), where
+
+* ``L_denoise`` is the Gaussian negative log-likelihood of the noisy pixel under the blind-spot prediction
+  (Laine et al. 2019), with a small reward for a larger noise estimate;
+* ``L_detect`` is Topaz's GE-binomial positive-unlabelled loss (Bepler et al. 2019): labelled pixels are
+  pushed towards "particle", all other pixels are unlabelled and only their *expected count* of particles is
+  constrained, to a binomial with the expected positive fraction pi. No pixel is ever a negative;
+* ``L_consistency`` is the mean squared difference between the soft segmentation of the batch and that of
+  its mirror image, mirrored back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cryojoint.models.detector import soft_segmentation
+
+#: Floor for the model's count variance, so the log in the GE penalty stays finite when every p is 0 or 1.
+MIN_COUNT_VARIANCE: float = 1e-6
+
+
+def denoise_loss(y: Tensor, prior_mean: Tensor, prior_var: Tensor, noise_var: Tensor,
+                 sigma_regulariser: float) -> Tensor:
+    """Self-supervised denoising loss of the blind-spot network.
+
+    Parameters
+    ----------
+    y
+        Noisy input [B,1,H,W] (the training target: the network never saw a pixel's own value).
+    prior_mean, prior_var
+        Blind-spot prediction mu and A^2 [B,1,H,W].
+    noise_var
+        sigma^2, broadcastable to ``y`` ([B,1,1,1]).
+    sigma_regulariser
+        Weight of the ``-sigma`` term (Laine et al.: 0.1). The likelihood only constrains A^2 + sigma^2; the
+        small reward for a larger sigma resolves that ambiguity towards explaining variance as noise.
+
+    Returns
+    -------
+    Tensor
+        Scalar: mean of ``(y - mu)^2 / (A^2 + sigma^2) + log(A^2 + sigma^2)`` minus
+        ``sigma_regulariser * mean(sigma)``.
+    """
+    total_var = prior_var + noise_var
+    likelihood = (y - prior_mean) ** 2 / total_var + torch.log(total_var)
+    return likelihood.mean() - sigma_regulariser * noise_var.sqrt().mean()
+
+
+def pu_loss(logits: Tensor, soft_targets: Tensor, pi: float, slack: float = 1.0,
+            pixels_per_positive: float = 1.0, mask: Tensor | None = None, per_unit: bool = True) -> Tensor:
+    """Topaz's GE-binomial positive-unlabelled loss, generalised to soft labels.
+
+    Each pixel with target ``w`` in [0, 1] counts as a labelled positive with weight ``w`` and as unlabelled
+    with weight ``1 - w`` (hard labels: w in {0, 1}, exactly Topaz).
+
+    * Labelled term: weighted mean of ``-log sigmoid(logit)`` over the labelled weight.
+    * GE term: the model's count of positives among the unlabelled pixels is approximately
+      ``N(q_mu, q_var)`` with ``q_mu = sum u*p``, ``q_var = sum u*p*(1-p)``; the prior says
+      ``Binomial(N, pi)`` with ``N = sum u``, approximated by ``N(N*pi, N*pi*(1-pi))``. The penalty is the
+      KL divergence between the two normals (as in Topaz 0.3, but with its gradient kept: Topaz rebuilds
+      ``q_mu`` with ``torch.tensor`` and so detaches it).
+
+    Parameters
+    ----------
+    logits
+        Detector output (any shape, e.g. [B,1,1,1] per patch or [B,1,H,W] dense).
+    soft_targets
+        Same shape, values in [0, 1]: 1 at labelled particle centres, a bump around them, 0 elsewhere.
+    pi
+        Expected fraction of positive pixels among the unlabelled ones.
+    slack
+        Weight of the GE term (Topaz ``--slack``, default 1).
+    pixels_per_positive
+        Pixels that one particle makes positive (e.g. the area of the label bump). Neighbouring pixels of
+        a dense map are not independent draws: counting in particles rather than pixels (dividing every
+        count by this) keeps the penalty on the scale Topaz has with independent patches. 1 = Topaz.
+    mask
+        Optional 0/1 (or fractional) weights of the pixels that take part at all, e.g. to leave out pixels
+        whose receptive field reaches past the patch.
+    per_unit
+        Divide the GE term by the unlabelled count (in particles). Topaz's undivided KL grows linearly with
+        the number of unlabelled samples per step: fine for its 256 crops, but a dense 4x64x64 map has 64x
+        more pixels, and at initialisation (p ~ 0.5 everywhere) the term is then in the thousands and its
+        gradient wrecks the denoiser through the joint coupling. Divided, it is about
+        ``(mean(p) - pi)^2 / (2 pi (1 - pi))`` whatever the batch and patch size. ``False`` = Topaz.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss.
+    """
+    if not 0.0 < pi < 1.0:
+        raise ValueError(f"pi must be in (0, 1), got {pi}")
+    if logits.shape != soft_targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(soft_targets.shape)} differ in shape")
+    labelled = soft_targets.clamp(0.0, 1.0)
+    unlabelled = 1.0 - labelled
+    if mask is not None:
+        labelled, unlabelled = labelled * mask, unlabelled * mask
+
+    labelled_weight = labelled.sum()
+    positive_nll = (labelled * F.softplus(-logits)).sum() / labelled_weight.clamp_min(torch.finfo(logits.dtype).eps)
+
+    p = torch.sigmoid(logits)
+    count = unlabelled.sum() / pixels_per_positive
+    q_mu = (unlabelled * p).sum() / pixels_per_positive
+    q_var = (unlabelled * p * (1.0 - p)).sum() / pixels_per_positive + MIN_COUNT_VARIANCE
+    prior_mu = count * pi
+    prior_var = count * pi * (1.0 - pi)
+    if prior_var.item() <= 0.0:  # no unlabelled pixel: nothing to constrain
+        return positive_nll
+    kl = 0.5 * (q_var / prior_var + (q_mu - prior_mu) ** 2 / prior_var + torch.log(prior_var / q_var) - 1.0)
+    if per_unit:
+        kl = kl / count
+    return positive_nll + slack * kl
+
+
+def consistency_loss(logits: Tensor, flipped_back_logits: Tensor, clamp: float) -> Tensor:
+    """Mean squared difference of the two soft segmentations (paper's flip consistency).
+
+    Parameters
+    ----------
+    logits
+        Detector output for the batch.
+    flipped_back_logits
+        Detector output for the mirrored batch, mirrored back (same shape).
+    clamp
+        ``sigmoid_clamp`` of the model config (the modified sigmoid).
+    """
+    return F.mse_loss(soft_segmentation(logits, clamp), soft_segmentation(flipped_back_logits, clamp))
+
+
+def total_loss(alpha: float, consistency_weight: float, l_denoise: Tensor | float, l_detect: Tensor | float,
+               l_consistency: Tensor | float) -> Tensor | float:
+    """``alpha * l_denoise + (1 - alpha) * l_detect + consistency_weight * l_consistency`` (paper eq.)."""
+    return alpha * l_denoise + (1.0 - alpha) * l_detect + consistency_weight * l_consistency
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """One phase of a training mode: which losses it optimises and whether the denoiser learns."""
+
+    name: str
+    denoise: bool  # L_denoise is computed and weighted in
+    detect: bool  # L_detect
+    consistency: bool  # L_consistency (needs the flipped pass)
+    freeze_denoiser: bool  # denoiser weights fixed (sequential stage 2)
+    step_fraction: float  # share of the mode's training steps spent in this stage
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the three loss terms in one stage (0 = term not computed)."""
+
+    denoise: float
+    detect: float
+    consistency: float
+
+
+_JOINT = TrainingStage("joint", denoise=True, detect=True, consistency=True, freeze_denoiser=False,
+                       step_fraction=1.0)
+_JOINT_NO_CONSISTENCY = TrainingStage("joint-no-consistency", denoise=True, detect=True, consistency=False,
+                                      freeze_denoiser=False, step_fraction=1.0)
+_DENOISE = TrainingStage("denoise", denoise=True, detect=False, consistency=False, freeze_denoiser=False,
+                         step_fraction=1.0)
+_DETECT = TrainingStage("detect", denoise=False, detect=True, consistency=False, freeze_denoiser=False,
+                        step_fraction=1.0)
+#: Sequential (paper's baseline): half the steps train the denoiser alone, half the detector on its frozen
+#: output. Neither stage uses consistency: that is part of the joint method being compared against.
+SEQUENTIAL_STAGE_FRACTION: float = 0.5
+
+#: Training mode -> its stages, in order (lookup table; modes as in ``cryojoint.config.TRAINING_MODES``).
+TRAINING_STAGES: dict[str, tuple[TrainingStage, ...]] = {
+    "joint": (_JOINT,),
+    "joint-no-consistency": (_JOINT_NO_CONSISTENCY,),
+    "sequential": (
+        TrainingStage("sequential-denoise", denoise=True, detect=False, consistency=False,
+                      freeze_denoiser=False, step_fraction=SEQUENTIAL_STAGE_FRACTION),
+        TrainingStage("sequential-detect", denoise=False, detect=True, consistency=False,
+                      freeze_denoiser=True, step_fraction=1.0 - SEQUENTIAL_STAGE_FRACTION),
+    ),
+    "denoise-only": (_DENOISE,),
+    "detect-only": (_DETECT,),
+}
+
+
+def training_stages(mode: str) -> tuple[TrainingStage, ...]:
+    """The stages of a training mode, in order (``sequential`` has two, every other mode one)."""
+    if mode not in TRAINING_STAGES:
+        raise ValueError(f"unknown training mode {mode!r} (known: {', '.join(TRAINING_STAGES)})")
+    return TRAINING_STAGES[mode]
+
+
+def model_parts(mode: str) -> tuple[bool, bool]:
+    """``(use_denoiser, use_detector)`` to build a :class:`~cryojoint.models.joint.JointModel` for ``mode``."""
+    stages = training_stages(mode)
+    return any(s.denoise for s in stages), any(s.detect for s in stages)
+
+
+def loss_weights(stage: TrainingStage, alpha: float, consistency_weight: float) -> LossWeights:
+    """Weights of the terms in ``stage``: the paper's alpha split when both tasks train, 1 for a lone task."""
+    if stage.denoise and stage.detect:
+        return LossWeights(alpha, 1.0 - alpha, consistency_weight if stage.consistency else 0.0)
+    return LossWeights(float(stage.denoise), float(stage.detect),
+                       consistency_weight if stage.consistency else 0.0)
+
+
+def stage_loss(stage: TrainingStage, alpha: float, consistency_weight: float, l_denoise: Tensor | None,
+               l_detect: Tensor | None, l_consistency: Tensor | None) -> Tensor:
+    """Combine the terms ``stage`` uses; terms it does not use may be ``None`` and are never touched.
+
+    Raises
+    ------
+    ValueError
+        If a term the stage needs is ``None``.
+    """
+    weights = loss_weights(stage, alpha, consistency_weight)
+    terms = (("denoise", stage.denoise, weights.denoise, l_denoise),
+             ("detect", stage.detect, weights.detect, l_detect),
+             ("consistency", stage.consistency, weights.consistency, l_consistency))
+    total: Tensor | None = None
+    for name, used, weight, value in terms:
+        if not used:
+            continue
+        if value is None:
+            raise ValueError(f"stage {stage.name!r} needs the {name} loss")
+        total = weight * value if total is None else total + weight * value
+    assert total is not None  # every stage uses at least one term
+    return total

@@ -1,0 +1,136 @@
+"""Denoiser -> detector in one module: the joint model of Huang et al. 2024.
+
+The detector reads the denoiser's posterior mean. That input is deterministic (no sampling), so prediction
+is reproducible, and it is differentiable in the denoiser's outputs, so the detection loss trains the
+denoiser too: that gradient path is the joint coupling. ``use_denoiser=False`` gives a detect-only model
+(detector on the raw input), ``use_detector=False`` a denoise-only model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from cryojoint.config import ModelConfig
+from cryojoint.models.detector import ResNet8Detector, centre_window
+from cryojoint.models.unet import BlindSpotUNet, posterior_mean
+
+#: Axis flipped for the consistency pass: the last one (columns, a left-right mirror).
+DEFAULT_FLIP_DIMS: tuple[int, ...] = (-1,)
+
+
+@dataclass
+class JointOutput:
+    """What one forward pass produces; ``None`` for the parts of the model not in use."""
+
+    prior_mean: Tensor | None  # mu, [B,1,H,W]
+    prior_var: Tensor | None  # A^2, [B,1,H,W]
+    noise_var: Tensor | None  # sigma^2, [B,1,1,1]
+    denoised: Tensor | None  # posterior mean, [B,1,H,W]
+    logits: Tensor | None  # [B,1,1,1] per patch, [B,1,H,W] dense
+
+
+class JointModel(nn.Module):
+    """Blind-spot U-Net denoiser followed by a ResNet8 detector.
+
+    Parameters
+    ----------
+    config
+        Architecture (see :class:`cryojoint.config.ModelConfig`).
+    use_denoiser, use_detector
+        Which parts to build; at least one.
+    """
+
+    def __init__(self, config: ModelConfig, use_denoiser: bool = True, use_detector: bool = True) -> None:
+        super().__init__()
+        if not (use_denoiser or use_detector):
+            raise ValueError("a JointModel needs a denoiser, a detector, or both")
+        self.config = config
+        self.denoiser = BlindSpotUNet(config) if use_denoiser else None
+        self.detector = ResNet8Detector(config) if use_detector else None
+        self.denoiser_frozen = False
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (1 without a denoiser)."""
+        return self.denoiser.size_multiple if self.denoiser is not None else 1
+
+    def forward(self, x: Tensor, dense: bool = False) -> JointOutput:
+        """Run on a normalised batch ``x`` [B,1,H,W]; ``dense`` selects per-pixel instead of per-patch logits."""
+        out = self.denoise(x)
+        if self.detector is not None:
+            detector_input = out.denoised if out.denoised is not None else x
+            out.logits = self.detector(detector_input, dense=dense)
+        return out
+
+    def denoise(self, x: Tensor) -> JointOutput:
+        """Denoiser part only (``logits=None``); without a denoiser every field is ``None``."""
+        if self.denoiser is None:
+            return JointOutput(None, None, None, None, None)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.denoiser_frozen):
+            prior = self.denoiser(x)
+            denoised = posterior_mean(x, prior.prior_mean, prior.prior_var, prior.noise_var)
+        return JointOutput(prior.prior_mean, prior.prior_var, prior.noise_var, denoised, None)
+
+    def flipped_logits(self, x: Tensor, output: JointOutput, dense: bool = False, share_denoiser: bool = False,
+                       flip_dims: tuple[int, ...] = DEFAULT_FLIP_DIMS) -> Tensor:
+        """Logits of the flipped batch, mapped back to the unflipped pixel grid (for the consistency loss).
+
+        Parameters
+        ----------
+        x
+            The batch given to :meth:`forward`.
+        output
+            What :meth:`forward` returned for ``x`` (its denoised image is reused if ``share_denoiser``).
+        dense
+            As in :meth:`forward`; the result has the same shape as ``output.logits``.
+        share_denoiser
+            ``False`` (faithful, the default): the denoiser also runs on the flipped input. The blind-spot
+            U-Net is not flip-equivariant (its shifted convolutions and the fixed order of its four rotation
+            branches single out directions), so this is a genuinely different view, and the consistency
+            loss also penalises the denoiser's own asymmetry. ``True`` (about half the denoiser cost of a
+            step): mirror the denoised image instead. The consistency loss still reaches the denoiser through
+            the shared denoised image (it asks for an image whose detection is mirror-consistent), but no
+            longer compares two denoiser passes.
+        flip_dims
+            Spatial axes to mirror (-1 columns, -2 rows).
+        """
+        if self.detector is None:
+            raise ValueError("flipped_logits needs a detector")
+        if self.denoiser is None:
+            mirrored = x.flip(flip_dims)
+        elif share_denoiser:
+            mirrored = output.denoised.flip(flip_dims)
+        else:
+            mirrored = self.denoise(x.flip(flip_dims)).denoised
+        if dense:
+            return self.detector(mirrored, dense=True).flip(flip_dims)
+        # Per patch: mirror the window around the patch centre, so that the centre pixel stays the centre
+        # (the mirror image of an even-sized patch has its centre one pixel off).
+        window = centre_window(mirrored.flip(flip_dims))
+        return self.detector(window.flip(flip_dims), dense=False)
+
+    def freeze_denoiser(self) -> None:
+        """Stop training the denoiser (stage 2 of ``sequential``): no gradients, no graph, frozen weights."""
+        if self.denoiser is None:
+            return
+        self.denoiser.requires_grad_(False)
+        self.denoiser.eval()
+        self.denoiser_frozen = True
+
+    def unfreeze_denoiser(self) -> None:
+        """Undo :meth:`freeze_denoiser`."""
+        if self.denoiser is None:
+            return
+        self.denoiser.requires_grad_(True)
+        self.denoiser.train(self.training)
+        self.denoiser_frozen = False
+
+    def train(self, mode: bool = True) -> JointModel:
+        super().train(mode)
+        if self.denoiser_frozen and self.denoiser is not None:
+            self.denoiser.eval()
+        return self
+

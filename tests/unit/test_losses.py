@@ -1,0 +1,208 @@
+"""Loss functions and the training-mode table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cryojoint.config import TRAINING_MODES
+from cryojoint.losses import (
+    TRAINING_STAGES,
+    consistency_loss,
+    denoise_loss,
+    loss_weights,
+    model_parts,
+    pu_loss,
+    stage_loss,
+    total_loss,
+    training_stages,
+)
+
+CLAMP = 1e-4
+
+
+# --- denoising -------------------------------------------------------------------------------------------
+
+
+def test_denoise_loss_matches_the_formula_by_hand() -> None:
+    y = torch.tensor([1.0, -1.0]).view(1, 1, 1, 2)
+    mu = torch.tensor([0.5, 0.0]).view(1, 1, 1, 2)
+    prior_var = torch.tensor([0.25, 1.0]).view(1, 1, 1, 2)
+    noise_var = torch.tensor(0.75).view(1, 1, 1, 1)
+    # pixel 1: 0.25/1.0 + log 1.0 = 0.25; pixel 2: 1/1.75 + log 1.75; minus 0.1 * sqrt(0.75)
+    expected = (0.25 + 1 / 1.75 + math.log(1.75)) / 2 - 0.1 * math.sqrt(0.75)
+    assert denoise_loss(y, mu, prior_var, noise_var, 0.1).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_denoise_loss_gradients_point_to_the_right_answer() -> None:
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randn(2, 1, 8, 8, generator=generator)
+    mu = torch.zeros_like(y, requires_grad=True)
+    prior_var = torch.full_like(y, 0.5, requires_grad=True)
+    noise_var = torch.full((2, 1, 1, 1), 0.5, requires_grad=True)
+    denoise_loss(y, mu, prior_var, noise_var, sigma_regulariser=0.0).backward()
+    # the mean is pulled towards the observation ...
+    assert torch.all(torch.sign(-mu.grad) == torch.sign(y))
+    # ... and the total variance towards the squared error: shrink where the error is small, grow where large
+    error2 = y**2
+    assert torch.all((prior_var.grad > 0)[error2 < 0.99]) and torch.all((prior_var.grad < 0)[error2 > 1.01])
+
+    mean = torch.zeros(1, 1, 1, 1, requires_grad=True)
+    loss = denoise_loss(torch.ones(1, 1, 1, 1), mean, torch.full((1, 1, 1, 1), 0.5),
+                        torch.full((1, 1, 1, 1), 0.5), sigma_regulariser=0.0)
+    (grad_mean,) = torch.autograd.grad(loss, mean)
+    assert grad_mean.item() == pytest.approx(-2.0)  # d/dmu (1 - mu)^2 / (0.5 + 0.5) at mu = 0
+
+    # the total variance A^2 + sigma^2 is optimal at the squared error: zero gradient there
+    total = torch.tensor(0.64, requires_grad=True)
+    loss = denoise_loss(torch.full((1, 1, 1, 1), 0.8), torch.zeros(1, 1, 1, 1), total.view(1, 1, 1, 1) - 0.3,
+                        torch.full((1, 1, 1, 1), 0.3), sigma_regulariser=0.0)
+    (grad_total,) = torch.autograd.grad(loss, total)
+    assert grad_total.item() == pytest.approx(0.0, abs=1e-6)
+
+    sigma = torch.tensor(0.3, requires_grad=True)
+    regularised = denoise_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2),
+                               (sigma**2).view(1, 1, 1, 1), sigma_regulariser=0.1)
+    unregularised = denoise_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2),
+                                 (sigma**2).view(1, 1, 1, 1), sigma_regulariser=0.0)
+    assert (unregularised - regularised).item() == pytest.approx(0.1 * 0.3)
+
+
+# --- positive-unlabelled detection -----------------------------------------------------------------------
+
+
+def test_pu_loss_matches_a_hand_computed_case() -> None:
+    logits = torch.tensor([2.0, -1.0, 0.5, -3.0])
+    targets = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    pi = 0.2
+    # labelled term: -log sigmoid(2) = log(1 + e^-2)
+    positive = math.log1p(math.exp(-2.0))
+    # unlabelled pixels: three, with p = sigmoid(-1), sigmoid(0.5), sigmoid(-3)
+    p = [1 / (1 + math.exp(-z)) for z in (-1.0, 0.5, -3.0)]
+    q_mu, q_var = sum(p), sum(v * (1 - v) for v in p)
+    prior_mu, prior_var = 3 * pi, 3 * pi * (1 - pi)
+    kl = 0.5 * (q_var / prior_var + (q_mu - prior_mu) ** 2 / prior_var + math.log(prior_var / q_var) - 1)
+    assert positive + kl == pytest.approx(0.246526, abs=1e-5)  # the numbers written out once by hand
+    assert pu_loss(logits, targets, pi, per_unit=False).item() == pytest.approx(positive + kl, rel=1e-4)
+    assert pu_loss(logits, targets, pi).item() == pytest.approx(positive + kl / 3, rel=1e-4)  # 3 unlabelled
+    assert pu_loss(logits, targets, pi, slack=0.0).item() == pytest.approx(positive, rel=1e-6)
+
+
+def test_pu_loss_per_unit_scale_does_not_grow_with_the_number_of_pixels() -> None:
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(1, 1, 8, 8, generator=generator) + 1.0
+    targets = torch.zeros_like(logits)
+    bigger = logits.repeat(1, 1, 4, 4)  # same values, 16x the pixels
+    summed_small = pu_loss(logits, targets, 0.05, per_unit=False).item()
+    summed_big = pu_loss(bigger, torch.zeros_like(bigger), 0.05, per_unit=False).item()
+    assert summed_big > 10 * summed_small
+    assert pu_loss(bigger, torch.zeros_like(bigger), 0.05).item() == pytest.approx(
+        pu_loss(logits, targets, 0.05).item(), rel=0.05)
+
+
+def test_pu_loss_unlabelled_pixels_are_pulled_to_the_expected_fraction_not_to_zero() -> None:
+    targets = torch.zeros(1, 1, 16, 16)
+    pi = 0.1
+    too_many = torch.full((1, 1, 16, 16), 2.0, requires_grad=True)  # p ~ 0.88 everywhere
+    pu_loss(too_many, targets, pi).backward()
+    assert torch.all(too_many.grad > 0)  # gradient descent lowers them
+    too_few = torch.full((1, 1, 16, 16), -6.0, requires_grad=True)  # p ~ 0.0025
+    pu_loss(too_few, targets, pi).backward()
+    assert torch.all(too_few.grad < 0)  # raises them: unlabelled is not negative
+    at_prior = torch.full((1, 1, 16, 16), math.log(pi / (1 - pi)))
+    assert pu_loss(at_prior, targets, pi).item() == pytest.approx(0.0, abs=1e-4)  # matching normals
+
+
+def test_pu_loss_soft_targets_weight_labelled_and_unlabelled_parts() -> None:
+    logits = torch.tensor([1.0, -2.0, 0.0, 0.5, -1.0])
+    soft = torch.tensor([0.5, 0.0, 0.0, 0.0, 0.0])
+    only_labelled_part = F.softplus(-logits[0]).item()
+    assert pu_loss(logits, soft, 0.3, slack=0.0).item() == pytest.approx(only_labelled_part)
+    # the half-labelled pixel also counts half in the unlabelled count: same as a half-weight mask
+    mask = torch.tensor([0.5, 1.0, 1.0, 1.0, 1.0])
+    zero_targets = torch.zeros(5)
+    ge_only = pu_loss(logits, soft, 0.3) - pu_loss(logits, soft, 0.3, slack=0.0)
+    assert ge_only.item() == pytest.approx(pu_loss(logits, zero_targets, 0.3, mask=mask).item(), rel=1e-5)
+
+
+def test_pu_loss_pixels_per_positive_rescales_only_the_count_mismatch() -> None:
+    targets = torch.zeros(64)
+    pi = 0.2
+    matched = torch.full((64,), math.log(pi / (1 - pi)))  # expected count already right
+    assert pu_loss(matched, targets, pi, pixels_per_positive=9.0, per_unit=False).item() == pytest.approx(
+        pu_loss(matched, targets, pi, per_unit=False).item(), abs=1e-5)
+    too_high = torch.full((64,), 1.0)
+    excess_1 = pu_loss(too_high, targets, pi, per_unit=False)
+    excess_9 = pu_loss(too_high, targets, pi, pixels_per_positive=9.0, per_unit=False)
+    assert 0 < excess_9.item() < excess_1.item()
+
+
+def test_pu_loss_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="pi"):
+        pu_loss(torch.zeros(4), torch.zeros(4), 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        pu_loss(torch.zeros(4), torch.zeros(5), 0.1)
+
+
+def test_pu_loss_all_labelled_has_no_ge_term() -> None:
+    logits = torch.tensor([0.3, -0.2])
+    assert pu_loss(logits, torch.ones(2), 0.1).item() == pytest.approx(F.softplus(-logits).mean().item())
+
+
+# --- consistency -----------------------------------------------------------------------------------------
+
+
+def _blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, kernel.view(1, 1, *kernel.shape), padding=kernel.shape[-1] // 2)
+
+
+def test_consistency_loss_is_zero_for_flip_equivariant_detector_and_positive_otherwise() -> None:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 1, 16, 16, generator=generator) * 3
+    symmetric = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
+    lopsided = torch.tensor([[0.0, 0.0, 0.0], [3.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    for kernel, equivariant in ((symmetric, True), (lopsided, False)):
+        logits = _blur(x, kernel)
+        flipped_back = _blur(x.flip(-1), kernel).flip(-1)
+        value = consistency_loss(logits, flipped_back, CLAMP).item()
+        assert (value == pytest.approx(0.0, abs=1e-12)) if equivariant else value > 1e-3
+
+
+# --- combining terms and modes ---------------------------------------------------------------------------
+
+
+def test_total_loss_is_the_paper_formula() -> None:
+    assert total_loss(0.75, 0.1, 2.0, 4.0, 10.0) == pytest.approx(0.75 * 2 + 0.25 * 4 + 0.1 * 10)
+
+
+def test_every_config_mode_has_stages_and_the_right_parts() -> None:
+    assert set(TRAINING_STAGES) == set(TRAINING_MODES)
+    assert model_parts("joint") == (True, True)
+    assert model_parts("sequential") == (True, True)
+    assert model_parts("denoise-only") == (True, False)
+    assert model_parts("detect-only") == (False, True)
+    for mode in TRAINING_MODES:
+        assert sum(stage.step_fraction for stage in training_stages(mode)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown training mode"):
+        training_stages("jiont")
+
+
+def test_stage_losses_use_exactly_the_terms_of_each_mode() -> None:
+    d, t, c = torch.tensor(2.0), torch.tensor(4.0), torch.tensor(10.0)
+    alpha, weight = 0.75, 0.1
+    joint = training_stages("joint")[0]
+    assert stage_loss(joint, alpha, weight, d, t, c).item() == pytest.approx(total_loss(alpha, weight, 2, 4, 10))
+    no_consistency = training_stages("joint-no-consistency")[0]
+    assert stage_loss(no_consistency, alpha, weight, d, t, None).item() == pytest.approx(0.75 * 2 + 0.25 * 4)
+    first, second = training_stages("sequential")
+    assert not first.freeze_denoiser and second.freeze_denoiser
+    assert stage_loss(first, alpha, weight, d, None, None).item() == pytest.approx(2.0)
+    assert stage_loss(second, alpha, weight, None, t, None).item() == pytest.approx(4.0)
+    assert stage_loss(training_stages("denoise-only")[0], alpha, weight, d, None, None).item() == 2.0
+    assert stage_loss(training_stages("detect-only")[0], alpha, weight, None, t, None).item() == 4.0
+    assert loss_weights(no_consistency, alpha, weight).consistency == 0.0
+    with pytest.raises(ValueError, match="consistency"):
+        stage_loss(joint, alpha, weight, d, t, None)

@@ -1,0 +1,248 @@
+"""Networks: blind-spot property, dense == per-patch detector, shapes, posterior mean, joint plumbing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from cryojoint.config import MODEL_PRESETS, ModelConfig, model_config_for_preset
+from cryojoint.models import (
+    RECEPTIVE_FIELD,
+    BlindSpotUNet,
+    JointModel,
+    ResNet8Detector,
+    centre_window,
+    patch_centre_index,
+    posterior_mean,
+    soft_segmentation,
+)
+
+SMALL = ModelConfig(preset="test", unet_encoder_channels=6, unet_decoder_channels=8, unet_depth=3,
+                    detector_channels=(4, 6, 8))
+HALF = RECEPTIVE_FIELD // 2
+
+
+def _randomise_batchnorm(model: torch.nn.Module, seed: int) -> None:
+    """Non-trivial running statistics and affine parameters, so eval-mode BN is not the identity."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator))
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.randn(n, generator=generator))
+            module.bias.data.copy_(torch.randn(n, generator=generator))
+
+
+# --- blind-spot U-Net ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("noise_model", ["constant", "estimator"])
+@pytest.mark.parametrize("shape", [(32, 32), (32, 48)])
+def test_blind_spot_output_never_sees_its_own_input_pixel(noise_model: str, shape: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    net = BlindSpotUNet(dataclasses.replace(SMALL, noise_model=noise_model))
+    x = torch.randn(1, 1, *shape, requires_grad=True)
+    out = net(x)
+    # odd/even rows and columns, away from the border so every neighbour exists
+    for row, col in [(10, 11), (11, 10), (16, 16), (17, 21)]:
+        for field in (out.prior_mean, out.prior_var):
+            (grad,) = torch.autograd.grad(field[0, 0, row, col], x, retain_graph=True)
+            grad = grad[0, 0]
+            assert grad[row, col] == 0.0
+            for dr, dc in [(-1, 0), (1, 0), (0, -1), (0, 1)]:
+                assert grad[row + dr, col + dc] != 0.0, (row, col, dr, dc)
+
+
+def test_blind_spot_rejects_size_not_multiple_of_pooling() -> None:
+    net = BlindSpotUNet(SMALL)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        net(torch.zeros(1, 1, 32, 36))
+
+
+def test_noise_and_prior_variances_are_positive() -> None:
+    torch.manual_seed(1)
+    for noise_model in ("constant", "estimator"):
+        out = BlindSpotUNet(dataclasses.replace(SMALL, noise_model=noise_model))(torch.randn(3, 1, 16, 16) * 5)
+        assert out.noise_var.shape == (3, 1, 1, 1)
+        assert (out.noise_var > 0).all() and (out.prior_var > 0).all()
+
+
+@pytest.mark.parametrize("noise_model", ["constant", "estimator"])
+def test_initialise_noise_std(noise_model: str) -> None:
+    torch.manual_seed(13)
+    net = BlindSpotUNet(dataclasses.replace(SMALL, noise_model=noise_model))
+    net.initialise_noise_std(0.8)
+    noise_var = net(torch.randn(2, 1, 16, 16)).noise_var
+    torch.testing.assert_close(noise_var.sqrt(), torch.full((2, 1, 1, 1), 0.8))
+
+
+def test_posterior_mean_limits() -> None:
+    generator = torch.Generator().manual_seed(2)
+    y, mu = torch.randn(2, 1, 8, 8, generator=generator), torch.randn(2, 1, 8, 8, generator=generator)
+    var = torch.rand(2, 1, 8, 8, generator=generator) + 0.1
+    tiny = torch.full_like(var, 1e-12)
+    torch.testing.assert_close(posterior_mean(y, mu, tiny, var), mu)  # sure prior: the prior mean
+    torch.testing.assert_close(posterior_mean(y, mu, var, tiny), y)  # no noise: the observation
+    torch.testing.assert_close(posterior_mean(y, mu, var, var), (y + mu) / 2)  # equal variances: halfway
+
+
+# --- ResNet8 detector ------------------------------------------------------------------------------------
+
+
+def test_detector_receptive_field_is_the_centre_window() -> None:
+    torch.manual_seed(3)
+    detector = ResNet8Detector(SMALL).eval()
+    _randomise_batchnorm(detector, seed=3)
+    x = torch.randn(1, 1, 64, 64, requires_grad=True)
+    detector(x)[0, 0, 0, 0].backward()
+    seen = (x.grad[0, 0] != 0).nonzero()
+    centre = patch_centre_index(64)
+    assert seen.min(0).values.tolist() == [centre - HALF, centre - HALF]
+    assert seen.max(0).values.tolist() == [centre + HALF, centre + HALF]
+
+
+@pytest.mark.parametrize("output_stride", [1, 2, 4])
+@pytest.mark.parametrize("shape", [(64, 64), (71, 66)])
+def test_dense_map_equals_patch_logits_at_the_same_centres(output_stride: int, shape: tuple[int, int]) -> None:
+    torch.manual_seed(4)
+    detector = ResNet8Detector(dataclasses.replace(SMALL, detector_output_stride=output_stride)).eval()
+    _randomise_batchnorm(detector, seed=4)
+    x = torch.randn(2, 1, *shape)
+    with torch.no_grad():
+        dense = detector(x, dense=True)
+        assert dense.shape == (2, 1, *shape)
+        centres = [(r, c) for r in range(HALF, shape[0] - HALF) for c in range(HALF, shape[1] - HALF)
+                   if r % output_stride == 0 and c % output_stride == 0]
+        assert centres
+        for row, col in centres:
+            patch = x[:, :, row - HALF:row + HALF + 1, col - HALF:col + HALF + 1]
+            torch.testing.assert_close(detector(patch)[:, 0, 0, 0], dense[:, 0, row, col], rtol=1e-4, atol=1e-4)
+
+
+def test_patch_logit_depends_on_the_centre_of_even_and_odd_patches() -> None:
+    torch.manual_seed(5)
+    detector = ResNet8Detector(SMALL).eval()
+    _randomise_batchnorm(detector, seed=5)
+    x = torch.randn(1, 1, 80, 80)
+    with torch.no_grad():
+        dense = detector(x, dense=True)
+        for size in (64, 65):
+            patch = x[:, :, 5:5 + size, 7:7 + size]
+            centre = patch_centre_index(size)
+            torch.testing.assert_close(detector(patch)[0, 0, 0, 0], dense[0, 0, 5 + centre, 7 + centre],
+                                       rtol=1e-4, atol=1e-4)
+    assert centre_window(patch).shape[2:] == (RECEPTIVE_FIELD, RECEPTIVE_FIELD)
+    with pytest.raises(ValueError, match="receptive field"):
+        detector(torch.zeros(1, 1, 62, 64))
+
+
+def test_initialise_prior_sets_the_mean_output_near_pi() -> None:
+    torch.manual_seed(12)
+    detector = ResNet8Detector(SMALL).eval()
+    detector.initialise_prior(0.02)
+    assert torch.sigmoid(detector.classifier.bias).item() == pytest.approx(0.02)
+    with pytest.raises(ValueError):
+        detector.initialise_prior(1.0)
+
+
+def test_soft_segmentation_is_clamped() -> None:
+    probabilities = soft_segmentation(torch.tensor([-100.0, 0.0, 100.0]), clamp=1e-3)
+    torch.testing.assert_close(probabilities, torch.tensor([1e-3, 0.5, 1 - 1e-3]))
+
+
+# --- joint model -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", sorted(MODEL_PRESETS))
+def test_output_shapes_of_each_preset(preset: str) -> None:
+    torch.manual_seed(6)
+    model = JointModel(model_config_for_preset(preset)).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        per_patch, dense = model(x, dense=False), model(x, dense=True)
+    for out in (per_patch, dense):
+        assert out.prior_mean.shape == out.prior_var.shape == out.denoised.shape == (2, 1, 64, 64)
+        assert out.noise_var.shape == (2, 1, 1, 1)
+    assert per_patch.logits.shape == (2, 1, 1, 1)
+    assert dense.logits.shape == (2, 1, 64, 64)
+
+
+def test_paper_preset_is_the_published_architecture() -> None:
+    config = model_config_for_preset("paper")
+    model = JointModel(config)
+    first_encoder_conv = model.denoiser.encoder_in[0].conv
+    last_decoder_conv = model.denoiser.decoders[-1][-1].conv
+    assert first_encoder_conv.out_channels == 48 and last_decoder_conv.out_channels == 96
+    assert model.denoiser.depth == 5 and model.size_multiple == 32
+    widths = [m.out_channels for m in model.detector.modules()
+              if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert sorted(set(widths)) == [32, 64, 128]
+
+
+def test_partial_models() -> None:
+    torch.manual_seed(7)
+    x = torch.randn(1, 1, 64, 64)
+    detect_only = JointModel(SMALL, use_denoiser=False)(x, dense=True)
+    assert detect_only.denoised is None and detect_only.prior_mean is None
+    assert detect_only.logits.shape == (1, 1, 64, 64)
+    denoise_only = JointModel(SMALL, use_detector=False)(x)
+    assert denoise_only.logits is None and denoise_only.denoised.shape == (1, 1, 64, 64)
+    with pytest.raises(ValueError):
+        JointModel(SMALL, use_denoiser=False, use_detector=False)
+
+
+def test_detection_gradient_reaches_the_denoiser_unless_frozen() -> None:
+    torch.manual_seed(8)
+    model = JointModel(SMALL)
+    x = torch.randn(2, 1, 64, 64)
+    model(x).logits.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.denoiser.merge.parameters())
+    model.zero_grad(set_to_none=True)
+    model.freeze_denoiser()
+    model.train()
+    assert not model.denoiser.training
+    model(x).logits.sum().backward()
+    assert all(p.grad is None for p in model.denoiser.parameters())
+    assert all(p.grad is not None for p in model.detector.parameters())
+
+
+def test_inference_is_deterministic() -> None:
+    torch.manual_seed(9)
+    model = JointModel(SMALL).eval()
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        first, second = model(x, dense=True), model(x, dense=True)
+    assert torch.equal(first.logits, second.logits) and torch.equal(first.denoised, second.denoised)
+
+
+@pytest.mark.parametrize("share_denoiser", [False, True])
+def test_flipped_patch_logit_is_the_centre_of_the_flipped_dense_map(share_denoiser: bool) -> None:
+    """Mirroring an even patch must keep its centre pixel: per-patch and dense flipped passes agree."""
+    torch.manual_seed(10)
+    model = JointModel(SMALL).eval()
+    _randomise_batchnorm(model, seed=10)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        out = model(x, dense=True)
+        flipped_dense = model.flipped_logits(x, out, dense=True, share_denoiser=share_denoiser)
+        flipped_patch = model.flipped_logits(x, out, dense=False, share_denoiser=share_denoiser)
+    centre = patch_centre_index(64)
+    torch.testing.assert_close(flipped_patch[:, 0, 0, 0], flipped_dense[:, 0, centre, centre],
+                               rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(flipped_dense, out.logits)  # the network is not mirror-symmetric
+
+
+def test_flipped_pass_with_shared_denoiser_equals_detector_on_mirrored_denoised_image() -> None:
+    torch.manual_seed(11)
+    model = JointModel(SMALL).eval()
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        out = model(x, dense=True)
+        shared = model.flipped_logits(x, out, dense=True, share_denoiser=True)
+        expected = model.detector(out.denoised.flip(-1), dense=True).flip(-1)
+        rerun = model.flipped_logits(x, out, dense=True, share_denoiser=False)
+    torch.testing.assert_close(shared, expected)
+    assert not torch.allclose(rerun, shared)  # the blind-spot denoiser is not flip-equivariant
