@@ -39,6 +39,8 @@ from cryojoint.io.mrc import Micrograph, micrograph_name, read_micrograph, write
 OUTPUT_KINDS: tuple[str, ...] = ("picks", "denoised", "heatmap")
 DENOISED_DIR, HEATMAP_DIR, CANDIDATE_DIR = "denoised", "heatmaps", "candidates"
 COMBINED_STAR = "picks.star"
+#: Every NMS peak of the run with its score, before the cut-off: what average precision is computed from.
+CANDIDATES_STAR = "candidates.star"
 #: Box size written into EMAN .box files, in particle diameters (extraction boxes are ~1.5-2x the diameter).
 BOX_SIZE_DIAMETERS = 2.0
 
@@ -366,8 +368,10 @@ def predict_files(
         candidate_tables.append(table)
     cut, automatic = choose_threshold([t["score"].to_numpy() for t in candidate_tables], settings)
     picks = _apply_threshold(candidate_tables, cut)
-    written = _write_picks(picks, out_dir, formats, [n for n in names if n not in failures],
-                           model.particle_diameter_px * settings.downsample)
+    all_candidates = pd.concat(candidate_tables, ignore_index=True) if candidate_tables else empty_table()
+    written = [write_coordinates(all_candidates, out_dir / CANDIDATES_STAR, "star")]
+    written += _write_picks(picks, out_dir, formats, [n for n in names if n not in failures],
+                            model.particle_diameter_px * settings.downsample)
     summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, cut, automatic, len(picks),
                              elapsed / max(n_done, 1), written)
     _write_run_record(out_dir, model, settings, summary, model_path, command_line)
@@ -398,7 +402,7 @@ def _predict_sequential(model: LoadedModel, paths: Sequence[Path], out_dir: Path
 
 def _write_picks(picks: pd.DataFrame, out_dir: Path, formats: Sequence[str], names: Sequence[str],
                  box_size: float) -> list[Path]:
-    """The combined RELION STAR (always) plus one file per micrograph in each requested format."""
+    """The combined RELION STAR after the cut-off (always) plus one file per micrograph in each format."""
     written = [write_coordinates(picks, out_dir / COMBINED_STAR, "star")]
     box = float(round(BOX_SIZE_DIAMETERS * box_size))
     for fmt in formats:

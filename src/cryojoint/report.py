@@ -93,9 +93,9 @@ PICK_STYLES: dict[str, dict[str, Any]] = {
     "missed": {"color": "#FF5CCB", "linestyle": "--", "label": "missed particle"},
     "pick": {"color": "#56B4E9", "linestyle": "-", "label": "pick"},
 }
-CIRCLE_LINE_WIDTH = 1.6
-#: Circles are drawn this many particle radii out, so the particle itself stays visible inside.
-CIRCLE_RADIUS_PARTICLE_RADII = 1.4
+CIRCLE_LINE_WIDTH = 1.3
+#: Circle radius in particle radii: circles outline the particle, as RELION and cryoSPARC draw them.
+CIRCLE_RADIUS_PARTICLE_RADII = 1.0
 #: Circle radius (input px) when neither the particle size nor a match radius is known.
 FALLBACK_CIRCLE_RADIUS_PX = 10.0
 CURVE_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
@@ -881,10 +881,10 @@ def _score_section(contents: RunContents) -> str:
     counts, _ = np.histogram(scores[finite], bins=edges)
     log_scale = counts.max() > LOG_HISTOGRAM_RANGE * max(counts[counts > 0].min(), 1)
     if log_scale:
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("peak score (soft segmentation value)")
     ax.set_ylabel("number of peaks" + (" (log scale)" if log_scale else ""))
@@ -892,7 +892,7 @@ def _score_section(contents: RunContents) -> str:
         kept = int((scores[finite] >= threshold).sum())
         ax.axvline(threshold, color="#D55E00", linewidth=2,
                    label=f"cut-off {_fmt(threshold)}: keeps {kept} of {int(finite.sum())}")
-    ax.legend(fontsize=8, loc="upper center")
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     ax.grid(alpha=0.25)
     figure.tight_layout()
     parts = [_figure_html(figure, "histogram of candidate peak scores with the cut-off",
@@ -975,8 +975,8 @@ def _evaluation_pr_figure(picking: dict[str, Any] | None,
         if precision is not None and recall is not None:
             ax.plot([recall], [precision], "o", color="#D55E00", markersize=8,
                     label=f"at the cut-off (F1 {_fmt(overall.get('f1'))})")
-    ax.legend(fontsize=8, loc="lower left")
-    _style_pr_axes(ax, "Precision-recall" + (f" (match radius {radius:g} px)" if radius else ""))
+    ax.legend(fontsize=8, loc="best")
+    _style_pr_axes(ax, "Precision-recall" + (f" (match radius {_fmt(radius, 1)} px)" if radius else ""))
     figure.tight_layout()
     return _figure_html(figure, "precision-recall curve of this run", caption)
 
