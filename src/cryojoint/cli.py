@@ -77,13 +77,17 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def _threshold(value: str | None) -> float | None:
+def _threshold(value: str | None) -> float | str | None:
+    """'auto' -> the model's rule; 'expected-count' / 'quantile' -> that rule; a number -> fixed cut-off."""
     if value is None or value.lower() == "auto":
         return None
+    if value.lower() in ("expected-count", "quantile"):
+        return value.lower()
     try:
         return float(value)
     except ValueError:
-        raise UserInputError(None, f"--threshold must be 'auto' or a number, not '{value}'") from None
+        raise UserInputError(None, f"--threshold must be auto, expected-count, quantile or a number, "
+                             f"not '{value}'") from None
 
 
 def _command_line() -> str:
@@ -167,8 +171,10 @@ def predict(
     model: Annotated[Path, typer.Argument(help="Trained model (RUN/model.pt).")],
     micrographs: Annotated[list[Path], typer.Argument(help="Micrographs to denoise and pick (MRC).")],
     out: Annotated[Path, typer.Option(help="Output folder: picks.star, denoised/, heatmaps/, picks/<format>/.")],
-    threshold: Annotated[str | None, typer.Option(help="Cut-off on the soft segmentation (0-1) or 'auto' "
-                                                       "(the top 25% of candidate scores).")] = "auto",
+    threshold: Annotated[str | None, typer.Option(help="Cut-off on the soft segmentation (0-1), or a rule: auto "
+                                                       "(= expected-count: keep as many picks as particles "
+                                                       "expected), quantile (top 25% of candidate scores, "
+                                                       "the paper's advice).")] = "auto",
     nms_radius: Annotated[float | None, typer.Option("--nms-radius", help="NMS radius in input pixels "
                                                      "(default: particle radius).")] = None,
     border: Annotated[float | None, typer.Option(help="Drop picks closer than this to the edge (input px).")] = None,

@@ -88,8 +88,9 @@ class TrainConfig:
 class PredictConfig:
     """Inference and picking."""
 
-    threshold: float | None = None  # None = automatic: score at the auto_threshold_quantile
-    auto_threshold_top_fraction: float = 0.25  # appendix: cut-off near the top 25-30% of values
+    threshold: float | None = None  # None = automatic, by auto_threshold_rule
+    auto_threshold_rule: str = "expected-count"  # keep expected particles x micrographs; or "quantile"
+    auto_threshold_top_fraction: float = 0.25  # "quantile" rule (appendix): top 25-30% of candidate scores
     nms_radius_px: float | None = None  # None: particle radius
     border_px: float = 0.0  # drop peaks closer than this to the image edge
     tile_size_px: int = 512  # largest output block computed per network pass (flat memory); blocks split evenly
@@ -204,6 +205,8 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (config.model.unet_depth >= 1, "model.unet_depth must be >= 1"),
         (config.model.noise_model in ("constant", "estimator"), "model.noise_model must be constant|estimator"),
         (config.model.detector_output_stride >= 1, "model.detector_output_stride must be >= 1"),
+        (config.predict.auto_threshold_rule in ("expected-count", "quantile"),
+         "predict.auto_threshold_rule must be expected-count or quantile"),
         (0.0 < config.predict.auto_threshold_top_fraction < 1.0,
          "predict.auto_threshold_top_fraction must be in (0, 1)"),
         (config.predict.tile_size_px >= 64, "predict.tile_size_px must be >= 64"),

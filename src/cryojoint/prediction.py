@@ -37,6 +37,7 @@ from cryojoint.io.coords import (
 from cryojoint.io.mrc import Micrograph, micrograph_name, read_micrograph, write_mrc
 
 OUTPUT_KINDS: tuple[str, ...] = ("picks", "denoised", "heatmap")
+AUTO_THRESHOLD_RULES: tuple[str, ...] = ("expected-count", "quantile")
 DENOISED_DIR, HEATMAP_DIR, CANDIDATE_DIR = "denoised", "heatmaps", "candidates"
 COMBINED_STAR = "picks.star"
 #: Every NMS peak of the run with its score, before the cut-off: what average precision is computed from.
@@ -57,20 +58,16 @@ class NetworkResult:
     soft_segmentation: np.ndarray | None
 
 
-def _pad_to_multiple(image: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
-    ny, nx = image.shape
-    py, px = (-ny) % multiple, (-nx) % multiple
-    if py == 0 and px == 0:
-        return image, (0, 0)
-    mode = "reflect" if min(ny, nx) > max(py, px) else "symmetric"
-    return np.pad(image, ((0, py), (0, px)), mode=mode), (py, px)
+def _blocks(length: int, largest: int, align: int = 1) -> list[tuple[int, int]]:
+    """Split ``[0, length)`` into the fewest near-equal blocks of about ``largest`` pixels at most.
 
-
-def _blocks(length: int, largest: int) -> list[tuple[int, int]]:
-    """Split ``[0, length)`` into the fewest blocks of at most ``largest`` pixels, of near-equal size."""
+    Inner edges fall on multiples of ``align`` (the U-Net's pooling grid), so every block sees the pooling
+    windows a single whole-image pass would.
+    """
     count = max(1, math.ceil(length / largest))
-    edges = np.linspace(0, length, count + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    inner = [int(round(length * i / count / align)) * align for i in range(1, count)]
+    edges = sorted({0, length, *(e for e in inner if 0 < e < length)})
+    return list(zip(edges[:-1], edges[1:]))
 
 
 @torch.no_grad()
@@ -91,14 +88,20 @@ def run_network_on_image(
     multiple = 2 ** config.model.unet_depth
     ny, nx = image.shape
     overlap = config.predict.tile_overlap_px
+    # Mirror the whole image once, so every pass (one block or many) cuts its context, rounded up to the U-Net's
+    # multiple, from the same extended image: tiling then changes nothing but where passes start.
+    offset = overlap + multiple
+    extended = np.pad(image, offset, mode="reflect" if min(ny, nx) > 1 else "edge")
     outputs: dict[str, np.ndarray] = {}
     noise_vars: list[float] = []
-    for y0, y1 in _blocks(ny, config.predict.tile_size_px):
-        for x0, x1 in _blocks(nx, config.predict.tile_size_px):
-            cy0, cy1 = max(y0 - overlap, 0), min(y1 + overlap, ny)
-            cx0, cx1 = max(x0 - overlap, 0), min(x1 + overlap, nx)
-            context = image[cy0:cy1, cx0:cx1]
-            padded, _ = _pad_to_multiple(context, multiple)
+    for y0, y1 in _blocks(ny, config.predict.tile_size_px, multiple):
+        for x0, x1 in _blocks(nx, config.predict.tile_size_px, multiple):
+            cy0, cx0 = y0 + offset - overlap, x0 + offset - overlap
+            cy1 = y1 + offset + overlap
+            cx1 = x1 + offset + overlap
+            cy1 += (-(cy1 - cy0)) % multiple
+            cx1 += (-(cx1 - cx0)) % multiple
+            padded = extended[cy0:cy1, cx0:cx1]
             x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(device)
             out = network(x, dense=dense)
             for key in ("prior_mean", "prior_var", "denoised", "logits"):
@@ -108,7 +111,7 @@ def run_network_on_image(
                 block = value[0, 0].float().cpu().numpy()
                 if key not in outputs:
                     outputs[key] = np.empty((ny, nx), dtype=np.float32)
-                outputs[key][y0:y1, x0:x1] = block[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
+                outputs[key][y0:y1, x0:x1] = block[overlap:overlap + y1 - y0, overlap:overlap + x1 - x0]
             if out.noise_var is not None:
                 noise_vars.append(float(out.noise_var.float().mean()))
     logits = outputs.get("logits")
@@ -155,9 +158,11 @@ class PickingSettings:
     border_px: float
     threshold: float | None
     top_fraction: float
+    threshold_rule: str  # "expected-count" or "quantile" (used when threshold is None)
+    expected_per_micrograph: float | None
 
     @classmethod
-    def resolve(cls, model: LoadedModel, threshold: float | None = None, nms_radius_px: float | None = None,
+    def resolve(cls, model: LoadedModel, threshold: float | str | None = None, nms_radius_px: float | None = None,
                 border_px: float | None = None, downsample: int | None = None) -> PickingSettings:
         """Options given in input pixels (as users think of them) become network pixels here."""
         factor = int(downsample or model.downsample)
@@ -167,8 +172,17 @@ class PickingSettings:
         radius = nms_radius_px if nms_radius_px is not None else predict_config.nms_radius_px
         radius_net = radius / factor if radius is not None else model.particle_diameter_px / 2
         border = border_px if border_px is not None else predict_config.border_px
-        return cls(factor, float(radius_net), float(border) / factor, threshold if threshold is not None
-                   else predict_config.threshold, predict_config.auto_threshold_top_fraction)
+        rule = predict_config.auto_threshold_rule
+        if isinstance(threshold, str):
+            if threshold not in AUTO_THRESHOLD_RULES:
+                raise UserInputError(None, f"unknown cut-off rule '{threshold}' (a number, or one of "
+                                     f"{', '.join(AUTO_THRESHOLD_RULES)})")
+            rule, threshold = threshold, None
+        expected = model.meta.get("expected_particles")
+        return cls(factor, float(radius_net), float(border) / factor,
+                   threshold if threshold is not None else predict_config.threshold,
+                   predict_config.auto_threshold_top_fraction, rule,
+                   None if expected is None else float(expected))
 
 
 def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
@@ -203,7 +217,13 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
 
 
 def choose_threshold(candidate_scores: Sequence[np.ndarray], settings: PickingSettings) -> tuple[float, bool]:
-    """The fixed cut-off if given, else the automatic one over all candidates of the run."""
+    """The fixed cut-off if given, else the automatic one over all candidates of the run.
+
+    ``expected-count`` keeps as many picks as the particles the run should hold (expected particles per
+    micrograph, estimated from the labels or given at training, times the number of micrographs): it ties the
+    cut-off to what is in the images rather than to how many background peaks NMS happens to find.
+    ``quantile`` is the appendix's advice, the score at the top ``top_fraction`` of all candidate scores.
+    """
     from cryojoint.picking import auto_threshold
 
     if settings.threshold is not None:
@@ -211,13 +231,17 @@ def choose_threshold(candidate_scores: Sequence[np.ndarray], settings: PickingSe
     values = [np.asarray(s, dtype=float) for s in candidate_scores if len(s)]
     if not values:
         return 0.5, True
+    if settings.threshold_rule == "expected-count" and settings.expected_per_micrograph:
+        ranked = np.sort(np.concatenate(values))[::-1]
+        keep = int(round(settings.expected_per_micrograph * len(candidate_scores)))
+        return float(ranked[min(max(keep, 1), len(ranked)) - 1]), True
     return float(auto_threshold(values, settings.top_fraction)), True
 
 
 def predict(
     model: LoadedModel | str | Path,
     images: Sequence[np.ndarray | Micrograph | str | Path] | np.ndarray | Micrograph,
-    threshold: float | None = None,
+    threshold: float | str | None = None,
     nms_radius_px: float | None = None,
     border_px: float | None = None,
     downsample: int | None = None,
@@ -304,7 +328,7 @@ def predict_files(
     micrographs: Sequence[str | Path],
     out_dir: str | Path,
     *,
-    threshold: float | None = None,
+    threshold: float | str | None = None,
     nms_radius_px: float | None = None,
     border_px: float | None = None,
     downsample: int | None = None,
@@ -421,7 +445,9 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "model": str(model_path),
         "threshold": summary.threshold,
         "threshold_was_automatic": summary.threshold_was_automatic,
+        "auto_threshold_rule": settings.threshold_rule,
         "auto_threshold_top_fraction": settings.top_fraction,
+        "expected_particles_per_micrograph": settings.expected_per_micrograph,
         "nms_radius_px_input": settings.nms_radius_px * settings.downsample,
         "border_px_input": settings.border_px * settings.downsample,
         "downsample": settings.downsample,
