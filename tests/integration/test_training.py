@@ -1,0 +1,109 @@
+"""Training on a tiny simulated set: the loss goes down, a resumed run is bit-exact, modes and files work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import cryojoint.training as training
+from cryojoint.checkpoint import load_model, read_model_file
+from cryojoint.config import TRAINING_MODES, CryojointConfig
+from cryojoint.errors import UserInputError
+from cryojoint.simulation import simulate
+
+TINY = {
+    "model": {"unet_encoder_channels": 8, "unet_decoder_channels": 16, "unet_depth": 3,
+              "detector_channels": [8, 16, 16]},
+    "train": {"steps": 20, "eval_every": 5, "checkpoint_every": 10, "learning_rate": 1e-3, "seed": 3},
+    "data": {"particle_diameter_px": 22.0},
+    "predict": {"tile_size_px": 128, "tile_overlap_px": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def dataset():  # noqa: ANN201 - a SimulatedDataset
+    """Three 256² fields; half of all particles labelled (a 256² field holds too few for the paper's region)."""
+    data = simulate(n_micrographs=3, size=256, seed=21, preset="ruvb")
+    data.labels = data.truth.sample(frac=0.5, random_state=0)[["micrograph", "x", "y"]].reset_index(drop=True)
+    return data
+
+
+def _config(**train: object) -> CryojointConfig:
+    return CryojointConfig.from_dict({**TINY, "train": {**TINY["train"], **train}})
+
+
+def test_twenty_steps_lower_the_denoising_loss_and_write_the_run(dataset, tmp_path: Path) -> None:
+    result = training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path, _config(), progress=False)
+    history = result.history
+    assert list(history["step"]) == [5, 10, 15, 20]
+    assert history["loss_denoise"].iloc[-1] < history["loss_denoise"].iloc[0]
+    assert {"validation_ap", "validation_denoise_loss"} <= set(history.columns)
+    for name in ("model.pt", "checkpoint.pt", "metrics.csv", "config.yaml"):
+        assert (tmp_path / name).is_file()
+    meta = read_model_file(tmp_path / "model.pt")["meta"]
+    assert meta["particle_diameter_px"] == pytest.approx(22.0)
+    assert meta["expected_particles"] > 0 and 0 < meta["pi"] < 0.5
+    loaded = load_model(tmp_path / "model.pt")
+    assert not loaded.network.training
+    assert pd.read_csv(tmp_path / "metrics.csv").shape[0] == 4
+
+
+def test_resume_after_an_interruption_is_bit_exact(dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = tmp_path / "straight"
+    training.train(dataset.micrographs["dose_060"], dataset.labels, straight, _config(), progress=False)
+
+    interrupted = tmp_path / "interrupted"
+    real_step = training._train_step
+    calls = {"n": 0}
+
+    def dies_at_step_13(*args: object, **kwargs: object) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_step", dies_at_step_13)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(dataset.micrographs["dose_060"], dataset.labels, interrupted, _config(), progress=False)
+    monkeypatch.setattr(training, "_train_step", real_step)
+    training.train(dataset.micrographs["dose_060"], dataset.labels, interrupted, _config(), resume=True,
+                   progress=False)
+
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(interrupted / "checkpoint.pt", weights_only=True)
+    assert a["state"]["step"] == b["state"]["step"] == 20
+    for key, value in a["network"].items():
+        assert torch.equal(value, b["network"][key]), key
+    for key, value in a["best_weights"].items():
+        assert torch.equal(value, b["best_weights"][key]), key
+    validation = [{k: v for k, v in r.items() if k.startswith("validation")} for r in a["state"]["history"]]
+    assert validation == [{k: v for k, v in r.items() if k.startswith("validation")} for r in b["state"]["history"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [m for m in TRAINING_MODES if m != "joint"])
+def test_every_mode_trains_and_predicts(dataset, tmp_path: Path, mode: str) -> None:
+    result = training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path, _config(mode=mode, steps=10),
+                            progress=False)
+    loaded = load_model(result.model_path)
+    assert (loaded.network.denoiser is None) == (mode == "detect-only")
+    assert (loaded.network.detector is None) == (mode == "denoise-only")
+
+
+def test_existing_run_needs_overwrite_and_resume_needs_a_checkpoint(dataset, tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"old")
+    with pytest.raises(UserInputError, match="already exists"):
+        training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path, _config(steps=2), progress=False)
+    with pytest.raises(UserInputError, match="no checkpoint"):
+        training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / "new", _config(), resume=True,
+                       progress=False)
+
+
+def test_learning_rate_ramps_up_and_down() -> None:
+    rates = [training.learning_rate_at(s, 100, 1.0, 0.1, 0.3) for s in range(100)]
+    assert rates[0] < rates[5] < rates[9] == pytest.approx(1.0)
+    assert rates[50] == pytest.approx(1.0)
+    assert rates[99] < rates[80] < rates[70] <= 1.0
