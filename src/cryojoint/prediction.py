@@ -34,7 +34,7 @@ from cryojoint.io.coords import (
     write_coordinates,
     write_coordinates_per_micrograph,
 )
-from cryojoint.io.mrc import Micrograph, micrograph_name, read_micrograph, write_mrc
+from cryojoint.io.mrc import Micrograph, micrograph_name, micrograph_shape, read_micrograph, write_mrc
 
 OUTPUT_KINDS: tuple[str, ...] = ("picks", "denoised", "heatmap")
 AUTO_THRESHOLD_RULES: tuple[str, ...] = ("expected-count", "quantile")
@@ -159,7 +159,8 @@ class PickingSettings:
     threshold: float | None
     top_fraction: float
     threshold_rule: str  # "expected-count" or "quantile" (used when threshold is None)
-    expected_per_micrograph: float | None
+    expected_per_micrograph: float | None  # for a micrograph of the training micrographs' mean area
+    expected_density_per_px2: float | None = None  # particles per network px^2 (scales to any image size)
 
     @classmethod
     def resolve(cls, model: LoadedModel, threshold: float | str | None = None, nms_radius_px: float | None = None,
@@ -179,10 +180,11 @@ class PickingSettings:
                                      f"{', '.join(AUTO_THRESHOLD_RULES)})")
             rule, threshold = threshold, None
         expected = model.meta.get("expected_particles")
+        density = model.meta.get("expected_density_per_px2")
         return cls(factor, float(radius_net), float(border) / factor,
                    threshold if threshold is not None else predict_config.threshold,
                    predict_config.auto_threshold_top_fraction, rule,
-                   None if expected is None else float(expected))
+                   None if expected is None else float(expected), None if density is None else float(density))
 
 
 def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
@@ -216,12 +218,14 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
                                 time.perf_counter() - start)
 
 
-def choose_threshold(candidate_scores: Sequence[np.ndarray], settings: PickingSettings) -> tuple[float, bool]:
+def choose_threshold(candidate_scores: Sequence[np.ndarray], settings: PickingSettings,
+                     areas_px2: Sequence[float] | None = None) -> tuple[float, bool]:
     """The fixed cut-off if given, else the automatic one over all candidates of the run.
 
-    ``expected-count`` keeps as many picks as the particles the run should hold (expected particles per
-    micrograph, estimated from the labels or given at training, times the number of micrographs): it ties the
-    cut-off to what is in the images rather than to how many background peaks NMS happens to find.
+    ``expected-count`` keeps as many picks as the particles the run should hold: the particle density estimated
+    from the labels (or given at training) times the micrographs' area in network pixels (``areas_px2``; without
+    it, expected particles per micrograph times their number). It ties the cut-off to what is in the images
+    rather than to how many background peaks NMS happens to find.
     ``quantile`` is the appendix's advice, the score at the top ``top_fraction`` of all candidate scores.
     """
     from cryojoint.picking import auto_threshold
@@ -233,7 +237,10 @@ def choose_threshold(candidate_scores: Sequence[np.ndarray], settings: PickingSe
         return 0.5, True
     if settings.threshold_rule == "expected-count" and settings.expected_per_micrograph:
         ranked = np.sort(np.concatenate(values))[::-1]
-        keep = int(round(settings.expected_per_micrograph * len(candidate_scores)))
+        if settings.expected_density_per_px2 and areas_px2 is not None:
+            keep = int(round(settings.expected_density_per_px2 * float(np.sum(areas_px2))))
+        else:
+            keep = int(round(settings.expected_per_micrograph * len(candidate_scores)))
         return float(ranked[min(max(keep, 1), len(ranked)) - 1]), True
     return float(auto_threshold(values, settings.top_fraction)), True
 
@@ -252,7 +259,9 @@ def predict(
     settings = PickingSettings.resolve(loaded, threshold, nms_radius_px, border_px, downsample)
     items = [images] if isinstance(images, (np.ndarray, Micrograph, str, Path)) else list(images)
     results = [predict_micrograph(loaded, _as_micrograph(item, i), settings, device) for i, item in enumerate(items)]
-    cut, automatic = choose_threshold([r.candidates["score"].to_numpy() for r in results], settings)
+    areas = [float(np.prod(bin_image(m.data, settings.downsample).shape)) for m in
+             (_as_micrograph(item, i) for i, item in enumerate(items))]
+    cut, automatic = choose_threshold([r.candidates["score"].to_numpy() for r in results], settings, areas)
     picks = _apply_threshold([r.candidates for r in results], cut)
     return Predictions(results, cut, automatic, picks)
 
@@ -382,7 +391,7 @@ def predict_files(
     elapsed = time.perf_counter() - started
     n_done = len(todo) - len(failures)
 
-    candidate_tables = []
+    candidate_tables, areas = [], []
     for path, name in zip(micrographs, names):
         candidate_path = _output_paths(out_dir, name)["candidates"]
         if name in failures or not candidate_path.exists():
@@ -390,7 +399,9 @@ def predict_files(
         table = _read_candidates(candidate_path, name)
         table[FILE_NAME_COLUMN] = Path(path).name
         candidate_tables.append(table)
-    cut, automatic = choose_threshold([t["score"].to_numpy() for t in candidate_tables], settings)
+        ny, nx = micrograph_shape(path)
+        areas.append(float((ny // settings.downsample) * (nx // settings.downsample)))
+    cut, automatic = choose_threshold([t["score"].to_numpy() for t in candidate_tables], settings, areas)
     picks = _apply_threshold(candidate_tables, cut)
     all_candidates = pd.concat(candidate_tables, ignore_index=True) if candidate_tables else empty_table()
     written = [write_coordinates(all_candidates, out_dir / CANDIDATES_STAR, "star")]
@@ -406,8 +417,7 @@ def _read_candidates(path: Path, name: str) -> pd.DataFrame:
     try:
         return read_coordinates(path, "csv")
     except UserInputError:  # an empty candidates file: no peaks at all
-        table = empty_table()
-        return table
+        return empty_table()
 
 
 def _predict_sequential(model: LoadedModel, paths: Sequence[Path], out_dir: Path, settings: PickingSettings,

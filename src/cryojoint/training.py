@@ -7,6 +7,11 @@ One network, two heads (design.md §2). The mode selects which loss terms train 
 ``sequential``             first half: L_denoise only; then the denoiser is frozen and L_detect trains the detector
 ``denoise-only``           L_denoise, no detector
 ``detect-only``            L_detect on the raw micrograph (no denoiser): a Topaz-like picker
+
+Under ``torchrun --nproc-per-node N`` the same loop trains data-parallel (see :mod:`cryojoint.distributed`):
+each process samples its own batches from its own random stream, gradients are averaged, rank 0 validates,
+decides (early stopping, next stage) for everyone, and alone writes files. The data split is seeded
+independently of the rank, so every process holds out the same micrographs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import math
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +31,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryojoint import losses
+from cryojoint import distributed, losses
 from cryojoint._atomic import atomic_path, check_can_write
 from cryojoint.checkpoint import build_network, load_model, save_model
 from cryojoint.config import CryojointConfig, default_config
 from cryojoint.data import LabelledImage, PatchSampler, PreparedData, load_micrographs, prepare_data
+from cryojoint.distributed import DistributedContext
 from cryojoint.errors import UserInputError
 from cryojoint.io.coords import read_coordinates
 from cryojoint.io.mrc import Micrograph
 from cryojoint.losses import TrainingStage, training_stages
+from cryojoint.parallel import threads_per_worker
 
 __all__ = ["TrainResult", "learning_rate_at", "load_model", "select_device", "train"]
 
@@ -124,7 +132,14 @@ def train(
     out
         Run folder: ``model.pt``, ``checkpoint.pt`` (resumable), ``metrics.csv``, ``config.yaml``.
     resume
-        Continue from ``out/checkpoint.pt`` exactly where it stopped (same batches, same result).
+        Continue from ``out/checkpoint.pt`` exactly where it stopped (same batches, same result; under
+        torchrun with the same number of processes, each process continues its own stream of batches).
+
+    Notes
+    -----
+    Launched by ``torchrun --nproc-per-node N`` this trains data-parallel: ``config.data.batch_size`` patches
+    per process and step (N times as many per step in all), gradients averaged, the same number of steps.
+    Every process returns the same result; only rank 0 writes files.
     """
     config = config or default_config()
     run_dir = Path(out)
@@ -136,8 +151,28 @@ def train(
         check_can_write(run_dir / MODEL_NAME, overwrite)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    device = select_device(config.train.device)
+    with distributed.process_group(select_device(config.train.device)) as group:
+        if not config.train.threads and group.enabled and group.device.type == "cpu":
+            # Processes on one node share its cores (torchrun also sets OMP_NUM_THREADS=1 by default).
+            torch.set_num_threads(threads_per_worker(group.local_world_size))
+        return _train(micrographs, labels, run_dir, config, group, resume=resume, progress=progress,
+                      command_line=command_line)
 
+
+def _train(
+    micrographs: Sequence[str | Path | Micrograph],
+    labels: pd.DataFrame | str | Path,
+    run_dir: Path,
+    config: CryojointConfig,
+    group: DistributedContext,
+    *,
+    resume: bool,
+    progress: bool,
+    command_line: str,
+) -> TrainResult:
+    """The loop of :func:`train`, run by every process of ``group`` in lockstep."""
+    device = group.device
+    checkpoint_path = run_dir / CHECKPOINT_NAME
     labels_source = labels if isinstance(labels, (str, Path)) else None
     label_table = read_coordinates(labels) if labels_source is not None else labels
     mics = [m if isinstance(m, Micrograph) else None for m in micrographs]
@@ -147,56 +182,76 @@ def train(
 
     torch.manual_seed(config.train.seed)
     rng = np.random.default_rng(config.train.seed)
+    # Seeded the same on every rank: every process holds out the same validation data.
     prepared = prepare_data(mics, label_table, config.data, config.loss, rng, labels_source)
-    sampler = PatchSampler(prepared.train, config.data.patch_size_px, config.data.labelled_centre_fraction, rng)
+    sampler_rng = rng if group.rank == 0 else _rank_generator(config.train.seed, group.rank)
+    sampler = PatchSampler(prepared.train, config.data.patch_size_px, config.data.labelled_centre_fraction,
+                           sampler_rng)
 
     network = build_network(config)
     _initialise(network, prepared)
     network = network.to(device)
+    if group.rank != 0:  # own torch stream per rank (rank 0 keeps the single-process one)
+        torch.manual_seed(int(_rank_seed_sequence(config.train.seed, group.rank).generate_state(1)[0]))
     optimizer = torch.optim.Adam(network.parameters(), lr=config.train.learning_rate, betas=config.train.adam_betas)
     state = _State()
     best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    notes = list(prepared.notes)
+    stages = training_stages(config.train.mode)
     if resume:
-        state, best_weights = _load_checkpoint(checkpoint_path, network, optimizer, rng, device,
-                                               training_stages(config.train.mode))
-    config.save_yaml(run_dir / CONFIG_NAME)
+        state, best_weights, resume_notes = _load_checkpoint(checkpoint_path, network, optimizer, sampler_rng,
+                                                             device, stages, group, config.train.seed)
+        notes += resume_notes
+    if group.is_main:
+        config.save_yaml(run_dir / CONFIG_NAME)
 
     meta = _model_meta(prepared, command_line, config)
     metric_name = "validation_ap" if config.train.mode != "denoise-only" else "validation_neg_denoise_loss"
     total = config.train.steps
-    stages = training_stages(config.train.mode)
     stage_ends = np.cumsum([round(s.step_fraction * total) for s in stages]).tolist()
     stopped_early = False
     start = time.perf_counter() - state.seconds
-    bar = _ProgressBar(total, enabled=progress, initial=state.step)
+    bar = _ProgressBar(total, enabled=progress and group.is_main, initial=state.step)
     running: dict[str, float] = {}
+    _set_trainable(network, stages[state.stage])
+    trainer = distributed.wrap_model(network, group)  # gradient averaging across processes (or network itself)
     with bar:
         while state.step < total:
             if state.stage + 1 < len(stages) and state.step >= stage_ends[state.stage]:
                 state = _begin_next_stage(network, best_weights, state, stages[state.stage + 1])
+                trainer = None  # release the old wrapper's gradient hooks before the new one sets its own
+                trainer = distributed.wrap_model(network, group)
             stage = stages[state.stage]
             lr = learning_rate_at(state.step, total, config.train.learning_rate,
                                   config.train.rampup_fraction, config.train.rampdown_fraction)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            terms = _train_step(network, optimizer, sampler, config, prepared, stage, device)
+            for group_params in optimizer.param_groups:
+                group_params["lr"] = lr
+            terms = _train_step(trainer, network, optimizer, sampler, config, prepared, stage, device)
             state.step += 1
             for key, value in terms.items():
                 running[key] = 0.9 * running.get(key, value) + 0.1 * value
             bar.update(state.step, running)
             if state.step % config.train.eval_every == 0 or state.step == total:
-                record = {"step": state.step, "lr": lr, "seconds": time.perf_counter() - start, **running}
-                record.update(_validate(network, prepared, config, device))
-                metric = _stage_metric(record, stage)
-                if metric > state.best_metric:
+                # Rank 0 validates; every rank applies its verdict, so all stop or advance together.
+                running_all = distributed.mean_over_processes(running, group)
+                verdict: tuple[dict[str, float], bool] | None = None
+                if group.is_main:
+                    record = {"step": state.step, "lr": lr, "seconds": time.perf_counter() - start, **running_all}
+                    record.update(_validate(network, prepared, config, device))
+                    verdict = (record, _stage_metric(record, stage) > state.best_metric)
+                record, improved = distributed.broadcast_object(verdict, group)
+                if improved:
+                    metric = _stage_metric(record, stage)
                     state.best_metric, state.best_step, state.bad_evaluations = metric, state.step, 0
                     best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
-                    save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step,
-                                                                       metric_name: metric})
+                    if group.is_main:
+                        save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step,
+                                                                           metric_name: metric})
                 else:
                     state.bad_evaluations += 1
                 state.history.append(record)
-                _write_metrics(run_dir / METRICS_NAME, state.history)
+                if group.is_main:
+                    _write_metrics(run_dir / METRICS_NAME, state.history)
                 bar.log(record)
                 if state.bad_evaluations >= config.train.early_stopping_patience:
                     if state.stage + 1 < len(stages):  # this stage has converged: go on to the next
@@ -206,13 +261,23 @@ def train(
                         break
             if state.step % config.train.checkpoint_every == 0 or state.step == total:
                 state.seconds = time.perf_counter() - start
-                _save_checkpoint(checkpoint_path, network, optimizer, rng, state, best_weights)
+                _save_checkpoint(checkpoint_path, network, optimizer, sampler_rng, state, best_weights, group)
     state.seconds = time.perf_counter() - start
-    _save_checkpoint(checkpoint_path, network, optimizer, rng, state, best_weights)
-    if not (run_dir / MODEL_NAME).exists():
+    _save_checkpoint(checkpoint_path, network, optimizer, sampler_rng, state, best_weights, group)
+    if group.is_main and not (run_dir / MODEL_NAME).exists():
         save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step})
     return TrainResult(run_dir, run_dir / MODEL_NAME, state.best_step, state.best_metric, metric_name, state.step,
-                       state.seconds, stopped_early, pd.DataFrame(state.history), prepared.notes)
+                       state.seconds, stopped_early, pd.DataFrame(state.history), notes)
+
+
+def _rank_seed_sequence(seed: int, rank: int) -> np.random.SeedSequence:
+    """Rank r's own stream: child r of the run's seed (independent of rank 0's, which is the seed itself)."""
+    return np.random.SeedSequence(seed, spawn_key=(rank,))
+
+
+def _rank_generator(seed: int, rank: int) -> np.random.Generator:
+    """The patch sampler's generator on rank ``rank`` > 0: different batches on every process."""
+    return np.random.default_rng(_rank_seed_sequence(seed, rank))
 
 
 # ------------------------------------------------------------------------------------------ one step
@@ -226,7 +291,20 @@ def _initialise(network: torch.nn.Module, prepared: PreparedData) -> None:
         network.denoiser.initialise_noise_std(prepared.noise_std)
 
 
+def _set_trainable(network: torch.nn.Module, stage: TrainingStage) -> None:
+    """Let exactly the parts the stage trains have gradients (what the data-parallel wrapper synchronises).
+
+    Only the detector's flag changes here (the denoiser is frozen by :meth:`freeze_denoiser`): in the
+    denoiser-only first stage of ``sequential`` it still runs (its batch statistics update as before), but no
+    loss reaches it, so it gets no gradient either way and Adam leaves it alone.
+    """
+    detector = getattr(network, "detector", None)
+    if detector is not None:
+        detector.requires_grad_(stage.detect or stage.consistency)
+
+
 def _train_step(
+    trainer: torch.nn.Module,
     network: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     sampler: PatchSampler,
@@ -235,14 +313,19 @@ def _train_step(
     stage: TrainingStage,
     device: torch.device,
 ) -> dict[str, float]:
-    """One minibatch: the loss terms the stage uses, weighted as the paper does, one Adam step."""
-    network.train()
+    """One minibatch: the loss terms the stage uses, weighted as the paper does, one Adam step.
+
+    ``trainer`` is ``network`` itself, or its data-parallel wrapper (whose forward and backward also average
+    the gradients across processes); the mirrored pass reuses the same parameters, so its gradients are
+    averaged along with the rest.
+    """
+    trainer.train()
     images, targets = sampler.sample(config.data.batch_size)
     x = torch.from_numpy(images).to(device)
     t = torch.from_numpy(targets).to(device)
     # Dense logits over the whole patch: every pixel teaches the detector (a single centre logit per patch
     # would leave its last BatchNorm with batch_size values).
-    output = network(x, dense=True)
+    output = trainer(x, dense=True)
     l_denoise = l_detect = l_consistency = None
     if stage.denoise:
         l_denoise = losses.denoise_loss(x, output.prior_mean, output.prior_var, output.noise_var,
@@ -362,6 +445,7 @@ def _begin_next_stage(network: torch.nn.Module, best_weights: dict[str, torch.Te
     network.load_state_dict(best_weights)
     if next_stage.freeze_denoiser:
         network.freeze_denoiser()
+    _set_trainable(network, next_stage)
     state.stage += 1
     state.best_metric = -math.inf
     state.bad_evaluations = 0
@@ -384,7 +468,18 @@ def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConf
 
 
 def _save_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     rng: np.random.Generator, state: _State, best_weights: dict[str, torch.Tensor]) -> None:
+                     rng: np.random.Generator, state: _State, best_weights: dict[str, torch.Tensor],
+                     group: DistributedContext) -> None:
+    """Everything a bit-exact resume needs; with several processes, every rank's random state (gathered to
+    rank 0, which alone writes) and a digest of every rank's parameters (equal unless the replicas drifted)."""
+    rank_random_states = distributed.gather_objects(
+        {"numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, group)
+    digests = distributed.gather_objects(distributed.parameter_digest(network), group)
+    if not group.is_main:
+        return
+    if len(set(digests)) > 1:
+        warnings.warn(f"training processes hold different parameters at step {state.step} "
+                      "(data-parallel replicas drifted)", RuntimeWarning, stacklevel=2)
     payload = {
         "kind": "cryojoint-checkpoint",
         "network": network.state_dict(),
@@ -393,14 +488,19 @@ def _save_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.opti
         "torch_rng": torch.get_rng_state(),
         "numpy_rng": rng.bit_generator.state,
         "state": {k: v for k, v in vars(state).items()},
+        "world_size": group.world_size,
     }
+    if group.enabled:
+        payload["rank_random_states"] = rank_random_states
+        payload["parameter_digests"] = digests
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
 def _load_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     rng: np.random.Generator, device: torch.device,
-                     stages: Sequence[TrainingStage]) -> tuple[_State, dict[str, torch.Tensor]]:
+                     rng: np.random.Generator, device: torch.device, stages: Sequence[TrainingStage],
+                     group: DistributedContext, seed: int) -> tuple[_State, dict[str, torch.Tensor], list[str]]:
+    """Restore network, optimizer, loop state and this rank's random state; return notes for the user."""
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
@@ -417,9 +517,21 @@ def _load_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.opti
         optimizer.load_state_dict(payload["optimizer"])
     except (RuntimeError, ValueError) as err:
         raise UserInputError(path, f"checkpoint does not fit this configuration ({err})") from None
-    torch.set_rng_state(payload["torch_rng"].cpu())
-    rng.bit_generator.state = payload["numpy_rng"]
-    return state, payload["best_weights"]
+    notes: list[str] = []
+    saved_world = int(payload.get("world_size", 1))
+    per_rank = payload.get("rank_random_states") or [{"numpy_rng": payload["numpy_rng"],
+                                                       "torch_rng": payload["torch_rng"]}]
+    if saved_world != group.world_size:
+        notes.append(f"checkpoint written by {saved_world} process(es), resumed on {group.world_size}: "
+                     "the batches differ from an uninterrupted run")
+    if group.rank < len(per_rank):
+        torch.set_rng_state(per_rank[group.rank]["torch_rng"].cpu())
+        rng.bit_generator.state = per_rank[group.rank]["numpy_rng"]
+    else:  # a process the checkpoint did not have: a fresh stream, distinct from every earlier one
+        fresh = np.random.SeedSequence(seed, spawn_key=(group.rank, state.step))
+        rng.bit_generator.state = np.random.default_rng(fresh).bit_generator.state
+        torch.manual_seed(int(fresh.generate_state(1)[0]))
+    return state, payload["best_weights"], notes
 
 
 def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:

@@ -134,3 +134,15 @@ def write_mrc(
             if array.ndim == 3:
                 mrc.set_image_stack()
     return path
+
+
+def micrograph_shape(path: str | Path) -> tuple[int, int]:
+    """``(ny, nx)`` from the header alone (no data read): cheap enough to ask of thousands of files."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
+                return int(mrc.header.ny), int(mrc.header.nx)
+    except (OSError, ValueError) as err:
+        raise UserInputError(path, f"cannot read MRC header ({err})") from None
