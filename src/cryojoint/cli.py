@@ -157,8 +157,12 @@ def train(
         particle_diameter_px=particle_diameter, expected_particles=expected_particles,
         downsample=downsample).items() if v is not None})
     validate(cfg, config)
+    from cryojoint.distributed import is_main_process
+
     result = train_model(micrographs, labels, out, cfg, resume=resume, overwrite=overwrite,
                          command_line=_command_line())
+    if not is_main_process():  # under torchrun, one summary is enough
+        return
     for note in result.notes:
         typer.echo(note)
     stop = "stopped early" if result.stopped_early else "finished"

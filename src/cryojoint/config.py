@@ -26,21 +26,23 @@ NoiseModel = Literal["constant", "estimator"]
 
 @dataclass
 class ModelConfig:
-    """Architecture. ``paper`` preset = the published network; ``default`` = the faster CPU variant."""
+    """Architecture. Field defaults are the ``default`` preset (the faster CPU variant); ``MODEL_PRESETS["paper"]``
+    is the published network (appendix: 48 encoder / 96 decoder channels, ResNet8 32/64/128, full-resolution map).
+    """
 
     preset: str = "default"
-    unet_encoder_channels: int = 48  # appendix: 48 in every encoder block
-    unet_decoder_channels: int = 96  # appendix: 96 in every decoder block (after concatenation)
+    unet_encoder_channels: int = 24  # paper: 48 in every encoder block
+    unet_decoder_channels: int = 48  # paper: 96 in every decoder block (after concatenation)
     unet_depth: int = 5  # number of 2x poolings; inputs are padded to a multiple of 2**depth
     leaky_relu_slope: float = 0.1
     noise_model: str = "constant"  # "constant": one learnable sigma; "estimator": per-image sigma net
     detector_channels: tuple[int, ...] = (32, 64, 128)  # ResNet8 residual blocks (appendix)
-    detector_output_stride: int = 1  # >1: dense map computed at this stride, then upsampled
+    detector_output_stride: int = 2  # >1: dense map computed at this stride, then upsampled (paper: 1)
     sigmoid_clamp: float = 1e-4  # "modified sigmoid": sigmoid clamped to [clamp, 1 - clamp]
     # Consistency pass: True mirrors the denoised image (one denoiser pass, ~2x cheaper); False runs the
     # denoiser again on the mirrored input (the blind-spot net is not mirror-equivariant, so this is a
     # genuinely different view and the consistency term also trains the denoiser).
-    consistency_shares_denoiser: bool = False
+    consistency_shares_denoiser: bool = True
 
 
 @dataclass

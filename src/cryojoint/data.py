@@ -150,6 +150,7 @@ class PreparedData:
     label_sigma_px: float
     pixels_per_positive: float  # area (px^2) of one particle's soft label: 2 pi sigma^2
     noise_std: float  # per-pixel noise of the normalised images (from neighbour differences)
+    mean_area_px2: float  # mean micrograph area at network scale: expected_particles is per this area
     downsample: int
     diameter_was_estimated: bool = False
     expected_was_estimated: bool = False
@@ -220,7 +221,7 @@ def prepare_data(
 
     train, validation = split_validation(images, data_config.validation_fraction, rng)
     return PreparedData(train, validation, diameter, expected, pi, label_sigma, float(pixels_per_positive),
-                        estimate_noise_std([im.image for im in images]), factor, diameter_estimated,
+                        estimate_noise_std([im.image for im in images]), mean_area, factor, diameter_estimated,
                         expected_estimated, notes)
 
 

@@ -44,7 +44,7 @@ def predict_task(model_path: str, micrograph_path: str, out_dir: str, settings: 
     from cryojoint.io.mrc import micrograph_name, read_micrograph
     from cryojoint.prediction import predict_micrograph, write_micrograph_outputs
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads or _worker_threads())
     name = micrograph_name(micrograph_path)
     try:
         model = _cached_model(model_path, "cpu")
@@ -53,6 +53,17 @@ def predict_task(model_path: str, micrograph_path: str, out_dir: str, settings: 
     except UserInputError as err:
         return name, err.one_line()
     return name, None
+
+
+def _worker_threads() -> int:
+    """Threads for torch on a remote Dask worker: the threads it was started with (``dask worker --nthreads``),
+    else the cores this process may use."""
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def _client(workers: int, scheduler: str | None) -> Any:
@@ -89,10 +100,11 @@ def predict_distributed(
     failures: dict[str, str] = {}
     try:
         n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
+        # Local workers share this machine's cores; a remote worker decides on its own machine (0 = ask it).
         threads = threads_per_worker(n_workers) if scheduler in (None, "local") else 0
         futures = {
             client.submit(predict_task, str(Path(model_path).resolve()), str(Path(p).resolve()),
-                          str(out_dir.resolve()), settings, list(outputs), threads or os.cpu_count() or 1,
+                          str(out_dir.resolve()), settings, list(outputs), threads,
                           retries=TASK_RETRIES, pure=False): p
             for p in paths
         }

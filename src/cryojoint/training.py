@@ -107,6 +107,7 @@ class _State:
     bad_evaluations: int = 0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    running: dict[str, float] = field(default_factory=dict)  # smoothed loss terms (shown and logged)
 
 
 def train(
@@ -212,7 +213,10 @@ def _train(
     stopped_early = False
     start = time.perf_counter() - state.seconds
     bar = _ProgressBar(total, enabled=progress and group.is_main, initial=state.step)
-    running: dict[str, float] = {}
+    running = state.running
+    if not prepared.validation:
+        notes.append("no held-out labels (too few labelled micrographs/picks): no early stopping, the last step "
+                     "is kept")
     _set_trainable(network, stages[state.stage])
     trainer = distributed.wrap_model(network, group)  # gradient averaging across processes (or network itself)
     with bar:
@@ -366,7 +370,12 @@ def _targets_for(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _stage_metric(record: dict[str, float], stage: TrainingStage) -> float:
-    """Validation AP while the detector learns; minus the validation denoise loss while only the denoiser does."""
+    """Validation AP while the detector learns; minus the validation denoise loss while only the denoiser does.
+
+    Without any validation figure the step itself is the metric: the latest model is kept, none stops early.
+    """
+    if not any(key.startswith("validation") for key in record):
+        return float(record["step"])
     if not stage.detect or "validation_ap" not in record:
         return -record.get("validation_denoise_loss", math.inf)
     return record["validation_ap"]
@@ -458,6 +467,7 @@ def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConf
         "particle_diameter_estimated": bool(prepared.diameter_was_estimated),
         "expected_particles": float(prepared.expected_particles),
         "expected_particles_estimated": bool(prepared.expected_was_estimated),
+        "expected_density_per_px2": float(prepared.expected_particles / prepared.mean_area_px2),
         "pi": float(prepared.pi),
         "downsample": int(prepared.downsample),
         "mode": config.train.mode,

@@ -20,7 +20,7 @@ from cryojoint.models import (
 )
 
 SMALL = ModelConfig(preset="test", unet_encoder_channels=6, unet_decoder_channels=8, unet_depth=3,
-                    detector_channels=(4, 6, 8))
+                    detector_channels=(4, 6, 8), detector_output_stride=1)
 HALF = RECEPTIVE_FIELD // 2
 
 

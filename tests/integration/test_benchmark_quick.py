@@ -1,0 +1,65 @@
+"""The benchmark driver end to end at test size: simulate, train, predict, score, write tables, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import run as bench  # noqa: E402
+
+
+@pytest.mark.slow
+def test_tiny_profile_writes_tables_with_every_method_and_resumes(tmp_path: Path) -> None:
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    result = bench.run_benchmark("tiny", out, cache, skip_topaz=True, write_html=True, log=lambda _: None)
+
+    markdown = result["paths"]["markdown"].read_text()
+    for label in ("cryojoint joint (default)", "floor: LoG blob picker", "floor: Gaussian low-pass (oracle σ)",
+                  "raw low-dose input (no denoising)"):
+        assert label in markdown
+    assert "failed:" not in markdown and "pending" not in markdown
+    assert "| 20% |" in markdown
+
+    cells = json.loads(result["paths"]["json"].read_text())["cells"]
+    joint = cells["ribosome/020/cryojoint-joint-default"]
+    assert joint["status"] == "ok"
+    for key in ("average_precision", "best_f1", "f1_at_own", "precision_at_best", "recall_at_best"):
+        assert 0.0 <= joint["picking"][key] <= 1.0, key
+    for key in ("psnr_full_dose", "psnr_lowpass_full_dose", "psnr_clean_outside_masks", "frc_clean"):
+        assert math.isfinite(joint["denoising"][key]), key
+    assert joint["cost"]["train_peak_rss_mb"] > 0 and joint["cost"]["infer_seconds_per_micrograph"] > 0
+    assert joint["cost"]["steps_done"] == bench.PROFILES["tiny"].steps
+    blob = cells["ribosome/020/floor-blob"]
+    assert 0.0 <= blob["picking"]["average_precision"] <= 1.0
+    lowpass = cells["ribosome/020/floor-lowpass"]
+    assert math.isfinite(lowpass["denoising"]["psnr_clean_outside_masks"])
+
+    benchmark = json.loads(result["paths"]["benchmark_json"].read_text())
+    ap_table = benchmark["tables"]["Picking: average precision (AP)"]
+    assert ap_table["columns"] == ["20%"]
+    assert ap_table["rows"]["cryojoint joint (default)"][0] == pytest.approx(joint["picking"]["average_precision"])
+    assert "html" in result["paths"] and result["paths"]["html"].exists()
+
+    started = time.perf_counter()
+    again = bench.run_benchmark("tiny", out, cache, skip_topaz=True, write_html=False, log=lambda _: None)
+    assert time.perf_counter() - started < 30, "finished cells must be reused, not recomputed"
+    assert again["cells"]["ribosome/020/cryojoint-joint-default"]["picking"] == joint["picking"]
+
+
+def test_failed_cell_is_shown_with_its_reason() -> None:
+    profile = bench.PROFILES["tiny"]
+    specs = bench.method_specs(profile)
+    cells = {"ribosome/020/floor-blob": {"status": "failed", "reason": "ValueError: no picks"}}
+    lines, tables = bench.build_tables(profile, specs, ["020"], cells)
+    text = "\n".join(lines)
+    assert "failed: ValueError: no picks" in text
+    assert "pending" in text
+    assert tables["Picking: average precision (AP)"]["rows"]["floor: LoG blob picker"] == [None]
