@@ -38,8 +38,9 @@ ROBUST_STD_PER_MAD = 1.4826
 
 
 def _finite_scores(score_map: np.ndarray) -> np.ndarray:
-    """float64 copy with NaN ranked as -inf, below every real score (-inf pixels are never peaks)."""
-    scores = np.array(score_map, dtype=np.float64, copy=True)
+    """Floating copy with NaN ranked as -inf, below every real score (-inf pixels are never peaks)."""
+    # Keep float32 maps in float32: a 4096² map is 64 MB per copy, and NMS makes a few.
+    scores = np.array(score_map, dtype=np.result_type(np.asarray(score_map).dtype, np.float32), copy=True)
     scores[np.isnan(scores)] = -np.inf
     return scores
 
@@ -156,7 +157,7 @@ def nms_peaks(
     if subpixel:
         dy, dx = _subpixel_offsets(scores, rows, cols)
         y, x = y + dy, x + dx
-    return np.stack([x, y], axis=1), peak_scores
+    return np.stack([x, y], axis=1), peak_scores.astype(np.float64)
 
 
 def _greedy_suppress(

@@ -77,6 +77,7 @@ def run_network_on_image(
     config: CryojointConfig,
     device: torch.device | str = "cpu",
     dense: bool = True,
+    keep: Sequence[str] = ("prior_mean", "prior_var", "denoised", "logits"),
 ) -> NetworkResult:
     """Run the network over a normalised image in overlapping tiles, so memory does not grow with image size.
 
@@ -104,7 +105,7 @@ def run_network_on_image(
             padded = extended[cy0:cy1, cx0:cx1]
             x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(device)
             out = network(x, dense=dense)
-            for key in ("prior_mean", "prior_var", "denoised", "logits"):
+            for key in keep:
                 value = getattr(out, key)
                 if value is None:
                     continue
@@ -118,7 +119,13 @@ def run_network_on_image(
     soft = None
     if logits is not None:
         clamp = config.model.sigmoid_clamp
-        soft = np.clip(1.0 / (1.0 + np.exp(-logits.astype(np.float64))), clamp, 1 - clamp).astype(np.float32)
+        # In place, float32: a 4096² map costs 64 MB per copy.
+        soft = np.negative(logits)
+        np.clip(soft, -80.0, 80.0, out=soft)
+        np.exp(soft, out=soft)
+        soft += 1.0
+        np.reciprocal(soft, out=soft)
+        np.clip(soft, clamp, 1 - clamp, out=soft)
     return NetworkResult(outputs.get("prior_mean"), outputs.get("prior_var"),
                          float(np.mean(noise_vars)) if noise_vars else None, outputs.get("denoised"), logits, soft)
 
@@ -201,7 +208,8 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     centre = float(np.median(binned))
     normalised = normalise(binned)
     scale = float(np.median(np.abs(binned - centre))) * 1.4826 or 1.0
-    result = run_network_on_image(model.network, normalised, model.config, device)
+    result = run_network_on_image(model.network, normalised, model.config, device, keep=("denoised", "logits"))
+    del normalised
     denoised = None if result.denoised is None else (result.denoised * scale + centre).astype(np.float32)
     candidates = empty_table()
     if result.soft_segmentation is not None:
