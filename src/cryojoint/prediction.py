@@ -197,8 +197,6 @@ class PickingSettings:
 def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
                        device: torch.device | str = "cpu") -> MicrographPrediction:
     """Denoise one micrograph, map it, and find every candidate peak (no cut-off yet)."""
-    from cryojoint.picking import nms_peaks
-
     start = time.perf_counter()
     factor = settings.downsample
     binned = bin_image(micrograph.data, factor)
@@ -212,11 +210,9 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     del normalised
     denoised = None if result.denoised is None else (result.denoised * scale + centre).astype(np.float32)
     candidates = empty_table()
-    if result.soft_segmentation is not None:
-        # Pixels at the clamp floor are background plateaus, not peaks.
-        floor = float(np.nextafter(np.float32(model.config.model.sigmoid_clamp), np.float32(1)))
-        xy, scores = nms_peaks(result.soft_segmentation, settings.nms_radius_px, threshold=floor,
-                               border_px=settings.border_px)
+    if result.logits is not None:
+        xy, scores = candidate_peaks(result.logits, settings.nms_radius_px, model.config.model.sigmoid_clamp,
+                                     settings.border_px)
         xy_input = from_binned_coordinates(xy, factor) if len(xy) else xy.reshape(0, 2)
         candidates = make_table(micrograph.name, xy_input[:, 0], xy_input[:, 1], scores)
     if micrograph.path is not None:
@@ -224,6 +220,22 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     pixel_size = None if micrograph.pixel_size is None else micrograph.pixel_size * factor
     return MicrographPrediction(micrograph.name, denoised, result.soft_segmentation, candidates, pixel_size,
                                 time.perf_counter() - start)
+
+
+def candidate_peaks(logits: np.ndarray, radius_px: float, clamp: float,
+                    border_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Every NMS peak of the logit map with its probability (unclamped sigmoid, float64).
+
+    Peaks are found on logits, not on the clamped soft segmentation: the clamp (a training device) makes the
+    best candidates tie at ``1 - clamp`` and flattens the top of the ranking. Pixels at or below the clamp's
+    floor are background plateaus, not peaks.
+    """
+    from cryojoint.picking import nms_peaks
+
+    floor_logit = float(np.log(clamp / (1.0 - clamp)))
+    xy, logit_scores = nms_peaks(logits, radius_px, threshold=float(np.nextafter(floor_logit, np.inf)),
+                                 border_px=border_px)
+    return xy, 1.0 / (1.0 + np.exp(-np.asarray(logit_scores, dtype=np.float64)))
 
 
 def choose_threshold(candidate_scores: Sequence[np.ndarray], settings: PickingSettings,

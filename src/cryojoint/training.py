@@ -387,8 +387,7 @@ def _validate(network: torch.nn.Module, prepared: PreparedData, config: Cryojoin
     """Validation denoise loss and AP on held-out labels (cropped around them: scoring is where labels are)."""
     from cryojoint import losses
     from cryojoint.evaluation import average_precision
-    from cryojoint.picking import nms_peaks
-    from cryojoint.prediction import run_network_on_image
+    from cryojoint.prediction import candidate_peaks, run_network_on_image
 
     if not prepared.validation:
         return {}
@@ -404,8 +403,8 @@ def _validate(network: torch.nn.Module, prepared: PreparedData, config: Cryojoin
             denoise_losses.append(float(losses.denoise_loss(
                 y, torch.from_numpy(result.prior_mean)[None, None], torch.from_numpy(result.prior_var)[None, None],
                 torch.as_tensor(result.noise_var).reshape(1, 1, 1, 1), config.loss.sigma_regulariser)))
-        if result.soft_segmentation is not None:
-            xy, scores = nms_peaks(result.soft_segmentation, radius)
+        if result.logits is not None:
+            xy, scores = candidate_peaks(result.logits, radius, config.model.sigmoid_clamp)
             ap_parts.append((xy, scores, image.picks_xy - offset))
     record: dict[str, float] = {}
     if denoise_losses:
