@@ -189,6 +189,8 @@ def predict(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
     workers: Annotated[int, typer.Option(help="Parallel workers (Dask).")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="'local' or a Dask scheduler address tcp://host:port.")] = None,
+    tile_size: Annotated[int | None, typer.Option(help="Largest block per network pass, px (default 512; "
+                                                  "384 needs ~40% less memory, runs ~1.5x longer).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo micrographs already predicted.")] = False,
 ) -> None:
     """Denoise micrographs and pick particles with a trained model.
@@ -200,7 +202,7 @@ def predict(
     summary = predict_files(model, micrographs, out, threshold=_threshold(threshold), nms_radius_px=nms_radius,
                             border_px=border, downsample=downsample, formats=_split(formats),
                             outputs=_split(outputs), overwrite=overwrite, device=device, workers=workers,
-                            scheduler=scheduler, command_line=_command_line())
+                            scheduler=scheduler, command_line=_command_line(), tile_size_px=tile_size)
     how = "automatic" if summary.threshold_was_automatic else "fixed"
     typer.echo(f"{summary.n_picks} picks in {summary.n_micrographs - len(summary.failures)} micrograph(s) "
                f"({summary.n_skipped} already done); {how} cut-off {summary.threshold:.3f}; "

@@ -7,6 +7,7 @@ cut-off is a quantile over the whole run), then picks are written in every reque
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -168,10 +169,12 @@ class PickingSettings:
     threshold_rule: str  # "expected-count" or "quantile" (used when threshold is None)
     expected_per_micrograph: float | None  # for a micrograph of the training micrographs' mean area
     expected_density_per_px2: float | None = None  # particles per network px^2 (scales to any image size)
+    tile_size_px: int | None = None  # overrides the model config's predict.tile_size_px (memory vs speed)
 
     @classmethod
     def resolve(cls, model: LoadedModel, threshold: float | str | None = None, nms_radius_px: float | None = None,
-                border_px: float | None = None, downsample: int | None = None) -> PickingSettings:
+                border_px: float | None = None, downsample: int | None = None,
+                tile_size_px: int | None = None) -> PickingSettings:
         """Options given in input pixels (as users think of them) become network pixels here."""
         factor = int(downsample or model.downsample)
         if factor < 1:
@@ -186,12 +189,15 @@ class PickingSettings:
                 raise UserInputError(None, f"unknown cut-off rule '{threshold}' (a number, or one of "
                                      f"{', '.join(AUTO_THRESHOLD_RULES)})")
             rule, threshold = threshold, None
+        if tile_size_px is not None and tile_size_px < 2 ** model.config.model.unet_depth:
+            raise UserInputError(None, f"--tile-size must be at least {2 ** model.config.model.unet_depth} px")
         expected = model.meta.get("expected_particles")
         density = model.meta.get("expected_density_per_px2")
         return cls(factor, float(radius_net), float(border) / factor,
                    threshold if threshold is not None else predict_config.threshold,
                    predict_config.auto_threshold_top_fraction, rule,
-                   None if expected is None else float(expected), None if density is None else float(density))
+                   None if expected is None else float(expected), None if density is None else float(density),
+                   tile_size_px)
 
 
 def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
@@ -206,7 +212,11 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     centre = float(np.median(binned))
     normalised = normalise(binned)
     scale = float(np.median(np.abs(binned - centre))) * 1.4826 or 1.0
-    result = run_network_on_image(model.network, normalised, model.config, device, keep=("denoised", "logits"))
+    config = model.config
+    if settings.tile_size_px is not None:
+        config = dataclasses.replace(config, predict=dataclasses.replace(config.predict,
+                                                                         tile_size_px=settings.tile_size_px))
+    result = run_network_on_image(model.network, normalised, config, device, keep=("denoised", "logits"))
     del normalised
     denoised = None if result.denoised is None else (result.denoised * scale + centre).astype(np.float32)
     candidates = empty_table()
@@ -369,6 +379,7 @@ def predict_files(
     workers: int = 1,
     scheduler: str | None = None,
     command_line: str | None = None,
+    tile_size_px: int | None = None,
 ) -> PredictSummary:
     """Predict a set of micrograph files into ``out_dir`` (see the module docstring for the layout).
 
@@ -392,7 +403,7 @@ def predict_files(
         raise UserInputError(None, f"several micrographs share the name '{duplicates[0]}' (names must be unique)")
     resolved_device = select_device(device)
     model = load_model(model_path, resolved_device)
-    settings = PickingSettings.resolve(model, threshold, nms_radius_px, border_px, downsample)
+    settings = PickingSettings.resolve(model, threshold, nms_radius_px, border_px, downsample, tile_size_px)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
