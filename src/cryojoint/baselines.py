@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from cryojoint.picking import DIAMETER_PER_LOG_SIGMA, ROBUST_STD_PER_MAD, nms_peaks
+from cryojoint.picking import DIAMETER_PER_LOG_SIGMA, nms_peaks
 
 Polarity = Literal["auto", "dark", "bright", "abs"]
 POLARITIES: tuple[str, ...] = ("auto", "dark", "bright", "abs")
@@ -39,10 +39,9 @@ def _log_response(image: np.ndarray, sigma_px: float) -> np.ndarray:
 
 
 def _robust_z(values: np.ndarray) -> np.ndarray:
-    centre = float(np.median(values))
-    spread = ROBUST_STD_PER_MAD * float(np.median(np.abs(values - centre)))
-    if spread <= 0:
-        spread = float(np.std(values)) or 1.0
+    from cryojoint.data import robust_centre_spread
+
+    centre, spread = robust_centre_spread(values)
     return (values - centre) / spread
 
 

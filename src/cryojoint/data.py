@@ -28,17 +28,24 @@ MIN_REGION_AREA_PX2 = 64.0**2
 # ------------------------------------------------------------------------------------- image conditioning
 
 
-def normalise(image: np.ndarray) -> np.ndarray:
-    """Zero median, unit robust std, in float32 (never quantised: at 10% dose 8 bits would lose signal).
+def robust_centre_spread(values: np.ndarray) -> tuple[float, float]:
+    """Median and MAD-based standard deviation (plain std, or 1, when the MAD is 0).
 
     Median and MAD ignore the few very dark pixels of gold beads and contamination that would dominate a
     plain mean/std.
     """
-    image = np.asarray(image, dtype=np.float32)
-    centre = float(np.median(image))
-    spread = float(np.median(np.abs(image - centre))) * MAD_TO_STD
+    values = np.asarray(values)
+    centre = float(np.median(values))
+    spread = float(np.median(np.abs(values - centre))) * MAD_TO_STD
     if not np.isfinite(spread) or spread <= 0:
-        spread = float(image.std()) or 1.0
+        spread = float(np.std(values)) or 1.0
+    return centre, spread
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """Zero median, unit robust std, in float32 (never quantised: at 10% dose 8 bits would lose signal)."""
+    image = np.asarray(image, dtype=np.float32)
+    centre, spread = robust_centre_spread(image)
     return ((image - centre) / spread).astype(np.float32)
 
 

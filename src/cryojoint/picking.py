@@ -234,11 +234,10 @@ def auto_threshold(
 
 def _robust_normalise(image: np.ndarray) -> np.ndarray:
     """(image - median) / (1.4826 * MAD): comparable contrast across micrographs of any scale."""
+    from cryojoint.data import robust_centre_spread
+
     data = np.asarray(image, dtype=np.float64)
-    centre = float(np.median(data))
-    spread = ROBUST_STD_PER_MAD * float(np.median(np.abs(data - centre)))
-    if spread <= 0:
-        spread = float(np.std(data)) or 1.0
+    centre, spread = robust_centre_spread(data)
     return (data - centre) / spread
 
 

@@ -23,7 +23,7 @@ import torch
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel, load_model
 from cryojoint.config import CryojointConfig
-from cryojoint.data import bin_image, from_binned_coordinates, normalise
+from cryojoint.data import bin_image, from_binned_coordinates, normalise, robust_centre_spread
 from cryojoint.errors import UserInputError
 from cryojoint.io.coords import (
     FILE_NAME_COLUMN,
@@ -209,9 +209,8 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     if min(binned.shape) < 2 ** model.config.model.unet_depth:
         raise UserInputError(micrograph.path or micrograph.name,
                              f"image of {binned.shape[1]}x{binned.shape[0]} px (binned by {factor}) is too small")
-    centre = float(np.median(binned))
+    centre, scale = robust_centre_spread(binned)
     normalised = normalise(binned)
-    scale = float(np.median(np.abs(binned - centre))) * 1.4826 or 1.0
     config = model.config
     if settings.tile_size_px is not None:
         config = dataclasses.replace(config, predict=dataclasses.replace(config.predict,
