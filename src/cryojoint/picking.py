@@ -33,8 +33,6 @@ DEFAULT_MAX_DIAMETER_PX = 160.0
 DIAMETER_SCALES = 64
 #: The averaged patch extends this many LoG sigmas beyond the centre so the kernel is not truncated.
 LOG_SUPPORT_SIGMAS = 4.0
-#: Standard deviation of Gaussian noise per median absolute deviation.
-ROBUST_STD_PER_MAD = 1.4826
 
 
 def _finite_scores(score_map: np.ndarray) -> np.ndarray:
