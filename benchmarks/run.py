@@ -378,11 +378,12 @@ def cryojoint_cell(method: CryojointMethod, data: DoseData, profile: Profile, wo
                                           "test_mrcs": [str(p) for p in data.test_mrcs],
                                           "pred_dir": str(work / "pred")}, work, log)
     pred_dir = work / "pred"
-    candidate_files = [pred_dir / "candidates" / f"{n}.csv" for n in data.test_names]
-    tables = [read_coordinates(p, "csv") for p in candidate_files if p.exists()]
-    candidates = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     record: dict[str, Any] = {"picking": None, "denoising": None}
-    if method.mode != "denoise-only":
+    if method.mode != "denoise-only":  # a denoise-only model has no detector: its candidate files are empty
+        candidate_files = [pred_dir / "candidates" / f"{n}.csv" for n in data.test_names]
+        tables = [read_coordinates(p, "csv") for p in candidate_files if p.exists() and p.stat().st_size > 0
+                  and len(p.read_text().splitlines()) > 1]
+        candidates = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
         if candidates.empty:
             raise CellFailed("the detector produced no candidate peaks")
         record["picking"] = score_picks(data, candidates, predicted.get("threshold"))
