@@ -74,7 +74,10 @@ class TrainConfig:
 
     mode: str = "joint"
     steps: int = 3000
-    learning_rate: float = 1e-4
+    # The paper uses 1e-4 over ~300k iterations. CPU budgets are 10^2-10^3 steps; on 4 x 1024^2 simulated
+    # micrographs at 20% dose, 300 steps at 5e-4 vs 1e-4 (same seed): AP 0.845 vs 0.643, FRC with the clean image
+    # above vs below the raw input's. Set 1e-4 (e.g. in --config) to follow the paper.
+    learning_rate: float = 5e-4
     adam_betas: tuple[float, float] = (0.9, 0.99)
     rampup_fraction: float = 0.1  # cosine ramp-up over this share of steps
     rampdown_fraction: float = 0.3  # cosine ramp-down over the last share of steps
