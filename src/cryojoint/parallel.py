@@ -92,7 +92,7 @@ def predict_distributed(
     from distributed import as_completed
 
     from cryojoint.io.mrc import micrograph_name
-    from cryojoint.prediction import _progress
+    from cryojoint.progress import counted_progress
 
     if not paths:
         return {}
@@ -108,7 +108,7 @@ def predict_distributed(
                           retries=TASK_RETRIES, pure=False): p
             for p in paths
         }
-        with _progress(len(futures), progress, "predict") as advance:
+        with counted_progress(len(futures), progress, "predict") as advance:
             for future in as_completed(futures):
                 path = futures[future]
                 try:

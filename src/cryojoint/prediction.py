@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from cryojoint.io.coords import (
     write_coordinates_per_micrograph,
 )
 from cryojoint.io.mrc import Micrograph, micrograph_name, micrograph_shape, read_micrograph, write_mrc
+from cryojoint.progress import counted_progress
 
 OUTPUT_KINDS: tuple[str, ...] = ("picks", "denoised", "heatmap")
 AUTO_THRESHOLD_RULES: tuple[str, ...] = ("expected-count", "quantile")
@@ -453,7 +454,7 @@ def _read_candidates(path: Path, name: str) -> pd.DataFrame:
 def _predict_sequential(model: LoadedModel, paths: Sequence[Path], out_dir: Path, settings: PickingSettings,
                         outputs: Sequence[str], device: torch.device, progress: bool) -> dict[str, str]:
     failures: dict[str, str] = {}
-    with _progress(len(paths), progress, "predict") as advance:
+    with counted_progress(len(paths), progress, "predict") as advance:
         for path in paths:
             try:
                 prediction = predict_micrograph(model, read_micrograph(path), settings, device)
@@ -500,27 +501,6 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
     }
     with atomic_path(out_dir / "predict.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2))
-
-
-class _progress:
-    """Context manager yielding an ``advance()`` callable backed by a rich progress bar (or nothing)."""
-
-    def __init__(self, total: int, enabled: bool, label: str) -> None:
-        self.total, self.enabled, self.label = total, enabled, label
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        self.bar.__enter__()
-        task = self.bar.add_task("", total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
 
 
 __all__ = ["NetworkResult", "Predictions", "PredictSummary", "predict", "predict_files", "run_network_on_image",

@@ -782,15 +782,10 @@ def simulate_to_folder(
         raise UserInputError(None, "--micrographs must be at least 1")
     if preset not in list_presets():
         raise UserInputError(None, f"unknown preset '{preset}' (known: {', '.join(list_presets())})")
-    if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from cryojoint.progress import counted_progress
 
-        with Progress(TextColumn("[bold]simulate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
-            task = bar.add_task("", total=n_micrographs)
-            dataset = simulate(n_micrographs, size, seed, preset,
-                               progress=lambda done, total: bar.update(task, completed=done))
-    else:
-        dataset = simulate(n_micrographs, size, seed, preset)
+    with counted_progress(n_micrographs, progress, "simulate") as advance:
+        dataset = simulate(n_micrographs, size, seed, preset, progress=lambda done, total: advance())
     write_dataset(dataset, out_dir, overwrite=overwrite, frames=frames)
     return (f"wrote {n_micrographs} micrograph(s) x {len(dataset.micrographs)} doses to {out_dir}: "
             f"{len(dataset.truth)} particles (diameter {dataset.particle_diameter_px:.0f} px), "
