@@ -93,7 +93,7 @@ class TrainConfig:
 class PredictConfig:
     """Inference and picking."""
 
-    threshold: float | None = None  # None = automatic, by auto_threshold_rule
+    threshold: float | None = None  # log-odds score cut-off (0 = probability 0.5); None = automatic
     auto_threshold_rule: str = "expected-count"  # keep expected particles x micrographs; or "quantile"
     auto_threshold_top_fraction: float = 0.25  # "quantile" rule (appendix): top 25-30% of candidate scores
     nms_radius_px: float | None = None  # None: particle radius

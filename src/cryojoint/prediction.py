@@ -2,7 +2,7 @@
 
 A run over many micrographs writes, per micrograph, the denoised image, the soft segmentation map and the
 candidate peaks with their scores; the cut-off is applied once all candidates are known (the automatic
-cut-off is a quantile over the whole run), then picks are written in every requested format.
+cut-off is chosen over the whole run), then picks are written in every requested format.
 """
 
 from __future__ import annotations
@@ -234,18 +234,20 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
 
 def candidate_peaks(logits: np.ndarray, radius_px: float, clamp: float,
                     border_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Every NMS peak of the logit map with its probability (unclamped sigmoid, float64).
+    """Every NMS peak of the logit map with its score, the log-odds (logit) of being a particle.
 
-    Peaks are found on logits, not on the clamped soft segmentation: the clamp (a training device) makes the
-    best candidates tie at ``1 - clamp`` and flattens the top of the ranking. Pixels at or below the clamp's
-    floor are background plateaus, not peaks.
+    Scores are logits, as in Topaz (``topaz extract -t -6``), not probabilities: confident peaks reach logits of
+    20-40, where probabilities round to 1.0 in any text file and the ranking of the best candidates would be
+    lost. Peaks are found on logits, not on the clamped soft segmentation: the clamp (a training device) makes
+    the best candidates tie at ``1 - clamp``. Pixels at or below the clamp's floor are background plateaus,
+    not peaks.
     """
     from cryojoint.picking import nms_peaks
 
     floor_logit = float(np.log(clamp / (1.0 - clamp)))
     xy, logit_scores = nms_peaks(logits, radius_px, threshold=float(np.nextafter(floor_logit, np.inf)),
                                  border_px=border_px)
-    return xy, 1.0 / (1.0 + np.exp(-np.asarray(logit_scores, dtype=np.float64)))
+    return xy, np.asarray(logit_scores, dtype=np.float64)
 
 
 def choose_threshold(candidate_scores: Sequence[np.ndarray], settings: PickingSettings,
@@ -264,7 +266,7 @@ def choose_threshold(candidate_scores: Sequence[np.ndarray], settings: PickingSe
         return float(settings.threshold), False
     values = [np.asarray(s, dtype=float) for s in candidate_scores if len(s)]
     if not values:
-        return 0.5, True
+        return 0.0, True  # log-odds 0 = probability 0.5
     if settings.threshold_rule == "expected-count" and settings.expected_per_micrograph:
         ranked = np.sort(np.concatenate(values))[::-1]
         if settings.expected_density_per_px2 and areas_px2 is not None:

@@ -886,7 +886,7 @@ def _score_section(contents: RunContents) -> str:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("peak score (soft segmentation value)")
+    ax.set_xlabel("peak score (log-odds of a particle; 0 = probability 0.5)")
     ax.set_ylabel("number of peaks" + (" (log scale)" if log_scale else ""))
     if threshold is not None:
         kept = int((scores[finite] >= threshold).sum())

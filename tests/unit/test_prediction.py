@@ -103,3 +103,21 @@ def test_predict_rejects_non_finite_arrays() -> None:
     image[3, 3] = np.nan
     with pytest.raises(UserInputError, match="NaN"):
         predict(_model(), [image])
+
+
+def test_confident_candidates_keep_their_ranking_in_files(tmp_path) -> None:
+    """Scores are logits: peaks at logits 25, 30 and 40 (all probability 1.0 after rounding) stay ordered."""
+    from cryojoint.io.coords import make_table, read_coordinates, write_coordinates
+    from cryojoint.prediction import candidate_peaks
+
+    logits = np.full((64, 64), -10.0, dtype=np.float32)
+    for (row, col), value in zip([(10, 10), (30, 40), (50, 20)], [25.0, 40.0, 30.0], strict=True):
+        logits[row, col] = value
+    xy, scores = candidate_peaks(logits, radius_px=5.0, clamp=1e-4)
+    assert sorted(scores.tolist(), reverse=True) == [40.0, 30.0, 25.0]
+    for suffix in ("csv", "star"):
+        path = tmp_path / f"picks.{suffix}"
+        write_coordinates(make_table("m", xy[:, 0], xy[:, 1], scores), path)
+        back = read_coordinates(path).sort_values("score", ascending=False)
+        assert back["score"].is_unique
+        assert back[["x", "y"]].to_numpy().tolist() == [[40, 30], [20, 50], [10, 10]]
