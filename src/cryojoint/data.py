@@ -300,11 +300,22 @@ class PatchSampler:
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(images, targets)``, each float32 ``(batch, 1, patch, patch)``."""
+        images, targets, _ = self.sample_with_origin(batch_size)
+        return images, targets
+
+    def sample_with_origin(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(images, targets, on_particle)``: the last says which patches were centred on a labelled pick.
+
+        Those patches over-represent particles; the training loop keeps them out of the denoising loss so the
+        denoiser still learns from an unbiased sample of the micrographs.
+        """
         size = self.patch_size
         images = np.empty((batch_size, 1, size, size), dtype=np.float32)
         targets = np.empty_like(images)
+        centred = np.zeros(batch_size, dtype=bool)
         for b in range(batch_size):
-            on_particle = self._picks and self.rng.random() < self.labelled_centre_fraction
+            on_particle = bool(self._picks) and self.rng.random() < self.labelled_centre_fraction
+            centred[b] = on_particle
             if on_particle:
                 index, (x, y) = self._picks[int(self.rng.integers(len(self._picks)))]
                 im = self.images[index]
@@ -320,7 +331,7 @@ class PatchSampler:
             turns, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
             images[b, 0] = augment(patch, turns, flip)
             targets[b, 0] = augment(target, turns, flip)
-        return images, targets
+        return images, targets, centred
 
 
 def augment(patch: np.ndarray, turns: int, flip: bool) -> np.ndarray:

@@ -27,7 +27,7 @@ MIN_COUNT_VARIANCE: float = 1e-6
 
 
 def denoise_loss(y: Tensor, prior_mean: Tensor, prior_var: Tensor, noise_var: Tensor,
-                 sigma_regulariser: float) -> Tensor:
+                 sigma_regulariser: float, sample_weights: Tensor | None = None) -> Tensor:
     """Self-supervised denoising loss of the blind-spot network.
 
     Parameters
@@ -41,6 +41,9 @@ def denoise_loss(y: Tensor, prior_mean: Tensor, prior_var: Tensor, noise_var: Te
     sigma_regulariser
         Weight of the ``-sigma`` term (Laine et al.: 0.1). The likelihood only constrains A^2 + sigma^2; the
         small reward for a larger sigma resolves that ambiguity towards explaining variance as noise.
+    sample_weights
+        Optional [B] weights of the patches in the likelihood mean (e.g. 0 for patches chosen because they are
+        centred on a particle); all zero gives a likelihood term of 0.
 
     Returns
     -------
@@ -50,7 +53,13 @@ def denoise_loss(y: Tensor, prior_mean: Tensor, prior_var: Tensor, noise_var: Te
     """
     total_var = prior_var + noise_var
     likelihood = (y - prior_mean) ** 2 / total_var + torch.log(total_var)
-    return likelihood.mean() - sigma_regulariser * noise_var.sqrt().mean()
+    if sample_weights is None:
+        mean_likelihood = likelihood.mean()
+    else:
+        per_sample = likelihood.flatten(1).mean(dim=1)
+        weights = sample_weights.to(per_sample.dtype)
+        mean_likelihood = (per_sample * weights).sum() / weights.sum().clamp_min(1.0)
+    return mean_likelihood - sigma_regulariser * noise_var.sqrt().mean()
 
 
 def pu_loss(logits: Tensor, soft_targets: Tensor, pi: float, slack: float = 1.0,

@@ -194,7 +194,7 @@ def _train(
     network = network.to(device)
     if group.rank != 0:  # own torch stream per rank (rank 0 keeps the single-process one)
         torch.manual_seed(int(_rank_seed_sequence(config.train.seed, group.rank).generate_state(1)[0]))
-    optimizer = torch.optim.Adam(network.parameters(), lr=config.train.learning_rate, betas=config.train.adam_betas)
+    optimizer = torch.optim.Adam(_parameter_groups(network, config), betas=config.train.adam_betas)
     state = _State()
     best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
     notes = list(prepared.notes)
@@ -228,8 +228,8 @@ def _train(
             stage = stages[state.stage]
             lr = learning_rate_at(state.step, total, config.train.learning_rate,
                                   config.train.rampup_fraction, config.train.rampdown_fraction)
-            for group_params in optimizer.param_groups:
-                group_params["lr"] = lr
+            for group_params in optimizer.param_groups:  # the same ramp, scaled to each part's base rate
+                group_params["lr"] = lr * group_params["base_lr"] / config.train.learning_rate
             terms = _train_step(trainer, network, optimizer, sampler, config, prepared, stage, device)
             state.step += 1
             for key, value in terms.items():
@@ -295,6 +295,23 @@ def _initialise(network: torch.nn.Module, prepared: PreparedData) -> None:
         network.denoiser.initialise_noise_std(prepared.noise_std)
 
 
+def _parameter_groups(network: torch.nn.Module, config: CryojointConfig) -> list[dict[str, Any]]:
+    """Adam groups: the detector at ``detector_learning_rate`` (if set), everything else at ``learning_rate``."""
+    detector = getattr(network, "detector", None)
+    detector_rate = config.train.detector_learning_rate
+    if detector is None or detector_rate is None:
+        rate = config.train.learning_rate
+        return [{"params": list(network.parameters()), "base_lr": rate, "lr": rate}]
+    detector_ids = {id(p) for p in detector.parameters()}
+    rest = [p for p in network.parameters() if id(p) not in detector_ids]
+    groups = [{"params": list(detector.parameters()), "base_lr": detector_rate}]
+    if rest:
+        groups.insert(0, {"params": rest, "base_lr": config.train.learning_rate})
+    for group in groups:
+        group["lr"] = group["base_lr"]
+    return groups
+
+
 def _set_trainable(network: torch.nn.Module, stage: TrainingStage) -> None:
     """Let exactly the parts the stage trains have gradients (what the data-parallel wrapper synchronises).
 
@@ -324,7 +341,7 @@ def _train_step(
     averaged along with the rest.
     """
     trainer.train()
-    images, targets = sampler.sample(config.data.batch_size)
+    images, targets, on_particle = sampler.sample_with_origin(config.data.batch_size)
     x = torch.from_numpy(images).to(device)
     t = torch.from_numpy(targets).to(device)
     # Dense logits over the whole patch: every pixel teaches the detector (a single centre logit per patch
@@ -332,8 +349,9 @@ def _train_step(
     output = trainer(x, dense=True)
     l_denoise = l_detect = l_consistency = None
     if stage.denoise:
+        weights = None if config.data.denoise_on_particle_patches else torch.from_numpy(~on_particle).to(device)
         l_denoise = losses.denoise_loss(x, output.prior_mean, output.prior_var, output.noise_var,
-                                        config.loss.sigma_regulariser)
+                                        config.loss.sigma_regulariser, sample_weights=weights)
     if stage.detect:
         l_detect = losses.pu_loss(output.logits, _targets_for(output.logits, t), prepared.pi,
                                   pixels_per_positive=prepared.pixels_per_positive)

@@ -107,3 +107,17 @@ def test_learning_rate_ramps_up_and_down() -> None:
     assert rates[0] < rates[5] < rates[9] == pytest.approx(1.0)
     assert rates[50] == pytest.approx(1.0)
     assert rates[99] < rates[80] < rates[70] <= 1.0
+
+
+def test_detector_has_its_own_learning_rate() -> None:
+    from cryojoint.checkpoint import build_network
+
+    config = CryojointConfig.from_dict({"train": {"learning_rate": 1e-4, "detector_learning_rate": 5e-4}})
+    network = build_network(config)
+    groups = training._parameter_groups(network, config)
+    detector_ids = {id(p) for p in network.detector.parameters()}
+    assert [g["lr"] for g in groups] == [1e-4, 5e-4]
+    assert {id(p) for p in groups[1]["params"]} == detector_ids
+    assert sum(len(g["params"]) for g in groups) == len(list(network.parameters()))
+    same = CryojointConfig.from_dict({"train": {"detector_learning_rate": None}})
+    assert len(training._parameter_groups(network, same)) == 1

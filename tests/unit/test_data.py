@@ -129,3 +129,12 @@ def test_patches_centred_on_picks_carry_their_label() -> None:
     patches, targets = PatchSampler(images, 32, 1.0, np.random.default_rng(3)).sample(16)
     # every patch is centred on a pick (clipped at borders), so each target holds a bump
     assert (targets.reshape(16, -1).max(axis=1) > 0.5).all()
+
+
+def test_sampler_reports_which_patches_are_centred_on_picks() -> None:
+    images = _images(1)
+    _, _, always = PatchSampler(images, 32, 1.0, np.random.default_rng(3)).sample_with_origin(8)
+    _, _, never = PatchSampler(images, 32, 0.0, np.random.default_rng(3)).sample_with_origin(8)
+    _, _, mixed = PatchSampler(images, 32, 0.5, np.random.default_rng(3)).sample_with_origin(200)
+    assert always.all() and not never.any()
+    assert 0.35 < mixed.mean() < 0.65

@@ -206,3 +206,21 @@ def test_stage_losses_use_exactly_the_terms_of_each_mode() -> None:
     assert loss_weights(no_consistency, alpha, weight).consistency == 0.0
     with pytest.raises(ValueError, match="consistency"):
         stage_loss(joint, alpha, weight, d, t, None)
+
+
+def test_denoise_loss_sample_weights_leave_out_patches() -> None:
+    """Unit weights change nothing; a zero-weight patch gets no likelihood gradient."""
+    torch.manual_seed(0)
+    y = torch.randn(3, 1, 8, 8)
+    mu = torch.randn(3, 1, 8, 8, requires_grad=True)
+    a2 = torch.rand(3, 1, 8, 8) + 0.1
+    s2 = torch.full((3, 1, 1, 1), 0.5)
+    plain = denoise_loss(y, mu, a2, s2, 0.1)
+    ones = denoise_loss(y, mu, a2, s2, 0.1, sample_weights=torch.ones(3))
+    torch.testing.assert_close(plain, ones)
+    weighted = denoise_loss(y, mu, a2, s2, 0.1, sample_weights=torch.tensor([True, False, True]))
+    weighted.backward()
+    assert mu.grad is not None
+    assert torch.all(mu.grad[1] == 0) and torch.all(mu.grad[0] != 0) and torch.all(mu.grad[2] != 0)
+    alone = denoise_loss(y[[0, 2]], mu.detach()[[0, 2]], a2[[0, 2]], s2[[0, 2]], 0.1)
+    torch.testing.assert_close(weighted.detach(), alone)
