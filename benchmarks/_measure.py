@@ -39,6 +39,11 @@ def _train(spec: dict[str, Any]) -> dict[str, Any]:
     config.train.eval_every = int(spec["eval_every"])
     config.train.checkpoint_every = int(spec["eval_every"])
     config.train.seed = int(spec["seed"])
+    for key, value in spec.get("overrides", []):
+        section, name = key.split(".")
+        if not hasattr(getattr(config, section), name):
+            raise ValueError(f"unknown config field {key}")
+        setattr(getattr(config, section), name, value)
     result = train(spec["train_mrcs"], spec["labels"], spec["run_dir"], config, overwrite=True, progress=False,
                    command_line="benchmarks/run.py")
     meta = read_model_file(result.model_path)["meta"]

@@ -78,14 +78,23 @@ class CryojointMethod:
     mode: str
     model_preset: str = "default"
     tier: int = 3
+    #: Config changes on top of the preset, as ("section.field", value) pairs, and their short name.
+    overrides: tuple[tuple[str, Any], ...] = ()
+    variant: str = ""
 
     @property
     def method_id(self) -> str:
-        return f"cryojoint-{self.mode}-{self.model_preset}"
+        suffix = f"-{self.variant}" if self.variant else ""
+        return f"cryojoint-{self.mode}-{self.model_preset}{suffix}"
 
     @property
     def label(self) -> str:
-        return f"cryojoint {self.mode} ({self.model_preset})"
+        variant = f", {self.variant}" if self.variant else ""
+        return f"cryojoint {self.mode} ({self.model_preset}{variant})"
+
+
+#: The joint model without the coupling (the detector reads the denoised image but does not train the denoiser).
+DECOUPLED = CryojointMethod("joint", "default", 2, (("model.detection_trains_denoiser", False),), "decoupled")
 
 
 ALL_MODES = ("joint", "joint-no-consistency", "sequential", "denoise-only", "detect-only")
@@ -137,8 +146,9 @@ PROFILES: dict[str, Profile] = {
     ),
     "standard": Profile(
         "standard", ("ribosome",), 8, 4, 1024, DOSE_KEYS,
-        (*_modes(["default"]), CryojointMethod("joint", "paper", 4)), 600, 100, 300, 100,
-        description="8+4 micrographs at 1024², ribosome, three doses, five modes + joint/paper, 600 steps",
+        (*_modes(["default"]), DECOUPLED, CryojointMethod("joint", "paper", 4)), 600, 100, 300, 100,
+        description="8+4 micrographs at 1024², ribosome, three doses, five modes + joint decoupled + joint/paper, "
+                    "600 steps",
     ),
     "full": Profile(
         "full", ("ribosome", "ruvb"), 16, 8, 1024, DOSE_KEYS, _modes(["default", "paper"]), 3000, 100, 2000,
@@ -370,6 +380,7 @@ def cryojoint_cell(method: CryojointMethod, data: DoseData, profile: Profile, wo
         log("  reusing the trained model of an interrupted run")
     else:
         spec = {"model_preset": method.model_preset, "mode": method.mode, "steps": profile.steps,
+                "overrides": [list(pair) for pair in method.overrides],
                 "eval_every": profile.eval_every, "seed": TRAIN_SEED,
                 "train_mrcs": [str(p) for p in data.train_mrcs], "labels": str(data.train_labels_path),
                 "run_dir": str(work / "run")}
@@ -401,8 +412,8 @@ def cryojoint_cell(method: CryojointMethod, data: DoseData, profile: Profile, wo
         "infer_peak_rss_mb": predicted.get("peak_rss_mb"), "torch_threads": trained.get("torch_threads"),
     }
     record["settings"] = {
-        "mode": method.mode, "model_preset": method.model_preset, "steps": profile.steps,
-        "eval_every": profile.eval_every, "auto_threshold": predicted.get("threshold"),
+        "mode": method.mode, "model_preset": method.model_preset, "overrides": dict(method.overrides),
+        "steps": profile.steps, "eval_every": profile.eval_every, "auto_threshold": predicted.get("threshold"),
         "estimated_particle_diameter_px": meta.get("particle_diameter_px"),
         "estimated_expected_particles": meta.get("expected_particles"), "notes": trained.get("notes"),
     }

@@ -175,7 +175,8 @@ def predict(
     model: Annotated[Path, typer.Argument(help="Trained model (RUN/model.pt).")],
     micrographs: Annotated[list[Path], typer.Argument(help="Micrographs to denoise and pick (MRC).")],
     out: Annotated[Path, typer.Option(help="Output folder: picks.star, denoised/, heatmaps/, picks/<format>/.")],
-    threshold: Annotated[str | None, typer.Option(help="Cut-off on the peak score (log-odds, as in Topaz: 0 = probability 0.5), or a rule: auto "
+    threshold: Annotated[str | None, typer.Option(help="Cut-off on the peak score (log-odds as in Topaz; "
+                                                       "0 = probability 0.5), or a rule: auto "
                                                        "(= expected-count: keep as many picks as particles "
                                                        "expected), quantile (top 25% of candidate scores, "
                                                        "the paper's advice).")] = "auto",

@@ -43,7 +43,7 @@ from cryojoint.io.mrc import Micrograph
 from cryojoint.losses import TrainingStage, training_stages
 from cryojoint.parallel import threads_per_worker
 
-__all__ = ["TrainResult", "learning_rate_at", "load_model", "select_device", "train"]
+__all__ = ["TrainResult", "learning_rate_at", "load_model", "select_device", "train", "training_patch_size"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
@@ -186,7 +186,10 @@ def _train(
     # Seeded the same on every rank: every process holds out the same validation data.
     prepared = prepare_data(mics, label_table, config.data, config.loss, rng, labels_source)
     sampler_rng = rng if group.rank == 0 else _rank_generator(config.train.seed, group.rank)
-    sampler = PatchSampler(prepared.train, config.data.patch_size_px, config.data.labelled_centre_fraction,
+    patch_size = config.data.patch_size_px or training_patch_size(
+        prepared.particle_diameter_px, 2 ** config.model.unet_depth,
+        min(min(im.image.shape) for im in prepared.train))
+    sampler = PatchSampler(prepared.train, patch_size, config.data.labelled_centre_fraction,
                            sampler_rng)
 
     network = build_network(config)
@@ -274,6 +277,27 @@ def _train(
                        state.seconds, stopped_early, pd.DataFrame(state.history), notes)
 
 
+#: Bounds of the automatic training patch side (px): the paper's 64, and a cap on the cost per step.
+MIN_AUTO_PATCH_PX = 64
+MAX_AUTO_PATCH_PX = 256
+
+
+def training_patch_size(particle_diameter_px: float, multiple: int, smallest_image_side: int | None = None) -> int:
+    """Patch side that holds the detector's receptive field plus a particle radius, as a multiple of ``multiple``.
+
+    Then a particle near the patch centre is seen with all of its context, and the denoised input the detector
+    reads there is not the patch's poorly denoised rim. Clipped to [64, 256] and to the smallest image.
+    """
+    from cryojoint.models.detector import RECEPTIVE_FIELD
+
+    wanted = RECEPTIVE_FIELD + particle_diameter_px / 2.0
+    side = int(math.ceil(wanted / multiple)) * multiple
+    side = min(max(side, MIN_AUTO_PATCH_PX), MAX_AUTO_PATCH_PX)
+    if smallest_image_side is not None:
+        side = min(side, max(multiple, smallest_image_side // multiple * multiple))
+    return side
+
+
 def _rank_seed_sequence(seed: int, rank: int) -> np.random.SeedSequence:
     """Rank r's own stream: child r of the run's seed (independent of rank 0's, which is the seed itself)."""
     return np.random.SeedSequence(seed, spawn_key=(rank,))
@@ -354,7 +378,8 @@ def _train_step(
                                         config.loss.sigma_regulariser, sample_weights=weights)
     if stage.detect:
         l_detect = losses.pu_loss(output.logits, _targets_for(output.logits, t), prepared.pi,
-                                  pixels_per_positive=prepared.pixels_per_positive)
+                                  pixels_per_positive=prepared.pixels_per_positive,
+                                  mask=_margin_mask(output.logits, config.loss.detect_margin_px))
     if stage.consistency and config.loss.consistency_weight > 0:
         flipped_back = network.flipped_logits(x, output, dense=True,
                                               share_denoiser=config.model.consistency_shares_denoiser)
@@ -372,6 +397,16 @@ def _train_step(
         if value is not None:
             terms[name] = float(value.detach())
     return terms
+
+
+def _margin_mask(logits: torch.Tensor, margin_px: int) -> torch.Tensor | None:
+    """1 inside the patch, 0 within ``margin_px`` of its edge (on dense maps; None when there is no margin)."""
+    height, width = logits.shape[-2:]
+    if margin_px <= 0 or height <= 2 * margin_px or width <= 2 * margin_px:
+        return None
+    mask = torch.zeros((1, 1, height, width), dtype=logits.dtype, device=logits.device)
+    mask[..., margin_px:height - margin_px, margin_px:width - margin_px] = 1.0
+    return mask
 
 
 def _targets_for(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

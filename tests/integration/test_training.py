@@ -121,3 +121,12 @@ def test_detector_has_its_own_learning_rate() -> None:
     assert sum(len(g["params"]) for g in groups) == len(list(network.parameters()))
     same = CryojointConfig.from_dict({"train": {"detector_learning_rate": None}})
     assert len(training._parameter_groups(network, same)) == 1
+
+
+@pytest.mark.parametrize(("diameter", "smallest", "expected"),
+                         [(52.0, 1024, 96), (22.0, 1024, 96), (10.0, 1024, 96), (120.0, 4096, 128),
+                          (400.0, 4096, 256), (52.0, 80, 64), (1.0, 1024, 64)])
+def test_training_patch_holds_the_receptive_field_and_a_particle_radius(diameter: float, smallest: int,
+                                                                        expected: int) -> None:
+    side = training.training_patch_size(diameter, 32, smallest)
+    assert side == expected and side % 32 == 0

@@ -242,7 +242,23 @@ def test_flipped_pass_with_shared_denoiser_equals_detector_on_mirrored_denoised_
     with torch.no_grad():
         out = model(x, dense=True)
         shared = model.flipped_logits(x, out, dense=True, share_denoiser=True)
-        expected = model.detector(out.denoised.flip(-1), dense=True).flip(-1)
+        stacked = torch.cat([out.denoised, x], dim=1) if model.stack_raw else out.denoised
+        expected = model.detector(stacked.flip(-1), dense=True).flip(-1)
         rerun = model.flipped_logits(x, out, dense=True, share_denoiser=False)
     torch.testing.assert_close(shared, expected)
     assert not torch.allclose(rerun, shared)  # the blind-spot denoiser is not flip-equivariant
+
+
+@pytest.mark.parametrize("sees_raw", [True, False])
+def test_detector_reads_the_denoised_image_and_optionally_the_raw_one(sees_raw: bool) -> None:
+    """With ``detector_sees_raw`` the raw input is a second channel: changing it changes the logits directly."""
+    torch.manual_seed(12)
+    model = JointModel(dataclasses.replace(SMALL, detector_sees_raw=sees_raw)).eval()
+    assert model.detector.layers[0].conv.in_channels == (2 if sees_raw else 1)
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        out = model(x, dense=True)
+        stacked = torch.cat([out.denoised, x], dim=1) if sees_raw else out.denoised
+        torch.testing.assert_close(out.logits, model.detector(stacked, dense=True))
+    detect_only = JointModel(dataclasses.replace(SMALL, detector_sees_raw=sees_raw), use_denoiser=False)
+    assert detect_only.detector.layers[0].conv.in_channels == 1

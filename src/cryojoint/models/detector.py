@@ -126,7 +126,7 @@ class ResNet8Detector(nn.Module):
         the grid on which the dense map is computed before interpolation).
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, in_channels: int = 1) -> None:
         super().__init__()
         if len(config.detector_channels) != 3:
             raise ValueError(f"detector_channels needs 3 widths, got {config.detector_channels}")
@@ -135,7 +135,7 @@ class ResNet8Detector(nn.Module):
                              f"got {config.detector_output_stride}")
         c0, c1, c2 = config.detector_channels
         self.layers = nn.ModuleList([
-            _ConvBnRelu(1, c0, STEM_KERNEL, LAYER_STRIDES[0]),
+            _ConvBnRelu(in_channels, c0, STEM_KERNEL, LAYER_STRIDES[0]),
             _ResidualBlock(c0, c0, c0, LAYER_STRIDES[1]),
             _ResidualBlock(c0, c0, c1, LAYER_STRIDES[2]),
             _ResidualBlock(c1, c1, c1, LAYER_STRIDES[3]),

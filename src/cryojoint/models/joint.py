@@ -49,7 +49,8 @@ class JointModel(nn.Module):
             raise ValueError("a JointModel needs a denoiser, a detector, or both")
         self.config = config
         self.denoiser = BlindSpotUNet(config) if use_denoiser else None
-        self.detector = ResNet8Detector(config) if use_detector else None
+        self.stack_raw = bool(config.detector_sees_raw and use_denoiser)
+        self.detector = ResNet8Detector(config, in_channels=2 if self.stack_raw else 1) if use_detector else None
         self.denoiser_frozen = False
 
     @property
@@ -61,9 +62,16 @@ class JointModel(nn.Module):
         """Run on a normalised batch ``x`` [B,1,H,W]; ``dense`` selects per-pixel instead of per-patch logits."""
         out = self.denoise(x)
         if self.detector is not None:
-            detector_input = out.denoised if out.denoised is not None else x
-            out.logits = self.detector(detector_input, dense=dense)
+            out.logits = self.detector(self._detector_input(x, out.denoised), dense=dense)
         return out
+
+    def _detector_input(self, x: Tensor, denoised: Tensor | None) -> Tensor:
+        """What the detector reads: the denoised image, stacked with the raw one if the config says so."""
+        if denoised is None:
+            return x
+        if not self.config.detection_trains_denoiser:
+            denoised = denoised.detach()
+        return torch.cat([denoised, x], dim=1) if self.stack_raw else denoised
 
     def denoise(self, x: Tensor) -> JointOutput:
         """Denoiser part only (``logits=None``); without a denoiser every field is ``None``."""
@@ -102,9 +110,10 @@ class JointModel(nn.Module):
         if self.denoiser is None:
             mirrored = x.flip(flip_dims)
         elif share_denoiser:
-            mirrored = output.denoised.flip(flip_dims)
+            mirrored = self._detector_input(x, output.denoised).flip(flip_dims)
         else:
-            mirrored = self.denoise(x.flip(flip_dims)).denoised
+            flipped = x.flip(flip_dims)
+            mirrored = self._detector_input(flipped, self.denoise(flipped).denoised)
         if dense:
             return self.detector(mirrored, dense=True).flip(flip_dims)
         # Per patch: mirror the window around the patch centre, so that the centre pixel stays the centre
