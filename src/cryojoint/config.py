@@ -104,6 +104,7 @@ class TrainConfig:
     eval_every: int = 100  # steps between validation passes
     checkpoint_every: int = 100  # steps between resumable checkpoints
     early_stopping_patience: int = 10  # validation passes without improvement before stopping
+    validation_smoothing: int = 3  # the best model / early stopping follow the mean of this many last passes
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int | None = None  # torch intra-op threads; None = all cores
@@ -229,6 +230,7 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (config.data.downsample >= 1, "data.downsample must be >= 1"),
         (0.0 <= config.data.validation_fraction < 1.0, "data.validation_fraction must be in [0, 1)"),
         (config.train.steps >= 1, "train.steps must be >= 1"),
+        (config.train.validation_smoothing >= 1, "train.validation_smoothing must be >= 1"),
         (config.train.learning_rate > 0, "train.learning_rate must be > 0"),
         (config.train.detector_learning_rate is None or config.train.detector_learning_rate > 0,
          "train.detector_learning_rate must be > 0 (or null: the same as learning_rate)"),

@@ -108,6 +108,7 @@ class _State:
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
     running: dict[str, float] = field(default_factory=dict)  # smoothed loss terms (shown and logged)
+    stage_metrics: list[float] = field(default_factory=list)  # this stage's validation figures, in order
 
 
 def train(
@@ -241,14 +242,16 @@ def _train(
             if state.step % config.train.eval_every == 0 or state.step == total:
                 # Rank 0 validates; every rank applies its verdict, so all stop or advance together.
                 running_all = distributed.mean_over_processes(running, group)
-                verdict: tuple[dict[str, float], bool] | None = None
+                measured: dict[str, float] | None = None
                 if group.is_main:
-                    record = {"step": state.step, "lr": lr, "seconds": time.perf_counter() - start, **running_all}
-                    record.update(_validate(network, prepared, config, device))
-                    verdict = (record, _stage_metric(record, stage) > state.best_metric)
-                record, improved = distributed.broadcast_object(verdict, group)
-                if improved:
-                    metric = _stage_metric(record, stage)
+                    measured = {"step": state.step, "lr": lr, "seconds": time.perf_counter() - start, **running_all}
+                    measured.update(_validate(network, prepared, config, device))
+                record = distributed.broadcast_object(measured, group)
+                assert record is not None
+                state.stage_metrics.append(_stage_metric(record, stage))
+                metric = smoothed_metric(state.stage_metrics, config.train.validation_smoothing)
+                record["selection_metric"] = metric
+                if metric > state.best_metric:
                     state.best_metric, state.best_step, state.bad_evaluations = metric, state.step, 0
                     best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
                     if group.is_main:
@@ -510,7 +513,20 @@ def _begin_next_stage(network: torch.nn.Module, best_weights: dict[str, torch.Te
     state.stage += 1
     state.best_metric = -math.inf
     state.bad_evaluations = 0
+    state.stage_metrics = []
     return state
+
+
+def smoothed_metric(values: Sequence[float], window: int) -> float:
+    """Mean of the last ``window`` validation figures: the figure models are chosen and stopped by.
+
+    Validation AP on held-out *partial* labels swings by ±0.1 between passes; a single lucky pass early in
+    training would otherwise be kept as the best model (measured: one such pick had an undertrained denoiser).
+    """
+    if not values:
+        raise ValueError("no validation figures")
+    recent = list(values)[-max(window, 1):]
+    return float(np.mean(recent))
 
 
 def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConfig) -> dict[str, Any]:

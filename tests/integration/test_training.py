@@ -130,3 +130,11 @@ def test_training_patch_holds_the_receptive_field_and_a_particle_radius(diameter
                                                                         expected: int) -> None:
     side = training.training_patch_size(diameter, 32, smallest)
     assert side == expected and side % 32 == 0
+
+
+def test_models_are_chosen_by_the_mean_of_the_last_validation_passes() -> None:
+    assert training.smoothed_metric([0.1, 0.9], 3) == pytest.approx(0.5)
+    assert training.smoothed_metric([0.1, 0.9, 0.2, 0.5, 0.6], 3) == pytest.approx(0.4333333)
+    assert training.smoothed_metric([0.3], 1) == 0.3
+    with pytest.raises(ValueError):
+        training.smoothed_metric([], 3)
