@@ -47,8 +47,9 @@ def test_local_cluster_matches_in_process_and_survives_a_corrupt_file(
     corrupt = tmp_path / "broken.mrc"
     corrupt.write_bytes(b"\x00" * 100)
 
-    serial = predict_files(model, mics, tmp_path / "serial", threshold=0.0, progress=False)
-    parallel = predict_files(model, [*mics, corrupt], tmp_path / "dask", threshold=0.0, progress=False,
+    # Scores are log-odds: -100 keeps every candidate peak.
+    serial = predict_files(model, mics, tmp_path / "serial", threshold=-100.0, progress=False)
+    parallel = predict_files(model, [*mics, corrupt], tmp_path / "dask", threshold=-100.0, progress=False,
                              workers=2, scheduler="local")
     assert serial.failures == {}
     assert set(parallel.failures) == {"broken"}
@@ -61,6 +62,6 @@ def test_local_cluster_matches_in_process_and_survives_a_corrupt_file(
     np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), atol=1e-4)
 
     # A rerun resumes: only the corrupt file is tried again, and it still fails.
-    rerun = predict_files(model, [*mics, corrupt], tmp_path / "dask", threshold=0.0, progress=False,
+    rerun = predict_files(model, [*mics, corrupt], tmp_path / "dask", threshold=-100.0, progress=False,
                           workers=2, scheduler="local")
     assert rerun.n_skipped == len(mics) and set(rerun.failures) == {"broken"}
