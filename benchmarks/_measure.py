@@ -30,20 +30,17 @@ KIB_PER_MIB = 1024.0
 def _train(spec: dict[str, Any]) -> dict[str, Any]:
     """Train cryojoint as a user would: the particle size and count are estimated from the labels."""
     from cryojoint.checkpoint import read_model_file
-    from cryojoint.config import default_config
+    from cryojoint.config import CryojointConfig, default_config
     from cryojoint.training import train
 
-    config = default_config(spec["model_preset"])
-    config.train.mode = spec["mode"]
-    config.train.steps = int(spec["steps"])
-    config.train.eval_every = int(spec["eval_every"])
-    config.train.checkpoint_every = int(spec["eval_every"])
-    config.train.seed = int(spec["seed"])
+    values = default_config(spec["model_preset"]).to_dict()
+    values["train"].update(mode=spec["mode"], steps=int(spec["steps"]), eval_every=int(spec["eval_every"]),
+                           checkpoint_every=int(spec["eval_every"]), seed=int(spec["seed"]))
     for key, value in spec.get("overrides", []):
         section, name = key.split(".")
-        if not hasattr(getattr(config, section), name):
-            raise ValueError(f"unknown config field {key}")
-        setattr(getattr(config, section), name, value)
+        values.setdefault(section, {})[name] = value
+    # from_dict rejects unknown sections/keys and validates, as for a user's --config file.
+    config = CryojointConfig.from_dict(values)
     result = train(spec["train_mrcs"], spec["labels"], spec["run_dir"], config, overwrite=True, progress=False,
                    command_line="benchmarks/run.py")
     meta = read_model_file(result.model_path)["meta"]
