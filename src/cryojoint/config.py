@@ -59,8 +59,6 @@ class LossConfig:
     consistency_weight: float = 0.1  # appendix: lambda = 0.1
     sigma_regulariser: float = 0.1  # Laine et al. 2019: subtract 0.1*sigma from the likelihood loss
     label_sigma_fraction: float = 0.25  # soft label bump std = fraction x particle radius
-    # Pixels this close to a training patch's edge take no part in the detection loss (px, network scale).
-    detect_margin_px: int = 0
 
 
 @dataclass

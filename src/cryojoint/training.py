@@ -324,19 +324,15 @@ def _initialise(network: torch.nn.Module, prepared: PreparedData) -> None:
 
 def _parameter_groups(network: torch.nn.Module, config: CryojointConfig) -> list[dict[str, Any]]:
     """Adam groups: the detector at ``detector_learning_rate`` (if set), everything else at ``learning_rate``."""
+    rate, detector_rate = config.train.learning_rate, config.train.detector_learning_rate
     detector = getattr(network, "detector", None)
-    detector_rate = config.train.detector_learning_rate
     if detector is None or detector_rate is None:
-        rate = config.train.learning_rate
         return [{"params": list(network.parameters()), "base_lr": rate, "lr": rate}]
     detector_ids = {id(p) for p in detector.parameters()}
     rest = [p for p in network.parameters() if id(p) not in detector_ids]
-    groups = [{"params": list(detector.parameters()), "base_lr": detector_rate}]
-    if rest:
-        groups.insert(0, {"params": rest, "base_lr": config.train.learning_rate})
-    for group in groups:
-        group["lr"] = group["base_lr"]
-    return groups
+    groups = [{"params": rest, "base_lr": rate, "lr": rate},
+              {"params": list(detector.parameters()), "base_lr": detector_rate, "lr": detector_rate}]
+    return [group for group in groups if group["params"]]  # detect-only: the detector is all there is
 
 
 def _set_trainable(network: torch.nn.Module, stage: TrainingStage) -> None:
@@ -381,8 +377,7 @@ def _train_step(
                                         config.loss.sigma_regulariser, sample_weights=weights)
     if stage.detect:
         l_detect = losses.pu_loss(output.logits, _targets_for(output.logits, t), prepared.pi,
-                                  pixels_per_positive=prepared.pixels_per_positive,
-                                  mask=_margin_mask(output.logits, config.loss.detect_margin_px))
+                                  pixels_per_positive=prepared.pixels_per_positive)
     if stage.consistency and config.loss.consistency_weight > 0:
         flipped_back = network.flipped_logits(x, output, dense=True,
                                               share_denoiser=config.model.consistency_shares_denoiser)
@@ -400,16 +395,6 @@ def _train_step(
         if value is not None:
             terms[name] = float(value.detach())
     return terms
-
-
-def _margin_mask(logits: torch.Tensor, margin_px: int) -> torch.Tensor | None:
-    """1 inside the patch, 0 within ``margin_px`` of its edge (on dense maps; None when there is no margin)."""
-    height, width = logits.shape[-2:]
-    if margin_px <= 0 or height <= 2 * margin_px or width <= 2 * margin_px:
-        return None
-    mask = torch.zeros((1, 1, height, width), dtype=logits.dtype, device=logits.device)
-    mask[..., margin_px:height - margin_px, margin_px:width - margin_px] = 1.0
-    return mask
 
 
 def _targets_for(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
