@@ -99,6 +99,19 @@ class CryojointMethod:
 DECOUPLED = CryojointMethod("joint", "default", 2, (("model.detection_trains_denoiser", False),), "decoupled")
 
 
+#: Seconds per joint training step at the standard profile's automatic 96² patch, on this 2-core box with
+#: nothing else running (40-step runs, 2026-11-27; the validation pass excluded). Used only to give the paper
+#: preset the default preset's wall-clock in the equal-time row.
+SECONDS_PER_JOINT_STEP = {"default": 0.48, "paper": 2.55}
+
+
+def paper_equal_time(default_steps: int, validations: int = 5) -> CryojointMethod:
+    """The joint model with the paper preset, trained for the default preset's wall-clock (fewer steps)."""
+    steps = round(default_steps * SECONDS_PER_JOINT_STEP["default"] / SECONDS_PER_JOINT_STEP["paper"])
+    return CryojointMethod("joint", "paper", 4, (("train.steps", steps), ("train.eval_every", steps // validations)),
+                           "equal-time")
+
+
 ALL_MODES = ("joint", "joint-no-consistency", "sequential", "denoise-only", "detect-only")
 
 
@@ -148,9 +161,10 @@ PROFILES: dict[str, Profile] = {
     ),
     "standard": Profile(
         "standard", ("ribosome",), 8, 4, 1024, DOSE_KEYS,
-        (*_modes(["default"]), DECOUPLED, CryojointMethod("joint", "paper", 4)), 600, 100, 300, 100,
-        description="8+4 micrographs at 1024², ribosome, three doses, five modes + joint decoupled + joint/paper, "
-                    "600 steps",
+        (*_modes(["default"]), DECOUPLED, paper_equal_time(600), CryojointMethod("joint", "paper", 4)), 600, 100,
+        300, 100,
+        description="8+4 micrographs at 1024², ribosome, three doses, five modes + joint decoupled + joint with the "
+                    "paper preset at equal steps and at equal wall-clock, 600 steps",
     ),
     "full": Profile(
         "full", ("ribosome", "ruvb"), 16, 8, 1024, DOSE_KEYS, _modes(["default", "paper"]), 3000, 100, 2000,
@@ -733,6 +747,30 @@ def machine_facts() -> dict[str, Any]:
     return facts
 
 
+def code_version() -> str | None:
+    """``git describe --always --dirty`` of this checkout: cached cells outlive code changes, so each says which
+    code computed it."""
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def code_lines(specs: Sequence[MethodSpec], cells: Mapping[str, dict[str, Any]]) -> list[str]:
+    """Which code version computed which cells (cells computed before versions were recorded say so)."""
+    by_version: dict[str, list[str]] = {}
+    for key, cell in cells.items():
+        by_version.setdefault(cell.get("code") or "not recorded (before 2026-11-27)", []).append(key)
+    if not by_version:
+        return []
+    lines = ["| code (git describe) | cells |", "|---|---|"]
+    for version, keys in sorted(by_version.items()):
+        lines.append(f"| {version} | {len(keys)}: {', '.join(sorted(k.split('/', 1)[1] for k in keys))} |")
+    return [*lines, ""]
+
+
 def _cell_key(structure: str, dose: str, method_id: str) -> str:
     return f"{structure}/{dose}/{method_id}"
 
@@ -787,6 +825,7 @@ def write_outputs(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence
         "Wall-clock seconds and peak RSS of each step in its own process (cryojoint: `benchmarks/_measure.py`; "
         "Topaz: GNU time of the Topaz process). Steady-state inference excludes model loading and start-up.", "",
         *time_lines, "",
+        "## Code that computed each cell", "", *code_lines(specs, cells),
         "## Label-derived settings (what every tool was given)", "",
         "| structure/dose | true diameter px | estimated diameter px | estimated particles/mic | true particles/mic "
         "(test) | polarity | labels |", "|---|---:|---:|---:|---:|---|---:|", *settings_rows, "",
@@ -923,6 +962,7 @@ def run_benchmark(
         joint = cells.get(_cell_key(structure, dose, "cryojoint-joint-default"))
         log(f"[{dt.datetime.now():%H:%M:%S}] {key} ...")
         started = time.perf_counter()
+        code = code_version()  # before the cell: its subprocesses import the checkout as it is now
         try:
             record = spec.run(dose_data[(structure, dose)], profile, work, joint, log)
             record["status"] = "ok"
@@ -930,6 +970,7 @@ def run_benchmark(
             record = {"status": "failed", "reason": f"{type(err).__name__}: {err}",
                       "traceback": traceback.format_exc()}
         record["cell_seconds"] = time.perf_counter() - started
+        record["code"] = code
         cells[key] = record
         path = cells_dir / structure / dose / f"{spec.method_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

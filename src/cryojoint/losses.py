@@ -42,8 +42,9 @@ def denoise_loss(y: Tensor, prior_mean: Tensor, prior_var: Tensor, noise_var: Te
         Weight of the ``-sigma`` term (Laine et al.: 0.1). The likelihood only constrains A^2 + sigma^2; the
         small reward for a larger sigma resolves that ambiguity towards explaining variance as noise.
     sample_weights
-        Optional [B] weights of the patches in the likelihood mean (e.g. 0 for patches chosen because they are
-        centred on a particle); all zero gives a likelihood term of 0.
+        Optional [B] weights of the patches in the likelihood and sigma means (e.g. 0 for patches chosen because
+        they are centred on a particle). All zero gives 0: with no patch to learn from, the ``-sigma`` reward
+        alone would only inflate the noise estimate.
 
     Returns
     -------
@@ -54,12 +55,12 @@ def denoise_loss(y: Tensor, prior_mean: Tensor, prior_var: Tensor, noise_var: Te
     total_var = prior_var + noise_var
     likelihood = (y - prior_mean) ** 2 / total_var + torch.log(total_var)
     if sample_weights is None:
-        mean_likelihood = likelihood.mean()
-    else:
-        per_sample = likelihood.flatten(1).mean(dim=1)
-        weights = sample_weights.to(per_sample.dtype)
-        mean_likelihood = (per_sample * weights).sum() / weights.sum().clamp_min(1.0)
-    return mean_likelihood - sigma_regulariser * noise_var.sqrt().mean()
+        return likelihood.mean() - sigma_regulariser * noise_var.sqrt().mean()
+    per_sample = likelihood.flatten(1).mean(dim=1)
+    weights = sample_weights.to(per_sample.dtype)
+    sigma_per_sample = torch.broadcast_to(noise_var.sqrt(), y.shape).flatten(1).mean(dim=1)
+    weight_sum = weights.sum().clamp_min(1.0)  # all-zero weights: every term below is 0
+    return ((per_sample - sigma_regulariser * sigma_per_sample) * weights).sum() / weight_sum
 
 
 def pu_loss(logits: Tensor, soft_targets: Tensor, pi: float, slack: float = 1.0,

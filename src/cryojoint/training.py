@@ -210,7 +210,7 @@ def _train(
     if group.is_main:
         config.save_yaml(run_dir / CONFIG_NAME)
 
-    meta = _model_meta(prepared, command_line, config)
+    meta = _model_meta(prepared, command_line, config, sampler.patch_size)
     metric_name = "validation_ap" if config.train.mode != "denoise-only" else "validation_neg_denoise_loss"
     total = config.train.steps
     stage_ends = np.cumsum([round(s.step_fraction * total) for s in stages]).tolist()
@@ -514,8 +514,10 @@ def smoothed_metric(values: Sequence[float], window: int) -> float:
     return float(np.mean(recent))
 
 
-def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConfig) -> dict[str, Any]:
+def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConfig,
+                patch_size_px: int) -> dict[str, Any]:
     return {
+        "training_patch_px": int(patch_size_px),  # chosen from the particle size unless the config set it
         "particle_diameter_px": float(prepared.particle_diameter_px),
         "particle_diameter_estimated": bool(prepared.diameter_was_estimated),
         "expected_particles": float(prepared.expected_particles),

@@ -46,6 +46,7 @@ def test_twenty_steps_lower_the_denoising_loss_and_write_the_run(dataset, tmp_pa
     meta = read_model_file(tmp_path / "model.pt")["meta"]
     assert meta["particle_diameter_px"] == pytest.approx(22.0)
     assert meta["expected_particles"] > 0 and 0 < meta["pi"] < 0.5
+    assert meta["training_patch_px"] == training.training_patch_size(22.0, 2 ** 3, 256) == 80
     loaded = load_model(tmp_path / "model.pt")
     assert not loaded.network.training
     assert pd.read_csv(tmp_path / "metrics.csv").shape[0] == 4

@@ -224,3 +224,24 @@ def test_denoise_loss_sample_weights_leave_out_patches() -> None:
     assert torch.all(mu.grad[1] == 0) and torch.all(mu.grad[0] != 0) and torch.all(mu.grad[2] != 0)
     alone = denoise_loss(y[[0, 2]], mu.detach()[[0, 2]], a2[[0, 2]], s2[[0, 2]], 0.1)
     torch.testing.assert_close(weighted.detach(), alone)
+
+
+def test_denoise_loss_with_no_eligible_patch_is_zero() -> None:
+    """A batch of particle-centred patches only must not reward a larger sigma on its own."""
+    y = torch.randn(2, 1, 8, 8)
+    s2 = torch.full((2, 1, 1, 1), 0.5, requires_grad=True)
+    loss = denoise_loss(y, torch.zeros_like(y), torch.ones_like(y), s2, 0.1, sample_weights=torch.zeros(2))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert s2.grad is not None and torch.all(s2.grad == 0)
+
+
+def test_denoise_loss_weights_the_sigma_reward_like_the_likelihood() -> None:
+    """With a per-image sigma, a left-out patch's sigma is neither rewarded nor penalised."""
+    y = torch.randn(2, 1, 8, 8)
+    s2 = torch.tensor([0.5, 2.0]).view(2, 1, 1, 1).requires_grad_(True)
+    loss = denoise_loss(y, torch.zeros_like(y), torch.ones_like(y), s2, 0.1, sample_weights=torch.tensor([1.0, 0.0]))
+    loss.backward()
+    assert s2.grad is not None and s2.grad[1].item() == 0.0 and s2.grad[0].item() != 0.0
+    alone = denoise_loss(y[:1], torch.zeros_like(y[:1]), torch.ones_like(y[:1]), s2.detach()[:1], 0.1)
+    torch.testing.assert_close(loss.detach(), alone)
