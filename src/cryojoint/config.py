@@ -103,6 +103,7 @@ class TrainConfig:
     checkpoint_every: int = 100  # steps between resumable checkpoints
     early_stopping_patience: int = 10  # validation passes without improvement before stopping
     validation_smoothing: int = 3  # the best model / early stopping follow the mean of this many last passes
+    tensorboard: bool = True  # also log metrics to RUN/tensorboard when the tensorboard package is installed
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int | None = None  # torch intra-op threads; None = all cores

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import math
 import shlex
+import shutil
 import sys
 import time
 import warnings
@@ -49,6 +50,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
 METRICS_NAME = "metrics.csv"
 CONFIG_NAME = "config.yaml"
+TENSORBOARD_DIR = "tensorboard"
 #: Pixels around the validation picks' bounding box included when scoring validation AP.
 VALIDATION_MARGIN_DIAMETERS = 1.0
 
@@ -223,7 +225,9 @@ def _train(
                      "is kept")
     _set_trainable(network, stages[state.stage])
     trainer = distributed.wrap_model(network, group)  # gradient averaging across processes (or network itself)
-    with bar:
+    board = _TensorBoardLog(run_dir / TENSORBOARD_DIR, config.train.tensorboard and group.is_main,
+                            resume_step=state.step if resume else None)
+    with bar, board:
         while state.step < total:
             if state.stage + 1 < len(stages) and state.step >= stage_ends[state.stage]:
                 state = _begin_next_stage(network, best_weights, state, stages[state.stage + 1])
@@ -262,6 +266,7 @@ def _train(
                 state.history.append(record)
                 if group.is_main:
                     _write_metrics(run_dir / METRICS_NAME, state.history)
+                board.log(record)
                 bar.log(record)
                 if state.bad_evaluations >= config.train.early_stopping_patience:
                     if state.stage + 1 < len(stages):  # this stage has converged: go on to the next
@@ -605,6 +610,41 @@ def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)
+
+
+class _TensorBoardLog:
+    """Every validation record's numbers as TensorBoard scalars, when the optional package is installed.
+
+    metrics.csv stays the record; this is for users who watch runs in TensorBoard. A resumed run purges the
+    events the killed run wrote after its last checkpoint, so the curves continue without a fold.
+    """
+
+    def __init__(self, log_dir: Path, enabled: bool, resume_step: int | None) -> None:
+        self.writer: Any = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is an optional extra
+            return
+        if resume_step is None and log_dir.exists():
+            shutil.rmtree(log_dir)  # a new run (its model.pt may be overwritten): drop the old run's curves
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resume_step)
+
+    def __enter__(self) -> _TensorBoardLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, int(record["step"]))
+        self.writer.flush()
 
 
 class _ProgressBar:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -139,3 +140,21 @@ def test_models_are_chosen_by_the_mean_of_the_last_validation_passes() -> None:
     assert training.smoothed_metric([0.3], 1) == 0.3
     with pytest.raises(ValueError):
         training.smoothed_metric([], 3)
+
+
+def test_metrics_also_go_to_tensorboard_when_it_is_installed(dataset, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")  # a dev dependency: present in CI
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / "on", _config(steps=10),
+                            progress=False)
+    events = EventAccumulator(str(tmp_path / "on" / training.TENSORBOARD_DIR))
+    events.Reload()
+    assert {"validation_ap", "loss_denoise", "selection_metric"} <= set(events.Tags()["scalars"])
+    logged = [(e.step, e.value) for e in events.Scalars("validation_ap")]
+    expected = list(zip(result.history["step"], result.history["validation_ap"]))
+    assert [s for s, _ in logged] == [s for s, _ in expected]
+    np.testing.assert_allclose([v for _, v in logged], [v for _, v in expected], rtol=1e-6)
+    training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / "off",
+                   _config(steps=5, tensorboard=False), progress=False)
+    assert not (tmp_path / "off" / training.TENSORBOARD_DIR).exists()
