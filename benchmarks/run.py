@@ -993,7 +993,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="example: python benchmarks/run.py --profile quick --skip-topaz")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=None, help="default: quick")
+    parser.add_argument("--quick", action="store_true", help="the CI-size run: same as --profile quick")
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="folder for the tables")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="datasets, runs and finished cells")
     parser.add_argument("--skip-topaz", action="store_true", help="leave Topaz out")
@@ -1002,6 +1003,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-html", action="store_true", help="do not render report.html")
     args = parser.parse_args(argv)
     doses = [d.strip() for d in args.doses.split(",")] if args.doses else None
+    if args.quick and args.profile not in (None, "quick"):
+        parser.error(f"--quick and --profile {args.profile} name different profiles; give one")
+    args.profile = args.profile or "quick"
     run_benchmark(args.profile, args.out, args.cache, args.skip_topaz, doses, args.force, not args.no_html)
 
 

@@ -54,6 +54,30 @@ def test_tiny_profile_writes_tables_with_every_method_and_resumes(tmp_path: Path
     assert again["cells"]["ribosome/020/cryojoint-joint-default"]["picking"] == joint["picking"]
 
 
+@pytest.mark.slow
+def test_quick_profile_runs_topaz_beside_cryojoint(tmp_path: Path) -> None:
+    """The CI-size benchmark with Topaz, as the issue asks: installs Topaz's own venv (pip) when absent."""
+    from benchmarks.peers.topaz import ensure_topaz_env
+
+    ensure_topaz_env()
+    result = bench.run_benchmark("quick", tmp_path / "results", tmp_path / "cache", skip_topaz=False,
+                                 write_html=False, log=lambda _: None)
+    cells = json.loads(result["paths"]["json"].read_text())["cells"]
+    assert {k: c.get("reason") for k, c in cells.items() if c["status"] != "ok"} == {}
+    picker, denoiser = cells["ribosome/020/topaz-picker"], cells["ribosome/020/topaz-denoise"]
+    joint = cells["ribosome/020/cryojoint-joint-default"]
+    for cell in (picker, joint, cells["ribosome/020/cryojoint-detect-only-default"]):
+        assert 0.0 <= cell["picking"]["average_precision"] <= 1.0
+    for cell in (denoiser, joint):
+        assert math.isfinite(cell["denoising"]["psnr_full_dose"])
+    # Topaz never gets less training than the profile's floor, nor less time than our joint model's plan.
+    profile = bench.PROFILES["quick"]
+    assert picker["cost"]["steps_done"] >= profile.topaz_min_minibatches
+    assert picker["cost"]["train_seconds"] > 0 and picker["cost"]["infer_seconds_per_micrograph"] > 0
+    markdown = result["paths"]["markdown"].read_text()
+    assert "Topaz" in markdown and "failed" not in markdown
+
+
 def test_failed_cell_is_shown_with_its_reason() -> None:
     profile = bench.PROFILES["tiny"]
     specs = bench.method_specs(profile)
