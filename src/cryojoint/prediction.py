@@ -172,6 +172,13 @@ class PickingSettings:
     expected_density_per_px2: float | None = None  # particles per network px^2 (scales to any image size)
     tile_size_px: int | None = None  # overrides the model config's predict.tile_size_px (memory vs speed)
 
+    @property
+    def automatic_rule(self) -> str:
+        """The automatic rule that applies: expected-count needs an expected count, else the quantile rule."""
+        if self.threshold_rule == "expected-count" and self.expected_per_micrograph:
+            return "expected-count"
+        return "quantile"
+
     @classmethod
     def resolve(cls, model: LoadedModel, threshold: float | str | None = None, nms_radius_px: float | None = None,
                 border_px: float | None = None, downsample: int | None = None,
@@ -267,7 +274,7 @@ def choose_threshold(candidate_scores: Sequence[np.ndarray], settings: PickingSe
     values = [np.asarray(s, dtype=float) for s in candidate_scores if len(s)]
     if not values:
         return 0.0, True  # log-odds 0 = probability 0.5
-    if settings.threshold_rule == "expected-count" and settings.expected_per_micrograph:
+    if settings.automatic_rule == "expected-count":
         ranked = np.sort(np.concatenate(values))[::-1]
         if settings.expected_density_per_px2 and areas_px2 is not None:
             keep = int(round(settings.expected_density_per_px2 * float(np.sum(areas_px2))))
@@ -489,6 +496,7 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "threshold": summary.threshold,
         "threshold_was_automatic": summary.threshold_was_automatic,
         "auto_threshold_rule": settings.threshold_rule,
+        "auto_threshold_rule_used": settings.automatic_rule,
         "auto_threshold_top_fraction": settings.top_fraction,
         "expected_particles_per_micrograph": settings.expected_per_micrograph,
         "nms_radius_px_input": settings.nms_radius_px * settings.downsample,

@@ -649,7 +649,13 @@ def _summary_section(contents: RunContents) -> str:
         rows.append(("steps trained", _fmt(int(contents.metrics["step"].max()))))
     threshold = _threshold(contents)
     if threshold is not None:
-        if record.get("threshold_was_automatic"):
+        expected = _number(record.get("expected_particles_per_micrograph"))
+        rule = record.get("auto_threshold_rule_used") or (
+            "expected-count" if record.get("auto_threshold_rule") == "expected-count" and expected else "quantile")
+        if record.get("threshold_was_automatic") and rule == "expected-count" and expected:
+            how = (f"automatic: keeps as many picks as the expected particle density predicts "
+                   f"({_fmt(expected, 1)} per micrograph of the training micrographs' size)")
+        elif record.get("threshold_was_automatic"):
             fraction = _number(record.get("auto_threshold_top_fraction"))
             share = f"the top {fraction:.0%}" if fraction is not None else "the top share"
             how = f"automatic: keeps {share} of all candidate peak scores of the run"

@@ -302,3 +302,16 @@ def test_every_image_loads_in_headless_chromium(tmp_path: Path) -> None:
     assert match, f"chromium printed no result (exit {result.returncode}): {result.stderr[-2000:]}"
     assert int(match.group(1)) == n_images > 0
     assert int(match.group(2)) == 0
+
+
+def test_summary_names_the_automatic_rule_that_was_used(tmp_path: Path) -> None:
+    """The expected-count cut-off is described as such, not as the quantile rule it replaced."""
+    run = build_run(tmp_path)
+    record_path = run / "pred" / "predict.json"
+    record = json.loads(record_path.read_text())
+    record.update(auto_threshold_rule="expected-count", auto_threshold_rule_used="expected-count",
+                  expected_particles_per_micrograph=169.7)
+    record_path.write_text(json.dumps(record))
+    summary = _section(write_report(run).read_text(encoding="utf-8"), "summary")
+    assert "as many picks as the expected particle density predicts (169.7 per micrograph" in summary
+    assert "top 25%" not in summary

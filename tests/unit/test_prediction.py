@@ -75,6 +75,13 @@ def test_expected_count_beyond_the_candidates_keeps_them_all() -> None:
     assert cut == pytest.approx(0.2)
 
 
+def test_expected_count_without_an_expected_count_falls_back_to_the_quantile() -> None:
+    settings = _settings(expected_per_micrograph=None)
+    assert settings.automatic_rule == "quantile" and _settings().automatic_rule == "expected-count"
+    scores = np.linspace(0, 1, 101)
+    assert choose_threshold([scores], settings) == (pytest.approx(np.quantile(scores, 0.75)), True)
+
+
 def test_quantile_rule_is_the_stated_quantile() -> None:
     scores = np.linspace(0, 1, 101)
     cut, automatic = choose_threshold([scores], _settings(threshold_rule="quantile", top_fraction=0.3))
