@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -33,3 +35,24 @@ def write_raw_mrc(
 def raw_mrc() -> RawMrcWriter:
     """``raw_mrc(path, data, pixel_size=None, image_stack=False)``: an MRC file in ``data``'s own dtype."""
     return write_raw_mrc
+
+
+#: Set by .ci/run: tests that need Topaz install its venv (pip, ~1.4 GB) instead of skipping.
+INSTALL_TOPAZ_VARIABLE = "CRYOJOINT_TEST_TOPAZ"
+
+
+@pytest.fixture(scope="session")
+def topaz_launcher() -> Path:
+    """Topaz's CPU launcher from ``benchmarks/.venv-topaz``; installed when CI asks, else the test skips."""
+    repo_root = Path(__file__).resolve().parents[1]
+    if str(repo_root) not in sys.path:
+        sys.path.insert(0, str(repo_root))
+    from benchmarks.peers import topaz
+
+    launcher = topaz.DEFAULT_VENV / "bin" / topaz.LAUNCHER_NAME
+    if os.environ.get(INSTALL_TOPAZ_VARIABLE) == "1":
+        return topaz.ensure_topaz_env()
+    if not (launcher.exists() and (topaz.DEFAULT_VENV / topaz.ENV_MARKER_NAME).exists()):
+        pytest.skip(f"Topaz venv not installed (set {INSTALL_TOPAZ_VARIABLE}=1, as .ci/run does, or run "
+                    "`python -m benchmarks.peers.topaz --selftest`; ~1.4 GB)")
+    return launcher

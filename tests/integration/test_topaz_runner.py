@@ -18,14 +18,6 @@ from benchmarks.peers import topaz  # noqa: E402
 from cryojoint.errors import UserInputError  # noqa: E402
 from cryojoint.io.mrc import read_micrograph, write_mrc  # noqa: E402
 
-LAUNCHER = topaz.DEFAULT_VENV / "bin" / topaz.LAUNCHER_NAME
-TOPAZ_READY = LAUNCHER.exists() and (topaz.DEFAULT_VENV / topaz.ENV_MARKER_NAME).exists()
-needs_topaz = pytest.mark.skipif(
-    not TOPAZ_READY,
-    reason="Topaz venv not installed (run `python -m benchmarks.peers.topaz --selftest`, which calls "
-    "ensure_topaz_env, ~1.4 GB)",
-)
-
 # A real ``topaz train`` stdout/stderr excerpt (0.3.20), as the runner sees it line by line.
 TRAIN_LOG = [
     (1.0, "# pi = 0.028"),
@@ -241,9 +233,9 @@ def _gaussian_peaks(size: int, peaks: list[tuple[float, float]], sigma: float) -
 
 
 @pytest.mark.slow
-@needs_topaz
 @pytest.mark.parametrize("downsample", [1, 2])
-def test_topaz_extract_returns_x_column_y_row_in_original_pixels(tmp_path: Path, downsample: int) -> None:
+def test_topaz_extract_returns_x_column_y_row_in_original_pixels(tmp_path: Path, downsample: int,
+                                                                  topaz_launcher: Path) -> None:
     """Score maps with known peaks through preprocess + ``extract -m none``: axes and ``-x`` scaling."""
     peaks = [(40.0, 100.0), (150.0, 30.0), (200.0, 180.0)]  # (x=column, y=row), deliberately asymmetric
     rng = np.random.default_rng(0)
@@ -251,7 +243,7 @@ def test_topaz_extract_returns_x_column_y_row_in_original_pixels(tmp_path: Path,
     path = write_mrc(tmp_path / "map.mrc", image)
     result = topaz.topaz_extract(
         "none", [path], tmp_path / "out", particle_radius_px=12, downsample=downsample, threshold=2.0,
-        launcher=LAUNCHER,
+        launcher=topaz_launcher,
     )
     found = result.picks[["x", "y"]].to_numpy()
     assert len(found) == len(peaks)
@@ -262,15 +254,14 @@ def test_topaz_extract_returns_x_column_y_row_in_original_pixels(tmp_path: Path,
 
 
 @pytest.mark.slow
-@needs_topaz
-def test_topaz_train_extract_denoise_end_to_end(tmp_path: Path) -> None:
+def test_topaz_train_extract_denoise_end_to_end(tmp_path: Path, topaz_launcher: Path) -> None:
     mrcs, labels, truth = topaz.make_disc_micrographs(
         tmp_path / "data", count=2, size=128, particle_radius_px=5, particles_per_micrograph=6,
         labelled_fraction=0.5, seed=4,
     )
     trained = topaz.topaz_train(
         mrcs, labels, tmp_path / "train", particle_radius_px=5, expected_particles_per_micrograph=6,
-        pretrained=False, epochs=1, minibatches_per_epoch=3, seed=0, launcher=LAUNCHER,
+        pretrained=False, epochs=1, minibatches_per_epoch=3, seed=0, launcher=topaz_launcher,
     )
     assert trained.model_path.exists() and trained.downsample == 1 and trained.train_radius_px == 3
     assert (trained.curve["split"] == "train").sum() == 3
@@ -280,13 +271,13 @@ def test_topaz_train_extract_denoise_end_to_end(tmp_path: Path) -> None:
 
     extracted = topaz.topaz_extract(
         trained.model_path, mrcs, tmp_path / "extract", particle_radius_px=5, downsample=trained.downsample,
-        launcher=LAUNCHER,
+        launcher=topaz_launcher,
     )
     assert set(extracted.picks["micrograph"]) == {p.stem for p in mrcs}
     assert set(extracted.seconds_per_micrograph) == {p.stem for p in mrcs}
     assert extracted.picks["x"].between(0, 127).all() and extracted.picks["y"].between(0, 127).all()
 
-    denoised = topaz.topaz_denoise(mrcs, tmp_path / "denoise", launcher=LAUNCHER)
+    denoised = topaz.topaz_denoise(mrcs, tmp_path / "denoise", launcher=topaz_launcher)
     for source in mrcs:
         out = read_micrograph(denoised.paths[source.stem])
         original = read_micrograph(source)
