@@ -5,6 +5,7 @@
     python benchmarks/run.py --profile quick                 # CI-sized (Topaz skipped if its venv is absent)
     python benchmarks/run.py --profile standard              # ~1.5-3 h on 2 CPU cores, three doses
     python benchmarks/run.py --profile full --doses 010      # 1024², both structures, every mode and preset
+    python benchmarks/run.py --profile standard --doses 010 --seeds 1,2 --only topaz-picker  # seed spread
 
 Every (structure, dose, method) cell is independent and cached under ``benchmarks/.cache/<profile>/cells``:
 a failure becomes "failed: reason" in the tables and the run goes on; a rerun skips finished cells (unless
@@ -24,6 +25,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -387,7 +389,7 @@ def _run_measured(step: str, spec: dict[str, Any], work: Path, log: Callable[[st
 
 
 def cryojoint_cell(method: CryojointMethod, data: DoseData, profile: Profile, work: Path,
-                   log: Callable[[str], None]) -> dict[str, Any]:
+                   log: Callable[[str], None], seed: int = TRAIN_SEED) -> dict[str, Any]:
     """Train (partial labels of the training micrographs), predict the test micrographs, score both heads."""
     train_result_path = work / "train_result.json"
     previous = json.loads(train_result_path.read_text()) if train_result_path.exists() else None
@@ -397,7 +399,7 @@ def cryojoint_cell(method: CryojointMethod, data: DoseData, profile: Profile, wo
     else:
         spec = {"model_preset": method.model_preset, "mode": method.mode, "steps": profile.steps,
                 "overrides": [list(pair) for pair in method.overrides],
-                "eval_every": profile.eval_every, "seed": TRAIN_SEED,
+                "eval_every": profile.eval_every, "seed": seed,
                 "train_mrcs": [str(p) for p in data.train_mrcs], "labels": str(data.train_labels_path),
                 "run_dir": str(work / "run")}
         trained = _run_measured("train", spec, work, log)
@@ -429,7 +431,8 @@ def cryojoint_cell(method: CryojointMethod, data: DoseData, profile: Profile, wo
     }
     record["settings"] = {
         "mode": method.mode, "model_preset": method.model_preset, "overrides": dict(method.overrides),
-        "steps": profile.steps, "eval_every": profile.eval_every, "auto_threshold": predicted.get("threshold"),
+        "steps": profile.steps, "eval_every": profile.eval_every, "seed": seed,
+        "auto_threshold": predicted.get("threshold"),
         "estimated_particle_diameter_px": meta.get("particle_diameter_px"),
         "estimated_expected_particles": meta.get("expected_particles"), "notes": trained.get("notes"),
     }
@@ -448,7 +451,7 @@ def _topaz_budget(profile: Profile, joint_seconds: float | None) -> tuple[int, i
 
 
 def topaz_picker_cell(data: DoseData, profile: Profile, work: Path, joint_record: dict[str, Any] | None,
-                      log: Callable[[str], None]) -> dict[str, Any]:
+                      log: Callable[[str], None], seed: int = TRAIN_SEED) -> dict[str, Any]:
     """``topaz train`` on the same partial labels, radius and count from the labels, then ``topaz extract``."""
     from benchmarks.peers.topaz import TOPAZ_DEFAULT_THRESHOLD as PEER_DEFAULT
     from benchmarks.peers.topaz import ensure_topaz_env, topaz_extract, topaz_train
@@ -468,7 +471,7 @@ def topaz_picker_cell(data: DoseData, profile: Profile, work: Path, joint_record
     trained = topaz_train(
         data.train_mrcs, data.train_labels, work / "train", particle_radius_px=radius,
         expected_particles_per_micrograph=expected, pretrained=profile.topaz_pretrained, epochs=epochs,
-        minibatches_per_epoch=per_epoch, seed=TRAIN_SEED, validation_mrcs=data.test_mrcs[:1],
+        minibatches_per_epoch=per_epoch, seed=seed, validation_mrcs=data.test_mrcs[:1],
         validation_labels=data.test_truth, launcher=launcher,
     )
     extracted = topaz_extract(trained.model_path, data.test_mrcs, work / "extract", particle_radius_px=radius,
@@ -490,6 +493,7 @@ def topaz_picker_cell(data: DoseData, profile: Profile, work: Path, joint_record
     }
     record["settings"] = {
         "model": trained.model, "pretrained": trained.pretrained, "epochs": epochs, "minibatches_per_epoch": per_epoch,
+        "seed": seed,
         "downsample": trained.downsample, "train_radius_px": trained.train_radius_px,
         "extract_radius_px": radius, "particle_diameter_px_from_labels": estimates["particle_diameter_px"],
         "expected_particles": expected, "expected_source": expected_source,
@@ -561,6 +565,19 @@ class MethodSpec:
     tier: int
     needs_topaz: bool
     run: Callable[..., dict[str, Any]]
+    #: Training seed; a spec with a seed other than TRAIN_SEED is a replicate of the row ``base_id``.
+    seed: int = TRAIN_SEED
+    base_id: str = ""
+    #: Whether the method trains (only those get seed replicates).
+    trains: bool = False
+
+    @property
+    def row_id(self) -> str:
+        return self.base_id or self.method_id
+
+    @property
+    def is_replicate(self) -> bool:
+        return self.seed != TRAIN_SEED
 
 
 def method_specs(profile: Profile) -> list[MethodSpec]:
@@ -571,29 +588,52 @@ def method_specs(profile: Profile) -> list[MethodSpec]:
         MethodSpec("floor-blob", "floor: LoG blob picker", 0, False, blob_cell),
         MethodSpec("topaz-denoise", "Topaz-Denoise unet (pretrained)", 1, True, topaz_denoise_cell),
         MethodSpec("topaz-picker", f"Topaz resnet8 ({'pretrained' if profile.topaz_pretrained else 'from scratch'})",
-                   1, True, topaz_picker_cell),
+                   1, True, topaz_picker_cell, trains=True),
     ]
     for method in profile.methods:
         def run(data: DoseData, prof: Profile, work: Path, joint: Any, log: Callable[[str], None],
-                _method: CryojointMethod = method) -> dict[str, Any]:
-            return cryojoint_cell(_method, data, prof, work, log)
+                seed: int = TRAIN_SEED, _method: CryojointMethod = method) -> dict[str, Any]:
+            return cryojoint_cell(_method, data, prof, work, log, seed=seed)
 
-        specs.append(MethodSpec(method.method_id, method.label, method.tier, False, run))
+        specs.append(MethodSpec(method.method_id, method.label, method.tier, False, run, trains=True))
     return specs
+
+
+def seed_replicates(specs: Sequence[MethodSpec], seeds: Sequence[int]) -> list[MethodSpec]:
+    """The trained rows again with other training seeds (same data, same budget): the spread they show is
+    what a single-seed difference between two rows has to exceed before it means anything."""
+    replicates = []
+    for seed in seeds:
+        if seed == TRAIN_SEED:
+            continue
+        for spec in specs:
+            if not spec.trains:
+                continue
+
+            def run(data: DoseData, prof: Profile, work: Path, joint: Any, log: Callable[[str], None],
+                    _run: Callable[..., dict[str, Any]] = spec.run, _seed: int = seed) -> dict[str, Any]:
+                return _run(data, prof, work, joint, log, seed=_seed)
+
+            replicates.append(dataclasses.replace(spec, method_id=f"{spec.method_id}-seed{seed}",
+                                                  label=f"{spec.label}, seed {seed}", run=run, seed=seed,
+                                                  base_id=spec.method_id))
+    return replicates
 
 
 def _run_order(profile: Profile, specs: Sequence[MethodSpec],
                doses: Sequence[str]) -> list[tuple[str, str, MethodSpec]]:
     """Cheap floors first; then per dose our joint model followed by Topaz; then, dose by dose from the lowest
-    (where the paper's claims are strongest), the other modes of the default preset; the paper preset last."""
+    (where the paper's claims are strongest), the other modes of the default preset; the paper preset; seed
+    replicates last (seed by seed, so a stopped run has whole replicates of the lowest dose first)."""
     within_tier = {"cryojoint-joint-default": 0, "topaz-picker": 1, "topaz-denoise": 2}
 
     def phase(tier: int) -> int:
         return 0 if tier <= 1 else (1 if tier <= 3 else 2)
 
     cells = [(s, d, spec) for s in profile.structures for d in doses for spec in specs]
-    return sorted(cells, key=lambda c: (phase(c[2].tier), profile.structures.index(c[0]), doses.index(c[1]),
-                                        c[2].tier, within_tier.get(c[2].method_id, 3)))
+    return sorted(cells, key=lambda c: (3 if c[2].is_replicate else phase(c[2].tier), c[2].seed,
+                                        profile.structures.index(c[0]), doses.index(c[1]), c[2].tier,
+                                        within_tier.get(c[2].row_id, 3)))
 
 
 # ============================================================================================== tables
@@ -646,10 +686,10 @@ DENOISING_METHODS = ("raw", "floor-lowpass", "topaz-denoise")
 
 
 def _applies(spec: MethodSpec, kind: str) -> bool:
-    if spec.method_id.startswith("cryojoint-"):
-        return not ((kind == "picking" and "denoise-only" in spec.method_id)
-                    or (kind == "denoising" and "detect-only" in spec.method_id))
-    return spec.method_id in (PICKING_METHODS if kind == "picking" else DENOISING_METHODS)
+    if spec.row_id.startswith("cryojoint-"):
+        return not ((kind == "picking" and "denoise-only" in spec.row_id)
+                    or (kind == "denoising" and "detect-only" in spec.row_id))
+    return spec.row_id in (PICKING_METHODS if kind == "picking" else DENOISING_METHODS)
 
 
 def build_tables(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence[str],
@@ -661,7 +701,7 @@ def build_tables(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence[
     lines: list[str] = []
     report_tables: dict[str, Any] = {}
     for title, section, key, kind, digits in TABLES:
-        rows = [spec for spec in specs if _applies(spec, kind)]
+        rows = [spec for spec in specs if _applies(spec, kind) and not spec.is_replicate]
         lines += [f"### {title}", "", header, rule]
         report_rows: dict[str, list[float | None]] = {}
         for spec in rows:
@@ -673,6 +713,61 @@ def build_tables(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence[
         lines.append("")
         report_tables[title] = {"columns": [c[2] for c in columns], "rows": report_rows, "caption": title}
     return lines, report_tables
+
+
+#: (title, section, key, digits) of the figures whose spread over training seeds is tabulated.
+SPREAD_FIGURES: tuple[tuple[str, str, str, int], ...] = (
+    ("AP", "picking", "average_precision", 3),
+    ("best F1", "picking", "best_f1", 3),
+    ("PSNR vs full dose (dB)", "denoising", "psnr_full_dose", 2),
+    ("FRC vs clean", "denoising", "frc_clean", 3),
+)
+
+
+def spread_lines(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence[str],
+                 cells: Mapping[str, dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    """Mean ± sample standard deviation over the training seeds that finished, per row with replicates."""
+    seeds_of: dict[str, list[MethodSpec]] = {}
+    for spec in specs:
+        if spec.trains:
+            seeds_of.setdefault(spec.row_id, []).append(spec)
+    replicated = {row: group for row, group in seeds_of.items() if any(g.is_replicate for g in group)}
+    if not replicated:
+        return [], {}
+    columns = [(s, d, _dose_label(s, d, profile)) for s in profile.structures for d in doses]
+    lines = ["Every row trained again with other seeds on the same data and budget (the main tables show seed "
+             f"{TRAIN_SEED}). Cells: mean ± sample sd (n seeds finished); a single value when only one finished.", ""]
+    tables: dict[str, Any] = {}
+    for title, section, key, digits in SPREAD_FIGURES:
+        rows = {row: group for row, group in replicated.items()
+                if _applies(group[0], "picking" if section == "picking" else "denoising")}
+        if not rows:
+            continue
+        lines += [f"### {title} over seeds", "", "| method | " + " | ".join(c[2] for c in columns) + " |",
+                  "|---|" + "---:|" * len(columns)]
+        table_rows: dict[str, list[float | None]] = {}
+        for group in rows.values():
+            texts, means = [], []
+            for s, d, _ in columns:
+                values = [v for v in (_cell_number(cells.get(_cell_key(s, d, g.method_id)), section, key)
+                                      for g in group) if v is not None]
+                if not values:
+                    texts.append("pending")
+                    means.append(None)
+                elif len(values) == 1:
+                    texts.append(f"{values[0]:.{digits}f} (1)")
+                    means.append(values[0])
+                else:
+                    texts.append(f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f} "
+                                 f"({len(values)})")
+                    means.append(float(np.mean(values)))
+            label = next(g.label for g in group if not g.is_replicate)
+            lines.append(f"| {label} | " + " | ".join(texts) + " |")
+            table_rows[label] = means
+        lines.append("")
+        tables[f"{title}, mean over seeds"] = {"columns": [c[2] for c in columns], "rows": table_rows,
+                                               "caption": f"{title}: mean over training seeds"}
+    return lines, tables
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -697,7 +792,7 @@ def cost_lines(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence[st
                 if not cost:
                     continue
                 curve = cell.get("curve") or []
-                if spec.method_id == "topaz-picker":
+                if spec.row_id == "topaz-picker":
                     auprcs = ", ".join(_fmt(r.get("test_auprc"), 3) for r in curve)
                     curve_text = f"Topaz-printed pixel AUPRC on 1 test mic/epoch: {auprcs}"
                 elif curve:
@@ -798,14 +893,15 @@ NOTES = (
 
 def write_outputs(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence[str],
                   cells: Mapping[str, dict[str, Any]], out_dir: Path, stem: str, run_facts: dict[str, Any],
-                  write_html: bool = True) -> dict[str, Path]:
+                  write_html: bool = True, total: int | None = None) -> dict[str, Path]:
     """Rewrite ``<stem>.md``, ``<stem>.json`` and ``<stem>/benchmark.json`` (+ report.html) from the cells."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table_lines, report_tables = build_tables(profile, specs, doses, cells)
     time_lines, time_table = cost_lines(profile, specs, doses, cells)
+    seed_lines, seed_tables = spread_lines(profile, specs, doses, cells)
     done = sum(1 for c in cells.values() if c.get("status") == "ok")
     failed = {k: c.get("reason") for k, c in cells.items() if c.get("status") == "failed"}
-    total = len(profile.structures) * len(doses) * len(specs)
+    total = total if total is not None else len(profile.structures) * len(doses) * len(specs)
     settings_rows = []
     for key, facts in sorted(run_facts.get("doses", {}).items()):
         settings_rows.append(f"| {key} | {_fmt(facts.get('true_diameter_px'))} | "
@@ -821,6 +917,7 @@ def write_outputs(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence
         "", "Command: `" + run_facts["command"] + "`", "",
         "## Picking and denoising (rows = methods, columns = dose fraction; test micrographs only)", "",
         *table_lines,
+        *(["## Spread over training seeds", "", *seed_lines] if seed_lines else []),
         "## Time and memory", "",
         "Wall-clock seconds and peak RSS of each step in its own process (cryojoint: `benchmarks/_measure.py`; "
         "Topaz: GNU time of the Topaz process). Steady-state inference excludes model loading and start-up.", "",
@@ -840,7 +937,8 @@ def write_outputs(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence
     md_path.write_text("\n".join(md))
     json_path = out_dir / f"{stem}.json"
     json_path.write_text(json.dumps({"profile": _profile_dict(profile), "doses": list(doses),
-                                     "run": run_facts, "cells": dict(cells), "tables": report_tables,
+                                     "run": run_facts, "cells": dict(cells),
+                                     "tables": {**report_tables, **seed_tables},
                                      "time_memory": time_table}, indent=1, default=str))
     report_dir = out_dir / stem
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -850,7 +948,7 @@ def write_outputs(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence
             for spec in specs:
                 cell = cells.get(_cell_key(s, d, spec.method_id))
                 picking = (cell or {}).get("picking") if (cell or {}).get("status") == "ok" else None
-                if picking and picking.get("curve"):
+                if picking and picking.get("curve") and not spec.is_replicate:
                     curves.setdefault(_dose_label(s, d, profile), {})[spec.label] = {
                         **picking["curve"], "average_precision": picking.get("average_precision")}
     benchmark = {"title": f"cryojoint vs Topaz — {profile.name} ({run_facts['date']})",
@@ -893,6 +991,8 @@ def run_benchmark(
     force: bool = False,
     write_html: bool = True,
     log: Callable[[str], None] | None = None,
+    seeds: Sequence[int] = (),
+    only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a benchmark profile and write its tables; returns the output paths and the cells.
 
@@ -905,9 +1005,16 @@ def run_benchmark(
     skip_topaz
         Leave Topaz out (``quick`` and ``tiny`` also leave it out when its venv is absent; never installed).
     doses
-        Dose keys ("010", "020", "060"); default: the profile's.
+        Dose keys ("010", "020", "060") whose cells are computed; default: the profile's. The tables also show
+        the profile's other doses when the cache holds cells for them.
     force
         Recompute finished cells.
+    seeds
+        Extra training seeds: every trained row (cryojoint modes, Topaz's picker) is trained again with each, at
+        the doses computed; the tables gain a mean ± sd section. The main rows keep seed ``TRAIN_SEED``.
+    only
+        Row ids (as in the cache's file names, e.g. ``cryojoint-joint-default``, ``topaz-picker``) whose cells
+        are computed, replicates included; other rows are shown from the cache but not run.
     """
     log = log or (lambda text: print(text, flush=True))
     profile = PROFILES[profile_name]
@@ -915,10 +1022,22 @@ def run_benchmark(
     unknown = [d for d in doses if d not in DOSE_KEYS]
     if unknown:
         raise SystemExit(f"unknown dose {unknown[0]!r}; choose from {', '.join(DOSE_KEYS)}")
+    negative = [seed for seed in seeds if seed < 0]
+    if negative:
+        raise SystemExit(f"seed {negative[0]} is negative; give seeds as 1,2,3")
     if not skip_topaz and profile.name in ("quick", "tiny") and not topaz_available():
         log("Topaz venv absent: skipping Topaz (the quick profiles never install it)")
         skip_topaz = True
     specs = [s for s in method_specs(profile) if not (skip_topaz and s.needs_topaz)]
+    # Replicates already in the cache stay in the tables when a later run does not ask for their seeds.
+    cached_seeds = {int(match.group(1)) for path in (Path(cache_dir) / profile.name / "cells").glob("*/*/*.json")
+                    if (match := re.search(r"-seed(\d+)$", path.stem))}
+    specs += seed_replicates(specs, sorted({*seeds, *cached_seeds}))
+    if only is not None:
+        known = sorted({s.row_id for s in specs})
+        unknown_rows = [row for row in only if row not in known]
+        if unknown_rows:
+            raise SystemExit(f"unknown row {unknown_rows[0]!r} in --only; choose from {', '.join(known)}")
     work_root = Path(cache_dir) / profile.name
     cells_dir = work_root / "cells"
     today = dt.date.today().isoformat()
@@ -928,7 +1047,7 @@ def run_benchmark(
                                  "machine": machine_facts(), "skip_topaz": skip_topaz, "doses": {}}
     cells: dict[str, dict[str, Any]] = {}
     for structure in profile.structures:
-        for dose in doses:
+        for dose in profile.doses:  # every dose: the tables show cached cells of doses not computed now
             for spec in specs:
                 path = cells_dir / structure / dose / f"{spec.method_id}.json"
                 if path.exists() and not force:
@@ -949,12 +1068,23 @@ def run_benchmark(
             facts["estimate_error"] = f"{type(err).__name__}: {err}"
         run_facts["doses"][f"{s}/{d}"] = facts
 
+    plan = [(s, d, spec) for s, d, spec in _run_order(profile, specs, doses)
+            if (only is None or spec.row_id in only) and (not spec.is_replicate or spec.seed in seeds)]
+    planned = {_cell_key(s, d, spec.method_id) for s, d, spec in plan}
+    table_doses = tuple(d for d in profile.doses
+                        if d in doses or any(key.split("/")[1] == d for key in cells))
+    shown_specs = [spec for spec in specs if not spec.is_replicate
+                   or any(key.endswith(f"/{spec.method_id}") for key in (*planned, *cells))]
+    total = len({*planned, *cells, *(_cell_key(s, d, spec.method_id) for s in profile.structures
+                                     for d in table_doses for spec in shown_specs if not spec.is_replicate)})
+
     def flush() -> dict[str, Path]:
         run_facts["machine"]["load_average_now"] = list(os.getloadavg())
-        return write_outputs(profile, specs, doses, cells, Path(out_dir), stem, run_facts, write_html)
+        return write_outputs(profile, shown_specs, table_doses, cells, Path(out_dir), stem, run_facts, write_html,
+                             total)
 
     paths = flush()
-    for structure, dose, spec in _run_order(profile, specs, doses):
+    for structure, dose, spec in plan:
         key = _cell_key(structure, dose, spec.method_id)
         if key in cells:
             continue
@@ -986,7 +1116,7 @@ def run_benchmark(
     run_facts["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     paths = flush()
     log(f"tables: {paths['markdown']}")
-    return {"paths": paths, "cells": cells, "profile": profile, "specs": specs, "doses": doses}
+    return {"paths": paths, "cells": cells, "profile": profile, "specs": shown_specs, "doses": table_doses}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -1001,12 +1131,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--doses", default=None, help="comma-separated dose keys, e.g. 010,020,060")
     parser.add_argument("--force", action="store_true", help="recompute finished cells")
     parser.add_argument("--no-html", action="store_true", help="do not render report.html")
+    parser.add_argument("--seeds", default="", help="extra training seeds for every trained row, e.g. 1,2 "
+                        "(adds a mean ± sd section)")
+    parser.add_argument("--only", default=None, help="comma-separated row ids to compute, e.g. "
+                        "cryojoint-joint-default,topaz-picker (others are shown from the cache)")
     args = parser.parse_args(argv)
     doses = [d.strip() for d in args.doses.split(",")] if args.doses else None
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: give whole numbers separated by commas, e.g. 1,2")
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     if args.quick and args.profile not in (None, "quick"):
         parser.error(f"--quick and --profile {args.profile} name different profiles; give one")
     args.profile = args.profile or "quick"
-    run_benchmark(args.profile, args.out, args.cache, args.skip_topaz, doses, args.force, not args.no_html)
+    run_benchmark(args.profile, args.out, args.cache, args.skip_topaz, doses, args.force, not args.no_html,
+                  seeds=seeds, only=only)
 
 
 if __name__ == "__main__":

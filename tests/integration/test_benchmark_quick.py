@@ -53,6 +53,16 @@ def test_tiny_profile_writes_tables_with_every_method_and_resumes(tmp_path: Path
     assert time.perf_counter() - started < 30, "finished cells must be reused, not recomputed"
     assert again["cells"]["ribosome/020/cryojoint-joint-default"]["picking"] == joint["picking"]
 
+    # A second seed of one row: trained with that seed, summarised over seeds, kept out of the main rows.
+    seeded = bench.run_benchmark("tiny", out, cache, skip_topaz=True, write_html=False, log=lambda _: None,
+                                 seeds=[1], only=["cryojoint-joint-default"])
+    replicate = seeded["cells"]["ribosome/020/cryojoint-joint-default-seed1"]
+    assert replicate["status"] == "ok" and replicate["settings"]["seed"] == 1
+    assert joint["settings"]["seed"] == bench.TRAIN_SEED
+    markdown = seeded["paths"]["markdown"].read_text()
+    assert "## Spread over training seeds" in markdown and "seed 1" not in markdown.split("## Spread")[0]
+    assert "(2) |" in markdown
+
 
 @pytest.mark.slow
 def test_quick_profile_runs_topaz_beside_cryojoint(tmp_path: Path, topaz_launcher: Path) -> None:
@@ -85,3 +95,28 @@ def test_failed_cell_is_shown_with_its_reason() -> None:
     assert "failed: ValueError: no picks" in text
     assert "pending" in text
     assert tables["Picking: average precision (AP)"]["rows"]["floor: LoG blob picker"] == [None]
+
+
+def test_seed_spread_is_mean_and_sample_sd_and_stays_out_of_the_main_rows() -> None:
+    profile = bench.PROFILES["tiny"]
+    specs = bench.method_specs(profile)
+    specs += bench.seed_replicates(specs, [0, 1, 2])  # seed 0 is the main row, not a replicate
+    assert [s.method_id for s in specs if s.is_replicate] == [
+        "topaz-picker-seed1", "cryojoint-joint-default-seed1", "topaz-picker-seed2", "cryojoint-joint-default-seed2"]
+    cells = {f"ribosome/020/{row}": {"status": "ok", "picking": {"average_precision": ap, "best_f1": 0.5}}
+             for row, ap in (("cryojoint-joint-default", 0.5), ("cryojoint-joint-default-seed1", 0.6),
+                             ("cryojoint-joint-default-seed2", 0.7))}
+    lines, _ = bench.spread_lines(profile, specs, ["020"], cells)
+    text = "\n".join(lines)
+    assert "| cryojoint joint (default) | 0.600 ± 0.100 (3) |" in text
+    assert "| cryojoint joint (default) | 0.500 ± 0.000 (3) |" in text
+    main_lines, tables = bench.build_tables(profile, specs, ["020"], cells)
+    assert not any("seed" in line for line in main_lines)
+    assert tables["Picking: average precision (AP)"]["rows"]["cryojoint joint (default)"] == [0.5]
+    assert bench.spread_lines(profile, bench.method_specs(profile), ["020"], cells) == ([], {})
+
+
+def test_unknown_row_in_only_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown row 'cryojoint-jiont-default'"):
+        bench.run_benchmark("tiny", tmp_path / "r", tmp_path / "c", skip_topaz=True, write_html=False,
+                            log=lambda _: None, only=["cryojoint-jiont-default"])
