@@ -26,6 +26,7 @@ import math
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -1119,6 +1120,10 @@ def run_benchmark(
     return {"paths": paths, "cells": cells, "profile": profile, "specs": shown_specs, "doses": table_doses}
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1145,6 +1150,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.quick and args.profile not in (None, "quick"):
         parser.error(f"--quick and --profile {args.profile} name different profiles; give one")
     args.profile = args.profile or "quick"
+    # `kill` (SIGTERM) then unwinds like Ctrl-C: subprocess.run kills the training child on the way out.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     run_benchmark(args.profile, args.out, args.cache, args.skip_topaz, doses, args.force, not args.no_html,
                   seeds=seeds, only=only)
 

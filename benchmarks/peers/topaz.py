@@ -18,12 +18,14 @@ Topaz is never imported here: every step is a subprocess of the launcher, timed,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -270,21 +272,28 @@ def run_logged(argv: Sequence[str], log_path: Path, *, seed: int | None = None) 
         full_argv = [str(GNU_TIME), "-f", "%M", "-o", str(time_output), *argv] if use_gnu_time else list(argv)
         lines: list[tuple[float, str]] = []
         start = time.monotonic()
+        # Own process group, so that an interrupted driver can stop Topaz and not only GNU time around it.
         with open(log_path, "wb") as log, subprocess.Popen(
-            full_argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_subprocess_env(seed)
+            full_argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_subprocess_env(seed),
+            start_new_session=True,
         ) as process:
             assert process.stdout is not None
             pending = b""
-            while True:
-                chunk = process.stdout.read1(65536)
-                if not chunk:
-                    break
-                log.write(chunk)
-                now = time.monotonic() - start
-                pending += chunk
-                parts = re.split(rb"[\r\n]", pending)
-                pending = parts.pop()
-                lines.extend((now, part.decode(errors="replace")) for part in parts if part.strip())
+            try:
+                while True:
+                    chunk = process.stdout.read1(65536)
+                    if not chunk:
+                        break
+                    log.write(chunk)
+                    now = time.monotonic() - start
+                    pending += chunk
+                    parts = re.split(rb"[\r\n]", pending)
+                    pending = parts.pop()
+                    lines.extend((now, part.decode(errors="replace")) for part in parts if part.strip())
+            except BaseException:  # Ctrl-C or SIGTERM in the driver: no orphaned Topaz keeps the cores busy
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                raise
             if pending.strip():
                 lines.append((time.monotonic() - start, pending.decode(errors="replace")))
             returncode = process.wait()

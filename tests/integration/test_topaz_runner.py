@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +211,46 @@ def test_run_logged_failure_quotes_output(tmp_path: Path) -> None:
     script = "import sys; print('ERROR: no training particles'); sys.exit(3)"
     with pytest.raises(topaz.TopazError, match="no training particles"):
         topaz.run_logged([sys.executable, "-c", script], tmp_path / "log.txt")
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _running(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "\nState:\tZ" not in status.read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir() or not hasattr(signal, "setitimer"), reason="needs /proc, setitimer")
+def test_interrupted_run_logged_leaves_no_process_behind(tmp_path: Path) -> None:
+    """An interrupted driver must stop the whole command (GNU time's child included), not orphan it."""
+    pid_file = tmp_path / "grandchild.pid"
+    script = ("import subprocess, sys, time; child = subprocess.Popen(['sleep', '60']); "
+              f"open({str(pid_file)!r}, 'w').write(str(child.pid)); print('# started', flush=True); time.sleep(60)")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    started = time.monotonic()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1.5)
+        with pytest.raises(_Interrupted):
+            topaz.run_logged([sys.executable, "-c", script], tmp_path / "log.txt")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    # Not a speed figure: without the kill the interruption waits for the 60 s command to end by itself.
+    assert time.monotonic() - started < 30, "the interruption waited for the command instead of stopping it"
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _running(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(grandchild)
 
 
 def test_synthetic_micrographs_are_deterministic_and_partially_labelled(tmp_path: Path) -> None:
