@@ -976,13 +976,6 @@ def _profile_dict(profile: Profile) -> dict[str, Any]:
 # ============================================================================================== driver
 
 
-def topaz_available() -> bool:
-    """Whether the Topaz venv made by ``benchmarks.peers.topaz.ensure_topaz_env`` exists (never installs)."""
-    from benchmarks.peers.topaz import DEFAULT_VENV, ENV_MARKER_NAME, LAUNCHER_NAME
-
-    return (DEFAULT_VENV / ENV_MARKER_NAME).exists() and (DEFAULT_VENV / "bin" / LAUNCHER_NAME).exists()
-
-
 def run_benchmark(
     profile_name: str = "quick",
     out_dir: Path = DEFAULT_RESULTS,
@@ -1026,12 +1019,16 @@ def run_benchmark(
     negative = [seed for seed in seeds if seed < 0]
     if negative:
         raise SystemExit(f"seed {negative[0]} is negative; give seeds as 1,2,3")
-    if not skip_topaz and profile.name in ("quick", "tiny") and not topaz_available():
+    from benchmarks.peers.topaz import topaz_env_installed
+
+    if not skip_topaz and profile.name in ("quick", "tiny") and not topaz_env_installed():
         log("Topaz venv absent: skipping Topaz (the quick profiles never install it)")
         skip_topaz = True
+    work_root = Path(cache_dir) / profile.name
+    cells_dir = work_root / "cells"
     specs = [s for s in method_specs(profile) if not (skip_topaz and s.needs_topaz)]
     # Replicates already in the cache stay in the tables when a later run does not ask for their seeds.
-    cached_seeds = {int(match.group(1)) for path in (Path(cache_dir) / profile.name / "cells").glob("*/*/*.json")
+    cached_seeds = {int(match.group(1)) for path in cells_dir.glob("*/*/*.json")
                     if (match := re.search(r"-seed(\d+)$", path.stem))}
     specs += seed_replicates(specs, sorted({*seeds, *cached_seeds}))
     if only is not None:
@@ -1039,8 +1036,6 @@ def run_benchmark(
         unknown_rows = [row for row in only if row not in known]
         if unknown_rows:
             raise SystemExit(f"unknown row {unknown_rows[0]!r} in --only; choose from {', '.join(known)}")
-    work_root = Path(cache_dir) / profile.name
-    cells_dir = work_root / "cells"
     today = dt.date.today().isoformat()
     stem = f"{today}-{profile.name}"
     run_facts: dict[str, Any] = {"date": today, "started": dt.datetime.now().isoformat(timespec="seconds"),
@@ -1074,8 +1069,8 @@ def run_benchmark(
     planned = {_cell_key(s, d, spec.method_id) for s, d, spec in plan}
     table_doses = tuple(d for d in profile.doses
                         if d in doses or any(key.split("/")[1] == d for key in cells))
-    shown_specs = [spec for spec in specs if not spec.is_replicate
-                   or any(key.endswith(f"/{spec.method_id}") for key in (*planned, *cells))]
+    present = {key.rsplit("/", 1)[1] for key in (*planned, *cells)}  # method ids planned or cached
+    shown_specs = [spec for spec in specs if not spec.is_replicate or spec.method_id in present]
     total = len({*planned, *cells, *(_cell_key(s, d, spec.method_id) for s in profile.structures
                                      for d in table_doses for spec in shown_specs if not spec.is_replicate)})
 

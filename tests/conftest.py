@@ -49,10 +49,9 @@ def topaz_launcher() -> Path:
         sys.path.insert(0, str(repo_root))
     from benchmarks.peers import topaz
 
-    launcher = topaz.DEFAULT_VENV / "bin" / topaz.LAUNCHER_NAME
     if os.environ.get(INSTALL_TOPAZ_VARIABLE) == "1":
         return topaz.ensure_topaz_env()
-    if not (launcher.exists() and (topaz.DEFAULT_VENV / topaz.ENV_MARKER_NAME).exists()):
+    if not topaz.topaz_env_installed():
         pytest.skip(f"Topaz venv not installed (set {INSTALL_TOPAZ_VARIABLE}=1, as .ci/run does, or run "
                     "`python -m benchmarks.peers.topaz --selftest`; ~1.4 GB)")
-    return launcher
+    return topaz.DEFAULT_VENV / "bin" / topaz.LAUNCHER_NAME

@@ -163,6 +163,11 @@ def _marker_matches(marker_path: Path) -> bool:
     return pins == _expected_marker()
 
 
+def topaz_env_installed(venv_dir: Path = DEFAULT_VENV) -> bool:
+    """Whether :func:`ensure_topaz_env` has made the venv (its launcher and marker exist); never installs."""
+    return (Path(venv_dir) / "bin" / LAUNCHER_NAME).exists() and (Path(venv_dir) / ENV_MARKER_NAME).exists()
+
+
 def ensure_topaz_env(venv_dir: Path = DEFAULT_VENV) -> Path:
     """Create (once) a separate venv with CPU Topaz and return its launcher executable.
 
