@@ -118,8 +118,12 @@ class PredictConfig:
     auto_threshold_top_fraction: float = 0.25  # "quantile" rule (appendix): top 25-30% of candidate scores
     nms_radius_px: float | None = None  # None: particle radius
     border_px: float = 0.0  # drop peaks closer than this to the image edge
-    tile_size_px: int = 512  # largest output block computed per network pass (flat memory); blocks split evenly
-    tile_overlap_px: int = 64  # context added on each side of a block (>= detector receptive radius 31)
+    # Largest output block computed per network pass (memory stays flat in the image size); blocks split evenly.
+    # 1024: a typical binned micrograph runs in one pass, which the exact context below makes cheapest.
+    tile_size_px: int = 1024
+    # Context added on each side of a block. None: the receptive fields of U-Net and detector (default preset:
+    # 384 px), so tiled output equals the whole-image pass exactly; a smaller value is faster but shows seams.
+    tile_overlap_px: int | None = None
     batch_size: int = 1
 
 
@@ -241,7 +245,8 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (0.0 < config.predict.auto_threshold_top_fraction < 1.0,
          "predict.auto_threshold_top_fraction must be in (0, 1)"),
         (config.predict.tile_size_px >= 64, "predict.tile_size_px must be >= 64"),
-        (0 <= config.predict.tile_overlap_px, "predict.tile_overlap_px must be >= 0"),
+        (config.predict.tile_overlap_px is None or config.predict.tile_overlap_px >= 0,
+         "predict.tile_overlap_px must be >= 0 (or null: exact, from the receptive fields)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -72,6 +72,21 @@ def _blocks(length: int, largest: int, align: int = 1) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
+def network_context_px(network: torch.nn.Module) -> int:
+    """Context (px) a block needs on each side for tiled output to equal the whole-image pass exactly.
+
+    The detector reads the denoised image within its receptive radius, and each of those denoised pixels reads
+    the input within the U-Net's receptive radius: the two add up. Rounded up to the U-Net's pooling grid.
+    """
+    from cryojoint.models.detector import CONTEXT_RADIUS
+
+    denoiser = getattr(network, "denoiser", None)
+    detector = getattr(network, "detector", None)
+    reach = (denoiser.receptive_radius_px if denoiser is not None else 0) + (CONTEXT_RADIUS if detector else 0)
+    multiple = denoiser.size_multiple if denoiser is not None else 1
+    return int(math.ceil(reach / multiple)) * multiple
+
+
 @torch.no_grad()
 def run_network_on_image(
     network: torch.nn.Module,
@@ -83,29 +98,32 @@ def run_network_on_image(
 ) -> NetworkResult:
     """Run the network over a normalised image in overlapping tiles, so memory does not grow with image size.
 
-    The image is split into the fewest near-equal blocks of at most ``tile_size_px``; each pass sees its block
-    plus ``tile_overlap_px`` of real context on every side (mirrored at the image edge), padded to a multiple
-    of the U-Net's ``2**depth``; only the block's part of each output is kept.
+    What is computed is defined by the whole-image pass: the image, zero-padded at its bottom and right to a
+    multiple of the U-Net's ``2**depth``, and nothing around it (the network's own zero padding, as on training
+    patches). Zeros, not a mirror image, so no pixel's own value can come back into its blind-spot prediction
+    through the padding. The image is split into the fewest near-equal blocks of at most ``tile_size_px``
+    whose inner edges lie on the pooling grid; each pass sees its block plus ``tile_overlap_px`` of context
+    (default: :func:`network_context_px`, the receptive fields of denoiser and detector), clipped at the image,
+    so every kept pixel is computed from exactly the inputs the whole-image pass gives it.
     """
     network.eval()
     multiple = 2 ** config.model.unet_depth
     ny, nx = image.shape
     overlap = config.predict.tile_overlap_px
-    # Mirror the whole image once, so every pass (one block or many) cuts its context, rounded up to the U-Net's
-    # multiple, from the same extended image: tiling then changes nothing but where passes start.
-    offset = overlap + multiple
-    extended = np.pad(image, offset, mode="reflect" if min(ny, nx) > 1 else "edge")
+    context = network_context_px(network) if overlap is None else int(math.ceil(overlap / multiple)) * multiple
+    padded_ny, padded_nx = ny + (-ny) % multiple, nx + (-nx) % multiple
+    aligned = np.zeros((padded_ny, padded_nx), dtype=np.float32)
+    aligned[:ny, :nx] = image
     outputs: dict[str, np.ndarray] = {}
     noise_vars: list[float] = []
     for y0, y1 in _blocks(ny, config.predict.tile_size_px, multiple):
         for x0, x1 in _blocks(nx, config.predict.tile_size_px, multiple):
-            cy0, cx0 = y0 + offset - overlap, x0 + offset - overlap
-            cy1 = y1 + offset + overlap
-            cx1 = x1 + offset + overlap
-            cy1 += (-(cy1 - cy0)) % multiple
-            cx1 += (-(cx1 - cx0)) % multiple
-            padded = extended[cy0:cy1, cx0:cx1]
-            x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(device)
+            # Inner block edges are on the grid, the context is a whole number of grid cells, and a pass that
+            # reaches the image's end takes its alignment padding: every pass is a multiple of the grid.
+            cy0, cx0 = max(y0 - context, 0), max(x0 - context, 0)
+            cy1 = padded_ny if y1 == ny else min(y1 + context, padded_ny)
+            cx1 = padded_nx if x1 == nx else min(x1 + context, padded_nx)
+            x = torch.from_numpy(np.ascontiguousarray(aligned[cy0:cy1, cx0:cx1]))[None, None].to(device)
             out = network(x, dense=dense)
             for key in keep:
                 value = getattr(out, key)
@@ -114,7 +132,7 @@ def run_network_on_image(
                 block = value[0, 0].float().cpu().numpy()
                 if key not in outputs:
                     outputs[key] = np.empty((ny, nx), dtype=np.float32)
-                outputs[key][y0:y1, x0:x1] = block[overlap:overlap + y1 - y0, overlap:overlap + x1 - x0]
+                outputs[key][y0:y1, x0:x1] = block[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
             if out.noise_var is not None:
                 noise_vars.append(float(out.noise_var.float().mean()))
     logits = outputs.get("logits")

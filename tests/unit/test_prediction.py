@@ -12,6 +12,7 @@ from cryojoint.checkpoint import LoadedModel
 from cryojoint.config import CryojointConfig
 from cryojoint.errors import UserInputError
 from cryojoint.models.joint import JointModel
+from cryojoint.models.unet import BlindSpotUNet
 from cryojoint.prediction import PickingSettings, _blocks, choose_threshold, predict, run_network_on_image
 
 TINY = {"model": {"unet_encoder_channels": 8, "unet_decoder_channels": 16, "unet_depth": 3,
@@ -38,18 +39,83 @@ def test_blocks_cover_evenly_without_gaps_on_the_pooling_grid(length: int, large
     assert len(blocks) == -(-length // largest)
 
 
-def test_tiled_inference_matches_the_whole_image() -> None:
-    """With context wider than the receptive fields that matter, tile seams do not show."""
-    rng = np.random.default_rng(0)
-    image = rng.normal(size=(150, 170)).astype(np.float32)
-    whole_model = _model(tile_size_px=1024, tile_overlap_px=96)
-    tiled_model = dataclasses.replace(whole_model, config=CryojointConfig.from_dict(
-        {**TINY, "predict": {"tile_size_px": 64, "tile_overlap_px": 96}}))
-    whole = run_network_on_image(whole_model.network, image, whole_model.config)
-    tiled = run_network_on_image(tiled_model.network, image, tiled_model.config)
-    assert whole.logits is not None and tiled.logits is not None
-    np.testing.assert_allclose(tiled.denoised, whole.denoised, atol=1e-4)
-    np.testing.assert_allclose(tiled.logits, whole.logits, atol=1e-4)
+#: The default preset's depth and strides with few channels (the receptive fields do not depend on width).
+NARROW_DEFAULT_DEPTH = {"model": {"unet_encoder_channels": 4, "unet_decoder_channels": 8,
+                                  "detector_channels": [4, 8, 8]}}
+
+
+def _narrow_model(seed: int = 0, **predict_overrides: object) -> LoadedModel:
+    torch.manual_seed(seed)
+    config = CryojointConfig.from_dict({**NARROW_DEFAULT_DEPTH, "predict": predict_overrides})
+    assert config.model.unet_depth == 5 and config.model.detector_output_stride == 2
+    return LoadedModel(JointModel(config.model).eval(), config, particle_diameter_px=12.0, downsample=1, meta={})
+
+
+def _max_relative_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("shape", [(300, 270), (257, 449)])
+def test_tiled_inference_equals_the_whole_image_at_the_default_depth(shape: tuple[int, int]) -> None:
+    """Sides that are no multiple of the tile or the pooling grid; blocks far smaller than the U-Net's reach."""
+    image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    model = _narrow_model()
+    whole = run_network_on_image(model.network, image, model.config)
+    tiled_config = dataclasses.replace(model.config, predict=dataclasses.replace(model.config.predict,
+                                                                                  tile_size_px=96))
+    assert len(_blocks(shape[0], 96, 32)) >= 3
+    tiled = run_network_on_image(model.network, image, tiled_config)
+    for key in ("prior_mean", "prior_var", "denoised", "logits"):
+        assert _max_relative_difference(getattr(tiled, key), getattr(whole, key)) <= 1e-4, key
+
+
+def test_too_little_tile_context_shows_seams() -> None:
+    """The check above can fail: with the old 64 px context the tiles differ from the whole image."""
+    image = np.random.default_rng(1).normal(size=(300, 270)).astype(np.float32)
+    model = _narrow_model()
+    whole = run_network_on_image(model.network, image, model.config)
+    seamed_config = dataclasses.replace(model.config, predict=dataclasses.replace(
+        model.config.predict, tile_size_px=96, tile_overlap_px=64))
+    seamed = run_network_on_image(model.network, image, seamed_config)
+    assert _max_relative_difference(seamed.prior_mean, whole.prior_mean) > 1e-3
+
+
+def test_receptive_radius_bounds_what_an_output_pixel_reads() -> None:
+    """Gradient probe of the real network: nothing beyond the stated radius reaches the centre pixel."""
+    config = CryojointConfig.from_dict(NARROW_DEFAULT_DEPTH).model
+    torch.manual_seed(0)
+    unet = BlindSpotUNet(config)
+    radius = unet.receptive_radius_px
+    side = 2 * (radius + 32) // 32 * 32
+    x = torch.randn(1, 1, side, side, requires_grad=True)
+    out = unet(x)
+    centre = side // 2
+    (out.prior_mean[0, 0, centre, centre] + out.prior_var[0, 0, centre, centre]).backward()
+    rows, cols = np.nonzero(x.grad[0, 0].abs().numpy() > 0)
+    reach = max(np.abs(rows - centre).max(), np.abs(cols - centre).max())
+    assert reach <= radius
+    assert reach >= 0.75 * radius  # a bound, but not a loose one
+
+
+@pytest.mark.parametrize("shape", [(37, 45), (64, 33)])
+def test_blind_spot_holds_at_every_pixel_through_the_inference_path(shape: tuple[int, int]) -> None:
+    """mu and A^2 at p do not change when y[p] changes, borders included (no mirrored copy of y[p] in the
+    padding); the denoised value, the posterior mean, is the one output that may use y[p]."""
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=shape).astype(np.float32)
+    model = _narrow_model(tile_size_px=1024)
+    base = run_network_on_image(model.network, image, model.config, keep=("prior_mean", "prior_var", "denoised"))
+    ny, nx = shape
+    border = [(r, c) for r in range(ny) for c in range(nx) if min(r, c) < 3 or r >= ny - 3 or c >= nx - 3]
+    interior = [(int(r), int(c)) for r, c in zip(rng.integers(3, ny - 3, 10), rng.integers(3, nx - 3, 10))]
+    for r, c in border[::2] + interior:
+        changed = image.copy()
+        changed[r, c] += 25.0
+        out = run_network_on_image(model.network, changed, model.config, keep=("prior_mean", "prior_var",
+                                                                                "denoised"))
+        assert out.prior_mean[r, c] == pytest.approx(base.prior_mean[r, c], rel=1e-5, abs=1e-5), (r, c)
+        assert out.prior_var[r, c] == pytest.approx(base.prior_var[r, c], rel=1e-5, abs=1e-6), (r, c)
+        assert out.denoised[r, c] != pytest.approx(base.denoised[r, c], abs=1e-4)
 
 
 def _settings(**changes: object) -> PickingSettings:

@@ -42,6 +42,8 @@ ESTIMATOR_CHANNELS: int = 16
 ESTIMATOR_POOLINGS: int = 2
 CONV_KERNEL: int = 3
 NOISE_MODELS: tuple[str, ...] = ("constant", "estimator")
+#: Largest batch x height x width whose four rotations run as one batch; beyond it, one rotation at a time.
+ROTATION_BATCH_MAX_PIXELS: int = 512 * 512
 #: Activation layout. oneDNN's CPU convolutions run about twice as fast on channels-last tensors.
 MEMORY_FORMAT: torch.memory_format = torch.channels_last
 
@@ -210,15 +212,31 @@ class BlindSpotUNet(nn.Module):
         """Input height and width must be multiples of this (``2**depth``)."""
         return 2**self.depth
 
+    @property
+    def receptive_radius_px(self) -> int:
+        """Upper bound on how far (px, any direction) an output pixel's inputs lie from it.
+
+        Tiled inference needs at least this much real context around each block to reproduce the whole-image
+        pass exactly (default depth 5: 346 px). Bounded layer by layer: a blind 3x3 convolution at scale s reaches
+        2s rows up, a shifted 2x2 pooling 2s, a nearest up-sampling s, the final branch shift one pixel.
+        """
+        return unet_receptive_radius(self.depth)
+
     def forward(self, x: Tensor) -> DenoiserOutput:
         """Prior mean, prior variance and noise variance for a normalised image batch ``x`` [B,1,H,W]."""
         batch, _, height, width = x.shape
         if height % self.size_multiple or width % self.size_multiple:
             raise ValueError(f"input {height}x{width} is not a multiple of {self.size_multiple} "
                              f"(unet_depth={self.depth}); pad it first")
-        # Square inputs: all four rotations share one batched pass. Otherwise rotations 0/180 and 90/270
-        # have different shapes and run as two passes.
-        groups = [ROTATIONS] if height == width else [ROTATIONS[0::2], ROTATIONS[1::2]]
+        # Small square inputs (training patches): all four rotations share one batched pass. Otherwise
+        # rotations 0/180 and 90/270 have different shapes and run as two passes; large inputs (inference
+        # tiles) run one rotation at a time, which holds a quarter of the activations in memory at once.
+        if batch * height * width > ROTATION_BATCH_MAX_PIXELS:
+            groups = [(k,) for k in ROTATIONS]
+        elif height == width:
+            groups = [ROTATIONS]
+        else:
+            groups = [ROTATIONS[0::2], ROTATIONS[1::2]]
         # Un-rotated branches side by side along channels, written straight into one channels-last buffer
         # (as [B,H,W,C]: far cheaper than torch.cat of rotated channels-last views).
         branches: Tensor | None = None
@@ -253,6 +271,26 @@ class BlindSpotUNet(nn.Module):
         else:
             noise_std = (F.softplus(self.noise_std_raw) + math.sqrt(MIN_VARIANCE)).expand(x.shape[0], 1, 1, 1)
         return noise_std**2
+
+
+def unet_receptive_radius(depth: int) -> int:
+    """See :attr:`BlindSpotUNet.receptive_radius_px` (mirrors :meth:`BlindSpotUNet._unet` layer by layer)."""
+    conv_reach = PAD_TOP  # rows above the output that one blind 3x3 convolution reads, at scale 1
+    scale = 1
+    reach = 2 * conv_reach  # encoder_in: two convolutions at full resolution
+    skip_reach = [0]  # the full-resolution skip is the input itself
+    reach += 2 * scale  # blind_pool: one-row shift + 2x2 window
+    scale *= 2
+    for _ in range(depth - 1):
+        skip_reach.append(reach)
+        reach += conv_reach * scale + 2 * scale  # encoder conv, then blind_pool
+        scale *= 2
+    reach += conv_reach * scale  # bottom
+    for level in reversed(range(depth)):
+        scale //= 2
+        reach = max(reach + scale, skip_reach[level])  # nearest 2x up-sampling, concatenated with the skip
+        reach += 2 * conv_reach * scale  # the decoder's two convolutions
+    return reach + 1  # the branch's final one-row shift
 
 
 class NoiseEstimator(nn.Module):
