@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cryojoint.config import DataConfig, TrainConfig
 from cryojoint.errors import UserInputError
+
+if TYPE_CHECKING:
+    from cryojoint.config import CryojointConfig, ModelConfig
 
 app = typer.Typer(
     name="cryojoint",
@@ -22,6 +26,7 @@ app = typer.Typer(
 )
 
 EXIT_USER_ERROR = 2
+_TRAIN_DEFAULTS, _DATA_DEFAULTS = TrainConfig(), DataConfig()
 
 
 def _fail(message: str) -> None:
@@ -29,10 +34,72 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_USER_ERROR)
 
 
-def _config(config_path: Path | None, preset: str = "default"):
-    from cryojoint.config import CryojointConfig, default_config
+def _preset_under_yaml_model(preset: str, config_path: Path) -> ModelConfig:
+    """The ``preset`` architecture with the model keys the YAML at ``config_path`` set on top.
 
-    return CryojointConfig.load_yaml(config_path) if config_path else default_config(preset)
+    A YAML that names its own ``model.preset`` (as every saved RUN/config.yaml does, listing every key) has
+    keys that merely repeat that preset's values: those came from the preset, not from the user, and give way
+    to ``preset``. Keys the YAML changed from its preset, and every key of a YAML naming no preset, win.
+    """
+    import yaml
+
+    from cryojoint.config import CryojointConfig, model_config_for_preset
+
+    values = yaml.safe_load(config_path.read_text()) or {}  # already checked by CryojointConfig.load_yaml
+    section = {k: tuple(v) if isinstance(v, list) else v for k, v in (values.get("model") or {}).items()}
+    yaml_preset = section.pop("preset", None)
+    if yaml_preset is not None:
+        inherited = model_config_for_preset(yaml_preset)
+        section = {k: v for k, v in section.items() if getattr(inherited, k) != v}
+    return CryojointConfig.from_dict({"model": {**section, "preset": preset}}, source=config_path).model
+
+
+def _train_config(
+    config_path: Path | None = None,
+    preset: str | None = None,
+    mode: str | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    particle_diameter: float | None = None,
+    expected_particles: float | None = None,
+    downsample: int | None = None,
+) -> CryojointConfig:
+    """The config ``cryojoint train`` runs with: the YAML (or the defaults), then only the options given.
+
+    ``None`` means "not given": the YAML's value (or the default) stands. ``preset`` replaces the YAML's
+    ``model.preset`` and the architecture follows it, but model keys the YAML set keep their values
+    (:func:`_preset_under_yaml_model`).
+    """
+    import dataclasses
+
+    from cryojoint.config import (
+        TRAINING_MODES,
+        CryojointConfig,
+        default_config,
+        model_config_for_preset,
+        validate,
+    )
+
+    if mode is not None and mode not in TRAINING_MODES:
+        raise UserInputError(None, f"--mode must be one of {', '.join(TRAINING_MODES)}")
+    if preset is not None:
+        model_config_for_preset(preset)  # an unknown name fails here, naming the option's value
+    if config_path is None:
+        cfg = default_config(preset or "default")
+    else:
+        cfg = CryojointConfig.load_yaml(config_path)  # the file, its keys and values are checked here
+        if preset is not None:
+            cfg.model = _preset_under_yaml_model(preset, config_path)
+    cfg.train = dataclasses.replace(cfg.train, **_given(mode=mode, steps=steps, seed=seed, device=device))
+    cfg.data = dataclasses.replace(cfg.data, **_given(particle_diameter_px=particle_diameter,
+                                                      expected_particles=expected_particles, downsample=downsample))
+    validate(cfg)  # the YAML passed on its own, so what fails now is an option's value
+    return cfg
+
+
+def _given(**options: object) -> dict[str, object]:
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _version(value: bool) -> None:
@@ -122,18 +189,29 @@ def train(
     micrographs: Annotated[list[Path], typer.Argument(help="Training micrographs (MRC).")],
     labels: Annotated[Path, typer.Option(help="Partial particle labels (STAR, BOX folder, CSV, Topaz, IMOD).")],
     out: Annotated[Path, typer.Option(help="Run folder for model.pt, checkpoints and metrics.")],
-    mode: Annotated[str, typer.Option(help="joint | joint-no-consistency | sequential | denoise-only | "
-                                           "detect-only")] = "joint",
-    preset: Annotated[str, typer.Option(help="Architecture: default (fast on CPU) or paper (published).")] = "default",
-    steps: Annotated[int | None, typer.Option(help="Training steps (minibatches).")] = None,
+    mode: Annotated[str | None, typer.Option(help="joint | joint-no-consistency | sequential | denoise-only | "
+                                                  f"detect-only (default: {_TRAIN_DEFAULTS.mode}, or train.mode "
+                                                  "of --config)")] = None,
+    preset: Annotated[str | None, typer.Option(help="Architecture: default (fast on CPU) or paper (published). "
+                                                    "Default: model.preset of --config, else default. Model keys "
+                                                    "--config sets apply on top of the preset.")] = None,
+    steps: Annotated[int | None, typer.Option(help=f"Training steps (minibatches) (default: {_TRAIN_DEFAULTS.steps}, "
+                                                   "or train.steps of --config).")] = None,
     particle_diameter: Annotated[float | None, typer.Option(
-        "--particle-diameter", help="Particle diameter in input pixels (default: estimated from the labels).")] = None,
+        "--particle-diameter", help="Particle diameter in input pixels (default: data.particle_diameter_px of "
+                                    "--config, else estimated from the labels).")] = None,
     expected_particles: Annotated[float | None, typer.Option(
-        help="Particles per micrograph (default: estimated from the label density; a lower bound).")] = None,
-    downsample: Annotated[int | None, typer.Option(help="Bin micrographs by N before training.")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML config (see config.yaml in any run folder).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = None,
+        help="Particles per micrograph (default: data.expected_particles of --config, else estimated from the "
+             "label density; a lower bound).")] = None,
+    downsample: Annotated[int | None, typer.Option(help=f"Bin micrographs by N before training (default: "
+                                                        f"{_DATA_DEFAULTS.downsample}, or data.downsample of "
+                                                        "--config).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config (see config.yaml in any run folder); options "
+                                                     "given on the command line override its values.")] = None,
+    seed: Annotated[int | None, typer.Option(help=f"Random seed (default: {_TRAIN_DEFAULTS.seed}, or train.seed "
+                                                  "of --config).")] = None,
+    device: Annotated[str | None, typer.Option(help=f"auto | cpu | cuda | cuda:N | mps (default: "
+                                                    f"{_TRAIN_DEFAULTS.device}, or train.device of --config)")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
 ) -> None:
@@ -141,22 +219,11 @@ def train(
 
     Example: cryojoint train data/dose_010/*.mrc --labels data/labels.star --out runs/m1 --steps 2000
     """
-    import dataclasses
-
-    from cryojoint.config import TRAINING_MODES, model_config_for_preset, validate
     from cryojoint.training import train as train_model
 
-    cfg = _config(config, preset)
-    if config is None or preset != "default":
-        cfg.model = model_config_for_preset(preset)
-    if mode not in TRAINING_MODES:
-        raise UserInputError(None, f"--mode must be one of {', '.join(TRAINING_MODES)}")
-    cfg.train = dataclasses.replace(cfg.train, mode=mode, **{k: v for k, v in
-                                    dict(steps=steps, seed=seed, device=device).items() if v is not None})
-    cfg.data = dataclasses.replace(cfg.data, **{k: v for k, v in dict(
-        particle_diameter_px=particle_diameter, expected_particles=expected_particles,
-        downsample=downsample).items() if v is not None})
-    validate(cfg, config)
+    cfg = _train_config(config, preset=preset, mode=mode, steps=steps, seed=seed, device=device,
+                        particle_diameter=particle_diameter, expected_particles=expected_particles,
+                        downsample=downsample)
     from cryojoint.distributed import is_main_process
 
     result = train_model(micrographs, labels, out, cfg, resume=resume, overwrite=overwrite,
@@ -218,8 +285,11 @@ def predict(
 def evaluate(
     picks: Annotated[Path | None, typer.Option(help="Predicted picks (STAR/CSV/Topaz/folder).")] = None,
     truth: Annotated[Path | None, typer.Option(help="True particle coordinates.")] = None,
-    match_radius: Annotated[float | None, typer.Option(help="Match distance in px (default: particle radius "
-                                                       "from the picks' run, else 10).")] = None,
+    match_radius: Annotated[float | None, typer.Option(help="Match distance in px (default: the true particle "
+                                                       "radius, from simulation.yaml beside the truth as "
+                                                       "'cryojoint simulate' writes it; required otherwise). Never "
+                                                       "the scored method's own size estimate: every method gets "
+                                                       "the same yardstick.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Score cut-off for P/R/F1 (default: all picks).")] = None,
     masks: Annotated[Path | None, typer.Option(help="Folder of per-micrograph mask MRCs to exclude.")] = None,
     denoised: Annotated[Path | None, typer.Option(help="Folder of denoised MRCs.")] = None,
@@ -232,10 +302,12 @@ def evaluate(
     """Score picks against truth (precision, recall, F1, AP) and denoised images against references (PSNR, FRC).
 
     Example: cryojoint evaluate --picks runs/m1/pred/picks.star --truth data/truth.star --match-radius 12
+
+    The match radius used, and where it came from, is printed, in the picking table's title and in --json.
     """
     from rich.console import Console
 
-    from cryojoint.evaluation import evaluate_files
+    from cryojoint.evaluation import PickingReport, evaluate_files
 
     results = evaluate_files(picks=picks, truth=truth, match_radius=match_radius, threshold=threshold,
                              mask_dir=masks, denoised_dir=denoised, reference_dir=reference, clean_dir=clean,
@@ -243,6 +315,9 @@ def evaluate(
     console = Console()
     for report in results.values():
         console.print(report.to_rich_table())
+    picking = results.get("picking")
+    if isinstance(picking, PickingReport):
+        typer.echo(picking.describe_match_radius())
 
 
 @app.command()

@@ -50,6 +50,11 @@ DEFAULT_LOWPASS_PERIOD_PX = 4.0
 _HALF_AMPLITUDE_PER_GAUSSIAN_STD = math.sqrt(2.0 * math.log(2.0))
 
 PICK_COLUMNS = ("micrograph", "x", "y")
+#: Written by ``cryojoint simulate`` next to ``truth.star``; its ``particle_diameter_px`` is the true particle
+#: size, the only default match radius that is the same yardstick for every method scored against that truth.
+TRUTH_METADATA_FILENAME = "simulation.yaml"
+#: :attr:`PickingReport.match_radius_source` of a radius the caller chose.
+GIVEN = "given"
 
 
 # ============================================================================================ matching
@@ -352,7 +357,11 @@ class PickingResult:
 
 @dataclass
 class PickingReport:
-    """Per-micrograph and pooled picking metrics, with the settings that produced them."""
+    """Per-micrograph and pooled picking metrics, with the settings that produced them.
+
+    ``match_radius_source`` says where the radius came from: ``"given"`` (by the caller) or
+    ``"truth: particle radius from <file>"`` (see :func:`resolve_match_radius`).
+    """
 
     match_radius: float
     threshold: float | None
@@ -361,11 +370,13 @@ class PickingReport:
     edge_px: float = DEFAULT_EDGE_PX
     excluded_masked: bool = False
     ignored_pick_micrographs: list[str] = field(default_factory=list)
+    match_radius_source: str = GIVEN
 
     def to_dict(self, include_curves: bool = False) -> dict[str, Any]:
         """Plain JSON-able dict (NaN/inf become ``None``); curves only when asked (they can be long)."""
         return {
             "match_radius": self.match_radius,
+            "match_radius_source": self.match_radius_source,
             "threshold": _json_number(self.threshold),
             "edge_px": self.edge_px,
             "excluded_masked": self.excluded_masked,
@@ -373,6 +384,10 @@ class PickingReport:
             "overall": self.overall.to_dict(include_curves),
             "per_micrograph": [r.to_dict(include_curves) for r in self.per_micrograph],
         }
+
+    def describe_match_radius(self) -> str:
+        """E.g. ``match radius 26 px (truth: particle radius from data/simulation.yaml)`` or ``... (given)``."""
+        return f"match radius {self.match_radius:g} px ({self.match_radius_source})"
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per micrograph plus a final ``all`` row."""
@@ -383,7 +398,7 @@ class PickingReport:
         from rich.table import Table
 
         cut = "all picks" if self.threshold is None else f"score >= {self.threshold:.4g}"
-        table = Table(title=f"Picking (match radius {self.match_radius:g} px, {cut})")
+        table = Table(title=f"Picking: {self.describe_match_radius()}; {cut}")
         headers = ["micrograph", "picks", "true", "TP", "precision", "recall", "F1", "AP", "best F1",
                    f"edge recall (<{self.edge_px:g} px)", "picks in mask"]
         for header in headers:
@@ -934,7 +949,9 @@ def evaluate(
     denoised, reference, clean, masks
         Dicts ``name -> 2D array`` or folders of MRCs named by micrograph.
     match_radius
-        Needed for picking: largest pick-to-particle distance (px), typically the particle radius.
+        Largest pick-to-particle distance (px), typically the true particle radius. ``None``: the particle
+        radius of the *truth* (:func:`resolve_match_radius`; needs ``truth`` as a path), never a size estimated
+        by the method scored, so every method is measured with the same yardstick.
     threshold, exclude_mask_values, shapes
         See :func:`picking_metrics`.
     pixel_size, lowpass_angstrom
@@ -954,13 +971,15 @@ def evaluate(
     if (picks is None) != (truth is None):
         raise UserInputError("evaluate", "picks and truth go together: give both or neither")
     if picks is not None and truth is not None:
-        if match_radius is None:
-            raise UserInputError("evaluate", "picking needs a match radius (typically the particle radius, px)")
-        reports["picking"] = picking_metrics(
-            _as_table(picks), _as_table(truth), match_radius, threshold=threshold,
+        picks_table, truth_table = _as_table(picks), _as_table(truth)  # missing files first
+        radius_px, radius_source = resolve_match_radius(match_radius, truth)
+        picking = picking_metrics(
+            picks_table, truth_table, radius_px, threshold=threshold,
             masks=_as_images(masks, "mask") if masks is not None else None,
             exclude_mask_values=exclude_mask_values, shapes=shapes,
         )
+        picking.match_radius_source = radius_source
+        reports["picking"] = picking
     if (denoised is None) != (reference is None):
         raise UserInputError("evaluate", "denoised images need reference images (and vice versa)")
     if denoised is not None and reference is not None:
@@ -980,19 +999,69 @@ def evaluate(
     return reports
 
 
+def _truth_paths(truth: object) -> list[Path]:
+    if isinstance(truth, (str, Path)):
+        return [Path(truth)]
+    if isinstance(truth, Sequence) and all(isinstance(t, (str, Path)) for t in truth):
+        return [Path(t) for t in truth]
+    return []  # a table: no file to look beside
 
-def default_match_radius(picks_path: str | Path | None) -> float | None:
-    """The particle radius recorded by the prediction run that wrote ``picks_path`` (its ``predict.json``)."""
-    if picks_path is None:
-        return None
-    record = Path(picks_path).parent / "predict.json"
-    if not record.is_file():
-        return None
-    try:
-        diameter = json.loads(record.read_text()).get("particle_diameter_px_input")
-    except (OSError, ValueError):
-        return None
-    return None if diameter is None else float(diameter) / 2
+
+def truth_particle_diameter(truth: pd.DataFrame | str | Path | Sequence[str | Path]) -> tuple[float, Path] | None:
+    """The true particle diameter (px) recorded with a truth file, and the file that records it.
+
+    Coordinate formats carry no particle size, so it is read from ``simulation.yaml`` (written by
+    ``cryojoint simulate``, key ``particle_diameter_px``) in the folder holding the truth file; for a folder of
+    truth files, in that folder or the one holding it. ``None`` when there is no such file (e.g. real data) or
+    the truth is an in-memory table.
+    """
+    import yaml
+
+    folders: list[Path] = []
+    for path in _truth_paths(truth):
+        for folder in ([path, path.parent] if path.is_dir() else [path.parent]):
+            if folder not in folders:
+                folders.append(folder)
+    for folder in folders:
+        record = folder / TRUTH_METADATA_FILENAME
+        if not record.is_file():
+            continue
+        try:
+            values = yaml.safe_load(record.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        diameter = values.get("particle_diameter_px") if isinstance(values, dict) else None
+        if isinstance(diameter, (int, float)) and not isinstance(diameter, bool) and math.isfinite(diameter) \
+                and diameter > 0:
+            return float(diameter), record
+    return None
+
+
+def resolve_match_radius(
+    match_radius: float | None, truth: pd.DataFrame | str | Path | Sequence[str | Path]
+) -> tuple[float, str]:
+    """The match radius (px) to score picks against ``truth`` with, and where it came from.
+
+    A given ``match_radius`` is used as is (source ``"given"``). Otherwise the radius is half the *true*
+    particle diameter recorded with the truth (:func:`truth_particle_diameter`; source
+    ``"truth: particle radius from <file>"``). It is deliberately never taken from the picks' own run
+    (``predict.json``) or from the truth's spacing: a model that over-estimates the particle size would get a
+    more lenient radius and an inflated AP, and picks from different tools would be scored with different
+    yardsticks. With no size known for the truth a match radius must be given (:class:`UserInputError`).
+    """
+    if match_radius is not None:
+        return float(match_radius), GIVEN
+    found = truth_particle_diameter(truth)
+    if found is not None:
+        diameter, record = found
+        return diameter / 2, f"truth: particle radius from {record}"
+    paths = _truth_paths(truth)
+    if not paths:
+        raise UserInputError("evaluate", "picking against an in-memory truth table needs a match radius "
+                             "(match_radius, px, typically the true particle radius)")
+    raise UserInputError(paths[0], f"no particle size known for this truth (no {TRUTH_METADATA_FILENAME} with "
+                         "particle_diameter_px beside it): give the match radius (--match-radius) in px, "
+                         "typically the true particle radius")
 
 
 def evaluate_files(
@@ -1010,13 +1079,10 @@ def evaluate_files(
 ) -> dict[str, PickingReport | DenoisingReport]:
     """What ``cryojoint evaluate`` does: score files and folders, optionally write everything as JSON.
 
-    The match radius defaults to the particle radius recorded next to the picks by ``cryojoint predict``.
+    The match radius defaults to the *true* particle radius recorded with the truth (``simulation.yaml``
+    beside it, see :func:`resolve_match_radius`), the same for every method scored against that truth; without
+    one, ``match_radius`` is required. The JSON holds ``match_radius_px`` and ``match_radius_source``.
     """
-    if picks is not None and match_radius is None:
-        match_radius = default_match_radius(picks)
-        if match_radius is None:
-            raise UserInputError(picks, "no --match-radius given and no predict.json beside the picks to take "
-                                 "the particle radius from")
     reports = evaluate(picks=picks, truth=truth, denoised=denoised_dir, reference=reference_dir, clean=clean_dir,
                        masks=mask_dir,
                        match_radius=match_radius, threshold=threshold, exclude_mask_values=exclude_mask_values,
@@ -1028,8 +1094,10 @@ def evaluate_files(
         for key, report in reports.items():
             payload[key] = report.to_dict(include_curves=True) if isinstance(report, PickingReport) \
                 else report.to_dict()
-        if picks is not None:
-            payload["match_radius_px"] = match_radius
+        picking = reports.get("picking")
+        if isinstance(picking, PickingReport):
+            payload["match_radius_px"] = picking.match_radius
+            payload["match_radius_source"] = picking.match_radius_source
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(payload, indent=2, default=_json_number))
     return reports

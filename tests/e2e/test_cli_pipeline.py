@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cryojoint.io.coords import read_coordinates
 from cryojoint.io.mrc import read_micrograph
@@ -59,7 +60,12 @@ def test_cli_pipeline_on_a_tiny_simulated_dataset(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     results = json.loads(report_json.read_text())
     assert 0.0 <= results["picking"]["overall"]["average_precision"] <= 1.0
-    assert results["match_radius_px"] == pytest.approx(11.0)
+    # The default match radius is the TRUE particle radius (simulation.yaml beside truth.star), not the
+    # --particle-diameter 22 the model was trained with.
+    true_diameter = yaml.safe_load((data / "simulation.yaml").read_text())["particle_diameter_px"]
+    assert results["match_radius_px"] == pytest.approx(true_diameter / 2)
+    assert results["match_radius_source"] == f"truth: particle radius from {data / 'simulation.yaml'}"
+    assert f"match radius {true_diameter / 2:g} px (truth: particle radius" in done.stdout
 
     done = cryojoint("report", str(run), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
