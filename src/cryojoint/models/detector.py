@@ -14,13 +14,24 @@ Two ways to run the same weights:
   turned into dilations of all later layers, which makes the valid network a sliding window with step 1.
   In eval mode ``dense(x)[i, j] == patch(window of x centred at (i, j))`` for every pixel whose window lies
   inside the image. With ``output_stride`` s > 1 the first strides are kept (cheaper: s^2 fewer positions),
-  the map is computed on the grid ``(s*k, s*l)``, where the same equality holds exactly, and is linearly
-  interpolated between grid nodes (the last node is repeated past the last row/column).
+  the map is computed on the node grid ``(s*k, s*l)``, where the same equality holds exactly, and is linearly
+  interpolated between nodes. Each axis gets ``(-(L-1)) % s`` more zeros at its end (indistinguishable from
+  the context padding), so that its last padded pixel is a node as well: no value is extrapolated, and every
+  kept stride samples its input symmetrically (no valid layer drops a trailing row or column).
+
+Flip consistency (:meth:`cryojoint.models.joint.JointModel.flipped_logits`): the mirrored pass is run with
+``mirrored_dims``, which puts the extra zeros at the *start* of the mirrored axes, i.e. it runs the detector on
+the mirror image of the very padded input the forward pass saw. Mirrored back, its nodes and interpolation
+weights fall on the same pixels as the forward pass's, at every stride and for odd or even sizes; a detector
+whose kernels are mirror-symmetric therefore gives the forward map exactly (to float rounding; in training mode
+too, as both passes normalise over the same padded pixels), and the consistency loss measures only the
+detector's own asymmetry, never interpolation error.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -154,23 +165,39 @@ class ResNet8Detector(nn.Module):
         with torch.no_grad():
             self.classifier.bias.fill_(math.log(pi / (1.0 - pi)))
 
-    def forward(self, x: Tensor, dense: bool = False) -> Tensor:
-        """Logits: [B,1,1,1] for the patch centres, or [B,1,H,W] with ``dense=True``."""
-        return self.forward_dense(x) if dense else self.forward_patch(x)
+    def forward(self, x: Tensor, dense: bool = False, mirrored_dims: tuple[int, ...] = ()) -> Tensor:
+        """Logits: [B,1,1,1] for the patch centres, or [B,1,H,W] with ``dense=True`` (``mirrored_dims``: see
+        :meth:`forward_dense`; dense only)."""
+        if not dense:
+            if mirrored_dims:
+                raise ValueError("mirrored_dims applies to the dense map only")
+            return self.forward_patch(x)
+        return self.forward_dense(x, mirrored_dims=mirrored_dims)
 
     def forward_patch(self, x: Tensor) -> Tensor:
         """One logit per image for its centre pixel ``(H//2, W//2)``; needs H, W >= 63."""
         return self._run(centre_window(x), output_stride=TOTAL_STRIDE)
 
-    def forward_dense(self, x: Tensor, output_stride: int | None = None) -> Tensor:
-        """A logit for every pixel of ``x`` [B,1,H,W] -> [B,1,H,W] (see the module docstring)."""
+    def forward_dense(self, x: Tensor, output_stride: int | None = None,
+                      mirrored_dims: tuple[int, ...] = ()) -> Tensor:
+        """A logit for every pixel of ``x`` [B,C,H,W] -> [B,1,H,W] (see the module docstring).
+
+        ``mirrored_dims`` names the spatial axes (-1/3 columns, -2/2 rows) along which ``x`` is the mirror image
+        of the batch whose node grid counts: there the nodes are counted from the last pixel, so that the
+        result mirrored back has its nodes on the same pixels ``(s*k, s*l)`` as ``forward_dense`` of the
+        unmirrored batch. ``forward_dense(x.flip(d), mirrored_dims=d).flip(d)`` is then the map of the mirrored
+        detector on ``x``, on the same grid (what the flip-consistency loss compares).
+        """
         stride = self.output_stride if output_stride is None else output_stride
-        height, width = x.shape[2:]
-        padded = F.pad(x, (CONTEXT_RADIUS,) * 4)
-        coarse = self._run(padded, output_stride=stride)  # node (k, l) is pixel (stride*k, stride*l)
-        if stride == 1:
-            return coarse
-        return upsample_grid(coarse, stride, (height, width))
+        padding, crop = dense_padding(x.shape[2:], stride, mirrored_dims)
+        padded = F.pad(x, padding)
+        coarse = self._run(padded, output_stride=stride)  # node (k, l) is padded pixel (stride*k, stride*l)
+        nodes = tuple((size - RECEPTIVE_FIELD) // stride + 1 for size in padded.shape[2:])
+        if tuple(coarse.shape[2:]) != nodes:  # a strided layer dropped a trailing row or column
+            raise RuntimeError(f"dense map of {tuple(padded.shape[2:])} px padded input has nodes "
+                               f"{tuple(coarse.shape[2:])}, expected {nodes}")
+        fine = coarse if stride == 1 else upsample_grid(coarse, stride)
+        return fine[:, :, crop[0], crop[1]]
 
     def _run(self, x: Tensor, output_stride: int) -> Tensor:
         """Valid forward pass keeping strides until ``output_stride`` is reached, dilating afterwards."""
@@ -187,16 +214,56 @@ class ResNet8Detector(nn.Module):
         return self.classifier(x)
 
 
-def upsample_grid(coarse: Tensor, stride: int, size: tuple[int, int]) -> Tensor:
-    """Linear interpolation of a map whose node (k, l) sits at pixel (stride*k, stride*l), to ``size``.
+def dense_padding(size: Sequence[int], stride: int, mirrored_dims: tuple[int, ...] = (),
+                  ) -> tuple[tuple[int, int, int, int], tuple[slice, slice]]:
+    """Zero padding of a [B,C,H,W] input for the dense map, and where the map of the input lies in the result.
 
-    Node values are kept exactly; past the last node the last value is repeated.
+    Each axis of length L gets the 31 px context on both sides plus ``(-(L-1)) % stride`` px at its end (at its
+    start along ``mirrored_dims``), so that the padded length is ``62 + L'`` with ``L' - 1`` a multiple of
+    ``stride``: the first and last pixels of the extended image are both nodes of the grid, and mirroring the
+    padded input maps nodes onto nodes. Every kept strided layer then also samples its input symmetrically
+    (its input length minus its extent 7 is a multiple of 2): the stem reads ``62 + L'`` px, ``L'`` odd; at
+    stride 4 the second downsampling block reads ``(L' + 55) / 2 - 5`` px, ``L' - 1`` a multiple of 4.
+    :meth:`ResNet8Detector.forward_dense` checks the resulting node count.
+
+    Parameters
+    ----------
+    size
+        Input ``(height, width)``.
+    stride
+        Output stride of the dense map.
+    mirrored_dims
+        Axes (-2/2 rows, -1/3 columns) whose extra zeros go first (see :meth:`ResNet8Detector.forward_dense`).
+
+    Returns
+    -------
+    tuple
+        The ``F.pad`` argument ``(left, right, top, bottom)``, and the row and column slices of the
+        node-to-node upsampled map that hold the input's pixels.
     """
-    extended = F.pad(coarse, (0, 1, 0, 1), mode="replicate")
-    nodes_h, nodes_w = extended.shape[2:]
-    fine = F.interpolate(extended, size=((nodes_h - 1) * stride + 1, (nodes_w - 1) * stride + 1),
+    mirrored = set()
+    for dim in mirrored_dims:
+        if dim not in (-2, -1, 2, 3):
+            raise ValueError(f"mirrored_dims must name spatial axes (-2, -1), got {mirrored_dims}")
+        mirrored.add(dim % 4)
+    pads: list[tuple[int, int]] = []
+    crops: list[slice] = []
+    for axis, length in zip((2, 3), size):
+        extra = (-(length - 1)) % stride
+        before, after = (extra, 0) if axis in mirrored else (0, extra)
+        pads.append((CONTEXT_RADIUS + before, CONTEXT_RADIUS + after))
+        crops.append(slice(before, before + length))
+    (top, bottom), (left, right) = pads
+    return (left, right, top, bottom), (crops[0], crops[1])
+
+
+def upsample_grid(coarse: Tensor, stride: int) -> Tensor:
+    """Linear interpolation of a map whose node (k, l) sits at pixel (stride*k, stride*l), from the first node to
+    the last: [B,C,n,m] -> [B,C,(n-1)*stride+1,(m-1)*stride+1]. Node values are kept exactly, and the weights are
+    mirror-symmetric (the map of the mirrored nodes is the mirrored map)."""
+    nodes_h, nodes_w = coarse.shape[2:]
+    return F.interpolate(coarse, size=((nodes_h - 1) * stride + 1, (nodes_w - 1) * stride + 1),
                          mode="bilinear", align_corners=True)
-    return fine[:, :, : size[0], : size[1]]
 
 
 def _valid_output_strides() -> tuple[int, ...]:
