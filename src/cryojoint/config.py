@@ -57,7 +57,13 @@ class LossConfig:
 
     alpha: float = 0.75  # appendix: 0.75 (0.7-0.9 works)
     consistency_weight: float = 0.1  # appendix: lambda = 0.1
-    sigma_regulariser: float = 0.1  # Laine et al. 2019: subtract 0.1*sigma from the likelihood loss
+    # Reward for a larger noise estimate, per unit of the data's measured noise std: the likelihood loss minus
+    # sigma_regulariser * sigma / noise_std. Laine et al. 2019 subtract 0.1*sigma on [0, 1] images whose sigma is
+    # ~0.1, i.e. 0.01 per noise unit. (Before: 0.1 per unit of the normalised image, ~9x Laine's pull at 10 % dose.)
+    sigma_regulariser: float = 0.01
+    # GE penalty of the PU loss: "kl" (KL divergence, rewards uncertain unlabelled pixels) or "cross-entropy"
+    # (Topaz's published GE-binomial). See losses.pu_loss.
+    ge_form: str = "kl"
     label_sigma_fraction: float = 0.25  # soft label bump std = fraction x particle radius
 
 
@@ -80,6 +86,10 @@ class DataConfig:
     denoise_on_particle_patches: bool = False
     particle_diameter_px: float | None = None  # None: estimated from the labelled particles
     expected_particles: float | None = None  # per micrograph; None: estimated from the labelled region
+    # Share of the particles inside the labelled regions that the labels name, used to turn the label density
+    # into an expected particle count when none is given. The paper's users labelled 40-80 % of the particles in
+    # a region; 1.0 treats the labels as complete there (a lower bound on the count).
+    label_completeness: float = 0.6
     validation_fraction: float = 0.2  # share of labels (micrographs or regions) held out
     downsample: int = 1  # bin micrographs by this factor before the network sees them
 
@@ -101,6 +111,10 @@ class TrainConfig:
     rampdown_fraction: float = 0.3  # cosine ramp-down over the last share of steps
     eval_every: int = 100  # steps between validation passes
     checkpoint_every: int = 100  # steps between resumable checkpoints
+    checkpoint_seconds: float = 60.0  # ... and at most this much training time between them (a kill loses <= 1 min)
+    # Weights are averaged over training (an exponential moving average whose half-life is this share of the
+    # steps); validation, model choice and model.pt use the average. 0 disables it.
+    weight_averaging_half_life: float = 0.05
     early_stopping_patience: int = 10  # validation passes without improvement before stopping
     validation_smoothing: int = 3  # the best model / early stopping follow the mean of this many last passes
     tensorboard: bool = True  # also log metrics to RUN/tensorboard when the tensorboard package is installed
@@ -231,9 +245,14 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (config.data.expected_particles is None or config.data.expected_particles > 0,
          "data.expected_particles must be > 0"),
         (config.data.downsample >= 1, "data.downsample must be >= 1"),
+        (0.0 < config.data.label_completeness <= 1.0, "data.label_completeness must be in (0, 1]"),
         (0.0 <= config.data.validation_fraction < 1.0, "data.validation_fraction must be in [0, 1)"),
         (config.train.steps >= 1, "train.steps must be >= 1"),
         (config.train.validation_smoothing >= 1, "train.validation_smoothing must be >= 1"),
+        (config.train.checkpoint_seconds > 0, "train.checkpoint_seconds must be > 0"),
+        (0.0 <= config.train.weight_averaging_half_life < 1.0, "train.weight_averaging_half_life must be in [0, 1)"),
+        (config.loss.ge_form in ("kl", "cross-entropy"), "loss.ge_form must be kl or cross-entropy"),
+        (config.loss.sigma_regulariser >= 0, "loss.sigma_regulariser must be >= 0"),
         (config.train.learning_rate > 0, "train.learning_rate must be > 0"),
         (config.train.detector_learning_rate is None or config.train.detector_learning_rate > 0,
          "train.detector_learning_rate must be > 0 (or null: the same as learning_rate)"),

@@ -104,13 +104,17 @@ def labelled_region_area(xy: np.ndarray, particle_diameter_px: float) -> float:
 
 
 def estimate_expected_particles(
-    coords_per_image: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]], particle_diameter_px: float
+    coords_per_image: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]], particle_diameter_px: float,
+    label_completeness: float = 1.0,
 ) -> float:
     """Particles per micrograph implied by the density of picks where the user picked.
 
-    Users pick only some particles even inside their region, so this is a lower bound; pass
+    Users pick only some particles even inside their region: the density of picks there is divided by
+    ``label_completeness``, the share of the region's particles they picked (1: a lower bound). Pass
     ``--expected-particles`` when you know better. Topaz asks the same question with ``-n``.
     """
+    if not 0.0 < label_completeness <= 1.0:
+        raise ValueError(f"label_completeness must be in (0, 1], got {label_completeness}")
     densities, weights = [], []
     for xy, shape in zip(coords_per_image, shapes):
         if len(xy) == 0:
@@ -121,14 +125,47 @@ def estimate_expected_particles(
         weights.append(len(xy))
     if not densities:
         raise UserInputError(None, "no labelled particles to estimate the particle density from")
-    density = float(np.average(densities, weights=weights))
+    density = float(np.average(densities, weights=weights)) / label_completeness
     mean_area = float(np.mean([s[0] * s[1] for s in shapes]))
     return density * mean_area
 
 
+#: Bounds of the PU prior pi (a share of pixels): the GE term needs 0 < pi < 1, and no micrograph is half particle.
+PI_BOUNDS: tuple[float, float] = (1e-4, 0.5)
+
+
 def positive_fraction(expected_particles: float, image_area_px2: float, positive_radius_px: float) -> float:
-    """Prior pi of the PU loss: the share of pixels that belong to a particle's positive disc."""
-    return float(np.clip(expected_particles * np.pi * positive_radius_px**2 / image_area_px2, 1e-4, 0.5))
+    """The share of all pixels that belong to a particle's positive disc (before any is labelled)."""
+    return float(np.clip(expected_particles * np.pi * positive_radius_px**2 / image_area_px2, *PI_BOUNDS))
+
+
+def unlabelled_positive_fraction(targets: np.ndarray, centred_on_label: np.ndarray, density_per_px2: float,
+                                 pixels_per_positive: float) -> float:
+    """Prior pi of the PU loss for one batch: the expected share of positives among its *unlabelled* pixels.
+
+    The labelled particles are positives the loss already knows; pi is what remains, spread over what is not
+    labelled: ``(expected positive mass - labelled mass) / unlabelled mass``, where a pixel with soft target w
+    counts w as labelled and 1 - w as unlabelled. A patch centred on a labelled particle holds that particle on
+    top of the average density, and in a labelled region most of its neighbours are labelled too: there pi falls
+    to the unlabelled share of the region, ``(1 - completeness) x density``, as it should.
+
+    Parameters
+    ----------
+    targets
+        Soft labels of the batch, ``(batch, 1, H, W)``.
+    centred_on_label
+        ``(batch,)`` bool: which patches were drawn centred on a labelled particle.
+    density_per_px2
+        Expected particles per px^2 (all particles, labelled or not).
+    pixels_per_positive
+        Mass (px^2) of one particle's soft label.
+    """
+    per_patch_area = float(np.prod(targets.shape[-2:]))
+    labelled_mass = targets.reshape(len(targets), -1).sum(axis=1, dtype=np.float64)
+    expected_mass = pixels_per_positive * (density_per_px2 * per_patch_area + centred_on_label.astype(float))
+    remaining = np.maximum(expected_mass - labelled_mass, 0.0).sum()
+    unlabelled_mass = max(float(per_patch_area * len(targets) - labelled_mass.sum()), 1.0)
+    return float(np.clip(remaining / unlabelled_mass, *PI_BOUNDS))
 
 
 # ------------------------------------------------------------------------------------------ datasets
@@ -163,6 +200,11 @@ class PreparedData:
     expected_was_estimated: bool = False
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def density_per_px2(self) -> float:
+        """Expected particles (labelled or not) per px^2 at network scale."""
+        return self.expected_particles / self.mean_area_px2
+
 
 def load_micrographs(paths: Sequence[str | Path]) -> list[Micrograph]:
     if not paths:
@@ -180,7 +222,6 @@ def prepare_data(
     labels: pd.DataFrame,
     data_config: DataConfig,
     loss_config: LossConfig,
-    rng: np.random.Generator,
     labels_source: str | Path | None = None,
 ) -> PreparedData:
     """Bin, normalise, check labels against images, derive particle size / count / pi, split validation."""
@@ -214,10 +255,12 @@ def prepare_data(
     expected = data_config.expected_particles
     expected_estimated = expected is None
     if expected is None:
+        completeness = data_config.label_completeness
         expected = estimate_expected_particles(
-            [im.picks_xy for im in labelled], [im.image.shape for im in labelled], diameter
+            [im.picks_xy for im in labelled], [im.image.shape for im in labelled], diameter, completeness
         )
-        notes.append(f"expected particles per micrograph estimated from the label density: {expected:.0f}")
+        notes.append(f"expected particles per micrograph estimated from the label density: {expected:.0f} "
+                     f"(assuming {completeness:.0%} of the particles in the labelled regions are labelled)")
     label_sigma = max(loss_config.label_sigma_fraction * diameter / 2, 1.0)
     for im in images:
         im.target = soft_label_map(im.image.shape, im.picks_xy, label_sigma)
@@ -226,7 +269,7 @@ def prepare_data(
     pixels_per_positive = 2 * np.pi * label_sigma**2
     pi = positive_fraction(expected, mean_area, float(np.sqrt(pixels_per_positive / np.pi)))
 
-    train, validation = split_validation(images, data_config.validation_fraction, rng)
+    train, validation = split_validation(images, data_config.validation_fraction)
     return PreparedData(train, validation, diameter, expected, pi, label_sigma, float(pixels_per_positive),
                         estimate_noise_std([im.image for im in images]), mean_area, factor, diameter_estimated,
                         expected_estimated, notes)
@@ -242,20 +285,24 @@ def estimate_noise_std(images: Sequence[np.ndarray]) -> float:
     return max(float(np.median(spreads)), 1e-3)
 
 
-def split_validation(
-    images: list[LabelledImage], fraction: float, rng: np.random.Generator
-) -> tuple[list[LabelledImage], list[LabelledImage]]:
+def split_validation(images: list[LabelledImage], fraction: float) -> tuple[list[LabelledImage], list[LabelledImage]]:
     """Hold out whole labelled micrographs when there are enough, else the far side of each label region.
 
-    With a single labelled micrograph, the picks are split along x at the quantile ``1 - fraction`` and the
+    The split does not depend on the training seed: seeds then differ only in how training went, never in which
+    micrographs it saw. It is stratified by label count: labelled micrographs ordered by their number of picks
+    (then name), and the held-out ones spread evenly along that order, so validation holds sparsely and densely
+    labelled micrographs alike.
+
+    With too few labelled micrographs, the picks are split along x at the quantile ``1 - fraction`` and the
     validation part is cropped out of the training image, so no held-out pixel is ever trained on.
     """
     if fraction <= 0:
         return images, []
-    labelled = [i for i, im in enumerate(images) if len(im.picks_xy)]
+    labelled = sorted((i for i, im in enumerate(images) if len(im.picks_xy)),
+                      key=lambda i: (len(images[i].picks_xy), images[i].name))
     n_val = int(round(fraction * len(labelled)))
     if len(labelled) >= 3 and n_val >= 1:
-        chosen = set(rng.choice(labelled, size=n_val, replace=False).tolist())
+        chosen = {labelled[int((k + 0.5) * len(labelled) / n_val)] for k in range(n_val)}
         return [im for i, im in enumerate(images) if i not in chosen], [images[i] for i in sorted(chosen)]
     # Too few labelled micrographs: split each labelled image into a train part and a held-out strip.
     train, validation = [], []
@@ -303,18 +350,22 @@ class PatchSampler:
         images, targets, _ = self.sample_with_origin(batch_size)
         return images, targets
 
-    def sample_with_origin(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample_with_origin(self, batch_size: int, labelled_centre_fraction: float | None = None
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(images, targets, on_particle)``: the last says which patches were centred on a labelled pick.
 
         Those patches over-represent particles; the training loop keeps them out of the denoising loss so the
-        denoiser still learns from an unbiased sample of the micrographs.
+        denoiser still learns from an unbiased sample of the micrographs. ``labelled_centre_fraction`` overrides
+        the sampler's own share (0: every patch uniform, as for a denoiser trained alone).
         """
+        centre_fraction = self.labelled_centre_fraction if labelled_centre_fraction is None \
+            else labelled_centre_fraction
         size = self.patch_size
         images = np.empty((batch_size, 1, size, size), dtype=np.float32)
         targets = np.empty_like(images)
         centred = np.zeros(batch_size, dtype=bool)
         for b in range(batch_size):
-            on_particle = bool(self._picks) and self.rng.random() < self.labelled_centre_fraction
+            on_particle = bool(self._picks) and self.rng.random() < centre_fraction
             centred[b] = on_particle
             if on_particle:
                 index, (x, y) = self._picks[int(self.rng.integers(len(self._picks)))]

@@ -27,7 +27,8 @@ MIN_COUNT_VARIANCE: float = 1e-6
 
 
 def denoise_loss(y: Tensor, prior_mean: Tensor, prior_var: Tensor, noise_var: Tensor,
-                 sigma_regulariser: float, sample_weights: Tensor | None = None) -> Tensor:
+                 sigma_regulariser: float, sample_weights: Tensor | None = None,
+                 noise_std_scale: float = 1.0) -> Tensor:
     """Self-supervised denoising loss of the blind-spot network.
 
     Parameters
@@ -39,8 +40,13 @@ def denoise_loss(y: Tensor, prior_mean: Tensor, prior_var: Tensor, noise_var: Te
     noise_var
         sigma^2, broadcastable to ``y`` ([B,1,1,1]).
     sigma_regulariser
-        Weight of the ``-sigma`` term (Laine et al.: 0.1). The likelihood only constrains A^2 + sigma^2; the
-        small reward for a larger sigma resolves that ambiguity towards explaining variance as noise.
+        Weight of the ``-sigma / noise_std_scale`` term. The likelihood only constrains A^2 + sigma^2; the small
+        reward for a larger sigma resolves that ambiguity towards explaining variance as noise. Laine et al.
+        subtract ``0.1 * sigma`` on [0, 1] images with sigma ~ 0.1, i.e. 0.01 per unit of the noise level: the
+        reward is measured in units of the noise (``noise_std_scale``), so its pull does not depend on the
+        data's intensity units or on how noisy the data are.
+    noise_std_scale
+        The noise level the reward is measured against (the data's estimated noise std, same units as ``y``).
     sample_weights
         Optional [B] weights of the patches in the likelihood and sigma means (e.g. 0 for patches chosen because
         they are centred on a particle). All zero gives 0: with no patch to learn from, the ``-sigma`` reward
@@ -50,8 +56,11 @@ def denoise_loss(y: Tensor, prior_mean: Tensor, prior_var: Tensor, noise_var: Te
     -------
     Tensor
         Scalar: mean of ``(y - mu)^2 / (A^2 + sigma^2) + log(A^2 + sigma^2)`` minus
-        ``sigma_regulariser * mean(sigma)``.
+        ``sigma_regulariser * mean(sigma) / noise_std_scale``.
     """
+    if not noise_std_scale > 0:
+        raise ValueError(f"noise_std_scale must be > 0, got {noise_std_scale}")
+    sigma_regulariser = sigma_regulariser / noise_std_scale
     total_var = prior_var + noise_var
     likelihood = (y - prior_mean) ** 2 / total_var + torch.log(total_var)
     if sample_weights is None:
@@ -63,8 +72,13 @@ def denoise_loss(y: Tensor, prior_mean: Tensor, prior_var: Tensor, noise_var: Te
     return ((per_sample - sigma_regulariser * sigma_per_sample) * weights).sum() / weight_sum
 
 
+#: Forms of the GE penalty (see :func:`pu_loss`): Topaz's published cross-entropy, or the KL divergence.
+GE_FORMS: tuple[str, ...] = ("cross-entropy", "kl")
+
+
 def pu_loss(logits: Tensor, soft_targets: Tensor, pi: float, slack: float = 1.0,
-            pixels_per_positive: float = 1.0, mask: Tensor | None = None, per_unit: bool = True) -> Tensor:
+            pixels_per_positive: float = 1.0, mask: Tensor | None = None, per_unit: bool = True,
+            ge_form: str = "kl") -> Tensor:
     """Topaz's GE-binomial positive-unlabelled loss, generalised to soft labels.
 
     Each pixel with target ``w`` in [0, 1] counts as a labelled positive with weight ``w`` and as unlabelled
@@ -73,9 +87,13 @@ def pu_loss(logits: Tensor, soft_targets: Tensor, pi: float, slack: float = 1.0,
     * Labelled term: weighted mean of ``-log sigmoid(logit)`` over the labelled weight.
     * GE term: the model's count of positives among the unlabelled pixels is approximately
       ``N(q_mu, q_var)`` with ``q_mu = sum u*p``, ``q_var = sum u*p*(1-p)``; the prior says
-      ``Binomial(N, pi)`` with ``N = sum u``, approximated by ``N(N*pi, N*pi*(1-pi))``. The penalty is the
-      KL divergence between the two normals (as in Topaz 0.3, but with its gradient kept: Topaz rebuilds
-      ``q_mu`` with ``torch.tensor`` and so detaches it).
+      ``Binomial(N, pi)`` with ``N = sum u``, approximated by ``N(N*pi, N*pi*(1-pi))``.
+      ``ge_form="cross-entropy"`` is Topaz's published GE-binomial: the expected negative
+      log-likelihood of the count under the prior, ``E_q[-log prior(k)] = ((q_mu - N pi)^2 + q_var) / (2 N pi
+      (1-pi))`` + const (Topaz sums a discretised q over every count; the normal form is its large-N limit). It
+      penalises uncertain unlabelled pixels (q_var). ``ge_form="kl"`` is KL(q || prior), which adds
+      ``-log(q_var) / 2``, the entropy of q: it *rewards* uncertain unlabelled pixels. That is where this
+      loss departs from Topaz (config ``loss.ge_form``; benchmarks/README.md measures both).
 
     Parameters
     ----------
@@ -126,10 +144,15 @@ def pu_loss(logits: Tensor, soft_targets: Tensor, pi: float, slack: float = 1.0,
     prior_var = count * pi * (1.0 - pi)
     if prior_var.item() <= 0.0:  # no unlabelled pixel: nothing to constrain
         return positive_nll
-    kl = 0.5 * (q_var / prior_var + (q_mu - prior_mu) ** 2 / prior_var + torch.log(prior_var / q_var) - 1.0)
+    if ge_form == "kl":
+        penalty = 0.5 * (q_var / prior_var + (q_mu - prior_mu) ** 2 / prior_var + torch.log(prior_var / q_var) - 1.0)
+    elif ge_form == "cross-entropy":
+        penalty = 0.5 * (q_var + (q_mu - prior_mu) ** 2) / prior_var
+    else:
+        raise ValueError(f"ge_form must be one of {GE_FORMS}, got {ge_form!r}")
     if per_unit:
-        kl = kl / count
-    return positive_nll + slack * kl
+        penalty = penalty / count
+    return positive_nll + slack * penalty
 
 
 def consistency_loss(logits: Tensor, flipped_back_logits: Tensor, clamp: float) -> Tensor:
@@ -162,7 +185,9 @@ class TrainingStage:
     detect: bool  # L_detect
     consistency: bool  # L_consistency (needs the flipped pass)
     freeze_denoiser: bool  # denoiser weights fixed (sequential stage 2)
-    step_fraction: float  # share of the mode's training steps spent in this stage
+    # Steps this stage may run, in units of train.steps. Each stage of sequential gets the whole budget a
+    # joint run gets, under its own learning-rate schedule: sequential then costs twice the steps.
+    step_budget: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -175,16 +200,16 @@ class LossWeights:
 
 
 _JOINT = TrainingStage("joint", denoise=True, detect=True, consistency=True, freeze_denoiser=False,
-                       step_fraction=1.0)
+                       step_budget=1.0)
 _JOINT_NO_CONSISTENCY = TrainingStage("joint-no-consistency", denoise=True, detect=True, consistency=False,
-                                      freeze_denoiser=False, step_fraction=1.0)
+                                      freeze_denoiser=False, step_budget=1.0)
 _DENOISE = TrainingStage("denoise", denoise=True, detect=False, consistency=False, freeze_denoiser=False,
-                         step_fraction=1.0)
+                         step_budget=1.0)
 _DETECT = TrainingStage("detect", denoise=False, detect=True, consistency=False, freeze_denoiser=False,
-                        step_fraction=1.0)
-#: Sequential (paper's baseline): half the steps train the denoiser alone, half the detector on its frozen
-#: output. Neither stage uses consistency: that is part of the joint method being compared against.
-SEQUENTIAL_STAGE_FRACTION: float = 0.5
+                        step_budget=1.0)
+#: Sequential (paper's baseline): the denoiser trains alone (uniform patches, no detector run), then the
+#: detector on its frozen output, each stage with the joint run's whole step budget and its own schedule.
+#: Neither stage uses consistency: that is part of the joint method being compared against.
 
 #: Training mode -> its stages, in order (lookup table; modes as in ``cryojoint.config.TRAINING_MODES``).
 TRAINING_STAGES: dict[str, tuple[TrainingStage, ...]] = {
@@ -192,9 +217,9 @@ TRAINING_STAGES: dict[str, tuple[TrainingStage, ...]] = {
     "joint-no-consistency": (_JOINT_NO_CONSISTENCY,),
     "sequential": (
         TrainingStage("sequential-denoise", denoise=True, detect=False, consistency=False,
-                      freeze_denoiser=False, step_fraction=SEQUENTIAL_STAGE_FRACTION),
+                      freeze_denoiser=False, step_budget=1.0),
         TrainingStage("sequential-detect", denoise=False, detect=True, consistency=False,
-                      freeze_denoiser=True, step_fraction=1.0 - SEQUENTIAL_STAGE_FRACTION),
+                      freeze_denoiser=True, step_budget=1.0),
     ),
     "denoise-only": (_DENOISE,),
     "detect-only": (_DETECT,),

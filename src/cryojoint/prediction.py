@@ -23,7 +23,13 @@ import torch
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel, load_model
 from cryojoint.config import CryojointConfig
-from cryojoint.data import bin_image, from_binned_coordinates, normalise, robust_centre_spread
+from cryojoint.data import (
+    bin_image,
+    estimate_noise_std,
+    from_binned_coordinates,
+    normalise,
+    robust_centre_spread,
+)
 from cryojoint.errors import UserInputError
 from cryojoint.io.coords import (
     FILE_NAME_COLUMN,
@@ -116,6 +122,8 @@ def run_network_on_image(
     aligned[:ny, :nx] = image
     outputs: dict[str, np.ndarray] = {}
     noise_vars: list[float] = []
+    # The denoised image is recomputed from the prior over the whole image (calibrated_posterior_mean).
+    wanted = set(keep) | ({"prior_mean", "prior_var"} if "denoised" in keep else set())
     for y0, y1 in _blocks(ny, config.predict.tile_size_px, multiple):
         for x0, x1 in _blocks(nx, config.predict.tile_size_px, multiple):
             # Inner block edges are on the grid, the context is a whole number of grid cells, and a pass that
@@ -125,7 +133,7 @@ def run_network_on_image(
             cx1 = padded_nx if x1 == nx else min(x1 + context, padded_nx)
             x = torch.from_numpy(np.ascontiguousarray(aligned[cy0:cy1, cx0:cx1]))[None, None].to(device)
             out = network(x, dense=dense)
-            for key in keep:
+            for key in wanted:
                 value = getattr(out, key)
                 if value is None:
                     continue
@@ -135,6 +143,10 @@ def run_network_on_image(
                 outputs[key][y0:y1, x0:x1] = block[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
             if out.noise_var is not None:
                 noise_vars.append(float(out.noise_var.float().mean()))
+    noise_var = float(np.mean(noise_vars)) if noise_vars else None
+    if "denoised" in outputs and "prior_mean" in outputs and noise_var is not None:
+        outputs["denoised"] = calibrated_posterior_mean(image, outputs["prior_mean"], outputs["prior_var"],
+                                                        noise_var, estimate_noise_std([image]) ** 2)
     logits = outputs.get("logits")
     soft = None
     if logits is not None:
@@ -146,8 +158,44 @@ def run_network_on_image(
         soft += 1.0
         np.reciprocal(soft, out=soft)
         np.clip(soft, clamp, 1 - clamp, out=soft)
-    return NetworkResult(outputs.get("prior_mean"), outputs.get("prior_var"),
-                         float(np.mean(noise_vars)) if noise_vars else None, outputs.get("denoised"), logits, soft)
+    if "prior_mean" not in keep:
+        outputs.pop("prior_mean", None)
+    if "prior_var" not in keep:
+        outputs.pop("prior_var", None)
+    return NetworkResult(outputs.get("prior_mean"), outputs.get("prior_var"), noise_var, outputs.get("denoised"),
+                         logits, soft)
+
+
+#: Inflations of the prior variance tried by :func:`calibrated_posterior_mean`, in units of mean(A^2 + s^2).
+PRIOR_INFLATION_GRID: tuple[float, ...] = (0.0,) + tuple(float(2.0**k) for k in range(-6, 11))
+
+
+def calibrated_posterior_mean(y: np.ndarray, prior_mean: np.ndarray, prior_var: np.ndarray, noise_var: float,
+                              noise_var_ceiling: float | None = None) -> np.ndarray:
+    """The denoised image: the posterior mean, with the prior's confidence checked against the image itself.
+
+    The posterior mean ``mu + w (y - mu)``, ``w = A^2 / (A^2 + s^2)``, is only as good as mu and A^2. Where the
+    network has learned little (few steps, data unlike its training data) trusting mu makes the image *worse*
+    than the input. Because mu and A^2 at p never saw y[p] (the blind spot), Stein's unbiased risk estimate of
+    the mean squared error against the clean image is exact for this family:
+    ``SURE = mean((s^2 / (A^2 + s^2))^2 (y - mu)^2) - s^2 + 2 s^2 mean(w)``. The prior variance is inflated by
+    the amount (0 included) that minimises it; infinite inflation returns y itself, whose risk is s^2, so the
+    chosen image is estimated to be no worse than the input. A well-trained network keeps its own A^2 (or
+    nearly). The noise variance is at most ``noise_var_ceiling`` (from the image's neighbour differences); the
+    part above it goes to A^2, which leaves A^2 + s^2, all the likelihood fixes, unchanged.
+    """
+    s2 = float(noise_var) if noise_var_ceiling is None else min(float(noise_var), float(noise_var_ceiling))
+    a2 = (prior_var + np.float32(float(noise_var) - s2)).astype(np.float64)
+    squared_residual = np.square(y - prior_mean, dtype=np.float64)
+    unit = float(np.mean(a2)) + s2
+    best_risk, best_inflation = math.inf, 0.0
+    for factor in PRIOR_INFLATION_GRID:
+        shrink = s2 / (a2 + factor * unit + s2)  # 1 - w
+        risk = float(np.mean(shrink**2 * squared_residual)) - s2 + 2.0 * s2 * float(np.mean(1.0 - shrink))
+        if risk < best_risk:
+            best_risk, best_inflation = risk, factor * unit
+    shrink = (s2 / (a2 + best_inflation + s2)).astype(np.float32)
+    return (y - shrink * (y - prior_mean)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------- in memory

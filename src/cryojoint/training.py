@@ -16,6 +16,7 @@ independently of the rank, so every process holds out the same micrographs.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import shlex
@@ -23,7 +24,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,14 @@ from cryojoint import distributed, losses
 from cryojoint._atomic import atomic_path, check_can_write
 from cryojoint.checkpoint import build_network, load_model, save_model
 from cryojoint.config import CryojointConfig, default_config
-from cryojoint.data import LabelledImage, PatchSampler, PreparedData, load_micrographs, prepare_data
+from cryojoint.data import (
+    LabelledImage,
+    PatchSampler,
+    PreparedData,
+    load_micrographs,
+    prepare_data,
+    unlabelled_positive_fraction,
+)
 from cryojoint.distributed import DistributedContext
 from cryojoint.errors import UserInputError
 from cryojoint.io.coords import read_coordinates
@@ -150,8 +158,11 @@ def train(
     command_line = command_line or " ".join(shlex.quote(a) for a in sys.argv)
     checkpoint_path = run_dir / CHECKPOINT_NAME
     if resume and not checkpoint_path.is_file():
-        raise UserInputError(checkpoint_path, "no checkpoint to resume from")
-    if not resume:
+        # Killed before its first checkpoint (at most checkpoint_seconds of training lost): start afresh.
+        warnings.warn(f"{checkpoint_path}: no checkpoint yet, training starts from step 0", UserWarning,
+                      stacklevel=2)
+        resume = False
+    elif not resume:
         check_can_write(run_dir / MODEL_NAME, overwrite)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -186,8 +197,8 @@ def _train(
 
     torch.manual_seed(config.train.seed)
     rng = np.random.default_rng(config.train.seed)
-    # Seeded the same on every rank: every process holds out the same validation data.
-    prepared = prepare_data(mics, label_table, config.data, config.loss, rng, labels_source)
+    # The split does not depend on the seed or the rank: every run and every process holds out the same data.
+    prepared = prepare_data(mics, label_table, config.data, config.loss, labels_source)
     sampler_rng = rng if group.rank == 0 else _rank_generator(config.train.seed, group.rank)
     patch_size = config.data.patch_size_px or training_patch_size(
         prepared.particle_diameter_px, 2 ** config.model.unet_depth,
@@ -202,22 +213,25 @@ def _train(
         torch.manual_seed(int(_rank_seed_sequence(config.train.seed, group.rank).generate_state(1)[0]))
     optimizer = torch.optim.Adam(_parameter_groups(network, config), betas=config.train.adam_betas)
     state = _State()
-    best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
-    notes = list(prepared.notes)
     stages = training_stages(config.train.mode)
+    stage_lengths = [max(int(round(s.step_budget * config.train.steps)), 1) for s in stages]
+    stage_ends = np.cumsum(stage_lengths).tolist()
+    total = stage_ends[-1]
+    average = WeightAverage(network, config.train.weight_averaging_half_life * stage_lengths[0])
+    best_weights = average.weights()
+    notes = list(prepared.notes)
     if resume:
         state, best_weights, resume_notes = _load_checkpoint(checkpoint_path, network, optimizer, sampler_rng,
-                                                             device, stages, group, config.train.seed)
+                                                             device, stages, group, config.train.seed, average)
         notes += resume_notes
     if group.is_main:
         config.save_yaml(run_dir / CONFIG_NAME)
 
     meta = _model_meta(prepared, command_line, config, sampler.patch_size)
     metric_name = "validation_ap" if config.train.mode != "denoise-only" else "validation_neg_denoise_loss"
-    total = config.train.steps
-    stage_ends = np.cumsum([round(s.step_fraction * total) for s in stages]).tolist()
     stopped_early = False
     start = time.perf_counter() - state.seconds
+    last_checkpoint = time.perf_counter()
     bar = _ProgressBar(total, enabled=progress and group.is_main, initial=state.step)
     running = state.running
     if not prepared.validation:
@@ -231,25 +245,30 @@ def _train(
         while state.step < total:
             if state.stage + 1 < len(stages) and state.step >= stage_ends[state.stage]:
                 state = _begin_next_stage(network, best_weights, state, stages[state.stage + 1])
+                average.restart(network, config.train.weight_averaging_half_life * stage_lengths[state.stage])
                 trainer = None  # release the old wrapper's gradient hooks before the new one sets its own
                 trainer = distributed.wrap_model(network, group)
             stage = stages[state.stage]
-            lr = learning_rate_at(state.step, total, config.train.learning_rate,
+            stage_start, stage_end = stage_ends[state.stage] - stage_lengths[state.stage], stage_ends[state.stage]
+            # Each stage runs its own schedule (sequential's two stages: two full ramps).
+            lr = learning_rate_at(state.step - stage_start, stage_lengths[state.stage], config.train.learning_rate,
                                   config.train.rampup_fraction, config.train.rampdown_fraction)
             for group_params in optimizer.param_groups:  # the same ramp, scaled to each part's base rate
                 group_params["lr"] = lr * group_params["base_lr"] / config.train.learning_rate
             terms = _train_step(trainer, network, optimizer, sampler, config, prepared, stage, device)
+            average.update(network)
             state.step += 1
             for key, value in terms.items():
                 running[key] = 0.9 * running.get(key, value) + 0.1 * value
             bar.update(state.step, running)
-            if state.step % config.train.eval_every == 0 or state.step == total:
+            if state.step % config.train.eval_every == 0 or state.step == stage_end:
                 # Rank 0 validates; every rank applies its verdict, so all stop or advance together.
                 running_all = distributed.mean_over_processes(running, group)
                 measured: dict[str, float] | None = None
                 if group.is_main:
                     measured = {"step": state.step, "lr": lr, "seconds": time.perf_counter() - start, **running_all}
-                    measured.update(_validate(network, prepared, config, device))
+                    with average.applied(network):
+                        measured.update(_validate(network, prepared, config, device))
                 record = distributed.broadcast_object(measured, group)
                 assert record is not None
                 state.stage_metrics.append(_stage_metric(record, stage))
@@ -257,10 +276,11 @@ def _train(
                 record["selection_metric"] = metric
                 if metric > state.best_metric:
                     state.best_metric, state.best_step, state.bad_evaluations = metric, state.step, 0
-                    best_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                    best_weights = average.weights()
                     if group.is_main:
-                        save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step,
-                                                                           metric_name: metric})
+                        with average.applied(network):
+                            save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step,
+                                                                               metric_name: metric})
                 else:
                     state.bad_evaluations += 1
                 state.history.append(record)
@@ -270,19 +290,76 @@ def _train(
                 bar.log(record)
                 if state.bad_evaluations >= config.train.early_stopping_patience:
                     if state.stage + 1 < len(stages):  # this stage has converged: go on to the next
-                        state.step = max(state.step, stage_ends[state.stage])
+                        state.step = max(state.step, stage_end)
                     else:
                         stopped_early = True
                         break
-            if state.step % config.train.checkpoint_every == 0 or state.step == total:
+            due = (state.step % config.train.checkpoint_every == 0 or state.step == total
+                   or time.perf_counter() - last_checkpoint >= config.train.checkpoint_seconds)
+            if distributed.broadcast_object(due, group):  # rank 0's clock decides for every process
                 state.seconds = time.perf_counter() - start
-                _save_checkpoint(checkpoint_path, network, optimizer, sampler_rng, state, best_weights, group)
+                _save_checkpoint(checkpoint_path, network, optimizer, sampler_rng, state, best_weights, group,
+                                 average)
+                last_checkpoint = time.perf_counter()
     state.seconds = time.perf_counter() - start
-    _save_checkpoint(checkpoint_path, network, optimizer, sampler_rng, state, best_weights, group)
+    _save_checkpoint(checkpoint_path, network, optimizer, sampler_rng, state, best_weights, group, average)
     if group.is_main and not (run_dir / MODEL_NAME).exists():
-        save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step})
+        with average.applied(network):
+            save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step})
     return TrainResult(run_dir, run_dir / MODEL_NAME, state.best_step, state.best_metric, metric_name, state.step,
                        state.seconds, stopped_early, pd.DataFrame(state.history), notes)
+
+
+class WeightAverage:
+    """Exponential moving average of a network's weights (parameters and floating-point buffers).
+
+    Averaging the last few percent of steps smooths out where the final minibatches happened to push the
+    weights, one of the causes of seed-to-seed spread at CPU budgets. ``half_life_steps`` <= 0 disables it (the
+    average is then the live network). The first updates use a shorter memory, so the average is never
+    dominated by the initial weights.
+    """
+
+    def __init__(self, network: torch.nn.Module, half_life_steps: float) -> None:
+        self.restart(network, half_life_steps)
+
+    def restart(self, network: torch.nn.Module, half_life_steps: float) -> None:
+        """Start again from the network's current weights (a new training stage)."""
+        self.decay = 0.5 ** (1.0 / half_life_steps) if half_life_steps > 0 else 0.0
+        self.state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        self.updates = 0
+
+    def update(self, network: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        with torch.no_grad():
+            for key, value in network.state_dict().items():
+                average = self.state[key]
+                if average.is_floating_point():
+                    average.mul_(decay).add_(value.detach(), alpha=1.0 - decay)
+                else:
+                    average.copy_(value)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """A copy of the averaged weights (a state dict)."""
+        return {k: v.detach().clone() for k, v in self.state.items()}
+
+    @contextlib.contextmanager
+    def applied(self, network: torch.nn.Module) -> Iterator[None]:
+        """Within the block the network holds the averaged weights; afterwards its own again."""
+        live = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        network.load_state_dict(self.state)
+        try:
+            yield
+        finally:
+            network.load_state_dict(live)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"state": self.state, "updates": self.updates, "decay": self.decay}
+
+    def load_payload(self, payload: dict[str, Any]) -> None:
+        self.state = {k: v.clone() for k, v in payload["state"].items()}
+        self.updates = int(payload["updates"])
+        self.decay = float(payload["decay"])
 
 
 #: Bounds of the automatic training patch side (px): the paper's 64, and a cap on the cost per step.
@@ -369,20 +446,25 @@ def _train_step(
     averaged along with the rest.
     """
     trainer.train()
-    images, targets, on_particle = sampler.sample_with_origin(config.data.batch_size)
+    # A stage without detection samples patches uniformly: the denoiser learns from the micrographs as they are.
+    images, targets, on_particle = sampler.sample_with_origin(
+        config.data.batch_size, labelled_centre_fraction=None if stage.detect else 0.0)
     x = torch.from_numpy(images).to(device)
     t = torch.from_numpy(targets).to(device)
     # Dense logits over the whole patch: every pixel teaches the detector (a single centre logit per patch
-    # would leave its last BatchNorm with batch_size values).
-    output = trainer(x, dense=True)
+    # would leave its last BatchNorm with batch_size values). No loss of the stage reads them: not computed.
+    output = trainer(x, dense=True, detect=stage.detect or stage.consistency)
     l_denoise = l_detect = l_consistency = None
     if stage.denoise:
         weights = None if config.data.denoise_on_particle_patches else torch.from_numpy(~on_particle).to(device)
         l_denoise = losses.denoise_loss(x, output.prior_mean, output.prior_var, output.noise_var,
-                                        config.loss.sigma_regulariser, sample_weights=weights)
+                                        config.loss.sigma_regulariser, sample_weights=weights,
+                                        noise_std_scale=prepared.noise_std)
     if stage.detect:
-        l_detect = losses.pu_loss(output.logits, _targets_for(output.logits, t), prepared.pi,
-                                  pixels_per_positive=prepared.pixels_per_positive)
+        pi = unlabelled_positive_fraction(targets, on_particle, prepared.density_per_px2,
+                                          prepared.pixels_per_positive)
+        l_detect = losses.pu_loss(output.logits, _targets_for(output.logits, t), pi,
+                                  pixels_per_positive=prepared.pixels_per_positive, ge_form=config.loss.ge_form)
     if stage.consistency and config.loss.consistency_weight > 0:
         flipped_back = network.flipped_logits(x, output, dense=True,
                                               share_denoiser=config.model.consistency_shares_denoiser)
@@ -448,7 +530,8 @@ def _validate(network: torch.nn.Module, prepared: PreparedData, config: Cryojoin
             y = torch.from_numpy(crop)[None, None]
             denoise_losses.append(float(losses.denoise_loss(
                 y, torch.from_numpy(result.prior_mean)[None, None], torch.from_numpy(result.prior_var)[None, None],
-                torch.as_tensor(result.noise_var).reshape(1, 1, 1, 1), config.loss.sigma_regulariser)))
+                torch.as_tensor(result.noise_var).reshape(1, 1, 1, 1), config.loss.sigma_regulariser,
+                noise_std_scale=prepared.noise_std)))
         if result.logits is not None:
             xy, scores = candidate_peaks(result.logits, radius, config.model.sigmoid_clamp)
             ap_parts.append((xy, scores, image.picks_xy - offset))
@@ -539,7 +622,7 @@ def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConf
 
 def _save_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      rng: np.random.Generator, state: _State, best_weights: dict[str, torch.Tensor],
-                     group: DistributedContext) -> None:
+                     group: DistributedContext, average: WeightAverage) -> None:
     """Everything a bit-exact resume needs; with several processes, every rank's random state (gathered to
     rank 0, which alone writes) and a digest of every rank's parameters (equal unless the replicas drifted)."""
     rank_random_states = distributed.gather_objects(
@@ -559,6 +642,7 @@ def _save_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.opti
         "numpy_rng": rng.bit_generator.state,
         "state": {k: v for k, v in vars(state).items()},
         "world_size": group.world_size,
+        "weight_average": average.to_payload(),
     }
     if group.enabled:
         payload["rank_random_states"] = rank_random_states
@@ -569,7 +653,8 @@ def _save_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.opti
 
 def _load_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      rng: np.random.Generator, device: torch.device, stages: Sequence[TrainingStage],
-                     group: DistributedContext, seed: int) -> tuple[_State, dict[str, torch.Tensor], list[str]]:
+                     group: DistributedContext, seed: int, average: WeightAverage,
+                     ) -> tuple[_State, dict[str, torch.Tensor], list[str]]:
     """Restore network, optimizer, loop state and this rank's random state; return notes for the user."""
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
@@ -585,7 +670,9 @@ def _load_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.opti
     try:
         network.load_state_dict(payload["network"])
         optimizer.load_state_dict(payload["optimizer"])
-    except (RuntimeError, ValueError) as err:
+        if "weight_average" in payload:
+            average.load_payload(payload["weight_average"])
+    except (RuntimeError, ValueError, KeyError) as err:
         raise UserInputError(path, f"checkpoint does not fit this configuration ({err})") from None
     notes: list[str] = []
     saved_world = int(payload.get("world_size", 1))

@@ -95,13 +95,15 @@ def test_every_mode_trains_and_predicts(dataset, tmp_path: Path, mode: str) -> N
     assert (loaded.network.detector is None) == (mode == "denoise-only")
 
 
-def test_existing_run_needs_overwrite_and_resume_needs_a_checkpoint(dataset, tmp_path: Path) -> None:
+def test_existing_run_needs_overwrite_and_resume_without_a_checkpoint_starts_afresh(dataset, tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_bytes(b"old")
     with pytest.raises(UserInputError, match="already exists"):
         training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path, _config(steps=2), progress=False)
-    with pytest.raises(UserInputError, match="no checkpoint"):
-        training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / "new", _config(), resume=True,
-                       progress=False)
+    # Killed before its first checkpoint: --resume starts from step 0 with a notice instead of failing.
+    with pytest.warns(UserWarning, match="no checkpoint yet"):
+        result = training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / "new",
+                                _config(steps=2), resume=True, progress=False)
+    assert result.steps_done == 2 and result.model_path.is_file()
 
 
 def test_learning_rate_ramps_up_and_down() -> None:
@@ -158,3 +160,103 @@ def test_metrics_also_go_to_tensorboard_when_it_is_installed(dataset, tmp_path: 
     training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / "off",
                    _config(steps=5, tensorboard=False), progress=False)
     assert not (tmp_path / "off" / training.TENSORBOARD_DIR).exists()
+
+
+def _write_run_inputs(dataset, folder: Path, steps: int) -> tuple[list[Path], Path, Path]:  # noqa: ANN001
+    from cryojoint.io.coords import write_coordinates
+    from cryojoint.io.mrc import write_mrc
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [write_mrc(folder / f"{m.name}.mrc", m.data, m.pixel_size) for m in dataset.micrographs["dose_060"]]
+    labels = write_coordinates(dataset.labels, folder / "labels.star", "star")
+    config = CryojointConfig.from_dict({**TINY, "train": {**TINY["train"], "steps": steps, "checkpoint_every": 1000,
+                                                          "checkpoint_seconds": 0.5, "threads": 1,
+                                                          "tensorboard": False}})
+    config.save_yaml(folder / "config.yaml")
+    return [Path(p) for p in paths], Path(labels), folder / "config.yaml"
+
+
+def _train_command(paths: list[Path], labels: Path, config: Path, out: Path, resume: bool = False) -> list[str]:
+    import sys
+
+    command = [str(Path(sys.executable).with_name("cryojoint")), "train", *map(str, paths), "--labels",
+               str(labels), "--out", str(out), "--config", str(config)]
+    return command + (["--resume"] if resume else [])
+
+
+def test_a_kill_at_a_random_moment_loses_nothing_after_resume(dataset, tmp_path: Path) -> None:
+    """SIGKILL mid-run (checkpoints by time, every 0.5 s here), then --resume: the final parameters equal an
+    uninterrupted run's. A kill before the first checkpoint resumes from step 0."""
+    import signal
+    import subprocess
+    import time
+
+    paths, labels, config = _write_run_inputs(dataset, tmp_path / "inputs", steps=60)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_train_command(paths, labels, config, straight), check=True, capture_output=True, timeout=600)
+    delay = float(np.random.default_rng(7).uniform(2.0, 6.0))
+    process = subprocess.Popen(_train_command(paths, labels, config, killed), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    subprocess.run(_train_command(paths, labels, config, killed, resume=True), check=True, capture_output=True,
+                   timeout=600)
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(killed / "checkpoint.pt", weights_only=True)
+    assert a["state"]["step"] == b["state"]["step"] == 60
+    for key, value in a["network"].items():
+        assert torch.equal(value, b["network"][key]), key
+    for key, value in a["weight_average"]["state"].items():
+        assert torch.equal(value, b["weight_average"]["state"][key]), key
+
+
+def test_sequential_keeps_the_denoiser_frozen_in_its_second_stage(dataset, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each stage gets the whole step budget; stage 2 starts from stage 1's best denoiser and never moves it."""
+    frozen: dict[str, torch.Tensor] = {}
+    real_begin = training._begin_next_stage
+
+    def remember(network, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        state = real_begin(network, *args, **kwargs)
+        frozen.update({k: v.detach().clone() for k, v in network.denoiser.state_dict().items()})
+        return state
+
+    monkeypatch.setattr(training, "_begin_next_stage", remember)
+    result = training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path,
+                            _config(mode="sequential", steps=10), progress=False)
+    assert result.steps_done == 20 and frozen
+    final = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["network"]
+    for key, value in frozen.items():
+        assert torch.equal(final[f"denoiser.{key}"], value), key
+    assert "loss_detect" in result.history.columns
+
+
+def test_joint_without_consistency_differs_from_joint(dataset, tmp_path: Path) -> None:
+    joint = training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / "joint",
+                           _config(steps=5, eval_every=5), progress=False)
+    plain = training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / "jnc",
+                           _config(mode="joint-no-consistency", steps=5, eval_every=5), progress=False)
+    assert joint.history["loss_consistency"].iloc[-1] > 0 and "loss_consistency" not in plain.history.columns
+    a = torch.load(tmp_path / "joint" / "checkpoint.pt", weights_only=True)["network"]
+    b = torch.load(tmp_path / "jnc" / "checkpoint.pt", weights_only=True)["network"]
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("detector."))
+
+
+def test_training_does_not_depend_on_the_data_units(dataset, tmp_path: Path) -> None:
+    """Counts x 0.01 and x 100 with an offset train the same network (inputs are normalised; no loss term,
+    regulariser or initial value is in the data's units)."""
+    from cryojoint.io.mrc import Micrograph
+
+    def scaled(factor: float, offset: float) -> list[Micrograph]:
+        return [Micrograph((m.data.astype(np.float64) * factor + offset).astype(np.float32), m.pixel_size, m.name)
+                for m in dataset.micrographs["dose_060"]]
+
+    for name, (factor, offset) in {"small": (0.01, -3.0), "large": (100.0, 5e4)}.items():
+        training.train(scaled(factor, offset), dataset.labels, tmp_path / name, _config(steps=3, eval_every=3),
+                       progress=False)
+    a = torch.load(tmp_path / "small" / "checkpoint.pt", weights_only=True)["network"]
+    b = torch.load(tmp_path / "large" / "checkpoint.pt", weights_only=True)["network"]
+    for key, value in a.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, b[key], rtol=1e-3, atol=1e-4, msg=key)

@@ -19,6 +19,7 @@ from cryojoint.data import (
     soft_label_map,
     split_validation,
     to_binned_coordinates,
+    unlabelled_positive_fraction,
 )
 
 
@@ -99,14 +100,51 @@ def _images(n: int, size: int = 128) -> list[LabelledImage]:
 
 
 def test_split_holds_out_whole_micrographs_when_there_are_enough() -> None:
-    train, validation = split_validation(_images(5), 0.2, np.random.default_rng(0))
+    train, validation = split_validation(_images(5), 0.2)
     assert len(validation) == 1 and len(train) == 4
     assert {im.name for im in train}.isdisjoint({im.name for im in validation})
 
 
+def test_split_is_fixed_and_stratified_by_label_count() -> None:
+    """The held-out micrographs do not depend on any seed, and span sparse to dense labelling."""
+    rng = np.random.default_rng(5)
+    images = []
+    for i, count in enumerate([3, 40, 8, 25, 12, 5, 30, 18, 1, 60]):
+        xy = rng.uniform(20, 108, size=(count, 2))
+        images.append(LabelledImage(f"m{i}", np.zeros((128, 128), np.float32), xy))
+    train, validation = split_validation(images, 0.2)
+    assert sorted(len(im.picks_xy) for im in validation) == [5, 30]  # 3rd and 8th of 10 by count
+    shuffled = [images[i] for i in rng.permutation(len(images))]
+    _, again = split_validation(shuffled, 0.2)
+    assert {im.name for im in again} == {im.name for im in validation}
+    assert len(train) == 8
+
+
+def test_pi_counts_only_the_unlabelled_positives() -> None:
+    """A fully labelled patch leaves nothing for the unlabelled pixels; an unlabelled one keeps the density."""
+    density, mass = 1e-3, 20.0
+    empty = np.zeros((2, 1, 50, 50), np.float32)
+    pi_background = unlabelled_positive_fraction(empty, np.zeros(2, bool), density, mass)
+    assert pi_background == pytest.approx(density * mass)
+    labelled = empty.copy()
+    labelled[:, 0, 20:30, 20:30] = 1.0  # 100 px^2 labelled per patch: more than the 20 x (1 + 2.5) expected
+    assert unlabelled_positive_fraction(labelled, np.ones(2, bool), density, mass) == pytest.approx(1e-4)
+    partly = empty.copy()
+    partly[:, 0, 20:24, 20:25] = 1.0  # 20 px^2: the centred particle only; the density's 2.5 remain
+    assert unlabelled_positive_fraction(partly, np.ones(2, bool), density, mass) == pytest.approx(
+        2 * density * 2500 * mass / (2 * 2500 - 2 * 20))
+
+
+def test_label_completeness_scales_the_expected_count() -> None:
+    xy = np.random.default_rng(1).uniform(100, 300, size=(30, 2))
+    complete = estimate_expected_particles([xy], [(1000, 1000)], particle_diameter_px=10)
+    half = estimate_expected_particles([xy], [(1000, 1000)], particle_diameter_px=10, label_completeness=0.5)
+    assert half == pytest.approx(2 * complete)
+
+
 def test_split_of_a_single_micrograph_never_shares_pixels() -> None:
     image = _images(1, size=256)[0]
-    train, validation = split_validation([image], 0.25, np.random.default_rng(0))
+    train, validation = split_validation([image], 0.25)
     assert len(train) == 1 and len(validation) == 1
     assert train[0].image.shape[1] + validation[0].image.shape[1] == 256
     assert len(train[0].picks_xy) + len(validation[0].picks_xy) == len(image.picks_xy)

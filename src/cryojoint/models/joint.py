@@ -4,6 +4,11 @@ The detector reads the denoiser's posterior mean. That input is deterministic (n
 is reproducible, and it is differentiable in the denoiser's outputs, so the detection loss trains the
 denoiser too: that gradient path is the joint coupling. ``use_denoiser=False`` gives a detect-only model
 (detector on the raw input), ``use_detector=False`` a denoise-only model.
+
+:meth:`JointModel.flipped_logits` gives the mirrored view for the flip-consistency loss. Its dense map is exactly
+the forward map for a detector with mirror-symmetric kernels (the dense node grid is made symmetric under the
+flip; see :mod:`cryojoint.models.detector`); the per-patch logit keeps the patch's centre pixel. With its own
+denoiser pass the view also differs by the blind-spot U-Net's asymmetry, which is not flip-equivariant.
 """
 
 from __future__ import annotations
@@ -58,10 +63,13 @@ class JointModel(nn.Module):
         """Input height and width must be multiples of this (1 without a denoiser)."""
         return self.denoiser.size_multiple if self.denoiser is not None else 1
 
-    def forward(self, x: Tensor, dense: bool = False) -> JointOutput:
-        """Run on a normalised batch ``x`` [B,1,H,W]; ``dense`` selects per-pixel instead of per-patch logits."""
+    def forward(self, x: Tensor, dense: bool = False, detect: bool = True) -> JointOutput:
+        """Run on a normalised batch ``x`` [B,1,H,W]; ``dense`` selects per-pixel instead of per-patch logits.
+
+        ``detect=False`` skips the detector (``logits=None``): a training stage no detection loss reads.
+        """
         out = self.denoise(x)
-        if self.detector is not None:
+        if self.detector is not None and detect:
             out.logits = self.detector(self._detector_input(x, out.denoised), dense=dense)
         return out
 
@@ -93,7 +101,12 @@ class JointModel(nn.Module):
         output
             What :meth:`forward` returned for ``x`` (its denoised image is reused if ``share_denoiser``).
         dense
-            As in :meth:`forward`; the result has the same shape as ``output.logits``.
+            As in :meth:`forward`; the result has the same shape as ``output.logits``. The dense map is computed
+            on the mirror image of the forward pass's padded input (see
+            :meth:`~cryojoint.models.detector.ResNet8Detector.forward_dense`), so its nodes and interpolation
+            weights, mirrored back, fall on the forward pass's pixels: for a detector with mirror-symmetric
+            kernels the result equals ``output.logits`` exactly (to float rounding), at every output stride and
+            for odd or even sizes, and the consistency loss measures only the detector's asymmetry.
         share_denoiser
             ``False`` (faithful, the default): the denoiser also runs on the flipped input. The blind-spot
             U-Net is not flip-equivariant (its shifted convolutions and the fixed order of its four rotation
@@ -115,7 +128,9 @@ class JointModel(nn.Module):
             flipped = x.flip(flip_dims)
             mirrored = self._detector_input(flipped, self.denoise(flipped).denoised)
         if dense:
-            return self.detector(mirrored, dense=True).flip(flip_dims)
+            # The mirror image of the padded input the forward pass saw: node pixels map onto node pixels, so a
+            # mirror-symmetric detector gives exactly ``output.logits`` at any stride and size parity.
+            return self.detector(mirrored, dense=True, mirrored_dims=flip_dims).flip(flip_dims)
         # Per patch: mirror the window around the patch centre, so that the centre pixel stays the centre
         # (the mirror image of an even-sized patch has its centre one pixel off).
         window = centre_window(mirrored.flip(flip_dims))
