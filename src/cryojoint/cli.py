@@ -64,6 +64,7 @@ def _train_config(
     particle_diameter: float | None = None,
     expected_particles: float | None = None,
     downsample: int | None = None,
+    label_completeness: float | None = None,
 ) -> CryojointConfig:
     """The config ``cryojoint train`` runs with: the YAML (or the defaults), then only the options given.
 
@@ -93,7 +94,8 @@ def _train_config(
             cfg.model = _preset_under_yaml_model(preset, config_path)
     cfg.train = dataclasses.replace(cfg.train, **_given(mode=mode, steps=steps, seed=seed, device=device))
     cfg.data = dataclasses.replace(cfg.data, **_given(particle_diameter_px=particle_diameter,
-                                                      expected_particles=expected_particles, downsample=downsample))
+                                                      expected_particles=expected_particles, downsample=downsample,
+                                                      label_completeness=label_completeness))
     validate(cfg)  # the YAML passed on its own, so what fails now is an option's value
     return cfg
 
@@ -202,7 +204,11 @@ def train(
                                     "--config, else estimated from the labels).")] = None,
     expected_particles: Annotated[float | None, typer.Option(
         help="Particles per micrograph (default: data.expected_particles of --config, else estimated from the "
-             "label density; a lower bound).")] = None,
+             "label density and --label-completeness).")] = None,
+    label_completeness: Annotated[float | None, typer.Option(
+        help=f"Share of the particles inside your labelled regions that you labelled, in (0, 1] (default: "
+             f"{_DATA_DEFAULTS.label_completeness}, or data.label_completeness of --config); turns the label "
+             "density into the expected particle count.")] = None,
     downsample: Annotated[int | None, typer.Option(help=f"Bin micrographs by N before training (default: "
                                                         f"{_DATA_DEFAULTS.downsample}, or data.downsample of "
                                                         "--config).")] = None,
@@ -223,7 +229,7 @@ def train(
 
     cfg = _train_config(config, preset=preset, mode=mode, steps=steps, seed=seed, device=device,
                         particle_diameter=particle_diameter, expected_particles=expected_particles,
-                        downsample=downsample)
+                        downsample=downsample, label_completeness=label_completeness)
     from cryojoint.distributed import is_main_process
 
     result = train_model(micrographs, labels, out, cfg, resume=resume, overwrite=overwrite,

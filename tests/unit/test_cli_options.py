@@ -70,6 +70,14 @@ def test_options_given_override_the_yaml(tmp_path: Path) -> None:
     assert (cfg.data.particle_diameter_px, cfg.data.expected_particles, cfg.data.downsample) == (22.0, 80.0, 1)
 
 
+def test_label_completeness_option_overrides_only_when_given(tmp_path: Path) -> None:
+    config = _yaml(tmp_path, "data:\n  label_completeness: 0.8\n")
+    assert cli._train_config(config).data.label_completeness == 0.8
+    assert cli._train_config(config, label_completeness=0.5).data.label_completeness == 0.5
+    with pytest.raises(UserInputError, match="label_completeness"):
+        cli._train_config(None, label_completeness=1.5)
+
+
 def test_an_option_value_that_cannot_work_is_not_blamed_on_the_yaml(tmp_path: Path) -> None:
     config = _yaml(tmp_path, "train:\n  steps: 7\n")
     with pytest.raises(UserInputError) as raised:
