@@ -3,9 +3,14 @@
 ::
 
     python benchmarks/run.py --profile quick                 # CI-sized (Topaz skipped if its venv is absent)
-    python benchmarks/run.py --profile standard              # ~1.5-3 h on 2 CPU cores, three doses
+    python benchmarks/run.py --profile standard              # many hours on 2 CPU cores: three doses, seeds 0,1,2
     python benchmarks/run.py --profile full --doses 010      # 1024², both structures, every mode and preset
-    python benchmarks/run.py --profile standard --doses 010 --seeds 1,2 --only topaz-picker  # seed spread
+    python benchmarks/run.py --profile standard --seeds 0    # one training seed only (the quicker, noisier run)
+    python benchmarks/run.py --profile quick --seeds 1,2 --only topaz-picker  # seeds 0,1,2 of one row
+
+Every trained row (cryojoint modes, Topaz's picker) is trained with each of the profile's seeds (``standard`` and
+``full``: 0, 1, 2; ``tiny`` and ``quick``: 0) or the ``--seeds`` given (seed 0 always among them); the main
+tables show the mean over the seeds that finished, the "Spread over training seeds" section mean ± sd.
 
 Every (structure, dose, method) cell is independent and cached under ``benchmarks/.cache/<profile>/cells``:
 a failure becomes "failed: reason" in the tables and the run goes on; a rerun skips finished cells (unless
@@ -148,6 +153,9 @@ class Profile:
     simulation_changes: Mapping[str, Any] = field(default_factory=dict)
     topaz_pretrained: bool = False
     description: str = ""
+    #: Training seeds of every trained row (cryojoint modes, Topaz's picker); seed ``TRAIN_SEED`` is the row's
+    #: reference run (computed first; Topaz's budget and count read the joint model's seed-0 cell).
+    seeds: tuple[int, ...] = (TRAIN_SEED,)
 
 
 PROFILES: dict[str, Profile] = {
@@ -167,12 +175,14 @@ PROFILES: dict[str, Profile] = {
         (*_modes(["default"]), DECOUPLED, paper_equal_time(600), CryojointMethod("joint", "paper", 4)), 600, 100,
         300, 100,
         description="8+4 micrographs at 1024², ribosome, three doses, five modes + joint decoupled + joint with the "
-                    "paper preset at equal steps and at equal wall-clock, 600 steps",
+                    "paper preset at equal steps and at equal wall-clock, 600 steps, training seeds 0, 1, 2",
+        seeds=(0, 1, 2),
     ),
     "full": Profile(
         "full", ("ribosome", "ruvb"), 16, 8, 1024, DOSE_KEYS, _modes(["default", "paper"]), 3000, 100, 2000,
         200, description="16+8 micrographs at 1024², both structures, five modes × two presets, 3000 steps "
-                         "(early stopping), Topaz ≥ 2000 minibatches",
+                         "(early stopping), Topaz ≥ 2000 minibatches, training seeds 0, 1, 2",
+        seeds=(0, 1, 2),
     ),
 }
 
@@ -693,26 +703,98 @@ def _applies(spec: MethodSpec, kind: str) -> bool:
     return spec.row_id in (PICKING_METHODS if kind == "picking" else DENOISING_METHODS)
 
 
+def table_seeds(specs: Sequence[MethodSpec]) -> tuple[int, ...]:
+    """The training seeds in the tables (over the trained rows): the full set a trained row's mean is over."""
+    return tuple(sorted({spec.seed for spec in specs if spec.trains})) or (TRAIN_SEED,)
+
+
+def seed_groups(specs: Sequence[MethodSpec]) -> dict[str, list[MethodSpec]]:
+    """Each row id with its specs in seed order: the main spec (seed ``TRAIN_SEED``) and its replicates."""
+    groups: dict[str, list[MethodSpec]] = {}
+    for spec in sorted(specs, key=lambda s: s.seed):
+        groups.setdefault(spec.row_id, []).append(spec)
+    return groups
+
+
+def seed_summary(group: Sequence[MethodSpec], cells: Mapping[str, dict[str, Any]], structure: str, dose: str,
+                 section: str, key: str) -> dict[str, Any]:
+    """One row's figure in one (structure, dose) column over the training seeds that finished.
+
+    ``per_seed`` maps each finished seed (as a string, as in the JSON) to its value; ``mean``, sample ``sd``
+    (ddof 1; ``None`` below two seeds) and ``n`` summarise them (``mean`` is ``None`` when none finished).
+    """
+    per_seed: dict[str, float] = {}
+    for spec in group:
+        value = _cell_number(cells.get(_cell_key(structure, dose, spec.method_id)), section, key)
+        if value is not None:
+            per_seed[str(spec.seed)] = value
+    values = list(per_seed.values())
+    return {"per_seed": per_seed, "n": len(values), "mean": float(np.mean(values)) if values else None,
+            "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+
+
+def _mean_text(group: Sequence[MethodSpec], cells: Mapping[str, dict[str, Any]], structure: str, dose: str,
+               section: str, key: str, digits: int, n_seeds: int) -> str:
+    """A trained row's main-table cell: the mean over the seeds that finished, ``(n=k)`` when k < n_seeds; with
+    no number yet, why not (the first cell present in seed order: failed, n/a), else "pending"."""
+    summary = seed_summary(group, cells, structure, dose, section, key)
+    if summary["n"]:
+        text = f"{summary['mean']:.{digits}f}"
+        return text if summary["n"] >= n_seeds else f"{text} (n={summary['n']})"
+    present = [cell for spec in group if (cell := cells.get(_cell_key(structure, dose, spec.method_id)))]
+    return _cell_text(present[0], section, key, digits) if present else "pending"
+
+
+def _seeds_text(seeds: Sequence[int]) -> str:
+    return ", ".join(str(seed) for seed in seeds)
+
+
 def build_tables(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence[str],
                  cells: Mapping[str, dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
-    """Markdown lines and report tables (rows = methods, columns = doses, as in the paper's Table 1)."""
+    """Markdown lines and report tables (rows = methods, columns = doses, as in the paper's Table 1).
+
+    A trained row (cryojoint modes, Topaz's picker) shows the mean over its training seeds that finished in that
+    column, marked ``(n=k)`` when only k of the tables' seeds did; the report table holds the mean and its
+    ``by_seed`` the per-seed values, mean, sd and n of each column. Other rows show their single value.
+    """
     columns = [(s, d, _dose_label(s, d, profile)) for s in profile.structures for d in doses]
     header = "| method | " + " | ".join(c[2] for c in columns) + " |"
     rule = "|---|" + "---:|" * len(columns)
-    lines: list[str] = []
+    seeds = table_seeds(specs)
+    groups = seed_groups(specs)
+    if len(seeds) > 1:
+        lines = [f"Trained rows (cryojoint, Topaz's picker): **mean over training seeds {_seeds_text(seeds)}**; "
+                 "`(n=k)` marks a cell where only k of them have finished (pending or failed). Rows that do not "
+                 "train (floors, raw input, pretrained Topaz-Denoise): one value. Per-seed values in the JSON, "
+                 "mean ± sd under \"Spread over training seeds\".", ""]
+        caption = (f"trained rows: mean over the training seeds that finished (of {_seeds_text(seeds)}; "
+                   "n per cell in the markdown and JSON)")
+    else:
+        lines = [f"Trained rows: one training seed ({seeds[0]}); `--seeds 0,1,2` trains each again and the tables "
+                 "then show the mean over seeds.", ""]
+        caption = f"trained rows: training seed {seeds[0]}"
     report_tables: dict[str, Any] = {}
     for title, section, key, kind, digits in TABLES:
         rows = [spec for spec in specs if _applies(spec, kind) and not spec.is_replicate]
         lines += [f"### {title}", "", header, rule]
         report_rows: dict[str, list[float | None]] = {}
+        by_seed: dict[str, list[dict[str, Any]]] = {}
         for spec in rows:
-            texts = [_cell_text(cells.get(_cell_key(s, d, spec.method_id)), section, key, digits)
-                     for s, d, _ in columns]
+            if spec.trains:
+                group = groups[spec.row_id]
+                summaries = [seed_summary(group, cells, s, d, section, key) for s, d, _ in columns]
+                texts = [_mean_text(group, cells, s, d, section, key, digits, len(seeds)) for s, d, _ in columns]
+                report_rows[spec.label] = [summary["mean"] for summary in summaries]
+                by_seed[spec.label] = summaries
+            else:
+                texts = [_cell_text(cells.get(_cell_key(s, d, spec.method_id)), section, key, digits)
+                         for s, d, _ in columns]
+                report_rows[spec.label] = [_cell_number(cells.get(_cell_key(s, d, spec.method_id)), section, key)
+                                           for s, d, _ in columns]
             lines.append(f"| {spec.label} | " + " | ".join(texts) + " |")
-            report_rows[spec.label] = [_cell_number(cells.get(_cell_key(s, d, spec.method_id)), section, key)
-                                       for s, d, _ in columns]
         lines.append("")
-        report_tables[title] = {"columns": [c[2] for c in columns], "rows": report_rows, "caption": title}
+        report_tables[title] = {"columns": [c[2] for c in columns], "rows": report_rows,
+                                "caption": f"{title}; {caption}", "by_seed": by_seed}
     return lines, report_tables
 
 
@@ -728,16 +810,14 @@ SPREAD_FIGURES: tuple[tuple[str, str, str, int], ...] = (
 def spread_lines(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence[str],
                  cells: Mapping[str, dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
     """Mean ± sample standard deviation over the training seeds that finished, per row with replicates."""
-    seeds_of: dict[str, list[MethodSpec]] = {}
-    for spec in specs:
-        if spec.trains:
-            seeds_of.setdefault(spec.row_id, []).append(spec)
-    replicated = {row: group for row, group in seeds_of.items() if any(g.is_replicate for g in group)}
+    replicated = {row: group for row, group in seed_groups([s for s in specs if s.trains]).items()
+                  if any(g.is_replicate for g in group)}
     if not replicated:
         return [], {}
     columns = [(s, d, _dose_label(s, d, profile)) for s in profile.structures for d in doses]
-    lines = ["Every row trained again with other seeds on the same data and budget (the main tables show seed "
-             f"{TRAIN_SEED}). Cells: mean ± sample sd (n seeds finished); a single value when only one finished.", ""]
+    lines = [f"Trained rows with training seeds {_seeds_text(table_seeds(specs))}, same data and budget (the main "
+             "tables show the mean). Cells: mean ± sample sd (n seeds finished); a single value when only one "
+             "finished.", ""]
     tables: dict[str, Any] = {}
     for title, section, key, digits in SPREAD_FIGURES:
         rows = {row: group for row, group in replicated.items()
@@ -750,18 +830,14 @@ def spread_lines(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence[
         for group in rows.values():
             texts, means = [], []
             for s, d, _ in columns:
-                values = [v for v in (_cell_number(cells.get(_cell_key(s, d, g.method_id)), section, key)
-                                      for g in group) if v is not None]
-                if not values:
+                summary = seed_summary(group, cells, s, d, section, key)
+                means.append(summary["mean"])
+                if not summary["n"]:
                     texts.append("pending")
-                    means.append(None)
-                elif len(values) == 1:
-                    texts.append(f"{values[0]:.{digits}f} (1)")
-                    means.append(values[0])
+                elif summary["n"] == 1:
+                    texts.append(f"{summary['mean']:.{digits}f} (1)")
                 else:
-                    texts.append(f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f} "
-                                 f"({len(values)})")
-                    means.append(float(np.mean(values)))
+                    texts.append(f"{summary['mean']:.{digits}f} ± {summary['sd']:.{digits}f} ({summary['n']})")
             label = next(g.label for g in group if not g.is_replicate)
             lines.append(f"| {label} | " + " | ".join(texts) + " |")
             table_rows[label] = means
@@ -944,13 +1020,15 @@ def write_outputs(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence
     report_dir = out_dir / stem
     report_dir.mkdir(parents=True, exist_ok=True)
     curves: dict[str, Any] = {}
+    several_seeds = len(table_seeds(specs)) > 1  # then a trained row's curve is its seed-0 run, not the mean
     for s in profile.structures:
         for d in doses:
             for spec in specs:
                 cell = cells.get(_cell_key(s, d, spec.method_id))
                 picking = (cell or {}).get("picking") if (cell or {}).get("status") == "ok" else None
                 if picking and picking.get("curve") and not spec.is_replicate:
-                    curves.setdefault(_dose_label(s, d, profile), {})[spec.label] = {
+                    name = f"{spec.label}, seed {spec.seed}" if several_seeds and spec.trains else spec.label
+                    curves.setdefault(_dose_label(s, d, profile), {})[name] = {
                         **picking["curve"], "average_precision": picking.get("average_precision")}
     benchmark = {"title": f"cryojoint vs Topaz — {profile.name} ({run_facts['date']})",
                  "tables": {**report_tables, "Time and memory": time_table}, "pr_curves": curves,
@@ -985,7 +1063,7 @@ def run_benchmark(
     force: bool = False,
     write_html: bool = True,
     log: Callable[[str], None] | None = None,
-    seeds: Sequence[int] = (),
+    seeds: Sequence[int] | None = None,
     only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a benchmark profile and write its tables; returns the output paths and the cells.
@@ -1004,8 +1082,12 @@ def run_benchmark(
     force
         Recompute finished cells.
     seeds
-        Extra training seeds: every trained row (cryojoint modes, Topaz's picker) is trained again with each, at
-        the doses computed; the tables gain a mean ± sd section. The main rows keep seed ``TRAIN_SEED``.
+        Training seeds of every trained row (cryojoint modes, Topaz's picker) at the doses computed, in place of
+        the profile's ``seeds`` (``None`` or empty: the profile's). Seed ``TRAIN_SEED`` is always among them
+        (added when absent) and is computed first; the others run after every seed-0 cell. So ``[0]`` is a
+        single-seed run and ``[1, 2]`` is seeds 0, 1, 2. Replicates already cached are shown whatever is asked.
+        Trained rows show the mean over their finished seeds; a "Spread over training seeds" section gives
+        mean ± sample sd.
     only
         Row ids (as in the cache's file names, e.g. ``cryojoint-joint-default``, ``topaz-picker``) whose cells
         are computed, replicates included; other rows are shown from the cache but not run.
@@ -1016,9 +1098,7 @@ def run_benchmark(
     unknown = [d for d in doses if d not in DOSE_KEYS]
     if unknown:
         raise SystemExit(f"unknown dose {unknown[0]!r}; choose from {', '.join(DOSE_KEYS)}")
-    negative = [seed for seed in seeds if seed < 0]
-    if negative:
-        raise SystemExit(f"seed {negative[0]} is negative; give seeds as 1,2,3")
+    run_seeds = resolve_seeds(profile, seeds)
     from benchmarks.peers.topaz import topaz_env_installed
 
     if not skip_topaz and profile.name in ("quick", "tiny") and not topaz_env_installed():
@@ -1030,7 +1110,7 @@ def run_benchmark(
     # Replicates already in the cache stay in the tables when a later run does not ask for their seeds.
     cached_seeds = {int(match.group(1)) for path in cells_dir.glob("*/*/*.json")
                     if (match := re.search(r"-seed(\d+)$", path.stem))}
-    specs += seed_replicates(specs, sorted({*seeds, *cached_seeds}))
+    specs += seed_replicates(specs, sorted({*run_seeds, *cached_seeds}))
     if only is not None:
         known = sorted({s.row_id for s in specs})
         unknown_rows = [row for row in only if row not in known]
@@ -1040,7 +1120,8 @@ def run_benchmark(
     stem = f"{today}-{profile.name}"
     run_facts: dict[str, Any] = {"date": today, "started": dt.datetime.now().isoformat(timespec="seconds"),
                                  "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) or "run_benchmark()",
-                                 "machine": machine_facts(), "skip_topaz": skip_topaz, "doses": {}}
+                                 "machine": machine_facts(), "skip_topaz": skip_topaz, "seeds": list(run_seeds),
+                                 "doses": {}}
     cells: dict[str, dict[str, Any]] = {}
     for structure in profile.structures:
         for dose in profile.doses:  # every dose: the tables show cached cells of doses not computed now
@@ -1065,7 +1146,7 @@ def run_benchmark(
         run_facts["doses"][f"{s}/{d}"] = facts
 
     plan = [(s, d, spec) for s, d, spec in _run_order(profile, specs, doses)
-            if (only is None or spec.row_id in only) and (not spec.is_replicate or spec.seed in seeds)]
+            if (only is None or spec.row_id in only) and (not spec.is_replicate or spec.seed in run_seeds)]
     planned = {_cell_key(s, d, spec.method_id) for s, d, spec in plan}
     table_doses = tuple(d for d in profile.doses
                         if d in doses or any(key.split("/")[1] == d for key in cells))
@@ -1115,6 +1196,16 @@ def run_benchmark(
     return {"paths": paths, "cells": cells, "profile": profile, "specs": shown_specs, "doses": table_doses}
 
 
+def resolve_seeds(profile: Profile, seeds: Sequence[int] | None) -> tuple[int, ...]:
+    """The training seeds a run computes: ``seeds`` if given (non-empty), else the profile's; always with
+    ``TRAIN_SEED`` (every row's reference run, which Topaz's budget and the seed-0-first order rely on)."""
+    chosen = tuple(seeds) if seeds else profile.seeds
+    negative = [seed for seed in chosen if seed < 0]
+    if negative:
+        raise SystemExit(f"seed {negative[0]} is negative; give seeds as 0,1,2")
+    return tuple(sorted({TRAIN_SEED, *chosen}))
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -1131,8 +1222,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--doses", default=None, help="comma-separated dose keys, e.g. 010,020,060")
     parser.add_argument("--force", action="store_true", help="recompute finished cells")
     parser.add_argument("--no-html", action="store_true", help="do not render report.html")
-    parser.add_argument("--seeds", default="", help="extra training seeds for every trained row, e.g. 1,2 "
-                        "(adds a mean ± sd section)")
+    parser.add_argument("--seeds", default="", help="training seeds of every trained row, in place of the "
+                        "profile's (standard, full: 0,1,2; tiny, quick: 0); seed 0 is always added, so '0' = one "
+                        "seed and '1,2' = seeds 0,1,2. Tables show the mean over seeds and a mean ± sd section")
     parser.add_argument("--only", default=None, help="comma-separated row ids to compute, e.g. "
                         "cryojoint-joint-default,topaz-picker (others are shown from the cache)")
     args = parser.parse_args(argv)
@@ -1148,7 +1240,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # `kill` (SIGTERM) then unwinds like Ctrl-C: subprocess.run kills the training child on the way out.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     run_benchmark(args.profile, args.out, args.cache, args.skip_topaz, doses, args.force, not args.no_html,
-                  seeds=seeds, only=only)
+                  seeds=seeds or None, only=only)
 
 
 if __name__ == "__main__":
