@@ -49,6 +49,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make ``benchmarks.peers``
     sys.path.insert(0, str(REPO_ROOT))
 
 from cryojoint.baselines import best_lowpass_sigma, blob_pick, choose_polarity, gaussian_lowpass  # noqa: E402
+from cryojoint.config import DataConfig  # noqa: E402
 from cryojoint.data import estimate_expected_particles, normalise  # noqa: E402
 from cryojoint.evaluation import denoising_metrics, picking_metrics  # noqa: E402
 from cryojoint.io.coords import read_coordinates, write_coordinates  # noqa: E402
@@ -256,7 +257,8 @@ class DoseData:
                   for n in labelled]
             normalised = [normalise(images[n]) for n in labelled]
             diameter = float(estimate_particle_diameter(normalised, xy))
-            expected = float(estimate_expected_particles(xy, [im.shape for im in normalised], diameter))
+            expected = float(estimate_expected_particles(xy, [im.shape for im in normalised], diameter,
+                                                         DataConfig().label_completeness))
             polarity_votes = [choose_polarity(im, diameter, p) for im, p in zip(normalised, xy, strict=True)]
             polarity = max(set(polarity_votes), key=polarity_votes.count)
             self._cache["estimates"] = {"particle_diameter_px": diameter, "expected_particles": expected,

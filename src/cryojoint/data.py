@@ -89,18 +89,27 @@ def soft_label_map(shape: tuple[int, int], xy: np.ndarray, sigma_px: float) -> n
 
 
 def labelled_region_area(xy: np.ndarray, particle_diameter_px: float) -> float:
-    """Area (px^2) of the region a user picked in: the convex hull of the picks grown by one particle radius."""
+    """Area (px^2) of the region a user picked in, estimated from the picks alone.
+
+    The convex hull of n points drawn uniformly from a region is smaller than the region; by Efron's identity
+    its expected area is the region's times ``1 - E[V] / (n + 1)`` (V: points on the hull), so the hull area
+    divided by ``1 - V / (n + 1)`` estimates the region. Measured on simulated label regions (ribosome and
+    RuvB fields, 40-80 % of the particles labelled): label density x image area / true count = 0.61-0.78,
+    i.e. the labelled share itself, where the hull grown by a particle radius gave 0.84-1.07 (the grown hull
+    undershoots the region by about that share, a coincidence of this simulator's region size and count).
+    Fewer than four picks, or collinear ones: discs of one particle radius around them.
+    """
     points = np.asarray(xy, dtype=float).reshape(-1, 2)
     radius = particle_diameter_px / 2
-    if len(points) < 3:
+    if len(points) < 4:
         return float(len(points) * np.pi * radius**2)
     try:
         hull = ConvexHull(points)
     except QhullError:  # collinear picks
         span = np.ptp(points, axis=0)
         return float((span.max() + 2 * radius) * 2 * radius)
-    # Minkowski sum with a disc: area + perimeter * r + pi r^2 (hull.volume is the area in 2D, .area the perimeter)
-    return float(hull.volume + hull.area * radius + np.pi * radius**2)
+    n, on_hull = len(points), len(hull.vertices)
+    return float(hull.volume * (n + 1) / (n + 1 - on_hull))  # hull.volume is the area in 2D
 
 
 def estimate_expected_particles(
