@@ -114,6 +114,8 @@ class _State:
     stage: int = 0
     best_metric: float = -math.inf
     best_step: int = 0
+    chosen_step: int = 0  # the step whose (averaged) weights model.pt holds
+    chosen_metric: float = -math.inf
     bad_evaluations: int = 0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -230,6 +232,7 @@ def _train(
     meta = _model_meta(prepared, command_line, config, sampler.patch_size)
     metric_name = "validation_ap" if config.train.mode != "denoise-only" else "validation_neg_denoise_loss"
     stopped_early = False
+    choose_last = config.train.model_choice == "last"
     start = time.perf_counter() - state.seconds
     last_checkpoint = time.perf_counter()
     bar = _ProgressBar(total, enabled=progress and group.is_main, initial=state.step)
@@ -274,15 +277,18 @@ def _train(
                 state.stage_metrics.append(_stage_metric(record, stage))
                 metric = smoothed_metric(state.stage_metrics, config.train.validation_smoothing)
                 record["selection_metric"] = metric
-                if metric > state.best_metric:
+                improved = metric > state.best_metric
+                if improved:
                     state.best_metric, state.best_step, state.bad_evaluations = metric, state.step, 0
+                else:
+                    state.bad_evaluations += 1
+                if improved or choose_last:  # the model this run hands over, as of now
+                    state.chosen_step, state.chosen_metric = state.step, metric
                     best_weights = average.weights()
                     if group.is_main:
                         with average.applied(network):
                             save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step,
                                                                                metric_name: metric})
-                else:
-                    state.bad_evaluations += 1
                 state.history.append(record)
                 if group.is_main:
                     _write_metrics(run_dir / METRICS_NAME, state.history)
@@ -306,8 +312,8 @@ def _train(
     if group.is_main and not (run_dir / MODEL_NAME).exists():
         with average.applied(network):
             save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step})
-    return TrainResult(run_dir, run_dir / MODEL_NAME, state.best_step, state.best_metric, metric_name, state.step,
-                       state.seconds, stopped_early, pd.DataFrame(state.history), notes)
+    return TrainResult(run_dir, run_dir / MODEL_NAME, state.chosen_step, state.chosen_metric, metric_name,
+                       state.step, state.seconds, stopped_early, pd.DataFrame(state.history), notes)
 
 
 class WeightAverage:
