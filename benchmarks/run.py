@@ -106,6 +106,8 @@ class CryojointMethod:
 
 #: The joint model without the coupling (the detector reads the denoised image but does not train the denoiser).
 DECOUPLED = CryojointMethod("joint", "default", 2, (("model.detection_trains_denoiser", False),), "decoupled")
+#: The joint model with the paper's coupling (the detection loss trains the denoiser through the denoised image).
+COUPLED = CryojointMethod("joint", "default", 2, (("model.detection_trains_denoiser", True),), "coupled")
 
 
 #: Seconds per joint training step at the standard profile's automatic 96² patch, on this 2-core box with
@@ -173,9 +175,11 @@ PROFILES: dict[str, Profile] = {
     ),
     "standard": Profile(
         "standard", ("ribosome",), 8, 4, 1024, DOSE_KEYS,
-        (*_modes(["default"]), DECOUPLED, paper_equal_time(600), CryojointMethod("joint", "paper", 4)), 600, 100,
+        (*_modes(["default"]), DECOUPLED, COUPLED, paper_equal_time(600), CryojointMethod("joint", "paper", 4)), 600,
+        100,
         300, 100,
-        description="8+4 micrographs at 1024², ribosome, three doses, five modes + joint decoupled + joint with the "
+        description="8+4 micrographs at 1024², ribosome, three doses, five modes + joint decoupled and coupled + "
+                    "joint with the "
                     "paper preset at equal steps and at equal wall-clock, 600 steps, training seeds 0, 1, 2",
         seeds=(0, 1, 2),
     ),
