@@ -178,7 +178,7 @@ def test_cli_help_still_names_the_defaults(monkeypatch: pytest.MonkeyPatch, caps
     with pytest.raises(SystemExit):
         cli.main()
     text = " ".join(capsys.readouterr().out.split())
-    for fragment in ("default: joint", "else default", "default: 3000", "default: 0", "default: auto",
+    for fragment in ("default: joint", "else default", "default: 600", "default: 0", "default: auto",
                      "default: 1"):
         assert fragment in text, fragment
 

@@ -196,7 +196,7 @@ def test_partial_models() -> None:
 
 def test_detection_gradient_reaches_the_denoiser_unless_frozen() -> None:
     torch.manual_seed(8)
-    model = JointModel(SMALL)
+    model = JointModel(dataclasses.replace(SMALL, detection_trains_denoiser=True))  # the coupling (paper)
     x = torch.randn(2, 1, 64, 64)
     model(x).logits.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.denoiser.merge.parameters())
