@@ -123,7 +123,8 @@ def run_network_on_image(
     outputs: dict[str, np.ndarray] = {}
     noise_vars: list[float] = []
     # The denoised image is recomputed from the prior over the whole image (calibrated_posterior_mean).
-    wanted = set(keep) | ({"prior_mean", "prior_var"} if "denoised" in keep else set())
+    # The network's own per-tile posterior mean is not kept: it would only be overwritten.
+    wanted = set(keep) - {"denoised"} | ({"prior_mean", "prior_var"} if "denoised" in keep else set())
     for y0, y1 in _blocks(ny, config.predict.tile_size_px, multiple):
         for x0, x1 in _blocks(nx, config.predict.tile_size_px, multiple):
             # Inner block edges are on the grid, the context is a whole number of grid cells, and a pass that
@@ -144,7 +145,7 @@ def run_network_on_image(
             if out.noise_var is not None:
                 noise_vars.append(float(out.noise_var.float().mean()))
     noise_var = float(np.mean(noise_vars)) if noise_vars else None
-    if "denoised" in outputs and "prior_mean" in outputs and noise_var is not None:
+    if "denoised" in keep and "prior_mean" in outputs and noise_var is not None:
         outputs["denoised"] = calibrated_posterior_mean(image, outputs["prior_mean"], outputs["prior_var"],
                                                         noise_var, estimate_noise_std([image]) ** 2)
     logits = outputs.get("logits")
