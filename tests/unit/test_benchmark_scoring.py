@@ -1,0 +1,78 @@
+"""The benchmark's denoising scores and its rescaled dataset, on tiny fabricated images (nothing is trained)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import run as bench  # noqa: E402
+from cryojoint.io.mrc import read_micrograph, write_mrc  # noqa: E402
+
+SIZE = 64
+
+
+def _nested_doses(tmp_path: Path, fraction: float, seed: int = 0) -> bench.DoseData:
+    """Clean image, a low dose and the full dose that contains it (as the simulator nests doses)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    clean = 50.0 + 20.0 * np.sin(xx / 5.0) * np.cos(yy / 7.0)
+    low = rng.poisson(clean * fraction).astype(np.float64)
+    full = low + rng.poisson(clean * (1.0 - fraction))
+    for folder, image in [("clean", clean), (f"dose_{round(fraction * 100):03d}", low), ("dose_100", full),
+                          ("masks", np.zeros_like(clean))]:
+        write_mrc(tmp_path / folder / "m0.mrc", image, 5.0)
+    empty = pd.DataFrame({"micrograph": [], "x": [], "y": []})
+    return bench.DoseData(structure="fake", dose=f"{round(fraction * 100):03d}", data_dir=tmp_path,
+                          train_names=[], test_names=["m0"], train_labels=empty,
+                          train_labels_path=tmp_path / "labels.star", test_truth=empty, true_diameter_px=10.0,
+                          pixel_size=5.0)
+
+
+def test_psnr_vs_the_rest_of_the_exposure_does_not_reward_keeping_the_inputs_noise(tmp_path: Path) -> None:
+    data = _nested_doses(tmp_path, 0.6)
+    raw = bench.score_denoised(data, data.test_images())
+    clean = bench.score_denoised(data, data.clean())
+    # Against the full dose (which holds the input's own noise) the raw input beats the noise-free image ...
+    assert raw["psnr_full_dose"] > clean["psnr_full_dose"]
+    # ... against the rest of the exposure (independent noise) the noise-free image wins, as it should.
+    assert clean[bench.INDEPENDENT_PSNR_KEY] > raw[bench.INDEPENDENT_PSNR_KEY] + 1.0
+
+
+def test_cached_cells_get_a_new_metric_from_their_saved_micrographs(tmp_path: Path) -> None:
+    data = _nested_doses(tmp_path / "data", 0.1)
+    work = tmp_path / "work"
+    write_mrc(work / "pred" / "denoised" / "m0.mrc", data.clean()["m0"], 5.0)
+    cell = {"status": "ok", "denoising": {"psnr_full_dose": 1.0}}
+    assert bench.refresh_denoising_scores(cell, data, work)
+    assert cell["denoising"][bench.INDEPENDENT_PSNR_KEY] == bench.score_denoised(
+        data, data.clean())[bench.INDEPENDENT_PSNR_KEY]
+    assert not bench.refresh_denoising_scores(cell, data, work)  # already has it: nothing to do
+    assert not bench.refresh_denoising_scores({"status": "ok", "denoising": None}, data, work)
+
+
+def test_intensity_map_rewrites_images_but_not_masks(tmp_path: Path) -> None:
+    image = np.arange(SIZE * SIZE, dtype=np.float32).reshape(SIZE, SIZE)
+    mask = (image > 100).astype(np.float32)
+    write_mrc(tmp_path / "dose_010" / "m0.mrc", image, 3.5)
+    write_mrc(tmp_path / "masks" / "m0.mrc", mask, 3.5)
+    bench._map_intensities(tmp_path, 0.004, -3.0)
+    mapped = read_micrograph(tmp_path / "dose_010" / "m0.mrc")
+    np.testing.assert_allclose(mapped.data, image * 0.004 - 3.0, rtol=1e-6, atol=1e-6)
+    assert mapped.pixel_size == 3.5
+    np.testing.assert_array_equal(read_micrograph(tmp_path / "masks" / "m0.mrc").data, mask)
+
+
+def test_the_second_dataset_differs_from_standard_in_structure_scale_and_units() -> None:
+    second, standard = bench.PROFILES["second"], bench.PROFILES["standard"]
+    assert set(second.structures).isdisjoint(standard.structures)
+    assert second.intensity_map is not None and standard.intensity_map is None
+    assert second.simulation_changes.get("pixel_size_angstrom") not in (None, 5.3)
+    assert bench._dataset_key("ruvb", second) != bench._dataset_key("ruvb", bench.dataclasses.replace(
+        second, intensity_map=None))
