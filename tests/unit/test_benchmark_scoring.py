@@ -13,6 +13,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import run as bench  # noqa: E402
+
 from cryojoint.io.mrc import read_micrograph, write_mrc  # noqa: E402
 
 SIZE = 64
