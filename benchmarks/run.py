@@ -77,6 +77,8 @@ MAX_CURVE_POINTS = 200
 #: Characters of a failure reason shown in a table cell (the JSON keeps all of it).
 MAX_REASON_CHARS = 70
 DOSE_KEYS = ("010", "020", "060")
+#: The single column of a profile of real micrographs (their dose is what it is).
+REAL_DOSE = "real"
 
 
 # ============================================================================================== profiles
@@ -160,6 +162,14 @@ class Profile:
     #: ``(scale, offset)`` applied to every stored image (all doses, reference, clean) as float32: data whose
     #: units are not the simulator's counts, as a pipeline that normalises or rescales would hand it over.
     intensity_map: tuple[float, float] | None = None
+    #: Where the micrographs come from: ``"simulated"`` (our simulator, every truth known) or ``"real-bgal"``
+    #: (real micrographs with reference picks, :mod:`benchmarks.real_bgal`: picking only, no clean image).
+    dataset: str = "simulated"
+
+    @property
+    def has_denoising_truth(self) -> bool:
+        """Clean and full-dose images exist, so denoising can be scored."""
+        return self.dataset == "simulated"
 
 
 PROFILES: dict[str, Profile] = {
@@ -193,6 +203,15 @@ PROFILES: dict[str, Profile] = {
                     "600 steps, training seeds 0, 1, 2",
         seeds=(0, 1, 2),
     ),
+    "real-bgal": Profile(
+        "real-bgal", ("bgal",), 10, 10, 1024, (REAL_DOSE,),
+        (*_modes(["default"], ["joint", "detect-only"]),), 600, 100, 300, 100, dataset="real-bgal",
+        description="real micrographs: 10+10 EMPIAR-10017 β-galactosidase micrographs (CryoSegNet's filtered "
+                    "8-bit copies, binned 4× to 1024², 7.08 Å/px, particle ≈ 27 px), half of the particles "
+                    "inside one region of each training micrograph labelled; picking only; 600 steps, training "
+                    "seeds 0, 1, 2",
+        seeds=(0, 1, 2),
+    ),
     "full": Profile(
         "full", ("ribosome", "ruvb"), 16, 8, 1024, DOSE_KEYS, _modes(["default", "paper"]), 3000, 100, 2000,
         200, description="16+8 micrographs at 1024², both structures, five modes × two presets, 3000 steps "
@@ -219,11 +238,15 @@ class DoseData:
     test_truth: pd.DataFrame
     true_diameter_px: float
     pixel_size: float
+    #: Folder of the micrographs when it is not ``dose_<dose>`` (real data), and whether clean, full-dose
+    #: and mask images exist (simulated data only).
+    image_dir: Path | None = None
+    has_denoising_truth: bool = True
     _cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dose_dir(self) -> Path:
-        return self.data_dir / f"dose_{self.dose}"
+        return self.image_dir or self.data_dir / f"dose_{self.dose}"
 
     def mrcs(self, names: Sequence[str], dose_dir: Path | None = None) -> list[Path]:
         folder = dose_dir or self.dose_dir
@@ -254,7 +277,9 @@ class DoseData:
     def clean(self) -> dict[str, np.ndarray]:
         return self._images("clean", self.data_dir / "clean", self.test_names)
 
-    def masks(self) -> dict[str, np.ndarray]:
+    def masks(self) -> dict[str, np.ndarray] | None:
+        if not self.has_denoising_truth:
+            return None
         images = self._images("masks", self.data_dir / "masks", self.test_names)
         return {n: np.rint(m).astype(np.uint8) for n, m in images.items()}
 
@@ -290,8 +315,18 @@ def _dataset_key(structure: str, profile: Profile) -> str:
 
 
 def ensure_dataset(structure: str, profile: Profile, cache_dir: Path, log: Callable[[str], None]) -> Path:
-    """Simulate once per (structure, size, count, seed, overrides) and cache; returns the data folder."""
+    """Simulate once per (structure, size, count, seed, overrides) and cache; returns the data folder.
+
+    Real data is prepared once from its source instead (:func:`benchmarks.real_bgal.prepare`)."""
     from cryojoint.simulation import SimulationConfig, simulate, write_dataset
+
+    if profile.dataset == "real-bgal":
+        from benchmarks.real_bgal import SnapshotMissing, prepare
+
+        try:
+            return prepare(cache_dir, log=log)
+        except SnapshotMissing as err:
+            raise SystemExit(f"error: {err}") from None
 
     data_dir = cache_dir / "data" / _dataset_key(structure, profile)
     facts_path = data_dir / "benchmark_dataset.json"
@@ -328,7 +363,16 @@ def _map_intensities(data_dir: Path, scale: float, offset: float) -> None:
             write_mrc(path, mapped, micrograph.pixel_size, overwrite=True)
 
 
-def load_dose_data(data_dir: Path, dose: str) -> DoseData:
+def load_dose_data(data_dir: Path, dose: str, profile: Profile | None = None) -> DoseData:
+    if profile is not None and profile.dataset == "real-bgal":
+        from benchmarks.real_bgal import load_prepared
+
+        real = load_prepared(data_dir)
+        return DoseData(structure=profile.structures[0], dose=dose, data_dir=data_dir,
+                        train_names=real.train_names, test_names=real.test_names, train_labels=real.train_labels,
+                        train_labels_path=real.train_labels_path, test_truth=real.test_truth,
+                        true_diameter_px=real.true_diameter_px, pixel_size=real.pixel_size,
+                        image_dir=real.image_dir, has_denoising_truth=False)
     facts = json.loads((data_dir / "benchmark_dataset.json").read_text())
     truth = pd.read_csv(data_dir / "truth_exact.csv", dtype={"micrograph": str})
     labels = pd.read_csv(data_dir / "labels_exact.csv", dtype={"micrograph": str})
@@ -486,7 +530,8 @@ def cryojoint_cell(method: CryojointMethod, data: DoseData, profile: Profile, wo
             raise CellFailed("the detector produced no candidate peaks")
         record["picking"] = score_picks(data, candidates, predicted.get("threshold"))
     denoised_dir = pred_dir / "denoised"
-    if method.mode != "detect-only" and all((denoised_dir / f"{n}.mrc").exists() for n in data.test_names):
+    if (method.mode != "detect-only" and data.has_denoising_truth
+            and all((denoised_dir / f"{n}.mrc").exists() for n in data.test_names)):
         record["denoising"] = score_denoised(data, _read_mrc_folder(denoised_dir, data.test_names))
     history = trained.get("history", [])
     meta = trained.get("meta", {})
@@ -659,6 +704,8 @@ def method_specs(profile: Profile) -> list[MethodSpec]:
         MethodSpec("topaz-picker", f"Topaz resnet8 ({'pretrained' if profile.topaz_pretrained else 'from scratch'})",
                    1, True, topaz_picker_cell, trains=True),
     ]
+    if not profile.has_denoising_truth:  # nothing to score a denoiser against
+        specs = [spec for spec in specs if spec.row_id not in DENOISING_METHODS]
     for method in profile.methods:
         def run(data: DoseData, prof: Profile, work: Path, joint: Any, log: Callable[[str], None],
                 seed: int = TRAIN_SEED, _method: CryojointMethod = method) -> dict[str, Any]:
@@ -709,7 +756,7 @@ def _run_order(profile: Profile, specs: Sequence[MethodSpec],
 
 
 def _dose_label(structure: str, dose: str, profile: Profile) -> str:
-    percent = f"{int(dose)}%"
+    percent = f"{int(dose)}%" if dose.isdigit() else dose
     return percent if len(profile.structures) == 1 else f"{structure} {percent}"
 
 
@@ -835,6 +882,8 @@ def build_tables(profile: Profile, specs: Sequence[MethodSpec], doses: Sequence[
         caption = f"trained rows: training seed {seeds[0]}"
     report_tables: dict[str, Any] = {}
     for title, section, key, kind, digits in TABLES:
+        if kind == "denoising" and not profile.has_denoising_truth:
+            continue
         rows = [spec for spec in specs if _applies(spec, kind) and not spec.is_replicate]
         lines += [f"### {title}", "", header, rule]
         report_rows: dict[str, list[float | None]] = {}
@@ -1156,9 +1205,10 @@ def run_benchmark(
     log = log or (lambda text: print(text, flush=True))
     profile = PROFILES[profile_name]
     doses = tuple(doses or profile.doses)
-    unknown = [d for d in doses if d not in DOSE_KEYS]
+    unknown = [d for d in doses if d not in profile.doses]
     if unknown:
-        raise SystemExit(f"unknown dose {unknown[0]!r}; choose from {', '.join(DOSE_KEYS)}")
+        raise SystemExit(f"unknown dose {unknown[0]!r} for profile {profile.name}; choose from "
+                         f"{', '.join(profile.doses)}")
     run_seeds = resolve_seeds(profile, seeds)
     from benchmarks.peers.topaz import topaz_env_installed
 
@@ -1193,7 +1243,7 @@ def run_benchmark(
                     if cell.get("status") == "ok":
                         cells[_cell_key(structure, dose, spec.method_id)] = cell
     data_dirs = {s: ensure_dataset(s, profile, Path(cache_dir), log) for s in profile.structures}
-    dose_data = {(s, d): load_dose_data(data_dirs[s], d) for s in profile.structures for d in doses}
+    dose_data = {(s, d): load_dose_data(data_dirs[s], d, profile) for s in profile.structures for d in doses}
     for (s, d), data in dose_data.items():
         facts: dict[str, Any] = {"true_diameter_px": data.true_diameter_px, "n_labels": len(data.train_labels),
                                  "true_particles_per_micrograph": len(data.test_truth) / len(data.test_names)}

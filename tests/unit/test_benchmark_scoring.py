@@ -77,3 +77,24 @@ def test_the_second_dataset_differs_from_standard_in_structure_scale_and_units()
     assert second.simulation_changes.get("pixel_size_angstrom") not in (None, 5.3)
     assert bench._dataset_key("ruvb", second) != bench._dataset_key("ruvb", bench.dataclasses.replace(
         second, intensity_map=None))
+
+
+def test_a_real_data_profile_has_no_denoising_rows_or_tables() -> None:
+    real = bench.PROFILES["real-bgal"]
+    assert not real.has_denoising_truth and bench.PROFILES["standard"].has_denoising_truth
+    rows = {spec.row_id for spec in bench.method_specs(real)}
+    assert rows.isdisjoint(bench.DENOISING_METHODS)
+    assert {"floor-blob", "topaz-picker", "cryojoint-joint-default"} <= rows
+    lines, tables = bench.build_tables(real, bench.method_specs(real), real.doses, {})
+    assert not any(title.startswith("Denoising") for title in tables)
+    assert any(line.startswith("| method | real |") for line in lines)
+
+
+def test_real_dose_data_reads_its_own_folder_and_has_no_masks(tmp_path: Path) -> None:
+    empty = pd.DataFrame({"micrograph": [], "x": [], "y": []})
+    data = bench.DoseData(structure="bgal", dose=bench.REAL_DOSE, data_dir=tmp_path, train_names=["a"],
+                          test_names=["b"], train_labels=empty, train_labels_path=tmp_path / "labels.star",
+                          test_truth=empty, true_diameter_px=27.0, pixel_size=7.08,
+                          image_dir=tmp_path / "micrographs", has_denoising_truth=False)
+    assert data.test_mrcs == [tmp_path / "micrographs" / "b.mrc"]
+    assert data.masks() is None
