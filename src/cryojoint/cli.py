@@ -142,6 +142,17 @@ def convert(
     typer.echo(f"wrote {len(written)} file(s): {written[0]}{' ...' if len(written) > 1 else ''}")
 
 
+MICROGRAPHS_HELP = ("Micrographs (MRC): files, folders, quoted globs ('mics/*.mrc'), @list.txt files (one path a "
+                    "line) or RELION micrograph STAR files (paths relative to the current folder).")
+
+
+def _micrograph_paths(items: list[str]) -> list[Path]:
+    """The micrograph files the arguments name (:func:`cryojoint.io.inputs.expand_micrographs`)."""
+    from cryojoint.io.inputs import expand_micrographs
+
+    return expand_micrographs(items).paths
+
+
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
@@ -188,7 +199,7 @@ def simulate(
 
 @app.command()
 def train(
-    micrographs: Annotated[list[Path], typer.Argument(help="Training micrographs (MRC).")],
+    micrographs: Annotated[list[str], typer.Argument(help=MICROGRAPHS_HELP)],
     labels: Annotated[Path, typer.Option(help="Partial particle labels (STAR, BOX folder, CSV, Topaz, IMOD).")],
     out: Annotated[Path, typer.Option(help="Run folder for model.pt, checkpoints and metrics.")],
     mode: Annotated[str | None, typer.Option(help="joint | joint-no-consistency | sequential | denoise-only | "
@@ -220,6 +231,9 @@ def train(
                                                     f"{_TRAIN_DEFAULTS.device}, or train.device of --config)")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
+    ignore_unknown_labels: Annotated[bool, typer.Option(
+        "--ignore-unknown-labels", help="Skip labels naming micrographs that were not given (their count is "
+                                        "printed) instead of stopping with an error.")] = False,
 ) -> None:
     """Train one network to denoise and pick, from micrographs and a few hand-picked particles.
 
@@ -232,8 +246,8 @@ def train(
                         downsample=downsample, label_completeness=label_completeness)
     from cryojoint.distributed import is_main_process
 
-    result = train_model(micrographs, labels, out, cfg, resume=resume, overwrite=overwrite,
-                         command_line=_command_line())
+    result = train_model(_micrograph_paths(micrographs), labels, out, cfg, resume=resume, overwrite=overwrite,
+                         command_line=_command_line(), ignore_unknown_labels=ignore_unknown_labels)
     if not is_main_process():  # under torchrun, one summary is enough
         return
     for note in result.notes:
@@ -246,7 +260,7 @@ def train(
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="Trained model (RUN/model.pt).")],
-    micrographs: Annotated[list[Path], typer.Argument(help="Micrographs to denoise and pick (MRC).")],
+    micrographs: Annotated[list[str], typer.Argument(help=MICROGRAPHS_HELP)],
     out: Annotated[Path, typer.Option(help="Output folder: picks.star, denoised/, heatmaps/, picks/<format>/.")],
     threshold: Annotated[str | None, typer.Option(help="Cut-off on the peak score (log-odds as in Topaz; "
                                                        "0 = probability 0.5), or a rule: auto "
@@ -273,7 +287,8 @@ def predict(
     """
     from cryojoint.prediction import predict_files
 
-    summary = predict_files(model, micrographs, out, threshold=_threshold(threshold), nms_radius_px=nms_radius,
+    paths = _micrograph_paths(micrographs)
+    summary = predict_files(model, paths, out, threshold=_threshold(threshold), nms_radius_px=nms_radius,
                             border_px=border, downsample=downsample, formats=_split(formats),
                             outputs=_split(outputs), overwrite=overwrite, device=device, workers=workers,
                             scheduler=scheduler, command_line=_command_line(), tile_size_px=tile_size)

@@ -27,6 +27,7 @@ import starfile
 
 from cryojoint._atomic import atomic_path, check_can_write
 from cryojoint.errors import UserInputError
+from cryojoint.io.inputs import expand_paths
 from cryojoint.io.mrc import micrograph_name
 
 COLUMNS: tuple[str, ...] = ("micrograph", "x", "y", "score")
@@ -385,24 +386,23 @@ def check_names_match(table: pd.DataFrame, micrograph_names: Iterable[str], sour
         )
 
 
+def drop_unknown_micrographs(table: pd.DataFrame, micrograph_names: Iterable[str]) -> tuple[pd.DataFrame, int, int]:
+    """The rows of ``table`` whose micrograph is among ``micrograph_names``, and how many rows and micrographs
+    were dropped: labels for a whole project used on a subset of its micrographs."""
+    known = table["micrograph"].astype(str).isin(set(micrograph_names))
+    dropped = table[~known]
+    return table[known].reset_index(drop=True), len(dropped), int(dropped["micrograph"].nunique())
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 
 
 def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Coordinate files named by globs, folders, ``@list`` files or plain paths (:mod:`cryojoint.io.inputs`)."""
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not items:
         raise UserInputError(None, "no coordinate files given")
-    files: list[Path] = []
-    for item in map(Path, items):
-        if item.is_dir():
-            inside = sorted(p for p in item.iterdir() if p.is_file() and (
-                p.suffix.lower() in FORMAT_OF_SUFFIX or p.suffix.lower() == ".txt"))
-            if not inside:
-                raise UserInputError(item, "folder holds no coordinate files")
-            files.extend(inside)
-        else:
-            files.append(item)
-    return files
+    return expand_paths(items, {*FORMAT_OF_SUFFIX, ".txt"}, "coordinate")
 
 
 def _check_writable_format(table: pd.DataFrame, path: Path, fmt: str | None, box_size: float | None) -> str:
