@@ -302,6 +302,59 @@ def predict(
         raise typer.Exit(EXIT_USER_ERROR)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def relion(
+    ctx: typer.Context,
+    o: Annotated[Path, typer.Option("--o", help="The job folder RELION gives (External/jobNNN/).")],
+    in_mics: Annotated[Path | None, typer.Option("--in_mics", help="Micrographs STAR file (e.g. "
+                                                 "CtfFind/job003/micrographs_ctf.star).")] = None,
+    in_coords: Annotated[Path | None, typer.Option("--in_coords", help="Coordinate index of the training picks "
+                                                   "(e.g. ManualPick/job004/manualpick.star).")] = None,
+    in_parts: Annotated[Path | None, typer.Option("--in_parts", help="Particles STAR file of training picks "
+                                                  "(with or instead of --in_coords).")] = None,
+    task: Annotated[str, typer.Option("--task", help="train, predict, or train,predict.")] = "train,predict",
+    model: Annotated[Path | None, typer.Option("--model", help="model.pt to predict with when --task is "
+                                               "predict (e.g. External/job010/train/model.pt).")] = None,
+    particle_diameter: Annotated[float | None, typer.Option(
+        "--particle_diameter", help="Particle diameter in micrograph pixels (default: estimated from the "
+                                    "picks).")] = None,
+    particle_diameter_angstrom: Annotated[float | None, typer.Option(
+        "--particle_diameter_angstrom", help="Particle diameter in Å, converted with the optics block's "
+                                             "_rlnMicrographPixelSize (instead of --particle_diameter).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help=f"Training steps (default: "
+                                              f"{_TRAIN_DEFAULTS.steps}).")] = None,
+    threshold: Annotated[str | None, typer.Option("--threshold", help="Cut-off on the score (log-odds) or "
+                                                  "auto / quantile, as for predict.")] = "auto",
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config, as for train.")] = None,
+    j: Annotated[int, typer.Option("--j", help="Threads (RELION's 'Number of threads').")] = 1,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps")] = "auto",
+    relion_version: Annotated[str, typer.Option("--relion_version", help="Node type labels of RELION 4 or "
+                                                "5.")] = "4",
+) -> None:
+    """Run as a RELION 4/5 External job: train on manual picks, then pick and denoise every micrograph.
+
+    Example (from the RELION project folder): cryojoint relion --o External/job005/ --in_mics
+    CtfFind/job003/micrographs_ctf.star --in_coords ManualPick/job004/manualpick.star --particle_diameter 52 --j 2
+
+    Writes per-micrograph coordinate STARs, autopick.star, micrographs_denoised.star, RELION_OUTPUT_NODES.star
+    and RELION_JOB_EXIT_SUCCESS/FAILURE (ABORTED when RELION_JOB_ABORT_NOW appears). Options RELION adds that
+    this job does not use (e.g. --pipeline_control) are ignored.
+    """
+    from cryojoint import relion as external
+
+    ignored = external.unknown_options(ctx.args)
+    if ignored:
+        typer.echo(f"ignored: {'; '.join(ignored)}")
+
+    def make_job() -> tuple[external.ExternalJob, CryojointConfig]:
+        job = external.ExternalJob(o, in_mics, in_coords, in_parts, external.parse_tasks(task), model,
+                                   particle_diameter_angstrom, _threshold(threshold), j, device, relion_version)
+        return job, _train_config(config, steps=steps, particle_diameter=particle_diameter)
+
+    code = external.run_external_job(o, make_job, typer.echo, lambda line: typer.echo(line, err=True))
+    raise typer.Exit(code)
+
+
 @app.command()
 def evaluate(
     picks: Annotated[Path | None, typer.Option(help="Predicted picks (STAR/CSV/Topaz/folder).")] = None,
@@ -374,6 +427,12 @@ def demo(
 
     result = run_demo(out, steps=steps, dose=dose, seed=seed, overwrite=overwrite)
     typer.echo(result)
+
+
+def relion_main() -> None:
+    """``cryojoint-relion``: the ``relion`` command as one executable, for RELION's "External executable" field."""
+    sys.argv.insert(1, "relion")
+    main()
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from cryojoint.data import (
     unlabelled_positive_fraction,
 )
 from cryojoint.distributed import DistributedContext
-from cryojoint.errors import UserInputError
+from cryojoint.errors import StopRequested, UserInputError
 from cryojoint.io.coords import drop_unknown_micrographs, read_coordinates
 from cryojoint.io.mrc import Micrograph
 from cryojoint.losses import TrainingStage, training_stages
@@ -134,6 +134,7 @@ def train(
     progress: bool = True,
     command_line: str | None = None,
     ignore_unknown_labels: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train a joint model on micrographs and sparse labels; write ``out/model.pt`` (the best validation step).
 
@@ -152,6 +153,10 @@ def train(
     ignore_unknown_labels
         Skip labels naming micrographs that are not among ``micrographs`` (a note says how many) instead of
         failing: labels for a whole project, training on a subset.
+    should_stop
+        Asked after every step (by rank 0 under torchrun); when it returns true the run saves its checkpoint
+        and raises :class:`~cryojoint.errors.StopRequested` (``resume=True`` continues it). A hook, so that
+        callers such as the RELION job (abort file) or a notebook can stop training without killing it.
 
     Notes
     -----
@@ -177,7 +182,8 @@ def train(
             # Processes on one node share its cores (torchrun also sets OMP_NUM_THREADS=1 by default).
             torch.set_num_threads(threads_per_worker(group.local_world_size))
         return _train(micrographs, labels, run_dir, config, group, resume=resume, progress=progress,
-                      command_line=command_line, ignore_unknown_labels=ignore_unknown_labels)
+                      command_line=command_line, ignore_unknown_labels=ignore_unknown_labels,
+                      should_stop=should_stop)
 
 
 def _train(
@@ -191,6 +197,7 @@ def _train(
     progress: bool,
     command_line: str,
     ignore_unknown_labels: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """The loop of :func:`train`, run by every process of ``group`` in lockstep."""
     device = group.device
@@ -318,6 +325,13 @@ def _train(
                 _save_checkpoint(checkpoint_path, network, optimizer, sampler_rng, state, best_weights, group,
                                  average)
                 last_checkpoint = time.perf_counter()
+            if should_stop is not None and distributed.broadcast_object(should_stop() if group.is_main else None,
+                                                                        group):
+                state.seconds = time.perf_counter() - start
+                _save_checkpoint(checkpoint_path, network, optimizer, sampler_rng, state, best_weights, group,
+                                 average)
+                raise StopRequested(f"training stopped on request after {state.step} of {total} steps "
+                                    f"(checkpoint: {checkpoint_path})")
     state.seconds = time.perf_counter() - start
     _save_checkpoint(checkpoint_path, network, optimizer, sampler_rng, state, best_weights, group, average)
     if group.is_main and not (run_dir / MODEL_NAME).exists():

@@ -34,6 +34,8 @@ MICROGRAPH_SUFFIXES: frozenset[str] = frozenset({".mrc", ".mrcs"})
 #: Characters that make an argument a glob pattern (when no file of that exact name exists).
 _GLOB_CHARACTERS = frozenset("*?[")
 LIST_PREFIX = "@"
+#: Columns of coordinate files (particles STAR, coordinate index): their micrograph names are not a list.
+_COORDINATE_COLUMNS = frozenset({"rlnCoordinateX", "rlnMicrographCoordinates"})
 
 
 @dataclass
@@ -139,8 +141,9 @@ def read_micrographs_star(path: str | Path, project: str | Path | None = None) -
         raise UserInputError(path, f"not a readable STAR file ({err.__class__.__name__}: {err})") from None
     tables = {name: block for name, block in blocks.items() if isinstance(block, pd.DataFrame)}
     micrographs = tables.get("micrographs")
-    if micrographs is None:  # RELION 3.0 and hand-made files: the one loop naming micrographs
-        micrographs = next((t for t in tables.values() if "rlnMicrographName" in t.columns), None)
+    if micrographs is None:  # RELION 3.0 and hand-made files: the loop naming micrographs, not coordinates
+        micrographs = next((t for t in tables.values() if "rlnMicrographName" in t.columns
+                            and not _COORDINATE_COLUMNS & set(t.columns)), None)
     if micrographs is None or "rlnMicrographName" not in micrographs.columns:
         raise UserInputError(path, "no data_micrographs loop with _rlnMicrographName (not a micrographs STAR "
                              "file; coordinate files go to --labels)")
