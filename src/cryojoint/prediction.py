@@ -35,6 +35,7 @@ from cryojoint.io.coords import (
     FILE_NAME_COLUMN,
     SUFFIX_OF_FORMAT,
     WRITERS,
+    attach_micrographs,
     empty_table,
     make_table,
     read_coordinates,
@@ -48,6 +49,8 @@ OUTPUT_KINDS: tuple[str, ...] = ("picks", "denoised", "heatmap")
 AUTO_THRESHOLD_RULES: tuple[str, ...] = ("expected-count", "quantile")
 DENOISED_DIR, HEATMAP_DIR, CANDIDATE_DIR = "denoised", "heatmaps", "candidates"
 COMBINED_STAR = "picks.star"
+#: cryoSPARC particles of the whole run (``--formats cs``), beside picks.star.
+COMBINED_CS = "picks.cs"
 #: Every NMS peak of the run with its score, before the cut-off: what average precision is computed from.
 CANDIDATES_STAR = "candidates.star"
 #: Box size written into EMAN .box files, in particle diameters (extraction boxes are ~1.5-2x the diameter).
@@ -519,8 +522,8 @@ def predict_files(
     picks = _apply_threshold(candidate_tables, cut)
     all_candidates = pd.concat(candidate_tables, ignore_index=True) if candidate_tables else empty_table()
     written = [write_coordinates(all_candidates, out_dir / CANDIDATES_STAR, "star")]
-    written += _write_picks(picks, out_dir, formats, [n for n in names if n not in failures],
-                            model.particle_diameter_px * settings.downsample)
+    done = {n: Path(p) for p, n in zip(micrographs, names) if n not in failures}
+    written += _write_picks(picks, out_dir, formats, done, model.particle_diameter_px * settings.downsample)
     summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, cut, automatic, len(picks),
                              elapsed / max(n_done, 1), written, picks)
     _write_run_record(out_dir, model, settings, summary, model_path, command_line)
@@ -551,14 +554,19 @@ def _predict_sequential(model: LoadedModel, paths: Sequence[Path], out_dir: Path
     return failures
 
 
-def _write_picks(picks: pd.DataFrame, out_dir: Path, formats: Sequence[str], names: Sequence[str],
+def _write_picks(picks: pd.DataFrame, out_dir: Path, formats: Sequence[str], micrographs: dict[str, Path],
                  box_size: float) -> list[Path]:
-    """The combined RELION STAR after the cut-off (always) plus one file per micrograph in each format."""
+    """The combined RELION STAR after the cut-off (always), one cryoSPARC ``picks.cs`` beside it for ``cs``,
+    and one file per micrograph for every other format."""
     written = [write_coordinates(picks, out_dir / COMBINED_STAR, "star")]
     box = float(round(BOX_SIZE_DIAMETERS * box_size))
     for fmt in formats:
+        if fmt == "cs":
+            located = attach_micrographs(picks, list(micrographs.values()), out_dir / COMBINED_STAR)
+            written.append(write_coordinates(located, out_dir / COMBINED_CS, "cs"))
+            continue
         folder = out_dir / "picks" / fmt
-        written += write_coordinates_per_micrograph(picks, folder, fmt, names=names, box_size=box)
+        written += write_coordinates_per_micrograph(picks, folder, fmt, names=list(micrographs), box_size=box)
     return written
 
 
