@@ -73,8 +73,9 @@ FILE_NAME_COLUMN = "micrograph_file"
 PATH_COLUMN, SHAPE_Y_COLUMN, SHAPE_X_COLUMN, UID_COLUMN = (
     "micrograph_path", "micrograph_shape_y", "micrograph_shape_x", "micrograph_uid")
 #: cryoSPARC prefixes the files it imports or writes with a numeric UID and ``_`` (``012345..._mic_001.mrc``);
-#: names are matched without it (pyem's --strip-uid). Shorter digit runs are kept: they are real names.
-_CRYOSPARC_UID_PREFIX = re.compile(r"^\d{10,}_(?=.)")
+#: names are matched without it (pyem's --strip-uid). cryoSPARC's UIDs are 64-bit numbers written with about
+#: 20 digits; shorter digit runs (dates, Unix times) are kept: they are real names.
+_CRYOSPARC_UID_PREFIX = re.compile(r"^\d{15,}_(?=.)")
 
 
 def empty_table() -> pd.DataFrame:
