@@ -363,6 +363,65 @@ def relion(
 
 
 @app.command()
+def pick(
+    prediction: Annotated[Path, typer.Argument(help="A predict output folder (holds candidates.star).")],
+    out: Annotated[Path, typer.Option(help="Output folder: picks.star, picks/<format>/, pick.json.")],
+    threshold: Annotated[float | None, typer.Option(help="Keep candidates scoring at least this (log-odds; "
+                                                    "0 = probability 0.5).")] = None,
+    count: Annotated[int | None, typer.Option(help="Keep the N best candidates of each micrograph "
+                                              "(instead of --threshold).")] = None,
+    formats: Annotated[str, typer.Option(help="Per-micrograph pick files: any of star,box,csv,topaz.")] = "star",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+) -> None:
+    """Re-cut picks from a predict output at another cut-off or count, without running the network.
+
+    Example: cryojoint pick runs/m1/pred --threshold 2 --out runs/m1/pick_t2
+    """
+    from cryojoint.recut import pick_files
+
+    picks, written = pick_files(prediction, out, threshold=threshold, count=count, formats=_split(formats),
+                                overwrite=overwrite)
+    rule = f"cut-off {threshold:g}" if threshold is not None else f"the best {count} per micrograph"
+    typer.echo(f"{len(picks)} picks ({rule}) in {picks['micrograph'].nunique()} micrograph(s); "
+               f"wrote {len(written)} file(s): {out / 'picks.star'}")
+
+
+@app.command(name="threshold")
+def threshold_command(
+    prediction: Annotated[Path, typer.Argument(help="A predict output folder (holds candidates.star).")],
+    cutoffs: Annotated[str | None, typer.Option(help="Comma-separated cut-offs (log-odds), e.g. -2,0,2,4 "
+                                                "(default: 7 spread over the scores, plus the run's own).")] = None,
+    png: Annotated[Path | None, typer.Option(help="Score histogram (default: PRED_DIR/score_histogram.png).")] =
+    None,
+) -> None:
+    """Print the picks per micrograph at a range of cut-offs and write the score histogram, to choose one.
+
+    Example: cryojoint threshold runs/m1/pred --cutoffs -2,0,2,4
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from cryojoint.recut import threshold_summary
+
+    values = None
+    if cutoffs is not None:
+        try:
+            values = [float(v) for v in _split(cutoffs)]
+        except ValueError:
+            raise UserInputError(None, f"--cutoffs must be numbers separated by commas, not '{cutoffs}'") from None
+    counts, png_path, run = threshold_summary(prediction, values, png)
+    own = "" if run.threshold is None else f" (the run's own cut-off: {round(run.threshold, 3):g})"
+    table = Table(title=f"picks per micrograph at each cut-off{own}")
+    table.add_column("micrograph")
+    for column in counts.columns:
+        table.add_column(f">= {column}", justify="right")
+    for name, row in counts.iterrows():
+        table.add_row(str(name), *(str(int(v)) for v in row))
+    Console(width=max(80, 16 + 10 * len(counts.columns))).print(table)
+    typer.echo(f"score histogram: {png_path}")
+
+
+@app.command()
 def evaluate(
     picks: Annotated[Path | None, typer.Option(help="Predicted picks (STAR/CSV/Topaz/folder).")] = None,
     truth: Annotated[Path | None, typer.Option(help="True particle coordinates.")] = None,
