@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import mrcfile
@@ -128,3 +128,23 @@ def relion_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str,
     project = make_relion_project(root)
     monkeypatch.chdir(root)
     return project
+
+
+CliResult = tuple[int, str, str]
+
+
+@pytest.fixture
+def cryojoint_main(monkeypatch: pytest.MonkeyPatch,
+                   capsys: pytest.CaptureFixture[str]) -> Callable[[Sequence[object]], CliResult]:
+    """``run(args)``: ``cryojoint ARGS`` through the console entry point (``cli.main``, which turns user
+    mistakes into one ``error:`` line and exit 2) in this process; returns (exit code, stdout, stderr)."""
+    from cryojoint import cli
+
+    def run(args: Sequence[object]) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["cryojoint", *map(str, args)])
+        with pytest.raises(SystemExit) as stopped:
+            cli.main()
+        captured = capsys.readouterr()
+        return int(stopped.value.code or 0), captured.out, captured.err
+
+    return run

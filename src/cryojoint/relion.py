@@ -195,9 +195,11 @@ def _run(job: ExternalJob, config: CryojointConfig, echo: Callable[[str], None])
     picks = summary.picks if summary.picks is not None else pd.DataFrame(columns=["micrograph", "x", "y", "score"])
     index = write_coordinate_files(job.out_dir, mics, picks)
     denoised = write_denoised_star(job.out_dir, mics, _downsample_of(job.out_dir))
-    write_output_nodes(job.out_dir, {index: "coords", denoised: "mics"}, job.relion_version)
+    nodes = {index: "coords"} if denoised is None else {index: "coords", denoised: "mics"}
+    write_output_nodes(job.out_dir, nodes, job.relion_version)
     echo(f"{len(picks)} picks in {len(mics.paths)} micrographs at cut-off {summary.threshold:.3f}; "
-         f"coordinates: {index}; denoised micrographs: {denoised}")
+         f"coordinates: {index}; denoised micrographs: "
+         + (str(denoised) if denoised is not None else "none (the model has no denoiser)"))
 
 
 def _read_labels(job: ExternalJob) -> pd.DataFrame:
@@ -254,11 +256,11 @@ def write_coordinate_files(out_dir: Path, mics: MicrographsStar, picks: pd.DataF
     return index
 
 
-def write_denoised_star(out_dir: Path, mics: MicrographsStar, downsample: int) -> Path:
+def write_denoised_star(out_dir: Path, mics: MicrographsStar, downsample: int) -> Path | None:
     """The denoised micrographs as a RELION micrographs STAR: the input's rows and optics, new file names.
 
     Binned denoising (``downsample`` > 1) changes the pixel size, so the optics block's
-    ``_rlnMicrographPixelSize`` is scaled with it.
+    ``_rlnMicrographPixelSize`` is scaled with it. ``None`` when the model denoised nothing (detect-only).
     """
     from cryojoint.prediction import DENOISED_DIR
 
@@ -266,6 +268,8 @@ def write_denoised_star(out_dir: Path, mics: MicrographsStar, downsample: int) -
     rows["rlnMicrographName"] = [str(out_dir / DENOISED_DIR / f"{micrograph_name(n)}.mrc")
                                  for n in rows["rlnMicrographName"].astype(str)]
     missing = [n for n in rows["rlnMicrographName"] if not Path(n).is_file()]
+    if len(missing) == len(rows):
+        return None
     if missing:
         raise UserInputError(missing[0], f"denoised micrograph missing ({len(missing)} in all)")
     blocks: dict[str, pd.DataFrame] = {}

@@ -3,28 +3,15 @@ micrographs not given are skipped with --ignore-unknown-labels; bad inputs end i
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import starfile
 
-from cryojoint import cli
 from cryojoint.io.coords import read_coordinates
 
 EXIT_USER_ERROR = 2
-
-
-def run(args: Sequence[object], monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """``cryojoint ARGS`` through the console entry point (which turns user mistakes into one line)."""
-    monkeypatch.setattr(sys, "argv", ["cryojoint", *map(str, args)])
-    with pytest.raises(SystemExit) as stopped:
-        cli.main()
-    captured = capsys.readouterr()
-    return int(stopped.value.code or 0), captured.out, captured.err
 
 
 def _labels_with_a_stranger(project: dict[str, Path], tmp_path: Path) -> Path:
@@ -41,17 +28,17 @@ def _labels_with_a_stranger(project: dict[str, Path], tmp_path: Path) -> Path:
 
 def test_train_from_a_micrographs_star_and_predict_from_a_list(
         relion_project: dict[str, Path], tiny_config: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        cryojoint_main) -> None:
     labels = _labels_with_a_stranger(relion_project, tmp_path)
     run_dir = tmp_path / "run"
     common = [relion_project["mics_star"], "--labels", labels, "--out", run_dir, "--steps", "2",
               "--config", tiny_config, "--device", "cpu"]
 
-    code, _, err = run(["train", *common], monkeypatch, capsys)
+    code, _, err = cryojoint_main(["train", *common])
     assert code == EXIT_USER_ERROR and err.startswith(f"error: {labels}: 1 micrograph name(s)") and "ghost" in err
     assert not run_dir.exists()
 
-    code, out, err = run(["train", *common, "--ignore-unknown-labels"], monkeypatch, capsys)
+    code, out, err = cryojoint_main(["train", *common, "--ignore-unknown-labels"])
     assert code == 0, err
     assert "skipped 1 label(s) on 1 micrograph(s) that were not given" in out
     assert (run_dir / "model.pt").is_file()
@@ -60,15 +47,15 @@ def test_train_from_a_micrographs_star_and_predict_from_a_list(
     movies = relion_project["root"] / relion_project["movies"]
     listing.write_text("# two of three\n" + "\n".join(str(p) for p in sorted(movies.glob("*.mrc"))[:2]) + "\n")
     pred = tmp_path / "pred"
-    code, out, err = run(["predict", run_dir / "model.pt", f"@{listing}", "--out", pred, "--device", "cpu",
-                          "--outputs", "picks"], monkeypatch, capsys)
+    code, out, err = cryojoint_main(["predict", run_dir / "model.pt", f"@{listing}", "--out", pred, "--device", "cpu",
+                          "--outputs", "picks"])
     assert code == 0, err
     assert sorted(p.stem for p in (pred / "candidates").glob("*.csv")) == ["mic_0000", "mic_0001"]
 
 
 @pytest.mark.parametrize("problem", ["missing list", "listed file missing", "star without micrographs"])
 def test_bad_micrograph_inputs_are_one_line_errors_and_write_nothing(
-        problem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        problem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cryojoint_main) -> None:
     monkeypatch.chdir(tmp_path)
     if problem == "missing list":
         source, argument, fragment = tmp_path / "absent.txt", f"@{tmp_path / 'absent.txt'}", "list file not found"
@@ -84,7 +71,7 @@ def test_bad_micrograph_inputs_are_one_line_errors_and_write_nothing(
     labels.write_text("micrograph,x,y\nm1,1,1\n")
     for command in (["train", argument, "--labels", labels, "--out", tmp_path / "run"],
                     ["predict", tmp_path / "model.pt", argument, "--out", tmp_path / "pred"]):
-        code, _, err = run(command, monkeypatch, capsys)
+        code, _, err = cryojoint_main(command)
         assert code == EXIT_USER_ERROR
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {source}: ") and fragment in lines[0], err

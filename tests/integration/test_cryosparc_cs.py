@@ -3,8 +3,6 @@ writes them (UID-prefixed paths, non-square micrographs), and the three commands
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,6 @@ import pandas as pd
 import pytest
 from cryosparc.dataset import Dataset
 
-from cryojoint import cli
 from cryojoint.io.coords import (
     SHAPE_X_COLUMN,
     SHAPE_Y_COLUMN,
@@ -25,15 +22,6 @@ from cryojoint.io.mrc import write_mrc
 EXIT_USER_ERROR = 2
 #: Centres are stored as float32 fractions of the micrograph's size: ~1e-7 relative, well under 1e-3 px here.
 PX_TOLERANCE = 1e-3
-
-
-def run(args: Sequence[object], monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["cryojoint", *map(str, args)])
-    with pytest.raises(SystemExit) as stopped:
-        cli.main()
-    captured = capsys.readouterr()
-    return int(stopped.value.code or 0), captured.out, captured.err
 
 
 def _cryosparc_file(path: Path) -> Path:
@@ -86,26 +74,26 @@ def test_write_then_read_round_trips_and_cryosparc_tools_sees_every_field(tmp_pa
 
 
 def test_convert_needs_the_micrographs_to_write_cs_and_round_trips_through_star(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, cryojoint_main) -> None:
     mics = tmp_path / "mics"
     for name, shape in (("m1", (64, 96)), ("m2", (80, 64))):
         write_mrc(mics / f"{name}.mrc", np.zeros(shape, np.float32), 1.0)
     star = tmp_path / "picks.star"
     write_coordinates(make_table(["m1", "m2"], [90.0, 10.0], [3.0, 70.0], [1.0, 2.0]), star)
 
-    code, _, err = run(["convert", star, tmp_path / "picks.cs"], monkeypatch, capsys)
+    code, _, err = cryojoint_main(["convert", star, tmp_path / "picks.cs"])
     assert code == EXIT_USER_ERROR and err.strip() == (
         f"error: {tmp_path / 'picks.cs'}: a cryoSPARC .cs file needs each micrograph's size in pixels: pass the "
         "micrographs (--micrographs)")
     assert not (tmp_path / "picks.cs").exists()
 
-    code, _, err = run(["convert", star, tmp_path / "picks.cs", "--micrographs", mics], monkeypatch, capsys)
+    code, _, err = cryojoint_main(["convert", star, tmp_path / "picks.cs", "--micrographs", mics])
     assert code == 0, err
     dataset = Dataset.load(tmp_path / "picks.cs")
     assert dataset["location/micrograph_shape"].tolist() == [[64, 96], [80, 64]]
     assert list(dataset["location/micrograph_path"]) == [str(mics / "m1.mrc"), str(mics / "m2.mrc")]
 
-    code, _, err = run(["convert", tmp_path / "picks.cs", tmp_path / "back.star"], monkeypatch, capsys)
+    code, _, err = cryojoint_main(["convert", tmp_path / "picks.cs", tmp_path / "back.star"])
     assert code == 0, err
     back = read_coordinates(tmp_path / "back.star")
     np.testing.assert_allclose(back[["x", "y", "score"]], read_coordinates(star)[["x", "y", "score"]], atol=1e-3)
@@ -113,7 +101,7 @@ def test_convert_needs_the_micrographs_to_write_cs_and_round_trips_through_star(
 
 @pytest.mark.parametrize("content", ["garbage", "no locations"])
 def test_unreadable_or_location_less_cs_is_a_one_line_error(
-        content: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        content: str, tmp_path: Path, cryojoint_main) -> None:
     path = tmp_path / "bad.cs"
     if content == "garbage":
         path.write_bytes(b"\x93NUMPY not really" * 10)
@@ -123,24 +111,24 @@ def test_unreadable_or_location_less_cs_is_a_one_line_error(
         dataset["blob/path"] = np.array(["x.mrc"], dtype=object)
         dataset.save(path)
         fragment = "no location/micrograph_path"
-    code, _, err = run(["convert", path, tmp_path / "out.star"], monkeypatch, capsys)
+    code, _, err = cryojoint_main(["convert", path, tmp_path / "out.star"])
     assert code == EXIT_USER_ERROR and err.startswith(f"error: {path}: ") and fragment in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out.star").exists()
 
 
 def test_train_on_cs_labels_and_predict_writes_picks_cs_beside_picks_star(
         relion_project: dict[str, Path], tiny_config: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        cryojoint_main) -> None:
     movies = relion_project["root"] / relion_project["movies"]
     labels = tmp_path / "labels.cs"
-    code, _, err = run(["convert", relion_project["coords"], labels, "--micrographs", movies], monkeypatch, capsys)
+    code, _, err = cryojoint_main(["convert", relion_project["coords"], labels, "--micrographs", movies])
     assert code == 0, err
     run_dir, pred = tmp_path / "run", tmp_path / "pred"
-    code, _, err = run(["train", movies, "--labels", labels, "--out", run_dir, "--steps", "2", "--config",
-                        tiny_config, "--device", "cpu"], monkeypatch, capsys)
+    code, _, err = cryojoint_main(["train", movies, "--labels", labels, "--out", run_dir, "--steps", "2", "--config",
+                        tiny_config, "--device", "cpu"])
     assert code == 0, err
-    code, _, err = run(["predict", run_dir / "model.pt", movies, "--out", pred, "--formats", "star,cs",
-                        "--outputs", "picks", "--device", "cpu"], monkeypatch, capsys)
+    code, _, err = cryojoint_main(["predict", run_dir / "model.pt", movies, "--out", pred, "--formats", "star,cs",
+                        "--outputs", "picks", "--device", "cpu"])
     assert code == 0, err
     star, cs = read_coordinates(pred / "picks.star"), read_coordinates(pred / "picks.cs")
     assert len(cs) == len(star) > 0

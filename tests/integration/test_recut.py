@@ -4,15 +4,12 @@ own picks at its cut-off, counts per micrograph agree with the candidates, and m
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cryojoint import cli
 from cryojoint.config import CryojointConfig
 from cryojoint.io.coords import read_coordinates
 from cryojoint.io.mrc import write_mrc
@@ -40,24 +37,15 @@ def prediction(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "pred"
 
 
-def run(args: Sequence[object], monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["cryojoint", *map(str, args)])
-    with pytest.raises(SystemExit) as stopped:
-        cli.main()
-    captured = capsys.readouterr()
-    return int(stopped.value.code or 0), captured.out, captured.err
-
-
 def _sorted(table: pd.DataFrame) -> pd.DataFrame:
     return table[["micrograph", "x", "y", "score"]].sort_values(["micrograph", "x", "y"]).reset_index(drop=True)
 
 
 def test_pick_at_the_runs_own_cutoff_reproduces_predict_picks(
-        prediction: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
     cut = json.loads((prediction / "predict.json").read_text())["threshold"]
-    code, out, err = run(["pick", prediction, "--threshold", repr(cut), "--out", tmp_path / "same",
-                          "--formats", "star,box"], monkeypatch, capsys)
+    code, out, err = cryojoint_main(["pick", prediction, "--threshold", repr(cut), "--out", tmp_path / "same",
+                          "--formats", "star,box"])
     assert code == 0, err
     pd.testing.assert_frame_equal(_sorted(read_coordinates(tmp_path / "same" / "picks.star")),
                                   _sorted(read_coordinates(prediction / "picks.star")))
@@ -68,8 +56,8 @@ def test_pick_at_the_runs_own_cutoff_reproduces_predict_picks(
 
 
 def test_pick_count_keeps_the_best_n_of_each_micrograph(
-        prediction: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["pick", prediction, "--count", "4", "--out", tmp_path / "top4"], monkeypatch, capsys)
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    code, out, err = cryojoint_main(["pick", prediction, "--count", "4", "--out", tmp_path / "top4"])
     assert code == 0, err
     assert "12 picks (the best 4 per micrograph) in 3 micrograph(s)" in out
     picks = read_coordinates(tmp_path / "top4" / "picks.star")
@@ -80,8 +68,8 @@ def test_pick_count_keeps_the_best_n_of_each_micrograph(
 
 
 def test_a_cutoff_above_every_score_writes_empty_files_for_every_micrograph(
-        prediction: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["pick", prediction, "--threshold", "1e6", "--out", tmp_path / "none"], monkeypatch, capsys)
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    code, out, err = cryojoint_main(["pick", prediction, "--threshold", "1e6", "--out", tmp_path / "none"])
     assert code == 0, err
     assert out.startswith("0 picks")
     assert sorted(p.name for p in (tmp_path / "none" / "picks" / "star").iterdir()) == [
@@ -89,9 +77,9 @@ def test_a_cutoff_above_every_score_writes_empty_files_for_every_micrograph(
 
 
 def test_threshold_counts_agree_with_the_candidates_and_the_histogram_is_written(
-        prediction: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
     png = tmp_path / "hist.png"
-    code, out, err = run(["threshold", prediction, "--cutoffs", "-100,0,1e6", "--png", png], monkeypatch, capsys)
+    code, out, err = cryojoint_main(["threshold", prediction, "--cutoffs", "-100,0,1e6", "--png", png])
     assert code == 0, err
     candidates = read_coordinates(prediction / "candidates.star")
     per_micrograph = candidates["micrograph"].value_counts()
@@ -115,8 +103,7 @@ def test_threshold_counts_agree_with_the_candidates_and_the_histogram_is_written
 @pytest.mark.parametrize("case", ["neither", "both", "into predict folder", "not a predict folder", "cs format",
                                   "bad cutoffs"])
 def test_mistakes_are_one_line_errors_and_write_nothing(
-        case: str, prediction: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        case: str, prediction: Path, tmp_path: Path, cryojoint_main) -> None:
     out = tmp_path / "out"
     args, source, fragment = {
         "neither": (["pick", prediction, "--out", out], None, "give either --threshold X or --count N"),
@@ -130,7 +117,7 @@ def test_mistakes_are_one_line_errors_and_write_nothing(
         "bad cutoffs": (["threshold", prediction, "--cutoffs", "1,two", "--png", out / "h.png"], None,
                         "--cutoffs must be numbers"),
     }[case]
-    code, _, err = run(args, monkeypatch, capsys)
+    code, _, err = cryojoint_main(args)
     lines = err.strip().splitlines()
     assert code == EXIT_USER_ERROR and len(lines) == 1, err
     assert lines[0].startswith(f"error: {source}: " if source else "error: ") and fragment in lines[0]
@@ -138,12 +125,12 @@ def test_mistakes_are_one_line_errors_and_write_nothing(
 
 
 def test_existing_output_is_kept_without_overwrite(
-        prediction: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
     out = tmp_path / "out"
-    assert run(["pick", prediction, "--count", "2", "--out", out], monkeypatch, capsys)[0] == 0
+    assert cryojoint_main(["pick", prediction, "--count", "2", "--out", out])[0] == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    code, _, err = run(["pick", prediction, "--count", "5", "--out", out], monkeypatch, capsys)
+    code, _, err = cryojoint_main(["pick", prediction, "--count", "5", "--out", out])
     assert code == EXIT_USER_ERROR and "already exists (pass --overwrite" in err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    assert run(["pick", prediction, "--count", "5", "--out", out, "--overwrite"], monkeypatch, capsys)[0] == 0
+    assert cryojoint_main(["pick", prediction, "--count", "5", "--out", out, "--overwrite"])[0] == 0
     assert len(read_coordinates(out / "picks.star")) == 15

@@ -143,3 +143,16 @@ def test_cryojoint_relion_executable_is_the_relion_command(
     assert stopped.value.code == relion.EXIT_CODE_FAILURE
     assert capsys.readouterr().err.startswith("error: --task must be")
     assert (Path(JOB) / relion.EXIT_FAILURE).is_file()
+
+
+def test_a_model_without_denoiser_declares_only_the_coordinates(
+        relion_project: dict[str, Path], tiny_config: Path) -> None:
+    detect_only = tiny_config.with_name("detect_only.yaml")
+    detect_only.write_text(tiny_config.read_text().replace("train:\n", "train:\n  mode: detect-only\n"))
+    result = _relion(relion_project, detect_only, "--relion_version", "5")
+    assert result.exit_code == 0, result.output + str(result.exception)
+    assert "denoised micrographs: none (the model has no denoiser)" in result.output
+    nodes = _star(Path(JOB) / relion.OUTPUT_NODES)["output_nodes"]
+    assert list(nodes["rlnPipeLineNodeName"]) == [f"{JOB}autopick.star"]
+    assert list(nodes["rlnPipeLineNodeTypeLabel"]) == ["MicrographCoordsGroup.star.relion.autopick"]
+    assert not (Path(JOB) / relion.DENOISED_STAR).exists() and (Path(JOB) / relion.EXIT_SUCCESS).is_file()

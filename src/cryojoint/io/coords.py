@@ -19,7 +19,6 @@ import contextlib
 import csv
 import hashlib
 import re
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import starfile
 
 from cryojoint._atomic import atomic_path, check_can_write
 from cryojoint.errors import UserInputError
-from cryojoint.io.inputs import expand_paths
+from cryojoint.io.inputs import expand_paths, read_star_tables
 from cryojoint.io.mrc import micrograph_name
 
 COLUMNS: tuple[str, ...] = ("micrograph", "x", "y", "score")
@@ -98,13 +97,7 @@ def make_table(
 
 
 def _read_star(path: Path, box_size: float | None) -> pd.DataFrame:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            blocks = starfile.read(path, always_dict=True)
-    except Exception as err:  # starfile raises many types on malformed text
-        raise UserInputError(path, f"not a readable STAR file ({err.__class__.__name__}: {err})") from None
-    tables = [b for b in blocks.values() if isinstance(b, pd.DataFrame)]
+    tables = list(read_star_tables(path).values())
     index = next((t for t in tables if "rlnMicrographCoordinates" in t.columns), None)
     if index is not None:  # RELION 4/5 coordinate index: one row per micrograph, pointing at its own file
         parts = []

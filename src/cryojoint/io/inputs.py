@@ -124,6 +124,17 @@ def _read_list_file(path: Path, suffixes: set[str], what: str) -> list[Path]:
     return listed
 
 
+def read_star_tables(path: Path) -> dict[str, pd.DataFrame]:
+    """The loops of a STAR file by block name (``starfile``), or a one-line error naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = starfile.read(path, always_dict=True)
+    except Exception as err:  # starfile raises many types on malformed text
+        raise UserInputError(path, f"not a readable STAR file ({err.__class__.__name__}: {err})") from None
+    return {name: block for name, block in blocks.items() if isinstance(block, pd.DataFrame)}
+
+
 def read_micrographs_star(path: str | Path, project: str | Path | None = None) -> MicrographsStar:
     """Read a RELION micrograph STAR file; listed paths are relative to ``project`` (default: current folder).
 
@@ -133,13 +144,7 @@ def read_micrographs_star(path: str | Path, project: str | Path | None = None) -
     path = Path(path)
     if not path.is_file():
         raise UserInputError(path, "micrographs STAR file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            blocks = starfile.read(path, always_dict=True)
-    except Exception as err:  # starfile raises many types on malformed text
-        raise UserInputError(path, f"not a readable STAR file ({err.__class__.__name__}: {err})") from None
-    tables = {name: block for name, block in blocks.items() if isinstance(block, pd.DataFrame)}
+    tables = read_star_tables(path)
     micrographs = tables.get("micrographs")
     if micrographs is None:  # RELION 3.0 and hand-made files: the loop naming micrographs, not coordinates
         micrographs = next((t for t in tables.values() if "rlnMicrographName" in t.columns
