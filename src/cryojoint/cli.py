@@ -334,7 +334,8 @@ def relion(
                                                   "auto / quantile, as for predict.")] = "auto",
     config: Annotated[Path | None, typer.Option("--config", help="YAML config, as for train.")] = None,
     j: Annotated[int, typer.Option("--j", help="Threads (RELION's 'Number of threads').")] = 1,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps")] = "auto",
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (default: "
+                                               "train.device of --config, else auto)")] = None,
     relion_version: Annotated[str, typer.Option("--relion_version", help="Node type labels of RELION 4 or "
                                                 "5.")] = "4",
 ) -> None:

@@ -80,7 +80,7 @@ class ExternalJob:
     particle_diameter_angstrom: float | None = None  # converted with the optics block's pixel size
     threshold: float | str | None = None
     threads: int = 1
-    device: str = "auto"
+    device: str | None = None  # None: the config's train.device (default auto)
     relion_version: str = "4"
 
 
@@ -160,7 +160,8 @@ def _run(job: ExternalJob, config: CryojointConfig, echo: Callable[[str], None])
         raise UserInputError(None, "--in_mics (a micrographs STAR file) is required")
     mics = read_micrographs_star(job.in_mics)
     config = _with_diameter_from_angstrom(config, job.particle_diameter_angstrom, mics)
-    config.train = dataclasses.replace(config.train, threads=job.threads, device=job.device)
+    config.train = dataclasses.replace(config.train, threads=job.threads,
+                                       device=job.device or config.train.device)
     torch.set_num_threads(max(job.threads, 1))
     should_stop = (job.out_dir / ABORT_NOW).exists
     run_dir = job.out_dir / TRAIN_DIR
@@ -187,7 +188,7 @@ def _run(job: ExternalJob, config: CryojointConfig, echo: Callable[[str], None])
     if "predict" not in job.tasks:
         return
     summary = predict_files(model_path, mics.paths, job.out_dir, threshold=job.threshold, formats=(),
-                            outputs=("picks", "denoised"), overwrite=fresh, device=job.device,
+                            outputs=("picks", "denoised"), overwrite=fresh, device=config.train.device,
                             should_stop=should_stop)
     if summary.failures:
         first = next(iter(summary.failures.values()))

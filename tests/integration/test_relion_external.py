@@ -156,3 +156,21 @@ def test_a_model_without_denoiser_declares_only_the_coordinates(
     assert list(nodes["rlnPipeLineNodeName"]) == [f"{JOB}autopick.star"]
     assert list(nodes["rlnPipeLineNodeTypeLabel"]) == ["MicrographCoordsGroup.star.relion.autopick"]
     assert not (Path(JOB) / relion.DENOISED_STAR).exists() and (Path(JOB) / relion.EXIT_SUCCESS).is_file()
+
+
+def test_train_only_with_the_diameter_in_angstrom_from_the_optics_block(
+        relion_project: dict[str, Path], tiny_config: Path) -> None:
+    from cryojoint.checkpoint import read_model_file
+
+    pixel_size = float(_star(relion_project["mics_star"])["optics"]["rlnMicrographPixelSize"].iloc[0])
+    args = ["relion", "--o", JOB, "--in_mics", str(relion_project["mics_star"]), "--in_coords",
+            str(relion_project["coords"]), "--particle_diameter_angstrom", str(22 * pixel_size), "--steps", "2",
+            "--config", str(tiny_config.with_name("no_diameter.yaml")), "--task", "train"]
+    tiny_config.with_name("no_diameter.yaml").write_text(
+        tiny_config.read_text().replace("data:\n  particle_diameter_px: 22.0\n", ""))
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output + str(result.exception)
+    meta = read_model_file(Path(JOB) / "train" / "model.pt")["meta"]
+    assert meta["particle_diameter_px"] == pytest.approx(22.0)
+    assert (Path(JOB) / relion.EXIT_SUCCESS).is_file()
+    assert not (Path(JOB) / relion.OUTPUT_NODES).exists() and not (Path(JOB) / "autopick.star").exists()

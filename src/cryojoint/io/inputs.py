@@ -13,7 +13,7 @@ describe them in files. Every command that takes micrographs expands its argumen
 ``micrographs_ctf.star`` (micrographs only)
     a RELION micrograph STAR file: the ``_rlnMicrographName`` column of its ``data_micrographs`` block (or of its
     only loop, RELION 3.0), paths relative to the current folder (the RELION project folder), as RELION writes
-    them; the optics block's ``_rlnMicrographPixelSize`` is read too.
+    them (the optics block is kept; the pixel size of the MRC headers is what the commands use).
 """
 
 from __future__ import annotations
@@ -65,10 +65,10 @@ class MicrographsStar:
 
 @dataclass
 class MicrographInputs:
-    """Micrograph files from the command line, in order, and the pixel sizes STAR files stated for them."""
+    """Micrograph files from the command line, in order, and the micrograph STAR files that named some of them
+    (with their optics blocks: pixel size, voltage, ... for callers that write STAR files back)."""
 
     paths: list[Path]
-    pixel_sizes: dict[Path, float] = field(default_factory=dict)
     stars: list[MicrographsStar] = field(default_factory=list)
 
 
@@ -178,7 +178,4 @@ def expand_micrographs(items: Sequence[str | Path]) -> MicrographInputs:
         star = read_micrographs_star(path)
         inputs.stars.append(star)
         inputs.paths.extend(star.paths)
-        pixel_size = star.pixel_size()
-        if pixel_size is not None:
-            inputs.pixel_sizes.update(dict.fromkeys(star.paths, pixel_size))
     return inputs
