@@ -21,9 +21,10 @@ RELION reads back, all under ``--o``:
     written last. ``RELION_JOB_ABORT_NOW`` in ``--o`` is polled after every training step and before every
     micrograph; the run then stops cleanly (training keeps its checkpoint, so running the job again continues).
 
-Node types: RELION 4.0 reads the label (``_rlnPipeLineNodeTypeLabel``), RELION 3.1 the number
-(``_rlnPipeLineNodeType``); both are written. RELION 5 renamed the labels (``MicrographCoordsGroup``,
-``MicrographGroupMetadata``); ``relion_version="5"`` writes those.
+Node types: RELION 4/5 read the label (``_rlnPipeLineNodeTypeLabel``, ``PipeLine::getOutputNodesFromStarFile``),
+RELION 3.1 the number (``_rlnPipeLineNodeType``, an integer there); both are written. RELION 5 renamed the
+labels (``MicrographCoordsGroup``, ``MicrographGroupMetadata``; 4.0 has ``MicrographsCoords``,
+``MicrographsData``); ``relion_version="5"`` writes RELION 5's, so its GUI offers the nodes as inputs.
 """
 
 from __future__ import annotations
