@@ -127,19 +127,36 @@ def _root(
 def convert(
     inputs: Annotated[list[Path], typer.Argument(help="Coordinate file(s) or a folder of them.")],
     output: Annotated[Path, typer.Argument(help="Output file, or folder for one file per micrograph.")],
-    in_fmt: Annotated[str | None, typer.Option("--from", help="star|box|csv|topaz|imod (default: by suffix)")] = None,
-    out_fmt: Annotated[str | None, typer.Option("--to", help="star|box|csv|topaz (default: by suffix)")] = None,
+    in_fmt: Annotated[str | None, typer.Option("--from", help="star|box|csv|topaz|imod|cs (default: by "
+                                                                 "suffix)")] = None,
+    out_fmt: Annotated[str | None, typer.Option("--to", help="star|box|csv|topaz|cs (default: by suffix)")] = None,
     box_size: Annotated[float | None, typer.Option(help="Box size in pixels (needed to write .box).")] = None,
+    micrographs: Annotated[list[str] | None, typer.Option(
+        "--micrographs", help="The micrographs the picks are on (as for predict: files, folders, globs, @lists, "
+                              "micrograph STARs; repeat the option): their sizes, needed to write cryoSPARC .cs "
+                              "from other formats.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
-    """Convert particle coordinates between RELION STAR, EMAN BOX, CSV, Topaz and IMOD point files.
+    """Convert particle coordinates between RELION STAR, EMAN BOX, CSV, Topaz, IMOD and cryoSPARC .cs files.
 
-    Example: cryojoint convert picks.star boxes/ --to box --box-size 64
+    Example: cryojoint convert picks.star picks.cs --micrographs 'Movies/*.mrc'
     """
     from cryojoint.io.coords import convert_coordinates
 
-    written = convert_coordinates(inputs, output, in_fmt, out_fmt, box_size, overwrite)
+    paths = _micrograph_paths(micrographs) if micrographs else None
+    written = convert_coordinates(inputs, output, in_fmt, out_fmt, box_size, overwrite, paths)
     typer.echo(f"wrote {len(written)} file(s): {written[0]}{' ...' if len(written) > 1 else ''}")
+
+
+MICROGRAPHS_HELP = ("Micrographs (MRC): files, folders, quoted globs ('mics/*.mrc'), @list.txt files (one path a "
+                    "line) or RELION micrograph STAR files (paths relative to the current folder).")
+
+
+def _micrograph_paths(items: list[str]) -> list[Path]:
+    """The micrograph files the arguments name (:func:`cryojoint.io.inputs.expand_micrographs`)."""
+    from cryojoint.io.inputs import expand_micrographs
+
+    return expand_micrographs(items).paths
 
 
 def _split(value: str | None) -> list[str]:
@@ -188,7 +205,7 @@ def simulate(
 
 @app.command()
 def train(
-    micrographs: Annotated[list[Path], typer.Argument(help="Training micrographs (MRC).")],
+    micrographs: Annotated[list[str], typer.Argument(help=MICROGRAPHS_HELP)],
     labels: Annotated[Path, typer.Option(help="Partial particle labels (STAR, BOX folder, CSV, Topaz, IMOD).")],
     out: Annotated[Path, typer.Option(help="Run folder for model.pt, checkpoints and metrics.")],
     mode: Annotated[str | None, typer.Option(help="joint | joint-no-consistency | sequential | denoise-only | "
@@ -220,6 +237,9 @@ def train(
                                                     f"{_TRAIN_DEFAULTS.device}, or train.device of --config)")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
+    ignore_unknown_labels: Annotated[bool, typer.Option(
+        "--ignore-unknown-labels", help="Skip labels naming micrographs that were not given (their count is "
+                                        "printed) instead of stopping with an error.")] = False,
 ) -> None:
     """Train one network to denoise and pick, from micrographs and a few hand-picked particles.
 
@@ -232,8 +252,8 @@ def train(
                         downsample=downsample, label_completeness=label_completeness)
     from cryojoint.distributed import is_main_process
 
-    result = train_model(micrographs, labels, out, cfg, resume=resume, overwrite=overwrite,
-                         command_line=_command_line())
+    result = train_model(_micrograph_paths(micrographs), labels, out, cfg, resume=resume, overwrite=overwrite,
+                         command_line=_command_line(), ignore_unknown_labels=ignore_unknown_labels)
     if not is_main_process():  # under torchrun, one summary is enough
         return
     for note in result.notes:
@@ -246,7 +266,7 @@ def train(
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="Trained model (RUN/model.pt).")],
-    micrographs: Annotated[list[Path], typer.Argument(help="Micrographs to denoise and pick (MRC).")],
+    micrographs: Annotated[list[str], typer.Argument(help=MICROGRAPHS_HELP)],
     out: Annotated[Path, typer.Option(help="Output folder: picks.star, denoised/, heatmaps/, picks/<format>/.")],
     threshold: Annotated[str | None, typer.Option(help="Cut-off on the peak score (log-odds as in Topaz; "
                                                        "0 = probability 0.5), or a rule: auto "
@@ -256,7 +276,8 @@ def predict(
     nms_radius: Annotated[float | None, typer.Option("--nms-radius", help="NMS radius in input pixels "
                                                      "(default: particle radius).")] = None,
     border: Annotated[float | None, typer.Option(help="Drop picks closer than this to the edge (input px).")] = None,
-    formats: Annotated[str, typer.Option(help="Per-micrograph pick files: any of star,box,csv,topaz.")] = "star",
+    formats: Annotated[str, typer.Option(help="Pick files: any of star,box,csv,topaz (one file per micrograph in "
+                                              "picks/<format>/) and cs (one cryoSPARC picks.cs).")] = "star",
     outputs: Annotated[str, typer.Option(help="Any of picks,denoised,heatmap.")] = "picks,denoised,heatmap",
     downsample: Annotated[int | None, typer.Option(help="Bin input by N (default: as in training). "
                                                    "Coordinates are written in input pixels.")] = None,
@@ -273,7 +294,8 @@ def predict(
     """
     from cryojoint.prediction import predict_files
 
-    summary = predict_files(model, micrographs, out, threshold=_threshold(threshold), nms_radius_px=nms_radius,
+    paths = _micrograph_paths(micrographs)
+    summary = predict_files(model, paths, out, threshold=_threshold(threshold), nms_radius_px=nms_radius,
                             border_px=border, downsample=downsample, formats=_split(formats),
                             outputs=_split(outputs), overwrite=overwrite, device=device, workers=workers,
                             scheduler=scheduler, command_line=_command_line(), tile_size_px=tile_size)
@@ -285,6 +307,119 @@ def predict(
         for message in summary.failures.values():
             typer.echo(f"error: {message}", err=True)
         raise typer.Exit(EXIT_USER_ERROR)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def relion(
+    ctx: typer.Context,
+    o: Annotated[Path, typer.Option("--o", help="The job folder RELION gives (External/jobNNN/).")],
+    in_mics: Annotated[Path | None, typer.Option("--in_mics", help="Micrographs STAR file (e.g. "
+                                                 "CtfFind/job003/micrographs_ctf.star).")] = None,
+    in_coords: Annotated[Path | None, typer.Option("--in_coords", help="Coordinate index of the training picks "
+                                                   "(e.g. ManualPick/job004/manualpick.star).")] = None,
+    in_parts: Annotated[Path | None, typer.Option("--in_parts", help="Particles STAR file of training picks "
+                                                  "(with or instead of --in_coords).")] = None,
+    task: Annotated[str, typer.Option("--task", help="train, predict, or train,predict.")] = "train,predict",
+    model: Annotated[Path | None, typer.Option("--model", help="model.pt to predict with when --task is "
+                                               "predict (e.g. External/job010/train/model.pt).")] = None,
+    particle_diameter: Annotated[float | None, typer.Option(
+        "--particle_diameter", help="Particle diameter in micrograph pixels (default: estimated from the "
+                                    "picks).")] = None,
+    particle_diameter_angstrom: Annotated[float | None, typer.Option(
+        "--particle_diameter_angstrom", help="Particle diameter in Å, converted with the optics block's "
+                                             "_rlnMicrographPixelSize (instead of --particle_diameter).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help=f"Training steps (default: "
+                                              f"{_TRAIN_DEFAULTS.steps}).")] = None,
+    threshold: Annotated[str | None, typer.Option("--threshold", help="Cut-off on the score (log-odds) or "
+                                                  "auto / quantile, as for predict.")] = "auto",
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config, as for train.")] = None,
+    j: Annotated[int, typer.Option("--j", help="Threads (RELION's 'Number of threads').")] = 1,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (default: "
+                                               "train.device of --config, else auto)")] = None,
+    relion_version: Annotated[str, typer.Option("--relion_version", help="Node type labels of RELION 4 or "
+                                                "5.")] = "4",
+) -> None:
+    """Run as a RELION 4/5 External job: train on manual picks, then pick and denoise every micrograph.
+
+    Example (from the RELION project folder): cryojoint relion --o External/job005/ --in_mics
+    CtfFind/job003/micrographs_ctf.star --in_coords ManualPick/job004/manualpick.star --particle_diameter 52 --j 2
+
+    Writes per-micrograph coordinate STARs, autopick.star, micrographs_denoised.star, RELION_OUTPUT_NODES.star
+    and RELION_JOB_EXIT_SUCCESS/FAILURE (ABORTED when RELION_JOB_ABORT_NOW appears). Options RELION adds that
+    this job does not use (e.g. --pipeline_control) are ignored.
+    """
+    from cryojoint import relion as external
+
+    ignored = external.unknown_options(ctx.args)
+    if ignored:
+        typer.echo(f"ignored: {'; '.join(ignored)}")
+
+    def make_job() -> tuple[external.ExternalJob, CryojointConfig]:
+        job = external.ExternalJob(o, in_mics, in_coords, in_parts, external.parse_tasks(task), model,
+                                   particle_diameter_angstrom, _threshold(threshold), j, device, relion_version)
+        return job, _train_config(config, steps=steps, particle_diameter=particle_diameter)
+
+    code = external.run_external_job(o, make_job, typer.echo, lambda line: typer.echo(line, err=True))
+    raise typer.Exit(code)
+
+
+@app.command()
+def pick(
+    prediction: Annotated[Path, typer.Argument(help="A predict output folder (holds candidates.star).")],
+    out: Annotated[Path, typer.Option(help="Output folder: picks.star, picks/<format>/, pick.json.")],
+    threshold: Annotated[float | None, typer.Option(help="Keep candidates scoring at least this (log-odds; "
+                                                    "0 = probability 0.5).")] = None,
+    count: Annotated[int | None, typer.Option(help="Keep the N best candidates of each micrograph "
+                                              "(instead of --threshold).")] = None,
+    formats: Annotated[str, typer.Option(help="Per-micrograph pick files: any of star,box,csv,topaz.")] = "star",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+) -> None:
+    """Re-cut picks from a predict output at another cut-off or count, without running the network.
+
+    Example: cryojoint pick runs/m1/pred --threshold 2 --out runs/m1/pick_t2
+    """
+    from cryojoint.recut import pick_files
+
+    picks, written = pick_files(prediction, out, threshold=threshold, count=count, formats=_split(formats),
+                                overwrite=overwrite)
+    rule = f"cut-off {threshold:g}" if threshold is not None else f"the best {count} per micrograph"
+    typer.echo(f"{len(picks)} picks ({rule}) in {picks['micrograph'].nunique()} micrograph(s); "
+               f"wrote {len(written)} file(s): {out / 'picks.star'}")
+
+
+@app.command(name="threshold")
+def threshold_command(
+    prediction: Annotated[Path, typer.Argument(help="A predict output folder (holds candidates.star).")],
+    cutoffs: Annotated[str | None, typer.Option(help="Comma-separated cut-offs (log-odds), e.g. -2,0,2,4 "
+                                                "(default: 7 spread over the scores, plus the run's own).")] = None,
+    png: Annotated[Path | None, typer.Option(help="Score histogram (default: PRED_DIR/score_histogram.png).")] =
+    None,
+) -> None:
+    """Print the picks per micrograph at a range of cut-offs and write the score histogram, to choose one.
+
+    Example: cryojoint threshold runs/m1/pred --cutoffs -2,0,2,4
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from cryojoint.recut import threshold_summary
+
+    values = None
+    if cutoffs is not None:
+        try:
+            values = [float(v) for v in _split(cutoffs)]
+        except ValueError:
+            raise UserInputError(None, f"--cutoffs must be numbers separated by commas, not '{cutoffs}'") from None
+    counts, png_path, run = threshold_summary(prediction, values, png)
+    own = "" if run.threshold is None else f" (the run's own cut-off: {round(run.threshold, 3):g})"
+    table = Table(title=f"picks per micrograph at each cut-off{own}")
+    table.add_column("micrograph")
+    for column in counts.columns:
+        table.add_column(f">= {column}", justify="right")
+    for name, row in counts.iterrows():
+        table.add_row(str(name), *(str(int(v)) for v in row))
+    Console(width=max(80, 16 + 10 * len(counts.columns))).print(table)
+    typer.echo(f"score histogram: {png_path}")
 
 
 @app.command()
@@ -359,6 +494,12 @@ def demo(
 
     result = run_demo(out, steps=steps, dose=dose, seed=seed, overwrite=overwrite)
     typer.echo(result)
+
+
+def relion_main() -> None:
+    """``cryojoint-relion``: the ``relion`` command as one executable, for RELION's "External executable" field."""
+    sys.argv.insert(1, "relion")
+    main()
 
 
 def main() -> None:

@@ -20,3 +20,10 @@ class UserInputError(Exception):
     def one_line(self) -> str:
         text = self.problem.replace("\n", " ").strip()
         return f"{self.source}: {text}" if self.source else text
+
+
+class StopRequested(Exception):
+    """A caller's stop hook ended a long run early (RELION's abort file, a notebook): not a mistake, not a bug.
+
+    Whatever the run had finished is on disk (training: its checkpoint; prediction: the micrographs done).
+    """

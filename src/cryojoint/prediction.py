@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,12 @@ from cryojoint.data import (
     normalise,
     robust_centre_spread,
 )
-from cryojoint.errors import UserInputError
+from cryojoint.errors import StopRequested, UserInputError
 from cryojoint.io.coords import (
     FILE_NAME_COLUMN,
     SUFFIX_OF_FORMAT,
     WRITERS,
+    attach_micrographs,
     empty_table,
     make_table,
     read_coordinates,
@@ -48,6 +49,8 @@ OUTPUT_KINDS: tuple[str, ...] = ("picks", "denoised", "heatmap")
 AUTO_THRESHOLD_RULES: tuple[str, ...] = ("expected-count", "quantile")
 DENOISED_DIR, HEATMAP_DIR, CANDIDATE_DIR = "denoised", "heatmaps", "candidates"
 COMBINED_STAR = "picks.star"
+#: cryoSPARC particles of the whole run (``--formats cs``), beside picks.star.
+COMBINED_CS = "picks.cs"
 #: Every NMS peak of the run with its score, before the cut-off: what average precision is computed from.
 CANDIDATES_STAR = "candidates.star"
 #: Box size written into EMAN .box files, in particle diameters (extraction boxes are ~1.5-2x the diameter).
@@ -405,6 +408,7 @@ class PredictSummary:
     n_picks: int
     seconds_per_micrograph: float
     written: list[Path] = field(default_factory=list)
+    picks: pd.DataFrame | None = None  # the picks after the cut-off, all micrographs (what picks.star holds)
 
 
 def _output_paths(out_dir: Path, name: str) -> dict[str, Path]:
@@ -456,11 +460,14 @@ def predict_files(
     scheduler: str | None = None,
     command_line: str | None = None,
     tile_size_px: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> PredictSummary:
     """Predict a set of micrograph files into ``out_dir`` (see the module docstring for the layout).
 
     A micrograph whose candidates file exists is skipped unless ``overwrite``; a bad file is reported and the
-    run goes on; picks are written for all micrographs that succeeded.
+    run goes on; picks are written for all micrographs that succeeded. ``should_stop`` is asked before each
+    micrograph (sequential runs; with Dask workers, once before the start): when true, the run raises
+    :class:`~cryojoint.errors.StopRequested`, leaving the micrographs done so far for a rerun to skip.
     """
     from cryojoint.training import select_device
 
@@ -489,12 +496,15 @@ def predict_files(
             if overwrite or not _output_paths(out_dir, n)["candidates"].exists()]
     n_skipped = len(micrographs) - len(todo)
     started = time.perf_counter()
+    if should_stop is not None and should_stop():
+        raise StopRequested("prediction stopped on request before it started")
     if scheduler is not None or workers > 1:
         from cryojoint.parallel import predict_distributed
 
         failures = predict_distributed(model_path, todo, out_dir, settings, outputs, workers, scheduler, progress)
     else:
-        failures = _predict_sequential(model, todo, out_dir, settings, outputs, resolved_device, progress)
+        failures = _predict_sequential(model, todo, out_dir, settings, outputs, resolved_device, progress,
+                                       should_stop)
     elapsed = time.perf_counter() - started
     n_done = len(todo) - len(failures)
 
@@ -512,10 +522,10 @@ def predict_files(
     picks = _apply_threshold(candidate_tables, cut)
     all_candidates = pd.concat(candidate_tables, ignore_index=True) if candidate_tables else empty_table()
     written = [write_coordinates(all_candidates, out_dir / CANDIDATES_STAR, "star")]
-    written += _write_picks(picks, out_dir, formats, [n for n in names if n not in failures],
-                            model.particle_diameter_px * settings.downsample)
+    done = {n: Path(p) for p, n in zip(micrographs, names) if n not in failures}
+    written += _write_picks(picks, out_dir, formats, done, model.particle_diameter_px * settings.downsample)
     summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, cut, automatic, len(picks),
-                             elapsed / max(n_done, 1), written)
+                             elapsed / max(n_done, 1), written, picks)
     _write_run_record(out_dir, model, settings, summary, model_path, command_line)
     return summary
 
@@ -528,10 +538,13 @@ def _read_candidates(path: Path, name: str) -> pd.DataFrame:
 
 
 def _predict_sequential(model: LoadedModel, paths: Sequence[Path], out_dir: Path, settings: PickingSettings,
-                        outputs: Sequence[str], device: torch.device, progress: bool) -> dict[str, str]:
+                        outputs: Sequence[str], device: torch.device, progress: bool,
+                        should_stop: Callable[[], bool] | None = None) -> dict[str, str]:
     failures: dict[str, str] = {}
     with counted_progress(len(paths), progress, "predict") as advance:
-        for path in paths:
+        for done, path in enumerate(paths):
+            if should_stop is not None and should_stop():
+                raise StopRequested(f"prediction stopped on request after {done} of {len(paths)} micrographs")
             try:
                 prediction = predict_micrograph(model, read_micrograph(path), settings, device)
                 write_micrograph_outputs(prediction, out_dir, outputs)
@@ -541,14 +554,19 @@ def _predict_sequential(model: LoadedModel, paths: Sequence[Path], out_dir: Path
     return failures
 
 
-def _write_picks(picks: pd.DataFrame, out_dir: Path, formats: Sequence[str], names: Sequence[str],
+def _write_picks(picks: pd.DataFrame, out_dir: Path, formats: Sequence[str], micrographs: dict[str, Path],
                  box_size: float) -> list[Path]:
-    """The combined RELION STAR after the cut-off (always) plus one file per micrograph in each format."""
+    """The combined RELION STAR after the cut-off (always), one cryoSPARC ``picks.cs`` beside it for ``cs``,
+    and one file per micrograph for every other format."""
     written = [write_coordinates(picks, out_dir / COMBINED_STAR, "star")]
     box = float(round(BOX_SIZE_DIAMETERS * box_size))
     for fmt in formats:
+        if fmt == "cs":
+            located = attach_micrographs(picks, list(micrographs.values()), out_dir / COMBINED_STAR)
+            written.append(write_coordinates(located, out_dir / COMBINED_CS, "cs"))
+            continue
         folder = out_dir / "picks" / fmt
-        written += write_coordinates_per_micrograph(picks, folder, fmt, names=names, box_size=box)
+        written += write_coordinates_per_micrograph(picks, folder, fmt, names=list(micrographs), box_size=box)
     return written
 
 

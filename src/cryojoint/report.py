@@ -846,6 +846,43 @@ def _overlay(contents: RunContents, name: str, low_dose: np.ndarray | None, deno
     return _figure_html(figure, f"{name}: picks overlaid on the {what} image", caption)
 
 
+def score_histogram_figure(scores: np.ndarray, threshold: float | None,
+                           near_truth: np.ndarray | None = None) -> Figure:
+    """Histogram of candidate peak scores with the cut-off marked (and, when known, which peaks are particles).
+
+    Shared by the report and ``cryojoint threshold``: one picture of where the cut-off falls, however drawn.
+    """
+    scores = np.asarray(scores, dtype=float)
+    finite = np.isfinite(scores)
+    edges = np.histogram_bin_edges(scores[finite], bins=HISTOGRAM_BINS)
+    figure = _new_figure(9.0, 3.6)
+    ax = figure.add_subplot()
+    if near_truth is not None:
+        ax.hist([scores[finite & near_truth], scores[finite & ~near_truth]], bins=edges, stacked=True,
+                color=[PICK_STYLES["true_positive"]["color"], "#9aa0a6"],
+                label=["matches a true particle", "matches none (background or duplicate)"])
+    else:
+        ax.hist(scores[finite], bins=edges, color="#6c8ebf", label="candidate peaks")
+    counts, _ = np.histogram(scores[finite], bins=edges)
+    log_scale = counts.max() > LOG_HISTOGRAM_RANGE * max(counts[counts > 0].min(), 1)
+    if log_scale:
+        from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("peak score (log-odds of a particle; 0 = probability 0.5)")
+    ax.set_ylabel("number of peaks" + (" (log scale)" if log_scale else ""))
+    if threshold is not None:
+        kept = int((scores[finite] >= threshold).sum())
+        ax.axvline(threshold, color="#D55E00", linewidth=2,
+                   label=f"cut-off {_fmt(threshold)}: keeps {kept} of {int(finite.sum())}")
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    ax.grid(alpha=0.25)
+    figure.tight_layout()
+    return figure
+
+
 def _score_section(contents: RunContents) -> str:
     candidates = contents.candidates
     if candidates is None or not len(candidates):
@@ -875,32 +912,7 @@ def _score_section(contents: RunContents) -> str:
             evaluated[rows] = True
         if not evaluated.any():
             near_truth = None
-    edges = np.histogram_bin_edges(scores[finite], bins=HISTOGRAM_BINS)
-    figure = _new_figure(9.0, 3.6)
-    ax = figure.add_subplot()
-    if near_truth is not None:
-        ax.hist([scores[finite & near_truth], scores[finite & ~near_truth]], bins=edges, stacked=True,
-                color=[PICK_STYLES["true_positive"]["color"], "#9aa0a6"],
-                label=["matches a true particle", "matches none (background or duplicate)"])
-    else:
-        ax.hist(scores[finite], bins=edges, color="#6c8ebf", label="candidate peaks")
-    counts, _ = np.histogram(scores[finite], bins=edges)
-    log_scale = counts.max() > LOG_HISTOGRAM_RANGE * max(counts[counts > 0].min(), 1)
-    if log_scale:
-        from matplotlib.ticker import FormatStrFormatter, NullFormatter
-
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("peak score (log-odds of a particle; 0 = probability 0.5)")
-    ax.set_ylabel("number of peaks" + (" (log scale)" if log_scale else ""))
-    if threshold is not None:
-        kept = int((scores[finite] >= threshold).sum())
-        ax.axvline(threshold, color="#D55E00", linewidth=2,
-                   label=f"cut-off {_fmt(threshold)}: keeps {kept} of {int(finite.sum())}")
-    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
-    ax.grid(alpha=0.25)
-    figure.tight_layout()
+    figure = score_histogram_figure(scores, threshold, near_truth)
     parts = [_figure_html(figure, "histogram of candidate peak scores with the cut-off",
                           "Scores of every NMS peak of every micrograph; picks are the peaks at or right of the "
                           "cut-off." + (" Peaks are split by whether they match a true particle within the match "

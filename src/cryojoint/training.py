@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +46,8 @@ from cryojoint.data import (
     unlabelled_positive_fraction,
 )
 from cryojoint.distributed import DistributedContext
-from cryojoint.errors import UserInputError
-from cryojoint.io.coords import read_coordinates
+from cryojoint.errors import StopRequested, UserInputError
+from cryojoint.io.coords import drop_unknown_micrographs, read_coordinates
 from cryojoint.io.mrc import Micrograph
 from cryojoint.losses import TrainingStage, training_stages
 from cryojoint.parallel import threads_per_worker
@@ -133,6 +133,8 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     command_line: str | None = None,
+    ignore_unknown_labels: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train a joint model on micrographs and sparse labels; write ``out/model.pt`` (the best validation step).
 
@@ -148,6 +150,13 @@ def train(
     resume
         Continue from ``out/checkpoint.pt`` exactly where it stopped (same batches, same result; under
         torchrun with the same number of processes, each process continues its own stream of batches).
+    ignore_unknown_labels
+        Skip labels naming micrographs that are not among ``micrographs`` (a note says how many) instead of
+        failing: labels for a whole project, training on a subset.
+    should_stop
+        Asked after every step (by rank 0 under torchrun); when it returns true the run saves its checkpoint
+        and raises :class:`~cryojoint.errors.StopRequested` (``resume=True`` continues it). A hook, so that
+        callers such as the RELION job (abort file) or a notebook can stop training without killing it.
 
     Notes
     -----
@@ -173,7 +182,8 @@ def train(
             # Processes on one node share its cores (torchrun also sets OMP_NUM_THREADS=1 by default).
             torch.set_num_threads(threads_per_worker(group.local_world_size))
         return _train(micrographs, labels, run_dir, config, group, resume=resume, progress=progress,
-                      command_line=command_line)
+                      command_line=command_line, ignore_unknown_labels=ignore_unknown_labels,
+                      should_stop=should_stop)
 
 
 def _train(
@@ -186,6 +196,8 @@ def _train(
     resume: bool,
     progress: bool,
     command_line: str,
+    ignore_unknown_labels: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """The loop of :func:`train`, run by every process of ``group`` in lockstep."""
     device = group.device
@@ -196,6 +208,12 @@ def _train(
     paths = [m for m in micrographs if not isinstance(m, Micrograph)]
     loaded = iter(load_micrographs(paths)) if paths else iter(())
     mics = [m if m is not None else next(loaded) for m in mics]
+    skipped_note = None
+    if ignore_unknown_labels:
+        label_table, n_rows, n_mics = drop_unknown_micrographs(label_table, [m.name for m in mics])
+        if n_rows:
+            skipped_note = (f"skipped {n_rows} label(s) on {n_mics} micrograph(s) that were not given "
+                            "(--ignore-unknown-labels)")
 
     torch.manual_seed(config.train.seed)
     rng = np.random.default_rng(config.train.seed)
@@ -221,7 +239,7 @@ def _train(
     total = stage_ends[-1]
     average = WeightAverage(network, config.train.weight_averaging_half_life * stage_lengths[0])
     best_weights = average.weights()
-    notes = list(prepared.notes)
+    notes = ([skipped_note] if skipped_note else []) + list(prepared.notes)
     if resume:
         state, best_weights, resume_notes = _load_checkpoint(checkpoint_path, network, optimizer, sampler_rng,
                                                              device, stages, group, config.train.seed, average)
@@ -307,6 +325,13 @@ def _train(
                 _save_checkpoint(checkpoint_path, network, optimizer, sampler_rng, state, best_weights, group,
                                  average)
                 last_checkpoint = time.perf_counter()
+            if should_stop is not None and distributed.broadcast_object(should_stop() if group.is_main else None,
+                                                                        group):
+                state.seconds = time.perf_counter() - start
+                _save_checkpoint(checkpoint_path, network, optimizer, sampler_rng, state, best_weights, group,
+                                 average)
+                raise StopRequested(f"training stopped on request after {state.step} of {total} steps "
+                                    f"(checkpoint: {checkpoint_path})")
     state.seconds = time.perf_counter() - start
     _save_checkpoint(checkpoint_path, network, optimizer, sampler_rng, state, best_weights, group, average)
     if group.is_main and not (run_dir / MODEL_NAME).exists():

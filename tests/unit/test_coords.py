@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from cryojoint.errors import UserInputError
 from cryojoint.io.coords import (
     READERS,
+    SHAPE_X_COLUMN,
+    SHAPE_Y_COLUMN,
     WRITERS,
     check_inside,
     check_names_match,
@@ -389,7 +391,7 @@ FILE_FORMATS = {  # format: (file name, coordinate tolerance, score (rtol, atol)
 
 
 def test_every_writable_format_has_a_round_trip_test() -> None:
-    assert set(WRITERS) == {*FILE_FORMATS, "box"} and set(WRITERS) <= set(READERS)
+    assert set(WRITERS) == {*FILE_FORMATS, "box", "cs"} and set(WRITERS) <= set(READERS)
 
 
 @pytest.mark.parametrize("fmt", sorted(FILE_FORMATS))
@@ -400,6 +402,20 @@ def test_single_file_round_trip(tmp_path_factory: pytest.TempPathFactory, fmt: s
     path = write_coordinates(table, tmp_path_factory.mktemp(fmt) / file_name)
     assert detect_format(path) == fmt
     assert_same_picks(read_coordinates(path), table, tolerance_px, score_tolerance)
+
+
+#: cryoSPARC keeps centres as float32 fractions of the micrograph's size and scores as float32.
+CS_TOLERANCE_PX, CS_SCORE_RTOL = 2e-7 * MAX_COORDINATE_PX, 1e-6
+
+
+@PROPERTY_SETTINGS
+@given(table=coordinate_tables())
+def test_cryosparc_round_trip(tmp_path_factory: pytest.TempPathFactory, table: pd.DataFrame) -> None:
+    table = table.assign(score=table["score"].fillna(0.0))  # a .cs file always has a score field
+    table[SHAPE_Y_COLUMN] = table[SHAPE_X_COLUMN] = int(MAX_COORDINATE_PX) + 1
+    path = write_coordinates(table, tmp_path_factory.mktemp("cs") / "picks.cs")
+    assert detect_format(path) == "cs"
+    assert_same_picks(read_coordinates(path), table, CS_TOLERANCE_PX, (CS_SCORE_RTOL, 1e-9))
 
 
 box_sizes = st.integers(2, 1024) | st.floats(1.0, 1000.0).map(lambda size: round(size, 2))

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import warnings
+import hashlib
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import starfile
 
 from cryojoint._atomic import atomic_path, check_can_write
 from cryojoint.errors import UserInputError
+from cryojoint.io.inputs import expand_paths, read_star_tables
 from cryojoint.io.mrc import micrograph_name
 
 COLUMNS: tuple[str, ...] = ("micrograph", "x", "y", "score")
@@ -65,6 +67,14 @@ MISSING_VALUE_SPELLINGS: frozenset[str] = frozenset({"", "nan", "na", "n/a", "nu
 CSV_FLOAT_FORMAT = "%.10g"
 #: The column that, when present, holds the micrograph file name to write into STAR files.
 FILE_NAME_COLUMN = "micrograph_file"
+#: Columns that, when present, carry what a cryoSPARC ``.cs`` file needs beyond the centres: the micrograph's
+#: path as cryoSPARC or the user knows it, its size in pixels (rows, columns) and cryoSPARC's exposure UID.
+PATH_COLUMN, SHAPE_Y_COLUMN, SHAPE_X_COLUMN, UID_COLUMN = (
+    "micrograph_path", "micrograph_shape_y", "micrograph_shape_x", "micrograph_uid")
+#: cryoSPARC prefixes the files it imports or writes with a numeric UID and ``_`` (``012345..._mic_001.mrc``);
+#: names are matched without it (pyem's --strip-uid). cryoSPARC's UIDs are 64-bit numbers written with about
+#: 20 digits; shorter digit runs (dates, Unix times) are kept: they are real names.
+_CRYOSPARC_UID_PREFIX = re.compile(r"^\d{15,}_(?=.)")
 
 
 def empty_table() -> pd.DataFrame:
@@ -87,13 +97,7 @@ def make_table(
 
 
 def _read_star(path: Path, box_size: float | None) -> pd.DataFrame:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            blocks = starfile.read(path, always_dict=True)
-    except Exception as err:  # starfile raises many types on malformed text
-        raise UserInputError(path, f"not a readable STAR file ({err.__class__.__name__}: {err})") from None
-    tables = [b for b in blocks.values() if isinstance(b, pd.DataFrame)]
+    tables = list(read_star_tables(path).values())
     index = next((t for t in tables if "rlnMicrographCoordinates" in t.columns), None)
     if index is not None:  # RELION 4/5 coordinate index: one row per micrograph, pointing at its own file
         parts = []
@@ -185,6 +189,45 @@ def _read_imod(path: Path, box_size: float | None) -> pd.DataFrame:
     return make_table(_name_from_coordinate_file(path), xyz[:, 0], xyz[:, 1])
 
 
+def _read_cs(path: Path, box_size: float | None) -> pd.DataFrame:
+    """cryoSPARC particles (``location/*``: centres as fractions of the micrograph's width and height)."""
+    dataset = _load_cs(path)
+    fields = set(dataset.fields())
+    needed = ["location/micrograph_path", "location/micrograph_shape", "location/center_x_frac",
+              "location/center_y_frac"]
+    missing = [f for f in needed if f not in fields]
+    if missing:
+        raise UserInputError(path, f"no {', '.join(missing)} field(s): not a cryoSPARC particle file with "
+                             "locations (export the particles of a picking or extraction job)")
+    paths = [str(p) for p in dataset["location/micrograph_path"]]
+    shape = np.asarray(dataset["location/micrograph_shape"], dtype=float).reshape(len(paths), 2)
+    x = np.asarray(dataset["location/center_x_frac"], dtype=float) * shape[:, 1]
+    y = np.asarray(dataset["location/center_y_frac"], dtype=float) * shape[:, 0]
+    score = np.asarray(dataset["pick_stats/ncc_score"], dtype=float) if "pick_stats/ncc_score" in fields else None
+    files = [strip_cryosparc_uid(Path(p).name) for p in paths]
+    table = make_table([micrograph_name(f) for f in files], x, y, score)
+    table[FILE_NAME_COLUMN] = files
+    table[PATH_COLUMN] = paths
+    table[SHAPE_Y_COLUMN], table[SHAPE_X_COLUMN] = shape[:, 0].astype(int), shape[:, 1].astype(int)
+    if "location/micrograph_uid" in fields:
+        table[UID_COLUMN] = np.asarray(dataset["location/micrograph_uid"], dtype=np.uint64)
+    return table
+
+
+def _load_cs(path: Path):  # noqa: ANN202 - a cryosparc.dataset.Dataset (imported lazily)
+    from cryosparc.dataset import Dataset
+
+    try:
+        return Dataset.load(path)
+    except Exception as err:  # DatasetLoadError, or numpy's errors on a truncated array
+        raise UserInputError(path, f"not a readable cryoSPARC .cs file ({err.__class__.__name__})") from None
+
+
+def strip_cryosparc_uid(file_name: str) -> str:
+    """``01234567890123456789_mic_001.mrc`` -> ``mic_001.mrc``; other names unchanged."""
+    return _CRYOSPARC_UID_PREFIX.sub("", file_name)
+
+
 Reader = Callable[[Path, "float | None"], pd.DataFrame]
 READERS: dict[str, Reader] = {
     "star": _read_star,
@@ -192,6 +235,7 @@ READERS: dict[str, Reader] = {
     "csv": _read_csv,
     "topaz": _read_topaz,
     "imod": _read_imod,
+    "cs": _read_cs,
 }
 
 # ----------------------------------------------------------------------------------------------- writers
@@ -237,19 +281,89 @@ def _write_topaz(table: pd.DataFrame, path: Path, box_size: float | None) -> Non
     frame.to_csv(path, sep="\t", index=False, float_format="%.6g")
 
 
+def _write_cs(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
+    """cryoSPARC particles with ``location/*`` and ``pick_stats/*``, readable by ``cryosparc-tools``.
+
+    ``pick_stats/ncc_score`` holds our score (log-odds) for Inspect Picks' threshold; ``pick_stats/power`` is
+    0 (we measure none). ``location/micrograph_uid`` is the UID read from a ``.cs`` file when there was one,
+    else a stable 64-bit hash of the micrograph's name (cryoSPARC's exposure UIDs are unknown here).
+    """
+    from cryosparc.dataset import Dataset
+
+    check_cs_columns(table, path)
+    dataset = Dataset.allocate(len(table), [
+        ("location/micrograph_uid", "<u8"), ("location/micrograph_path", "O"),
+        ("location/micrograph_shape", "<u4", (2,)), ("location/center_x_frac", "<f4"),
+        ("location/center_y_frac", "<f4"), ("pick_stats/ncc_score", "<f4"), ("pick_stats/power", "<f4"),
+    ])
+    if len(table):
+        shape = table[[SHAPE_Y_COLUMN, SHAPE_X_COLUMN]].to_numpy(float)
+        names = table["micrograph"].astype(str)
+        known = table[UID_COLUMN] if UID_COLUMN in table.columns else pd.Series([None] * len(table))
+        dataset["location/micrograph_uid"] = np.array(
+            [int(u) if pd.notna(u) else name_uid(n) for u, n in zip(known, names)], dtype=np.uint64)
+        dataset["location/micrograph_path"] = _micrograph_paths(table).to_numpy(object)
+        dataset["location/micrograph_shape"] = shape.astype(np.uint32)
+        dataset["location/center_x_frac"] = table["x"].to_numpy(float) / shape[:, 1]
+        dataset["location/center_y_frac"] = table["y"].to_numpy(float) / shape[:, 0]
+        dataset["pick_stats/ncc_score"] = table["score"].fillna(0.0).to_numpy(float)
+    with path.open("wb") as handle:
+        dataset.save(handle)
+
+
+def check_cs_columns(table: pd.DataFrame, path: str | Path | None) -> None:
+    """A ``.cs`` file stores centres as fractions of the micrograph's size: every row needs that size."""
+    if {SHAPE_Y_COLUMN, SHAPE_X_COLUMN} <= set(table.columns) and table[[SHAPE_Y_COLUMN, SHAPE_X_COLUMN]].notna(
+    ).all().all():
+        return
+    raise UserInputError(path, "a cryoSPARC .cs file needs each micrograph's size in pixels: pass the "
+                         "micrographs (--micrographs)")
+
+
+def name_uid(name: str) -> int:
+    """A stable 64-bit identifier for a micrograph name (the same name, the same UID, in every run)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+
+
+def _micrograph_paths(table: pd.DataFrame) -> pd.Series:
+    if PATH_COLUMN in table.columns:
+        return table[PATH_COLUMN].astype(str)
+    if FILE_NAME_COLUMN in table.columns:
+        return table[FILE_NAME_COLUMN].astype(str)
+    return table["micrograph"].astype(str) + ".mrc"
+
+
+def attach_micrographs(table: pd.DataFrame, paths: Sequence[str | Path], source: str | Path | None) -> pd.DataFrame:
+    """Add each row's micrograph path and size (from the MRC header) by name: what a ``.cs`` file needs."""
+    from cryojoint.io.mrc import micrograph_shape
+
+    by_name = {micrograph_name(p): Path(p) for p in paths}
+    check_names_match(table, by_name, source)
+    names = table["micrograph"].astype(str)
+    shapes = {name: micrograph_shape(by_name[name]) for name in names.unique()}
+    table = table.copy()
+    table[PATH_COLUMN] = names.map(lambda n: str(by_name[n])).to_numpy(object)
+    table[SHAPE_Y_COLUMN] = names.map(lambda n: shapes[n][0]).to_numpy(int)
+    table[SHAPE_X_COLUMN] = names.map(lambda n: shapes[n][1]).to_numpy(int)
+    return table
+
+
 Writer = Callable[[pd.DataFrame, Path, "float | None"], None]
 WRITERS: dict[str, Writer] = {
     "star": _write_star,
     "box": _write_box,
     "csv": _write_csv,
     "topaz": _write_topaz,
+    "cs": _write_cs,
 }
 #: File suffix for each format, and the format for each suffix (``.txt`` is sniffed: Topaz or IMOD).
-SUFFIX_OF_FORMAT: dict[str, str] = {"star": ".star", "box": ".box", "csv": ".csv", "topaz": ".txt", "imod": ".txt"}
+SUFFIX_OF_FORMAT: dict[str, str] = {"star": ".star", "box": ".box", "csv": ".csv", "topaz": ".txt", "imod": ".txt",
+                                    "cs": ".cs"}
 #: Formats whose files hold the picks of a single micrograph, named by the file.
 PER_MICROGRAPH_FORMATS: frozenset[str] = frozenset({"box", "imod"})
 FORMAT_OF_SUFFIX: dict[str, str] = {
     ".star": "star", ".box": "box", ".csv": "csv", ".tsv": "topaz", ".pos": "imod", ".pts": "imod", ".coords": "imod",
+    ".cs": "cs",
 }
 
 # ------------------------------------------------------------------------------------------- public API
@@ -385,24 +499,23 @@ def check_names_match(table: pd.DataFrame, micrograph_names: Iterable[str], sour
         )
 
 
+def drop_unknown_micrographs(table: pd.DataFrame, micrograph_names: Iterable[str]) -> tuple[pd.DataFrame, int, int]:
+    """The rows of ``table`` whose micrograph is among ``micrograph_names``, and how many rows and micrographs
+    were dropped: labels for a whole project used on a subset of its micrographs."""
+    known = table["micrograph"].astype(str).isin(set(micrograph_names))
+    dropped = table[~known]
+    return table[known].reset_index(drop=True), len(dropped), int(dropped["micrograph"].nunique())
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 
 
 def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Coordinate files named by globs, folders, ``@list`` files or plain paths (:mod:`cryojoint.io.inputs`)."""
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not items:
         raise UserInputError(None, "no coordinate files given")
-    files: list[Path] = []
-    for item in map(Path, items):
-        if item.is_dir():
-            inside = sorted(p for p in item.iterdir() if p.is_file() and (
-                p.suffix.lower() in FORMAT_OF_SUFFIX or p.suffix.lower() == ".txt"))
-            if not inside:
-                raise UserInputError(item, "folder holds no coordinate files")
-            files.extend(inside)
-        else:
-            files.append(item)
-    return files
+    return expand_paths(items, {*FORMAT_OF_SUFFIX, ".txt"}, "coordinate")
 
 
 def _check_writable_format(table: pd.DataFrame, path: Path, fmt: str | None, box_size: float | None) -> str:
@@ -410,6 +523,8 @@ def _check_writable_format(table: pd.DataFrame, path: Path, fmt: str | None, box
     file_format = _check_format(fmt, path, WRITERS)
     if file_format == "box" and (box_size is None or box_size <= 0):
         raise UserInputError(path, "EMAN .box files need a box size (pass --box-size N, in pixels)")
+    if file_format == "cs":
+        check_cs_columns(table, path)
     if file_format in PER_MICROGRAPH_FORMATS and table["micrograph"].nunique() > 1:
         raise UserInputError(path, f"a {file_format} file holds one micrograph, the table has "
                              f"{table['micrograph'].nunique()} (write one file per micrograph into a folder)")
@@ -517,12 +632,16 @@ def convert_coordinates(
     out_fmt: str | None = None,
     box_size: float | None = None,
     overwrite: bool = False,
+    micrographs: Sequence[str | Path] | None = None,
 ) -> list[Path]:
     """Convert coordinate files; ``output`` is a file, or a folder for one file per micrograph.
 
     A folder is used when ``output`` has no suffix or is an existing folder; then ``out_fmt`` is required.
+    ``micrographs`` (paths) give each micrograph's path and size, which cryoSPARC ``.cs`` files need.
     """
     table = read_coordinates(inputs, in_fmt)
+    if micrographs:
+        table = attach_micrographs(table, micrographs, inputs if isinstance(inputs, (str, Path)) else None)
     output = Path(output)
     if output.is_dir() or not output.suffix:
         if out_fmt is None:

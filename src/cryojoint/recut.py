@@ -1,0 +1,170 @@
+"""Re-cut picks from a ``predict`` output without the network: another cut-off, or N picks per micrograph.
+
+``predict`` keeps every NMS peak with its score (``candidates.star``, and ``candidates/<mic>.csv`` per
+micrograph, empty for a micrograph without peaks), so choosing another cut-off is a filter, done in seconds.
+:func:`pick_counts` tells how many picks each micrograph keeps at a range of cut-offs, and
+:func:`threshold_summary` draws the score histogram, so users choose by looking, not by re-running.
+Scores are log-odds (0 = probability 0.5), as everywhere in cryojoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryojoint._atomic import atomic_path, check_can_write
+from cryojoint.errors import UserInputError
+from cryojoint.io.coords import (
+    SUFFIX_OF_FORMAT,
+    WRITERS,
+    empty_table,
+    read_coordinates,
+    write_coordinates,
+    write_coordinates_per_micrograph,
+)
+from cryojoint.prediction import (
+    BOX_SIZE_DIAMETERS,
+    CANDIDATE_DIR,
+    CANDIDATES_STAR,
+    COMBINED_STAR,
+)
+
+RECORD_NAME = "pick.json"
+HISTOGRAM_NAME = "score_histogram.png"
+#: Cut-offs shown by ``cryojoint threshold`` when none are given: this many, spread over the candidates' scores.
+DEFAULT_CUTOFF_COUNT = 7
+#: ... between these quantiles of all candidate scores (the extremes say little).
+DEFAULT_CUTOFF_QUANTILES = (0.05, 0.95)
+
+
+@dataclass
+class PredictionFolder:
+    """What a ``predict`` run left: every candidate, the micrographs it covered and its own cut-off."""
+
+    folder: Path
+    candidates: pd.DataFrame
+    micrographs: list[str]  # every micrograph predicted, those without candidates too
+    threshold: float | None
+    particle_diameter_px: float | None
+
+
+def read_prediction_folder(folder: str | Path) -> PredictionFolder:
+    """Read ``candidates.star`` / ``candidates/`` and ``predict.json`` of a ``predict`` output folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserInputError(folder, "not found (expected a predict output folder)" if not folder.exists()
+                             else "is a file; expected a predict output folder")
+    per_micrograph = sorted((folder / CANDIDATE_DIR).glob("*.csv"))
+    if not per_micrograph:
+        raise UserInputError(folder, f"no {CANDIDATE_DIR}/*.csv: not a cryojoint predict output folder")
+    names = [p.stem for p in per_micrograph]
+    star = folder / CANDIDATES_STAR
+    if not star.is_file():
+        raise UserInputError(star, "not found: the predict run did not finish (rerun predict to complete it)")
+    try:
+        candidates = read_coordinates(star, "star")
+    except UserInputError as err:
+        if "no particle coordinates" not in err.problem:
+            raise
+        candidates = empty_table()  # no peak in any micrograph
+    record = folder / "predict.json"
+    threshold = diameter = None
+    if record.is_file():
+        try:
+            values = json.loads(record.read_text())
+        except json.JSONDecodeError as err:
+            raise UserInputError(record, f"not valid JSON ({err.msg})") from None
+        threshold, diameter = values.get("threshold"), values.get("particle_diameter_px_input")
+    return PredictionFolder(folder, candidates, names, threshold, diameter)
+
+
+def recut(candidates: pd.DataFrame, threshold: float | None = None, count: int | None = None) -> pd.DataFrame:
+    """Candidates at or above ``threshold``, or the ``count`` best of each micrograph (exactly one is given)."""
+    if (threshold is None) == (count is None):
+        raise UserInputError(None, "give either --threshold X or --count N")
+    if threshold is not None:
+        return candidates[candidates["score"] >= threshold].reset_index(drop=True)
+    if count is None or count < 1:
+        raise UserInputError(None, "--count must be at least 1")
+    ranked = candidates.sort_values("score", ascending=False, kind="stable")
+    kept = ranked.groupby("micrograph", sort=False).head(count)
+    return candidates.loc[sorted(kept.index)].reset_index(drop=True)
+
+
+def pick_files(prediction: str | Path, out: str | Path, threshold: float | None = None, count: int | None = None,
+               formats: Sequence[str] = ("star",), overwrite: bool = False) -> tuple[pd.DataFrame, list[Path]]:
+    """Write ``out/picks.star`` (+ ``out/picks/<format>/`` per micrograph) re-cut from a predict output."""
+    unknown = [f for f in formats if f not in WRITERS or f == "cs"]
+    if unknown:
+        hint = (" (for cryoSPARC: cryojoint convert OUT/picks.star picks.cs --micrographs ...)"
+                if "cs" in unknown else "")
+        raise UserInputError(None, f"--formats: cannot write '{unknown[0]}' here (star, box, csv, topaz){hint}")
+    run = read_prediction_folder(prediction)
+    picks = recut(run.candidates, threshold, count)
+    out = Path(out)
+    if out.resolve() == run.folder.resolve():
+        raise UserInputError(out, "is the predict folder itself; write the re-cut picks to another folder")
+    targets = [out / COMBINED_STAR, out / RECORD_NAME]
+    targets += [out / "picks" / fmt / f"{name}{SUFFIX_OF_FORMAT[fmt]}" for fmt in formats for name in run.micrographs]
+    for target in targets:  # every check before the first write: no half-written output folder
+        check_can_write(target, overwrite)
+    box = None if run.particle_diameter_px is None else float(round(BOX_SIZE_DIAMETERS * run.particle_diameter_px))
+    written = []
+    for fmt in formats:
+        written += write_coordinates_per_micrograph(picks, out / "picks" / fmt, fmt, names=run.micrographs,
+                                                    box_size=box, overwrite=overwrite)
+    written.append(write_coordinates(picks, out / COMBINED_STAR, "star", overwrite=overwrite))
+    record = {"source": str(run.folder), "threshold": threshold, "count_per_micrograph": count,
+              "n_picks": int(len(picks)), "n_micrographs": len(run.micrographs),
+              "predict_threshold": run.threshold}
+    with atomic_path(out / RECORD_NAME, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    return picks, [*written, out / RECORD_NAME]
+
+
+def default_cutoffs(scores: np.ndarray, run_threshold: float | None) -> list[float]:
+    """A few round cut-offs spread over the scores, and the run's own cut-off among them."""
+    finite = scores[np.isfinite(scores)]
+    if not len(finite):
+        return [] if run_threshold is None else [float(run_threshold)]
+    low, high = np.quantile(finite, DEFAULT_CUTOFF_QUANTILES)
+    values = {float(f"{v:.2g}") for v in np.linspace(low, high, DEFAULT_CUTOFF_COUNT)}
+    if run_threshold is not None:
+        values.add(round(float(run_threshold), 3))
+    return sorted(values)
+
+
+def pick_counts(prediction: PredictionFolder, cutoffs: Sequence[float]) -> pd.DataFrame:
+    """Picks per micrograph (rows, every micrograph of the run) at each cut-off (columns), with a total row."""
+    candidates = prediction.candidates
+    table = pd.DataFrame(index=pd.Index(prediction.micrographs, name="micrograph"))
+    for cut in cutoffs:
+        kept = candidates[candidates["score"] >= cut]["micrograph"].astype(str).value_counts()
+        table[f"{cut:g}"] = kept.reindex(table.index, fill_value=0).astype(int)
+    table.loc["total"] = table.sum(axis=0)
+    return table
+
+
+def threshold_summary(prediction: str | Path, cutoffs: Sequence[float] | None = None,
+                      png: str | Path | None = None) -> tuple[pd.DataFrame, Path, PredictionFolder]:
+    """Picks per micrograph at ``cutoffs`` (default: spread over the scores) and the score histogram PNG
+    (default: ``PRED_DIR/score_histogram.png``), the run's cut-off marked."""
+    from cryojoint.report import FIGURE_DPI, score_histogram_figure
+
+    run = read_prediction_folder(prediction)
+    scores = run.candidates["score"].to_numpy(float)
+    chosen = list(cutoffs) if cutoffs else default_cutoffs(scores, run.threshold)
+    if not chosen:
+        raise UserInputError(run.folder, "no candidate scores to cut (no peak was found in any micrograph)")
+    png_path = Path(png) if png is not None else run.folder / HISTOGRAM_NAME
+    if not np.isfinite(scores).any():
+        raise UserInputError(run.folder, "no candidate scores to draw")
+    figure = score_histogram_figure(scores, run.threshold)
+    with atomic_path(png_path) as tmp:
+        figure.savefig(tmp, format="png", dpi=FIGURE_DPI, facecolor="white")
+    return pick_counts(run, chosen), png_path, run

@@ -1,0 +1,136 @@
+"""``cryojoint pick`` and ``cryojoint threshold`` on a real ``predict`` output: re-cutting reproduces predict's
+own picks at its cut-off, counts per micrograph agree with the candidates, and mistakes are one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cryojoint.config import CryojointConfig
+from cryojoint.io.coords import read_coordinates
+from cryojoint.io.mrc import write_mrc
+from cryojoint.prediction import predict_files
+from cryojoint.simulation import simulate
+from cryojoint.training import train
+
+EXIT_USER_ERROR = 2
+TINY = {"model": {"unet_encoder_channels": 8, "unet_decoder_channels": 16, "unet_depth": 3,
+                  "detector_channels": [8, 16, 16]},
+        "train": {"steps": 2, "eval_every": 2, "seed": 1, "device": "cpu"},
+        "data": {"particle_diameter_px": 22.0},
+        "predict": {"tile_size_px": 128, "tile_overlap_px": 32}}
+
+
+@pytest.fixture(scope="module")
+def prediction(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A predict output folder from a 2-step model on three small simulated micrographs."""
+    root = tmp_path_factory.mktemp("recut")
+    data = simulate(n_micrographs=3, size=256, seed=4, preset="ruvb")
+    paths = [write_mrc(root / f"{m.name}.mrc", m.data, m.pixel_size) for m in data.micrographs["dose_060"]]
+    labels = data.truth.sample(frac=0.5, random_state=0)[["micrograph", "x", "y"]]
+    train(paths, labels, root / "run", CryojointConfig.from_dict(TINY), progress=False)
+    predict_files(root / "run" / "model.pt", paths, root / "pred", outputs=("picks",), device="cpu", progress=False)
+    return root / "pred"
+
+
+def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    return table[["micrograph", "x", "y", "score"]].sort_values(["micrograph", "x", "y"]).reset_index(drop=True)
+
+
+def test_pick_at_the_runs_own_cutoff_reproduces_predict_picks(
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    cut = json.loads((prediction / "predict.json").read_text())["threshold"]
+    code, out, err = cryojoint_main(["pick", prediction, "--threshold", repr(cut), "--out", tmp_path / "same",
+                          "--formats", "star,box"])
+    assert code == 0, err
+    pd.testing.assert_frame_equal(_sorted(read_coordinates(tmp_path / "same" / "picks.star")),
+                                  _sorted(read_coordinates(prediction / "picks.star")))
+    assert sorted(p.name for p in (tmp_path / "same" / "picks" / "box").iterdir()) == [
+        "mic_0000.box", "mic_0001.box", "mic_0002.box"]
+    record = json.loads((tmp_path / "same" / "pick.json").read_text())
+    assert record["threshold"] == cut and record["count_per_micrograph"] is None
+
+
+def test_pick_count_keeps_the_best_n_of_each_micrograph(
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    code, out, err = cryojoint_main(["pick", prediction, "--count", "4", "--out", tmp_path / "top4"])
+    assert code == 0, err
+    assert "12 picks (the best 4 per micrograph) in 3 micrograph(s)" in out
+    picks = read_coordinates(tmp_path / "top4" / "picks.star")
+    candidates = read_coordinates(prediction / "candidates.star")
+    for name, rows in picks.groupby("micrograph"):
+        best = np.sort(candidates.loc[candidates["micrograph"] == name, "score"].to_numpy())[::-1][:4]
+        np.testing.assert_allclose(np.sort(rows["score"].to_numpy())[::-1], best)
+
+
+def test_a_cutoff_above_every_score_writes_empty_files_for_every_micrograph(
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    code, out, err = cryojoint_main(["pick", prediction, "--threshold", "1e6", "--out", tmp_path / "none"])
+    assert code == 0, err
+    assert out.startswith("0 picks")
+    assert sorted(p.name for p in (tmp_path / "none" / "picks" / "star").iterdir()) == [
+        "mic_0000.star", "mic_0001.star", "mic_0002.star"]
+
+
+def test_threshold_counts_agree_with_the_candidates_and_the_histogram_is_written(
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    png = tmp_path / "hist.png"
+    code, out, err = cryojoint_main(["threshold", prediction, "--cutoffs", "-100,0,1e6", "--png", png])
+    assert code == 0, err
+    candidates = read_coordinates(prediction / "candidates.star")
+    per_micrograph = candidates["micrograph"].value_counts()
+    for name in ("mic_0000", "mic_0001", "mic_0002"):
+        line = next(line for line in out.splitlines() if name in line)
+        numbers = [int(v) for v in line.replace("│", " ").split()[1:]]
+        at_zero = int((candidates.loc[candidates["micrograph"] == name, "score"] >= 0).sum())
+        assert numbers == [int(per_micrograph.get(name, 0)), at_zero, 0]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from cryojoint.recut import read_prediction_folder, threshold_summary
+
+    counts, default_png, folder = threshold_summary(prediction)
+    run_cut = json.loads((prediction / "predict.json").read_text())["threshold"]
+    assert counts.loc["total", f"{round(run_cut, 3):g}"] == pytest.approx(
+        (folder.candidates["score"] >= round(run_cut, 3)).sum())
+    assert default_png == prediction / "score_histogram.png" and default_png.is_file()
+    assert read_prediction_folder(prediction).micrographs == ["mic_0000", "mic_0001", "mic_0002"]
+
+
+@pytest.mark.parametrize("case", ["neither", "both", "into predict folder", "not a predict folder", "cs format",
+                                  "bad cutoffs"])
+def test_mistakes_are_one_line_errors_and_write_nothing(
+        case: str, prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    out = tmp_path / "out"
+    args, source, fragment = {
+        "neither": (["pick", prediction, "--out", out], None, "give either --threshold X or --count N"),
+        "both": (["pick", prediction, "--out", out, "--threshold", "0", "--count", "3"], None, "give either"),
+        "into predict folder": (["pick", prediction, "--out", prediction, "--count", "3"], prediction,
+                                "is the predict folder itself"),
+        "not a predict folder": (["pick", tmp_path, "--out", out, "--count", "3"], tmp_path,
+                                 "not a cryojoint predict output folder"),
+        "cs format": (["pick", prediction, "--out", out, "--count", "3", "--formats", "cs"], None,
+                      "cryojoint convert OUT/picks.star picks.cs"),
+        "bad cutoffs": (["threshold", prediction, "--cutoffs", "1,two", "--png", out / "h.png"], None,
+                        "--cutoffs must be numbers"),
+    }[case]
+    code, _, err = cryojoint_main(args)
+    lines = err.strip().splitlines()
+    assert code == EXIT_USER_ERROR and len(lines) == 1, err
+    assert lines[0].startswith(f"error: {source}: " if source else "error: ") and fragment in lines[0]
+    assert not out.exists()
+
+
+def test_existing_output_is_kept_without_overwrite(
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    out = tmp_path / "out"
+    assert cryojoint_main(["pick", prediction, "--count", "2", "--out", out])[0] == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, _, err = cryojoint_main(["pick", prediction, "--count", "5", "--out", out])
+    assert code == EXIT_USER_ERROR and "already exists (pass --overwrite" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert cryojoint_main(["pick", prediction, "--count", "5", "--out", out, "--overwrite"])[0] == 0
+    assert len(read_coordinates(out / "picks.star")) == 15
