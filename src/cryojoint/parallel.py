@@ -14,16 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from cryojoint.errors import UserInputError
+from cryojoint.runtime import threads_per_worker
 
 #: Times a crashed task (not a bad input) is retried on another attempt before it is reported.
 TASK_RETRIES = 2
 _MODEL_CACHE: dict[tuple[str, str], Any] = {}
-
-
-def threads_per_worker(workers: int, cores: int | None = None) -> int:
-    """Share the machine's cores between worker processes so they do not oversubscribe."""
-    cores = cores or os.cpu_count() or 1
-    return max(1, cores // max(workers, 1))
 
 
 def _cached_model(model_path: str, device: str) -> Any:

@@ -44,6 +44,7 @@ from cryojoint.io.coords import (
 )
 from cryojoint.io.mrc import Micrograph, micrograph_name, micrograph_shape, read_micrograph, write_mrc
 from cryojoint.progress import counted_progress
+from cryojoint.runtime import select_device
 
 OUTPUT_KINDS: tuple[str, ...] = ("picks", "denoised", "heatmap")
 AUTO_THRESHOLD_RULES: tuple[str, ...] = ("expected-count", "quantile")
@@ -469,8 +470,6 @@ def predict_files(
     micrograph (sequential runs; with Dask workers, once before the start): when true, the run raises
     :class:`~cryojoint.errors.StopRequested`, leaving the micrographs done so far for a rerun to skip.
     """
-    from cryojoint.training import select_device
-
     out_dir = Path(out_dir)
     unknown_formats = [f for f in formats if f not in WRITERS]
     if unknown_formats:

@@ -50,9 +50,9 @@ from cryojoint.errors import StopRequested, UserInputError
 from cryojoint.io.coords import drop_unknown_micrographs, read_coordinates
 from cryojoint.io.mrc import Micrograph
 from cryojoint.losses import TrainingStage, training_stages
-from cryojoint.parallel import threads_per_worker
+from cryojoint.runtime import select_device, threads_per_worker
 
-__all__ = ["TrainResult", "learning_rate_at", "load_model", "select_device", "train", "training_patch_size"]
+__all__ = ["TrainResult", "learning_rate_at", "load_model", "train", "training_patch_size"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "model.pt"
@@ -61,25 +61,6 @@ CONFIG_NAME = "config.yaml"
 TENSORBOARD_DIR = "tensorboard"
 #: Pixels around the validation picks' bounding box included when scoring validation AP.
 VALIDATION_MARGIN_DIAMETERS = 1.0
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """CUDA, then Apple MPS, then CPU, unless a device is forced."""
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise UserInputError(None, f"unknown device '{name}' (cpu, cuda, cuda:N, mps, auto)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserInputError(None, "--device cuda asked for, but no CUDA GPU is available")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise UserInputError(None, "--device mps asked for, but MPS is not available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def learning_rate_at(step: int, total: int, base: float, rampup_fraction: float, rampdown_fraction: float) -> float:

@@ -9,8 +9,8 @@ import pytest
 
 from cryojoint.config import CryojointConfig
 from cryojoint.io.coords import read_coordinates
-from cryojoint.parallel import threads_per_worker
 from cryojoint.prediction import predict_files
+from cryojoint.runtime import threads_per_worker
 from cryojoint.simulation import simulate, write_dataset
 from cryojoint.training import train
 
