@@ -41,7 +41,7 @@ import pandas as pd
 from scipy import ndimage, signal
 from scipy.spatial import cKDTree
 
-from cryojoint.data import bin_image, to_binned_coordinates
+from cryojoint.imaging import bin_image, to_binned_coordinates
 from cryojoint.io.coords import make_table, read_coordinates, write_coordinates
 from cryojoint.io.mrc import read_micrograph, write_mrc
 

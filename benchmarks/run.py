@@ -50,8 +50,9 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make ``benchmarks.peers``
 
 from cryojoint.baselines import best_lowpass_sigma, blob_pick, choose_polarity, gaussian_lowpass  # noqa: E402
 from cryojoint.config import DataConfig  # noqa: E402
-from cryojoint.data import estimate_expected_particles, normalise  # noqa: E402
+from cryojoint.data import estimate_expected_particles  # noqa: E402
 from cryojoint.evaluation import denoising_metrics, picking_metrics, psnr  # noqa: E402
+from cryojoint.imaging import normalise  # noqa: E402
 from cryojoint.io.coords import read_coordinates, write_coordinates  # noqa: E402
 from cryojoint.io.mrc import read_micrograph, write_mrc  # noqa: E402
 from cryojoint.picking import estimate_particle_diameter  # noqa: E402

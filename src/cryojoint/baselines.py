@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from cryojoint.imaging import robust_centre_spread
 from cryojoint.picking import DIAMETER_PER_LOG_SIGMA, nms_peaks
 
 Polarity = Literal["auto", "dark", "bright", "abs"]
@@ -39,8 +40,6 @@ def _log_response(image: np.ndarray, sigma_px: float) -> np.ndarray:
 
 
 def _robust_z(values: np.ndarray) -> np.ndarray:
-    from cryojoint.data import robust_centre_spread
-
     centre, spread = robust_centre_spread(values)
     return (values - centre) / spread
 

@@ -1,4 +1,4 @@
-"""From micrographs and sparse labels to training batches: normalisation, binning, soft labels, patches.
+"""From micrographs and sparse labels to training batches: soft labels, density and prior estimates, patches.
 
 Everything here is numpy and deterministic given a ``numpy.random.Generator``; the training loop turns the
 arrays into tensors.
@@ -16,55 +16,13 @@ from scipy.spatial import ConvexHull, QhullError
 
 from cryojoint.config import DataConfig, LossConfig
 from cryojoint.errors import UserInputError
+from cryojoint.imaging import MAD_TO_STD, bin_image, normalise, to_binned_coordinates
 from cryojoint.io.coords import check_inside, check_names_match
 from cryojoint.io.mrc import Micrograph, read_micrograph
+from cryojoint.picking import estimate_particle_diameter
 
-#: MAD -> standard deviation for Gaussian data.
-MAD_TO_STD = 1.4826
 #: Smallest labelled region (px^2 at network scale) we trust for a density estimate; below it, use the image.
 MIN_REGION_AREA_PX2 = 64.0**2
-
-
-# ------------------------------------------------------------------------------------- image conditioning
-
-
-def robust_centre_spread(values: np.ndarray) -> tuple[float, float]:
-    """Median and MAD-based standard deviation (plain std, or 1, when the MAD is 0).
-
-    Median and MAD ignore the few very dark pixels of gold beads and contamination that would dominate a
-    plain mean/std.
-    """
-    values = np.asarray(values)
-    centre = float(np.median(values))
-    spread = float(np.median(np.abs(values - centre))) * MAD_TO_STD
-    if not np.isfinite(spread) or spread <= 0:
-        spread = float(np.std(values)) or 1.0
-    return centre, spread
-
-
-def normalise(image: np.ndarray) -> np.ndarray:
-    """Zero median, unit robust std, in float32 (never quantised: at 10% dose 8 bits would lose signal)."""
-    image = np.asarray(image, dtype=np.float32)
-    centre, spread = robust_centre_spread(image)
-    return ((image - centre) / spread).astype(np.float32)
-
-
-def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
-    """Average ``factor`` x ``factor`` blocks (the remainder rows/columns are dropped)."""
-    if factor == 1:
-        return np.asarray(image, dtype=np.float32)
-    ny, nx = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    blocks = image[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
-    return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
-
-
-def to_binned_coordinates(xy: np.ndarray, factor: int) -> np.ndarray:
-    """Pixel centres of the input -> pixel centres of the binned image (pixel i covers [i*f, (i+1)*f))."""
-    return (np.asarray(xy, dtype=float) + 0.5) / factor - 0.5
-
-
-def from_binned_coordinates(xy: np.ndarray, factor: int) -> np.ndarray:
-    return (np.asarray(xy, dtype=float) + 0.5) * factor - 0.5
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -234,8 +192,6 @@ def prepare_data(
     labels_source: str | Path | None = None,
 ) -> PreparedData:
     """Bin, normalise, check labels against images, derive particle size / count / pi, split validation."""
-    from cryojoint.picking import estimate_particle_diameter
-
     factor = data_config.downsample
     check_names_match(labels, [m.name for m in micrographs], labels_source)
     check_inside(labels, {m.name: m.shape for m in micrographs}, labels_source)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from cryojoint.imaging import normalise
+
 #: Local maxima are searched in this neighbourhood (pixels, square) before greedy suppression.
 LOCAL_MAX_WINDOW_PX = 3
 #: Sub-pixel offsets from the quadratic fit are clipped to this (a peak cannot move into the next pixel).
@@ -230,15 +232,6 @@ def auto_threshold(
     return float(np.quantile(values, 1.0 - top_fraction))
 
 
-def _robust_normalise(image: np.ndarray) -> np.ndarray:
-    """(image - median) / (1.4826 * MAD): comparable contrast across micrographs of any scale."""
-    from cryojoint.data import robust_centre_spread
-
-    data = np.asarray(image, dtype=np.float64)
-    centre, spread = robust_centre_spread(data)
-    return (data - centre) / spread
-
-
 def mean_particle_image(
     images: Sequence[np.ndarray], coords: Sequence[np.ndarray], half_width_px: int
 ) -> tuple[np.ndarray, int]:
@@ -254,7 +247,7 @@ def mean_particle_image(
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         if xy.shape[0] == 0:
             continue
-        normalised = _robust_normalise(image)
+        normalised = normalise(image, dtype=np.float64)
         padded = np.pad(normalised, half_width_px, mode="constant", constant_values=0.0)
         ny, nx = normalised.shape
         cols = np.rint(xy[:, 0]).astype(int)

@@ -23,14 +23,9 @@ import torch
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel, load_model
 from cryojoint.config import CryojointConfig
-from cryojoint.data import (
-    bin_image,
-    estimate_noise_std,
-    from_binned_coordinates,
-    normalise,
-    robust_centre_spread,
-)
+from cryojoint.data import estimate_noise_std
 from cryojoint.errors import StopRequested, UserInputError
+from cryojoint.imaging import bin_image, from_binned_coordinates, normalise, robust_centre_spread
 from cryojoint.io.coords import (
     FILE_NAME_COLUMN,
     SUFFIX_OF_FORMAT,

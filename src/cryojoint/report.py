@@ -419,7 +419,7 @@ def _compact_png(png: bytes) -> bytes:
 
 def _display_image(image: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
     """Block-average ``image`` so its longest side is at most ``max_side``; return it and the bin factor."""
-    from cryojoint.data import bin_image
+    from cryojoint.imaging import bin_image
 
     factor = max(1, int(math.ceil(max(image.shape) / max_side)))
     return bin_image(np.asarray(image, dtype=np.float32), factor), factor

@@ -11,17 +11,14 @@ from scipy.spatial import ConvexHull
 from cryojoint.data import (
     LabelledImage,
     PatchSampler,
-    bin_image,
     estimate_expected_particles,
-    from_binned_coordinates,
     labelled_region_area,
-    normalise,
     positive_fraction,
     soft_label_map,
     split_validation,
-    to_binned_coordinates,
     unlabelled_positive_fraction,
 )
+from cryojoint.imaging import bin_image, from_binned_coordinates, normalise, to_binned_coordinates
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (65, 97)])

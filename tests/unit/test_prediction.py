@@ -199,8 +199,9 @@ def test_confident_candidates_keep_their_ranking_in_files(tmp_path) -> None:
 def test_an_untrained_denoiser_does_not_make_the_image_worse() -> None:
     """Where the network has learned nothing, the posterior mean falls back to the input: its FRC with the clean
     image is not below the raw input's (the uncalibrated posterior mean of the same network is, by far)."""
-    from cryojoint.data import estimate_noise_std, normalise
+    from cryojoint.data import estimate_noise_std
     from cryojoint.evaluation import frc_score
+    from cryojoint.imaging import normalise
     from cryojoint.models.unet import posterior_mean
     from cryojoint.simulation import simulate
 
