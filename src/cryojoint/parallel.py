@@ -36,8 +36,8 @@ def predict_task(model_path: str, micrograph_path: str, out_dir: str, settings: 
     """Predict one micrograph on a worker. Bad input is returned as an error; crashes raise (and are retried)."""
     import torch
 
+    from cryojoint.inference import predict_micrograph, write_micrograph_outputs
     from cryojoint.io.mrc import micrograph_name, read_micrograph
-    from cryojoint.prediction import predict_micrograph, write_micrograph_outputs
 
     torch.set_num_threads(threads or _worker_threads())
     name = micrograph_name(micrograph_path)

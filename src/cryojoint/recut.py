@@ -19,6 +19,7 @@ import pandas as pd
 
 from cryojoint._atomic import atomic_path, check_can_write
 from cryojoint.errors import UserInputError
+from cryojoint.inference import CANDIDATE_DIR
 from cryojoint.io.coords import (
     SUFFIX_OF_FORMAT,
     WRITERS,
@@ -27,12 +28,7 @@ from cryojoint.io.coords import (
     write_coordinates,
     write_coordinates_per_micrograph,
 )
-from cryojoint.prediction import (
-    BOX_SIZE_DIAMETERS,
-    CANDIDATE_DIR,
-    CANDIDATES_STAR,
-    COMBINED_STAR,
-)
+from cryojoint.prediction import BOX_SIZE_DIAMETERS, CANDIDATES_STAR, COMBINED_STAR
 
 RECORD_NAME = "pick.json"
 HISTOGRAM_NAME = "score_histogram.png"

@@ -264,7 +264,7 @@ def write_denoised_star(out_dir: Path, mics: MicrographsStar, downsample: int) -
     Binned denoising (``downsample`` > 1) changes the pixel size, so the optics block's
     ``_rlnMicrographPixelSize`` is scaled with it. ``None`` when the model denoised nothing (detect-only).
     """
-    from cryojoint.prediction import DENOISED_DIR
+    from cryojoint.inference import DENOISED_DIR
 
     rows = mics.micrographs.copy()
     rows["rlnMicrographName"] = [str(out_dir / DENOISED_DIR / f"{micrograph_name(n)}.mrc")

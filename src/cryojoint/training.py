@@ -527,7 +527,7 @@ def _validate(network: torch.nn.Module, prepared: PreparedData, config: Cryojoin
     """Validation denoise loss and AP on held-out labels (cropped around them: scoring is where labels are)."""
     from cryojoint import losses
     from cryojoint.evaluation import average_precision
-    from cryojoint.prediction import candidate_peaks, run_network_on_image
+    from cryojoint.inference import candidate_peaks, run_network_on_image
 
     if not prepared.validation:
         return {}

@@ -11,9 +11,10 @@ import torch
 from cryojoint.checkpoint import LoadedModel
 from cryojoint.config import CryojointConfig
 from cryojoint.errors import UserInputError
+from cryojoint.inference import PickingSettings, _blocks, run_network_on_image
 from cryojoint.models.joint import JointModel
 from cryojoint.models.unet import BlindSpotUNet
-from cryojoint.prediction import PickingSettings, _blocks, choose_threshold, predict, run_network_on_image
+from cryojoint.prediction import choose_threshold, predict
 
 TINY = {"model": {"unet_encoder_channels": 8, "unet_decoder_channels": 16, "unet_depth": 3,
                   "detector_channels": [8, 16, 16], "detector_output_stride": 1}}
@@ -180,8 +181,8 @@ def test_predict_rejects_non_finite_arrays() -> None:
 
 def test_confident_candidates_keep_their_ranking_in_files(tmp_path) -> None:
     """Scores are logits: peaks at logits 25, 30 and 40 (all probability 1.0 after rounding) stay ordered."""
+    from cryojoint.inference import candidate_peaks
     from cryojoint.io.coords import make_table, read_coordinates, write_coordinates
-    from cryojoint.prediction import candidate_peaks
 
     logits = np.full((64, 64), -10.0, dtype=np.float32)
     for (row, col), value in zip([(10, 10), (30, 40), (50, 20)], [25.0, 40.0, 30.0], strict=True):
@@ -221,8 +222,8 @@ def test_an_untrained_denoiser_does_not_make_the_image_worse() -> None:
 
 def test_a_good_prior_keeps_its_gain() -> None:
     """When mu is informative, the check keeps (nearly) the network's own posterior mean and its gain over y."""
+    from cryojoint.inference import calibrated_posterior_mean
     from cryojoint.models.unet import posterior_mean
-    from cryojoint.prediction import calibrated_posterior_mean
 
     rng = np.random.default_rng(3)
     clean = rng.normal(size=(128, 128)).astype(np.float32)

@@ -1,0 +1,326 @@
+"""Per-micrograph inference: tiled network passes in flat memory, the denoised image, the soft segmentation and
+every candidate peak of one micrograph, and that micrograph's files.
+
+What one worker does for one micrograph, wherever it runs: :mod:`cryojoint.prediction` calls it in-process,
+:mod:`cryojoint.parallel` on Dask workers, and training's validation uses the network pass and the peaks. The
+run-level steps (the cut-off over all candidates, the picks files, the run record) are in
+:mod:`cryojoint.prediction`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryojoint._atomic import atomic_path
+from cryojoint.checkpoint import LoadedModel
+from cryojoint.config import CryojointConfig
+from cryojoint.data import estimate_noise_std
+from cryojoint.errors import UserInputError
+from cryojoint.imaging import bin_image, from_binned_coordinates, normalise, robust_centre_spread
+from cryojoint.io.coords import FILE_NAME_COLUMN, empty_table, make_table, write_coordinates
+from cryojoint.io.mrc import Micrograph, write_mrc
+
+AUTO_THRESHOLD_RULES: tuple[str, ...] = ("expected-count", "quantile")
+DENOISED_DIR, HEATMAP_DIR, CANDIDATE_DIR = "denoised", "heatmaps", "candidates"
+
+
+@dataclass
+class NetworkResult:
+    """Per-pixel network outputs for one image, at network scale (arrays are ``None`` for absent heads)."""
+
+    prior_mean: np.ndarray | None
+    prior_var: np.ndarray | None
+    noise_var: float | None
+    denoised: np.ndarray | None
+    logits: np.ndarray | None
+    soft_segmentation: np.ndarray | None
+
+
+def _blocks(length: int, largest: int, align: int = 1) -> list[tuple[int, int]]:
+    """Split ``[0, length)`` into the fewest near-equal blocks of about ``largest`` pixels at most.
+
+    Inner edges fall on multiples of ``align`` (the U-Net's pooling grid), so every block sees the pooling
+    windows a single whole-image pass would.
+    """
+    count = max(1, math.ceil(length / largest))
+    inner = [int(round(length * i / count / align)) * align for i in range(1, count)]
+    edges = sorted({0, length, *(e for e in inner if 0 < e < length)})
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def network_context_px(network: torch.nn.Module) -> int:
+    """Context (px) a block needs on each side for tiled output to equal the whole-image pass exactly.
+
+    The detector reads the denoised image within its receptive radius, and each of those denoised pixels reads
+    the input within the U-Net's receptive radius: the two add up. Rounded up to the U-Net's pooling grid.
+    """
+    from cryojoint.models.detector import CONTEXT_RADIUS
+
+    denoiser = getattr(network, "denoiser", None)
+    detector = getattr(network, "detector", None)
+    reach = (denoiser.receptive_radius_px if denoiser is not None else 0) + (CONTEXT_RADIUS if detector else 0)
+    multiple = denoiser.size_multiple if denoiser is not None else 1
+    return int(math.ceil(reach / multiple)) * multiple
+
+
+@torch.no_grad()
+def run_network_on_image(
+    network: torch.nn.Module,
+    image: np.ndarray,
+    config: CryojointConfig,
+    device: torch.device | str = "cpu",
+    dense: bool = True,
+    keep: Sequence[str] = ("prior_mean", "prior_var", "denoised", "logits"),
+) -> NetworkResult:
+    """Run the network over a normalised image in overlapping tiles, so memory does not grow with image size.
+
+    What is computed is defined by the whole-image pass: the image, zero-padded at its bottom and right to a
+    multiple of the U-Net's ``2**depth``, and nothing around it (the network's own zero padding, as on training
+    patches). Zeros, not a mirror image, so no pixel's own value can come back into its blind-spot prediction
+    through the padding. The image is split into the fewest near-equal blocks of at most ``tile_size_px``
+    whose inner edges lie on the pooling grid; each pass sees its block plus ``tile_overlap_px`` of context
+    (default: :func:`network_context_px`, the receptive fields of denoiser and detector), clipped at the image,
+    so every kept pixel is computed from exactly the inputs the whole-image pass gives it.
+    """
+    network.eval()
+    multiple = 2 ** config.model.unet_depth
+    ny, nx = image.shape
+    overlap = config.predict.tile_overlap_px
+    context = network_context_px(network) if overlap is None else int(math.ceil(overlap / multiple)) * multiple
+    padded_ny, padded_nx = ny + (-ny) % multiple, nx + (-nx) % multiple
+    aligned = np.zeros((padded_ny, padded_nx), dtype=np.float32)
+    aligned[:ny, :nx] = image
+    outputs: dict[str, np.ndarray] = {}
+    noise_vars: list[float] = []
+    # The denoised image is recomputed from the prior over the whole image (calibrated_posterior_mean).
+    # The network's own per-tile posterior mean is not kept: it would only be overwritten.
+    wanted = set(keep) - {"denoised"} | ({"prior_mean", "prior_var"} if "denoised" in keep else set())
+    for y0, y1 in _blocks(ny, config.predict.tile_size_px, multiple):
+        for x0, x1 in _blocks(nx, config.predict.tile_size_px, multiple):
+            # Inner block edges are on the grid, the context is a whole number of grid cells, and a pass that
+            # reaches the image's end takes its alignment padding: every pass is a multiple of the grid.
+            cy0, cx0 = max(y0 - context, 0), max(x0 - context, 0)
+            cy1 = padded_ny if y1 == ny else min(y1 + context, padded_ny)
+            cx1 = padded_nx if x1 == nx else min(x1 + context, padded_nx)
+            x = torch.from_numpy(np.ascontiguousarray(aligned[cy0:cy1, cx0:cx1]))[None, None].to(device)
+            out = network(x, dense=dense)
+            for key in wanted:
+                value = getattr(out, key)
+                if value is None:
+                    continue
+                block = value[0, 0].float().cpu().numpy()
+                if key not in outputs:
+                    outputs[key] = np.empty((ny, nx), dtype=np.float32)
+                outputs[key][y0:y1, x0:x1] = block[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
+            if out.noise_var is not None:
+                noise_vars.append(float(out.noise_var.float().mean()))
+    noise_var = float(np.mean(noise_vars)) if noise_vars else None
+    if "denoised" in keep and "prior_mean" in outputs and noise_var is not None:
+        outputs["denoised"] = calibrated_posterior_mean(image, outputs["prior_mean"], outputs["prior_var"],
+                                                        noise_var, estimate_noise_std([image]) ** 2)
+    logits = outputs.get("logits")
+    soft = None
+    if logits is not None:
+        clamp = config.model.sigmoid_clamp
+        # In place, float32: a 4096² map costs 64 MB per copy.
+        soft = np.negative(logits)
+        np.clip(soft, -80.0, 80.0, out=soft)
+        np.exp(soft, out=soft)
+        soft += 1.0
+        np.reciprocal(soft, out=soft)
+        np.clip(soft, clamp, 1 - clamp, out=soft)
+    if "prior_mean" not in keep:
+        outputs.pop("prior_mean", None)
+    if "prior_var" not in keep:
+        outputs.pop("prior_var", None)
+    return NetworkResult(outputs.get("prior_mean"), outputs.get("prior_var"), noise_var, outputs.get("denoised"),
+                         logits, soft)
+
+
+#: Inflations of the prior variance tried by :func:`calibrated_posterior_mean`, in units of mean(A^2 + s^2).
+PRIOR_INFLATION_GRID: tuple[float, ...] = (0.0,) + tuple(float(2.0**k) for k in range(-6, 11))
+
+
+def calibrated_posterior_mean(y: np.ndarray, prior_mean: np.ndarray, prior_var: np.ndarray, noise_var: float,
+                              noise_var_ceiling: float | None = None) -> np.ndarray:
+    """The denoised image: the posterior mean, with the prior's confidence checked against the image itself.
+
+    The posterior mean ``mu + w (y - mu)``, ``w = A^2 / (A^2 + s^2)``, is only as good as mu and A^2. Where the
+    network has learned little (few steps, data unlike its training data) trusting mu makes the image *worse*
+    than the input. Because mu and A^2 at p never saw y[p] (the blind spot), Stein's unbiased risk estimate of
+    the mean squared error against the clean image is exact for this family:
+    ``SURE = mean((s^2 / (A^2 + s^2))^2 (y - mu)^2) - s^2 + 2 s^2 mean(w)``. The prior variance is inflated by
+    the amount (0 included) that minimises it; infinite inflation returns y itself, whose risk is s^2, so the
+    chosen image is estimated to be no worse than the input. A well-trained network keeps its own A^2 (or
+    nearly). The noise variance is at most ``noise_var_ceiling`` (from the image's neighbour differences); the
+    part above it goes to A^2, which leaves A^2 + s^2, all the likelihood fixes, unchanged.
+    """
+    s2 = float(noise_var) if noise_var_ceiling is None else min(float(noise_var), float(noise_var_ceiling))
+    a2 = (prior_var + np.float32(float(noise_var) - s2)).astype(np.float64)
+    squared_residual = np.square(y - prior_mean, dtype=np.float64)
+    unit = float(np.mean(a2)) + s2
+    best_risk, best_inflation = math.inf, 0.0
+    for factor in PRIOR_INFLATION_GRID:
+        shrink = s2 / (a2 + factor * unit + s2)  # 1 - w
+        risk = float(np.mean(shrink**2 * squared_residual)) - s2 + 2.0 * s2 * float(np.mean(1.0 - shrink))
+        if risk < best_risk:
+            best_risk, best_inflation = risk, factor * unit
+    shrink = (s2 / (a2 + best_inflation + s2)).astype(np.float32)
+    return (y - shrink * (y - prior_mean)).astype(np.float32)
+
+
+@dataclass
+class MicrographPrediction:
+    """What prediction makes of one micrograph. Coordinates are in the input's pixels."""
+
+    name: str
+    denoised: np.ndarray | None  # network scale (binned when downsample > 1), in the input's intensity units
+    soft_segmentation: np.ndarray | None  # network scale
+    candidates: pd.DataFrame  # every NMS peak with its score, input pixels
+    pixel_size: float | None  # Å/px of the arrays above
+    seconds: float = 0.0
+
+
+@dataclass
+class PickingSettings:
+    """Picking parameters resolved against the model (units: network pixels unless stated)."""
+
+    downsample: int
+    nms_radius_px: float
+    border_px: float
+    threshold: float | None
+    top_fraction: float
+    threshold_rule: str  # "expected-count" or "quantile" (used when threshold is None)
+    expected_per_micrograph: float | None  # for a micrograph of the training micrographs' mean area
+    expected_density_per_px2: float | None = None  # particles per network px^2 (scales to any image size)
+    tile_size_px: int | None = None  # overrides the model config's predict.tile_size_px (memory vs speed)
+
+    @property
+    def automatic_rule(self) -> str:
+        """The automatic rule that applies: expected-count needs an expected count, else the quantile rule."""
+        if self.threshold_rule == "expected-count" and self.expected_per_micrograph:
+            return "expected-count"
+        return "quantile"
+
+    @classmethod
+    def resolve(cls, model: LoadedModel, threshold: float | str | None = None, nms_radius_px: float | None = None,
+                border_px: float | None = None, downsample: int | None = None,
+                tile_size_px: int | None = None) -> PickingSettings:
+        """Options given in input pixels (as users think of them) become network pixels here."""
+        factor = int(downsample or model.downsample)
+        if factor < 1:
+            raise UserInputError(None, "--downsample must be >= 1")
+        predict_config = model.config.predict
+        radius = nms_radius_px if nms_radius_px is not None else predict_config.nms_radius_px
+        radius_net = radius / factor if radius is not None else model.particle_diameter_px / 2
+        border = border_px if border_px is not None else predict_config.border_px
+        rule = predict_config.auto_threshold_rule
+        if isinstance(threshold, str):
+            if threshold not in AUTO_THRESHOLD_RULES:
+                raise UserInputError(None, f"unknown cut-off rule '{threshold}' (a number, or one of "
+                                     f"{', '.join(AUTO_THRESHOLD_RULES)})")
+            rule, threshold = threshold, None
+        if tile_size_px is not None and tile_size_px < 2 ** model.config.model.unet_depth:
+            raise UserInputError(None, f"--tile-size must be at least {2 ** model.config.model.unet_depth} px")
+        expected = model.meta.get("expected_particles")
+        density = model.meta.get("expected_density_per_px2")
+        return cls(factor, float(radius_net), float(border) / factor,
+                   threshold if threshold is not None else predict_config.threshold,
+                   predict_config.auto_threshold_top_fraction, rule,
+                   None if expected is None else float(expected), None if density is None else float(density),
+                   tile_size_px)
+
+
+def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
+                       device: torch.device | str = "cpu") -> MicrographPrediction:
+    """Denoise one micrograph, map it, and find every candidate peak (no cut-off yet)."""
+    start = time.perf_counter()
+    factor = settings.downsample
+    binned = bin_image(micrograph.data, factor)
+    if min(binned.shape) < 2 ** model.config.model.unet_depth:
+        raise UserInputError(micrograph.path or micrograph.name,
+                             f"image of {binned.shape[1]}x{binned.shape[0]} px (binned by {factor}) is too small")
+    centre, scale = robust_centre_spread(binned)
+    normalised = normalise(binned)
+    config = model.config
+    if settings.tile_size_px is not None:
+        config = dataclasses.replace(config, predict=dataclasses.replace(config.predict,
+                                                                         tile_size_px=settings.tile_size_px))
+    result = run_network_on_image(model.network, normalised, config, device, keep=("denoised", "logits"))
+    del normalised
+    denoised = None if result.denoised is None else (result.denoised * scale + centre).astype(np.float32)
+    candidates = empty_table()
+    if result.logits is not None:
+        xy, scores = candidate_peaks(result.logits, settings.nms_radius_px, model.config.model.sigmoid_clamp,
+                                     settings.border_px)
+        xy_input = from_binned_coordinates(xy, factor) if len(xy) else xy.reshape(0, 2)
+        candidates = make_table(micrograph.name, xy_input[:, 0], xy_input[:, 1], scores)
+    if micrograph.path is not None:
+        candidates[FILE_NAME_COLUMN] = Path(micrograph.path).name
+    pixel_size = None if micrograph.pixel_size is None else micrograph.pixel_size * factor
+    return MicrographPrediction(micrograph.name, denoised, result.soft_segmentation, candidates, pixel_size,
+                                time.perf_counter() - start)
+
+
+def candidate_peaks(logits: np.ndarray, radius_px: float, clamp: float,
+                    border_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Every NMS peak of the logit map with its score, the log-odds (logit) of being a particle.
+
+    Scores are logits, as in Topaz (``topaz extract -t -6``), not probabilities: confident peaks reach logits of
+    20-40, where probabilities round to 1.0 in any text file and the ranking of the best candidates would be
+    lost. Peaks are found on logits, not on the clamped soft segmentation: the clamp (a training device) makes
+    the best candidates tie at ``1 - clamp``. Pixels at or below the clamp's floor are background plateaus,
+    not peaks.
+    """
+    from cryojoint.picking import nms_peaks
+
+    floor_logit = float(np.log(clamp / (1.0 - clamp)))
+    xy, logit_scores = nms_peaks(logits, radius_px, threshold=float(np.nextafter(floor_logit, np.inf)),
+                                 border_px=border_px)
+    return xy, np.asarray(logit_scores, dtype=np.float64)
+
+
+def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
+    """Where one micrograph's files go in a predict output folder (the candidates file marks it done)."""
+    return {
+        "denoised": out_dir / DENOISED_DIR / f"{name}.mrc",
+        "heatmap": out_dir / HEATMAP_DIR / f"{name}.mrc",
+        "heatmap_png": out_dir / HEATMAP_DIR / f"{name}.png",
+        "candidates": out_dir / CANDIDATE_DIR / f"{name}.csv",
+    }
+
+
+def write_micrograph_outputs(prediction: MicrographPrediction, out_dir: Path, outputs: Sequence[str]) -> None:
+    """Write one micrograph's files, each atomically; the candidates file last marks the micrograph done."""
+    paths = output_paths(out_dir, prediction.name)
+    if "denoised" in outputs and prediction.denoised is not None:
+        write_mrc(paths["denoised"], prediction.denoised, prediction.pixel_size)
+    if "heatmap" in outputs and prediction.soft_segmentation is not None:
+        write_mrc(paths["heatmap"], prediction.soft_segmentation, prediction.pixel_size)
+        _write_thumbnail(paths["heatmap_png"], prediction.soft_segmentation)
+    write_coordinates(prediction.candidates, paths["candidates"], "csv")
+
+
+def _write_thumbnail(path: Path, image: np.ndarray, max_side: int = 512) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    step = max(1, int(math.ceil(max(image.shape) / max_side)))
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, image[::step, ::step], cmap="magma", vmin=0.0, vmax=1.0, format="png")
+
+
+__all__ = ["CANDIDATE_DIR", "DENOISED_DIR", "HEATMAP_DIR", "MicrographPrediction", "NetworkResult", "PickingSettings",
+           "calibrated_posterior_mean", "candidate_peaks", "network_context_px", "output_paths", "predict_micrograph",
+           "run_network_on_image", "write_micrograph_outputs"]
