@@ -13,15 +13,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from cryojoint.errors import UserInputError
 
-TrainingMode = Literal["joint", "joint-no-consistency", "sequential", "denoise-only", "detect-only"]
 TRAINING_MODES: tuple[str, ...] = ("joint", "joint-no-consistency", "sequential", "denoise-only", "detect-only")
-NoiseModel = Literal["constant", "estimator"]
 
 
 @dataclass
@@ -148,7 +146,6 @@ class PredictConfig:
     # Context added on each side of a block. None: the receptive fields of U-Net and detector (default preset:
     # 384 px), so tiled output equals the whole-image pass exactly; a smaller value is faster but shows seams.
     tile_overlap_px: int | None = None
-    batch_size: int = 1
 
 
 @dataclass
@@ -197,6 +194,11 @@ class CryojointConfig:
             raise UserInputError(path, "config must be a mapping of sections")
         return cls.from_dict(values or {}, source=path)
 
+
+#: Keys a section no longer has, still accepted (and dropped) so configs and models written before load.
+RETIRED_KEYS: dict[str, frozenset[str]] = {
+    "predict": frozenset({"batch_size"}),  # never read by anything
+}
 
 _SECTION_CLASSES: dict[str, type] = {
     "model": ModelConfig,
@@ -290,6 +292,7 @@ def _build_section(section_cls: type, values: dict[str, Any], source: str | Path
     if not isinstance(values, dict):
         raise UserInputError(source, f"config section '{name}' must be a mapping")
     known = {f.name: f for f in dataclasses.fields(section_cls)}
+    values = {k: v for k, v in values.items() if k not in RETIRED_KEYS.get(name, frozenset())}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UserInputError(source, f"unknown key(s) in '{name}': {', '.join(unknown)}")

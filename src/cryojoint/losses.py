@@ -77,8 +77,7 @@ GE_FORMS: tuple[str, ...] = ("cross-entropy", "kl")
 
 
 def pu_loss(logits: Tensor, soft_targets: Tensor, pi: float, slack: float = 1.0,
-            pixels_per_positive: float = 1.0, mask: Tensor | None = None, per_unit: bool = True,
-            ge_form: str = "kl") -> Tensor:
+            pixels_per_positive: float = 1.0, ge_form: str = "kl") -> Tensor:
     """Topaz's GE-binomial positive-unlabelled loss, generalised to soft labels.
 
     Each pixel with target ``w`` in [0, 1] counts as a labelled positive with weight ``w`` and as unlabelled
@@ -109,20 +108,15 @@ def pu_loss(logits: Tensor, soft_targets: Tensor, pi: float, slack: float = 1.0,
         Pixels that one particle makes positive (e.g. the area of the label bump). Neighbouring pixels of
         a dense map are not independent draws: counting in particles rather than pixels (dividing every
         count by this) keeps the penalty on the scale Topaz has with independent patches. 1 = Topaz.
-    mask
-        Optional 0/1 (or fractional) weights of the pixels that take part at all, e.g. to leave out pixels
-        whose receptive field reaches past the patch.
-    per_unit
-        Divide the GE term by the unlabelled count (in particles). Topaz's undivided KL grows linearly with
-        the number of unlabelled samples per step: fine for its 256 crops, but a dense 4x64x64 map has 64x
-        more pixels, and at initialisation (p ~ 0.5 everywhere) the term is then in the thousands and its
-        gradient wrecks the denoiser through the joint coupling. Divided, it is about
-        ``(mean(p) - pi)^2 / (2 pi (1 - pi))`` whatever the batch and patch size. ``False`` = Topaz.
 
     Returns
     -------
     Tensor
-        Scalar loss.
+        Scalar loss. The GE term is divided by the unlabelled count (in particles), where Topaz leaves it
+        undivided: undivided, it grows linearly with the number of unlabelled samples per step, fine for
+        Topaz's 256 crops, but a dense 4x64x64 map has 64x more pixels, and at initialisation (p ~ 0.5
+        everywhere) the term is then in the thousands and its gradient wrecks the denoiser through the joint
+        coupling. Divided, it is about ``(mean(p) - pi)^2 / (2 pi (1 - pi))`` whatever the batch and patch size.
     """
     if not 0.0 < pi < 1.0:
         raise ValueError(f"pi must be in (0, 1), got {pi}")
@@ -130,8 +124,6 @@ def pu_loss(logits: Tensor, soft_targets: Tensor, pi: float, slack: float = 1.0,
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(soft_targets.shape)} differ in shape")
     labelled = soft_targets.clamp(0.0, 1.0)
     unlabelled = 1.0 - labelled
-    if mask is not None:
-        labelled, unlabelled = labelled * mask, unlabelled * mask
 
     labelled_weight = labelled.sum()
     positive_nll = (labelled * F.softplus(-logits)).sum() / labelled_weight.clamp_min(torch.finfo(logits.dtype).eps)
@@ -150,8 +142,7 @@ def pu_loss(logits: Tensor, soft_targets: Tensor, pi: float, slack: float = 1.0,
         penalty = 0.5 * (q_var + (q_mu - prior_mu) ** 2) / prior_var
     else:
         raise ValueError(f"ge_form must be one of {GE_FORMS}, got {ge_form!r}")
-    if per_unit:
-        penalty = penalty / count
+    penalty = penalty / count  # per unlabelled particle (see Returns)
     return positive_nll + slack * penalty
 
 
@@ -168,12 +159,6 @@ def consistency_loss(logits: Tensor, flipped_back_logits: Tensor, clamp: float) 
         ``sigmoid_clamp`` of the model config (the modified sigmoid).
     """
     return F.mse_loss(soft_segmentation(logits, clamp), soft_segmentation(flipped_back_logits, clamp))
-
-
-def total_loss(alpha: float, consistency_weight: float, l_denoise: Tensor | float, l_detect: Tensor | float,
-               l_consistency: Tensor | float) -> Tensor | float:
-    """``alpha * l_denoise + (1 - alpha) * l_detect + consistency_weight * l_consistency`` (paper eq.)."""
-    return alpha * l_denoise + (1.0 - alpha) * l_detect + consistency_weight * l_consistency
 
 
 @dataclass(frozen=True)

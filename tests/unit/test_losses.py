@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from cryojoint.config import TRAINING_MODES
 from cryojoint.losses import (
+    MIN_COUNT_VARIANCE,
     TRAINING_STAGES,
     consistency_loss,
     denoise_loss,
@@ -17,7 +18,6 @@ from cryojoint.losses import (
     model_parts,
     pu_loss,
     stage_loss,
-    total_loss,
     training_stages,
 )
 
@@ -86,7 +86,6 @@ def test_pu_loss_matches_a_hand_computed_case() -> None:
     prior_mu, prior_var = 3 * pi, 3 * pi * (1 - pi)
     kl = 0.5 * (q_var / prior_var + (q_mu - prior_mu) ** 2 / prior_var + math.log(prior_var / q_var) - 1)
     assert positive + kl == pytest.approx(0.246526, abs=1e-5)  # the numbers written out once by hand
-    assert pu_loss(logits, targets, pi, per_unit=False).item() == pytest.approx(positive + kl, rel=1e-4)
     assert pu_loss(logits, targets, pi).item() == pytest.approx(positive + kl / 3, rel=1e-4)  # 3 unlabelled
     assert pu_loss(logits, targets, pi, slack=0.0).item() == pytest.approx(positive, rel=1e-6)
 
@@ -96,8 +95,9 @@ def test_pu_loss_per_unit_scale_does_not_grow_with_the_number_of_pixels() -> Non
     logits = torch.randn(1, 1, 8, 8, generator=generator) + 1.0
     targets = torch.zeros_like(logits)
     bigger = logits.repeat(1, 1, 4, 4)  # same values, 16x the pixels
-    summed_small = pu_loss(logits, targets, 0.05, per_unit=False).item()
-    summed_big = pu_loss(bigger, torch.zeros_like(bigger), 0.05, per_unit=False).item()
+    # No labels: the loss is the GE term per unlabelled pixel; Topaz's undivided term is it times the pixels.
+    summed_small = pu_loss(logits, targets, 0.05).item() * logits.numel()
+    summed_big = pu_loss(bigger, torch.zeros_like(bigger), 0.05).item() * bigger.numel()
     assert summed_big > 10 * summed_small
     assert pu_loss(bigger, torch.zeros_like(bigger), 0.05).item() == pytest.approx(
         pu_loss(logits, targets, 0.05).item(), rel=0.05)
@@ -121,23 +121,30 @@ def test_pu_loss_soft_targets_weight_labelled_and_unlabelled_parts() -> None:
     soft = torch.tensor([0.5, 0.0, 0.0, 0.0, 0.0])
     only_labelled_part = F.softplus(-logits[0]).item()
     assert pu_loss(logits, soft, 0.3, slack=0.0).item() == pytest.approx(only_labelled_part)
-    # the half-labelled pixel also counts half in the unlabelled count: same as a half-weight mask
-    mask = torch.tensor([0.5, 1.0, 1.0, 1.0, 1.0])
-    zero_targets = torch.zeros(5)
+    # the half-labelled pixel also counts half in the unlabelled count (KL of the weighted count, per unit)
+    unlabelled = torch.tensor([0.5, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    p = torch.sigmoid(logits.double())
+    count = float(unlabelled.sum())
+    q_mu, q_var = float((unlabelled * p).sum()), float((unlabelled * p * (1 - p)).sum()) + MIN_COUNT_VARIANCE
+    prior_mu, prior_var = count * 0.3, count * 0.3 * 0.7
+    kl = 0.5 * (q_var / prior_var + (q_mu - prior_mu) ** 2 / prior_var + math.log(prior_var / q_var) - 1)
     ge_only = pu_loss(logits, soft, 0.3) - pu_loss(logits, soft, 0.3, slack=0.0)
-    assert ge_only.item() == pytest.approx(pu_loss(logits, zero_targets, 0.3, mask=mask).item(), rel=1e-5)
+    assert ge_only.item() == pytest.approx(kl / count, rel=1e-5)
 
 
 def test_pu_loss_pixels_per_positive_rescales_only_the_count_mismatch() -> None:
     targets = torch.zeros(64)
     pi = 0.2
+
+    def undivided(logits: torch.Tensor, pixels_per_positive: float = 1.0) -> float:
+        """Topaz's GE term: without labels, the loss times the unlabelled count (in particles)."""
+        return pu_loss(logits, targets, pi, pixels_per_positive=pixels_per_positive).item() * (
+            logits.numel() / pixels_per_positive)
+
     matched = torch.full((64,), math.log(pi / (1 - pi)))  # expected count already right
-    assert pu_loss(matched, targets, pi, pixels_per_positive=9.0, per_unit=False).item() == pytest.approx(
-        pu_loss(matched, targets, pi, per_unit=False).item(), abs=1e-5)
+    assert undivided(matched, 9.0) == pytest.approx(undivided(matched), abs=1e-5)
     too_high = torch.full((64,), 1.0)
-    excess_1 = pu_loss(too_high, targets, pi, per_unit=False)
-    excess_9 = pu_loss(too_high, targets, pi, pixels_per_positive=9.0, per_unit=False)
-    assert 0 < excess_9.item() < excess_1.item()
+    assert 0 < undivided(too_high, 9.0) < undivided(too_high)
 
 
 def test_pu_loss_rejects_bad_input() -> None:
@@ -174,10 +181,6 @@ def test_consistency_loss_is_zero_for_flip_equivariant_detector_and_positive_oth
 # --- combining terms and modes ---------------------------------------------------------------------------
 
 
-def test_total_loss_is_the_paper_formula() -> None:
-    assert total_loss(0.75, 0.1, 2.0, 4.0, 10.0) == pytest.approx(0.75 * 2 + 0.25 * 4 + 0.1 * 10)
-
-
 def test_every_config_mode_has_stages_and_the_right_parts() -> None:
     assert set(TRAINING_STAGES) == set(TRAINING_MODES)
     assert model_parts("joint") == (True, True)
@@ -194,7 +197,8 @@ def test_stage_losses_use_exactly_the_terms_of_each_mode() -> None:
     d, t, c = torch.tensor(2.0), torch.tensor(4.0), torch.tensor(10.0)
     alpha, weight = 0.75, 0.1
     joint = training_stages("joint")[0]
-    assert stage_loss(joint, alpha, weight, d, t, c).item() == pytest.approx(total_loss(alpha, weight, 2, 4, 10))
+    # the paper's L = alpha L_denoise + (1 - alpha) L_detect + lambda L_consistency
+    assert stage_loss(joint, alpha, weight, d, t, c).item() == pytest.approx(0.75 * 2 + 0.25 * 4 + 0.1 * 10)
     no_consistency = training_stages("joint-no-consistency")[0]
     assert stage_loss(no_consistency, alpha, weight, d, t, None).item() == pytest.approx(0.75 * 2 + 0.25 * 4)
     first, second = training_stages("sequential")

@@ -10,7 +10,6 @@ from scipy import ndimage
 
 from cryojoint.picking import (
     auto_threshold,
-    estimate_expected_particles,
     estimate_particle_diameter,
     nms_peaks,
 )
@@ -206,22 +205,6 @@ def test_estimate_particle_diameter_ignores_scale_and_offset_of_images() -> None
 def test_estimate_particle_diameter_rejects_no_usable_picks() -> None:
     with pytest.raises(ValueError):
         estimate_particle_diameter([np.zeros((64, 64))], [np.array([[500.0, 500.0]])])
-
-
-# -------------------------------------------------------------------------------------- particle count
-
-
-def test_estimate_expected_particles_from_partial_region() -> None:
-    spacing = 20.0
-    grid = np.arange(110, 410, spacing)  # a 300x300 px labelled region with 15x15 labels
-    xx, yy = np.meshgrid(grid, grid)
-    region_labels = np.stack([xx.ravel(), yy.ravel()], axis=1)
-    expected = (1024 * 1024) / (spacing * spacing)
-    estimate = estimate_expected_particles([region_labels, np.zeros((0, 2))], [(1024, 1024), (1024, 1024)])
-    assert estimate == pytest.approx(expected, rel=0.1)
-    half_labelled = estimate_expected_particles([region_labels], [(1024, 1024)], label_completeness=0.5)
-    assert half_labelled == pytest.approx(2 * estimate)
-    assert math.isnan(estimate_expected_particles([np.zeros((0, 2))], [(64, 64)]))
 
 
 @pytest.mark.parametrize("diameter", [16.0, 30.0, 48.0])

@@ -144,14 +144,6 @@ class JointModel(nn.Module):
         self.denoiser.eval()
         self.denoiser_frozen = True
 
-    def unfreeze_denoiser(self) -> None:
-        """Undo :meth:`freeze_denoiser`."""
-        if self.denoiser is None:
-            return
-        self.denoiser.requires_grad_(True)
-        self.denoiser.train(self.training)
-        self.denoiser_frozen = False
-
     def train(self, mode: bool = True) -> JointModel:
         super().train(mode)
         if self.denoiser_frozen and self.denoiser is not None:
