@@ -233,8 +233,7 @@ class PRCurve:
             return float("nan")
         if self.recall.size == 0:
             return 0.0
-        recall_steps = np.diff(np.concatenate([[0.0], self.recall]))
-        return float(np.sum(recall_steps * self.precision))
+        return step_average_precision(self.precision, self.recall)
 
     def best_f1(self) -> tuple[float, float]:
         """Highest F1 over cut-offs and that cut-off (the highest one among ties)."""
@@ -243,6 +242,15 @@ class PRCurve:
             return (0.0 if self.n_true else float("nan")), float("nan")
         best = int(np.nanargmax(f1))
         return float(f1[best]), float(self.thresholds[best])
+
+
+def step_average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Area under a step-wise PR curve given by decreasing cut-off: ``sum_k (R_k - R_{k-1}) P_k``, ``R_0 = 0``.
+
+    The one definition of AP: :meth:`PRCurve.average_precision` and the report's stored curves both use it.
+    """
+    recall_steps = np.diff(np.concatenate([[0.0], recall]))
+    return float(np.sum(recall_steps * precision))
 
 
 def _curve_from_hits(sorted_scores: np.ndarray, hits: np.ndarray, n_true: int) -> PRCurve:

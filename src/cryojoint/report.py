@@ -483,12 +483,6 @@ def _style_pr_axes(ax: Axes, title: str) -> None:
     ax.grid(alpha=0.25)
 
 
-def _step_average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
-    """Area under the step-wise curve, ``sum (R_k - R_{k-1}) P_k`` (the definition evaluation.py uses)."""
-    steps = np.diff(np.concatenate([[0.0], recall]))
-    return float(np.sum(steps * precision))
-
-
 def _curve_arrays(curve: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
     """Precision and recall of a stored curve with missing points dropped; ``None`` if unusable."""
     if not isinstance(curve, Mapping):
@@ -1000,6 +994,8 @@ def _evaluation_pr_figure(picking: dict[str, Any] | None,
 
 
 def _benchmark_pr_figure(curves: dict[str, Any], contents: RunContents) -> str:
+    from cryojoint.evaluation import step_average_precision
+
     doses = [d for d, methods in curves.items() if isinstance(methods, dict) and methods]
     if not doses:
         return _note("benchmark.json: pr_curves holds no usable curves.")
@@ -1014,7 +1010,7 @@ def _benchmark_pr_figure(curves: dict[str, Any], contents: RunContents) -> str:
                 continue
             precision, recall = arrays
             ap = _number(curve.get("average_precision")) if isinstance(curve, Mapping) else None
-            ap = _step_average_precision(precision, recall) if ap is None else ap
+            ap = step_average_precision(precision, recall) if ap is None else ap
             _plot_pr(ax, precision, recall, color=CURVE_COLOURS[index % len(CURVE_COLOURS)], linewidth=1.6,
                      label=f"{method} (AP {ap:.3f})")
         ax.legend(fontsize=7, loc="lower left")
