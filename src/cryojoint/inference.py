@@ -72,26 +72,17 @@ def network_context_px(network: torch.nn.Module) -> int:
     return int(math.ceil(reach / multiple)) * multiple
 
 
-@torch.no_grad()
-def run_network_on_image(
-    network: torch.nn.Module,
-    image: np.ndarray,
-    config: CryojointConfig,
-    device: torch.device | str = "cpu",
-    dense: bool = True,
-    keep: Sequence[str] = ("prior_mean", "prior_var", "denoised", "logits"),
-) -> NetworkResult:
-    """Run the network over a normalised image in overlapping tiles, so memory does not grow with image size.
+def _whole_image_passes(network: torch.nn.Module, image: np.ndarray, config: CryojointConfig,
+                        device: torch.device | str, dense: bool, wanted: set[str],
+                        ) -> tuple[dict[str, np.ndarray], list[float]]:
+    """The whole-image pass, computed in tiles that give exactly its output.
 
-    What is computed is defined by the whole-image pass: the image, zero-padded at its bottom and right to a
-    multiple of the U-Net's ``2**depth``, and nothing around it (the network's own zero padding, as on training
-    patches). Zeros, not a mirror image, so no pixel's own value can come back into its blind-spot prediction
-    through the padding. The image is split into the fewest near-equal blocks of at most ``tile_size_px``
-    whose inner edges lie on the pooling grid; each pass sees its block plus ``tile_overlap_px`` of context
-    (default: :func:`network_context_px`, the receptive fields of denoiser and detector), clipped at the image,
-    so every kept pixel is computed from exactly the inputs the whole-image pass gives it.
+    The image is zero-padded at its bottom and right to a multiple of the U-Net's ``2**depth`` and split into
+    the fewest near-equal blocks of at most ``tile_size_px`` whose inner edges lie on the pooling grid; each
+    pass sees its block plus ``tile_overlap_px`` of context (default: :func:`network_context_px`, the receptive
+    fields of denoiser and detector), clipped at the image, so every kept pixel is computed from exactly the
+    inputs the whole-image pass gives it.
     """
-    network.eval()
     multiple = 2 ** config.model.unet_depth
     ny, nx = image.shape
     overlap = config.predict.tile_overlap_px
@@ -101,9 +92,6 @@ def run_network_on_image(
     aligned[:ny, :nx] = image
     outputs: dict[str, np.ndarray] = {}
     noise_vars: list[float] = []
-    # The denoised image is recomputed from the prior over the whole image (calibrated_posterior_mean).
-    # The network's own per-tile posterior mean is not kept: it would only be overwritten.
-    wanted = set(keep) - {"denoised"} | ({"prior_mean", "prior_var"} if "denoised" in keep else set())
     for y0, y1 in _blocks(ny, config.predict.tile_size_px, multiple):
         for x0, x1 in _blocks(nx, config.predict.tile_size_px, multiple):
             # Inner block edges are on the grid, the context is a whole number of grid cells, and a pass that
@@ -123,6 +111,104 @@ def run_network_on_image(
                 outputs[key][y0:y1, x0:x1] = block[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
             if out.noise_var is not None:
                 noise_vars.append(float(out.noise_var.float().mean()))
+    return outputs, noise_vars
+
+
+def window_starts(length: int, window: int) -> list[int]:
+    """Starts of windows of side ``window`` covering ``[0, length)`` at a stride of half a window.
+
+    Windows stay inside the image (the last one is moved back to end at the image's end), as training
+    patches do; an image shorter than a window gets one window starting at 0 (zero-padded beyond the image).
+    """
+    if length <= window:
+        return [0]
+    stride = max(window // 2, 1)
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def window_weight(window: int) -> np.ndarray:
+    """1D blending weight of a window: triangular, highest at the centre, positive at the edges.
+
+    At a stride of half a window the weights of neighbouring windows sum to a constant, so blended outputs have
+    no seams; pixels far from a window's edges (where its content is like a training patch's centre) count most.
+    """
+    t = np.arange(window, dtype=np.float64) + 0.5
+    return np.minimum(t, window - t) / (window / 2.0)
+
+
+def _window_passes(network: torch.nn.Module, image: np.ndarray, config: CryojointConfig,
+                   device: torch.device | str, dense: bool, wanted: set[str], window_px: int,
+                   ) -> tuple[dict[str, np.ndarray], list[float]]:
+    """Blend the network's outputs over windows of the training patch side (stride half a window).
+
+    Training shows the network patches of ``window_px``: its U-Net's receptive field (hundreds of pixels at
+    depth 5) is filled with zero padding beyond a few tens of pixels. A whole-image pass fills it with image
+    instead, and the prior (and the denoised image the detector reads) moves away from anything seen in
+    training. Here each window is computed as a training patch would be, and overlapping windows are averaged
+    with :func:`window_weight`. Windows are batched up to about ``tile_size_px``² pixels per pass (memory).
+    """
+    multiple = 2 ** config.model.unet_depth
+    window = max(int(math.ceil(window_px / multiple)) * multiple, multiple)
+    ny, nx = image.shape
+    win_y, win_x = (max(window, ny + (-ny) % multiple) if ny <= window else window,
+                    max(window, nx + (-nx) % multiple) if nx <= window else window)
+    padded = np.zeros((max(ny, win_y), max(nx, win_x)), dtype=np.float32)
+    padded[:ny, :nx] = image
+    starts = [(y0, x0) for y0 in window_starts(ny, win_y) for x0 in window_starts(nx, win_x)]
+    weight = torch.from_numpy(np.outer(window_weight(win_y), window_weight(win_x)).astype(np.float32))
+    per_pass = max(1, (config.predict.tile_size_px ** 2) // (win_y * win_x))
+    sums: dict[str, np.ndarray] = {}
+    total_weight = np.zeros(padded.shape, dtype=np.float32)
+    noise_vars: list[float] = []
+    for first in range(0, len(starts), per_pass):
+        chunk = starts[first:first + per_pass]
+        batch = np.stack([padded[y0:y0 + win_y, x0:x0 + win_x] for y0, x0 in chunk])
+        out = network(torch.from_numpy(batch)[:, None].to(device), dense=dense)
+        for key in wanted:
+            value = getattr(out, key)
+            if value is None:
+                continue
+            weighted = (value[:, 0].float().cpu() * weight).numpy()
+            target = sums.setdefault(key, np.zeros(padded.shape, dtype=np.float32))
+            for (y0, x0), piece in zip(chunk, weighted, strict=True):
+                target[y0:y0 + win_y, x0:x0 + win_x] += piece
+        for y0, x0 in chunk:
+            total_weight[y0:y0 + win_y, x0:x0 + win_x] += weight.numpy()
+        if out.noise_var is not None:
+            noise_vars.append(float(out.noise_var.float().mean()))
+    outputs = {key: (value / total_weight)[:ny, :nx].astype(np.float32) for key, value in sums.items()}
+    return outputs, noise_vars
+
+
+@torch.no_grad()
+def run_network_on_image(
+    network: torch.nn.Module,
+    image: np.ndarray,
+    config: CryojointConfig,
+    device: torch.device | str = "cpu",
+    dense: bool = True,
+    keep: Sequence[str] = ("prior_mean", "prior_var", "denoised", "logits"),
+    window_px: int | None = None,
+) -> NetworkResult:
+    """Run the network over a normalised image in pieces, so memory does not grow with image size.
+
+    With ``config.predict.context == "training-patch"`` and a ``window_px`` (the training patch side), every
+    output pixel is a blend of windows of that side (see :func:`_window_passes`): what the network saw in
+    training. Otherwise (``"whole-image"``, or no ``window_px``) the output is the exact whole-image pass
+    (see :func:`_whole_image_passes`). Either way the image is zero-padded, never mirrored, so no pixel's own
+    value can come back into its blind-spot prediction.
+    """
+    network.eval()
+    # The denoised image is recomputed from the prior over the whole image (calibrated_posterior_mean).
+    # The network's own posterior mean is not kept: it would only be overwritten.
+    wanted = set(keep) - {"denoised"} | ({"prior_mean", "prior_var"} if "denoised" in keep else set())
+    if config.predict.context == "training-patch" and window_px is not None:
+        outputs, noise_vars = _window_passes(network, image, config, device, dense, wanted, window_px)
+    else:
+        outputs, noise_vars = _whole_image_passes(network, image, config, device, dense, wanted)
     noise_var = float(np.mean(noise_vars)) if noise_vars else None
     if "denoised" in keep and "prior_mean" in outputs and noise_var is not None:
         outputs["denoised"] = calibrated_posterior_mean(image, outputs["prior_mean"], outputs["prior_var"],
@@ -255,7 +341,9 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     if settings.tile_size_px is not None:
         config = dataclasses.replace(config, predict=dataclasses.replace(config.predict,
                                                                          tile_size_px=settings.tile_size_px))
-    result = run_network_on_image(model.network, normalised, config, device, keep=("denoised", "logits"))
+    window = model.meta.get("training_patch_px")  # network pixels; absent in models from before it was recorded
+    result = run_network_on_image(model.network, normalised, config, device, keep=("denoised", "logits"),
+                                  window_px=None if window is None else int(window))
     del normalised
     denoised = None if result.denoised is None else (result.denoised * scale + centre).astype(np.float32)
     candidates = empty_table()

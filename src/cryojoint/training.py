@@ -270,7 +270,7 @@ def _train(
                 if group.is_main:
                     measured = {"step": state.step, "lr": lr, "seconds": time.perf_counter() - start, **running_all}
                     with average.applied(network):
-                        measured.update(_validate(network, prepared, config, device))
+                        measured.update(_validate(network, prepared, config, device, sampler.patch_size))
                 record = distributed.broadcast_object(measured, group)
                 assert record is not None
                 state.stage_metrics.append(_stage_metric(record, stage))
@@ -523,7 +523,7 @@ def _stage_metric(record: dict[str, float], stage: TrainingStage) -> float:
 
 @torch.no_grad()
 def _validate(network: torch.nn.Module, prepared: PreparedData, config: CryojointConfig,
-              device: torch.device) -> dict[str, float]:
+              device: torch.device, window_px: int | None = None) -> dict[str, float]:
     """Validation denoise loss and AP on held-out labels (cropped around them: scoring is where labels are)."""
     from cryojoint import losses
     from cryojoint.evaluation import average_precision
@@ -537,7 +537,7 @@ def _validate(network: torch.nn.Module, prepared: PreparedData, config: Cryojoin
     radius = prepared.particle_diameter_px / 2
     for image in prepared.validation:
         crop, offset = _validation_crop(image, prepared.particle_diameter_px)
-        result = run_network_on_image(network, crop, config, device, dense=True)
+        result = run_network_on_image(network, crop, config, device, dense=True, window_px=window_px)
         if result.prior_mean is not None:
             y = torch.from_numpy(crop)[None, None]
             denoise_losses.append(float(losses.denoise_loss(

@@ -1,0 +1,114 @@
+"""Inference in windows of the training patch side: coverage, blending, batching, blind spot, the predict path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cryojoint.checkpoint import LoadedModel
+from cryojoint.config import CryojointConfig
+from cryojoint.inference import PickingSettings, predict_micrograph, run_network_on_image, window_starts, window_weight
+from cryojoint.io.mrc import Micrograph
+from cryojoint.models.joint import JointModel
+
+SMALL = {"model": {"unet_encoder_channels": 4, "unet_decoder_channels": 8, "unet_depth": 3,
+                   "detector_channels": [4, 8, 8], "detector_output_stride": 2}}
+KEEP = ("prior_mean", "prior_var", "denoised", "logits")
+
+
+def _model(seed: int = 0, **predict: object) -> LoadedModel:
+    torch.manual_seed(seed)
+    config = CryojointConfig.from_dict({**SMALL, "predict": predict})
+    return LoadedModel(JointModel(config.model).eval(), config, particle_diameter_px=10.0, downsample=1,
+                       meta={"expected_particles": 4.0, "training_patch_px": 48})
+
+
+@given(length=st.integers(1, 600), window=st.integers(8, 128))
+def test_windows_cover_the_image_and_stay_inside_it(length: int, window: int) -> None:
+    starts = window_starts(length, window)
+    covered = np.zeros(length, dtype=bool)
+    for start in starts:
+        assert start >= 0 and (start + window <= length or (length <= window and start == 0))
+        covered[start:start + window] = True
+    assert covered.all()
+    assert starts == sorted(set(starts))
+
+
+@given(window=st.integers(2, 200).map(lambda n: 2 * n))
+def test_triangular_weights_of_windows_half_a_window_apart_sum_to_a_constant(window: int) -> None:
+    weight = window_weight(window)
+    assert (weight > 0).all() and weight.max() <= 1.0
+    half = window // 2
+    np.testing.assert_allclose(weight[:half] + weight[half:], 1.0, atol=1e-12)
+
+
+def test_an_image_of_one_window_is_the_network_run_on_that_window() -> None:
+    model = _model()
+    image = np.random.default_rng(0).normal(size=(48, 48)).astype(np.float32)
+    windowed = run_network_on_image(model.network, image, model.config, keep=KEEP, window_px=48)
+    with torch.no_grad():
+        direct = model.network(torch.from_numpy(image)[None, None], dense=True)
+    np.testing.assert_allclose(windowed.prior_mean, direct.prior_mean[0, 0].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(windowed.logits, direct.logits[0, 0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(130, 97), (40, 150)])
+def test_the_result_does_not_depend_on_how_many_windows_run_per_pass(shape: tuple[int, int]) -> None:
+    """tile_size_px sets memory (windows per pass), never the output; sides no multiple of anything."""
+    image = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    one = _model(tile_size_px=64)  # one 48² window per pass
+    many = _model(tile_size_px=1024)
+    a = run_network_on_image(one.network, image, one.config, keep=KEEP, window_px=48)
+    b = run_network_on_image(many.network, image, many.config, keep=KEEP, window_px=48)
+    for key in ("prior_mean", "prior_var", "denoised", "logits"):
+        np.testing.assert_allclose(getattr(a, key), getattr(b, key), rtol=1e-4, atol=1e-5, err_msg=key)
+    assert a.prior_mean.shape == shape
+
+
+def test_whole_image_context_ignores_the_window() -> None:
+    image = np.random.default_rng(2).normal(size=(96, 96)).astype(np.float32)
+    whole = _model(context="whole-image")
+    windowed = _model()
+    exact = run_network_on_image(whole.network, image, whole.config, keep=KEEP)
+    also_exact = run_network_on_image(whole.network, image, whole.config, keep=KEEP, window_px=48)
+    blended = run_network_on_image(windowed.network, image, windowed.config, keep=KEEP, window_px=48)
+    np.testing.assert_array_equal(exact.logits, also_exact.logits)
+    assert np.abs(exact.prior_mean - blended.prior_mean).max() > 1e-3  # a different computation
+
+
+def test_blind_spot_holds_at_every_pixel_in_windows() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(61, 70)).astype(np.float32)
+    model = _model()
+    keep = ("prior_mean", "prior_var", "denoised")
+    base = run_network_on_image(model.network, image, model.config, keep=keep, window_px=48)
+    ny, nx = image.shape
+    pixels = [(r, c) for r in range(0, ny, 4) for c in range(0, nx, 5)] + [(ny - 1, nx - 1), (0, nx - 1)]
+    for r, c in pixels:
+        changed = image.copy()
+        changed[r, c] += 25.0
+        out = run_network_on_image(model.network, changed, model.config, keep=keep, window_px=48)
+        assert out.prior_mean[r, c] == pytest.approx(base.prior_mean[r, c], rel=1e-5, abs=1e-5), (r, c)
+        assert out.prior_var[r, c] == pytest.approx(base.prior_var[r, c], rel=1e-5, abs=1e-6), (r, c)
+
+
+def test_predict_runs_in_windows_of_the_models_training_patch() -> None:
+    model = _model()
+    image = np.random.default_rng(4).normal(size=(100, 90)).astype(np.float32)
+    settings = PickingSettings(downsample=1, nms_radius_px=5.0, border_px=0.0, threshold=None, top_fraction=0.25,
+                               threshold_rule="expected-count", expected_per_micrograph=4.0)
+    predicted = predict_micrograph(model, Micrograph(image, None, "m"), settings)
+    from cryojoint.imaging import normalise, robust_centre_spread
+
+    centre, scale = robust_centre_spread(image)
+    windowed = run_network_on_image(model.network, normalise(image), model.config, keep=("denoised",), window_px=48)
+    np.testing.assert_allclose(predicted.denoised, windowed.denoised * scale + centre, rtol=1e-4, atol=1e-4)
+    old_model = dataclasses.replace(model, meta={"expected_particles": 4.0})  # no recorded patch: whole image
+    exact = run_network_on_image(model.network, normalise(image), model.config, keep=("denoised",))
+    np.testing.assert_allclose(predict_micrograph(old_model, Micrograph(image, None, "m"), settings).denoised,
+                               exact.denoised * scale + centre, rtol=1e-4, atol=1e-4)
