@@ -32,6 +32,9 @@ from cryojoint.prediction import BOX_SIZE_DIAMETERS, CANDIDATES_STAR, COMBINED_S
 
 RECORD_NAME = "pick.json"
 HISTOGRAM_NAME = "score_histogram.png"
+#: Decimals of the scores in a STAR file (``starfile`` writes floats as ``%.6f``).
+STAR_SCORE_DECIMALS = 6
+
 #: Cut-offs shown by ``cryojoint threshold`` when none are given: this many, spread over the candidates' scores.
 DEFAULT_CUTOFF_COUNT = 7
 #: ... between these quantiles of all candidate scores (the extremes say little).
@@ -84,7 +87,10 @@ def recut(candidates: pd.DataFrame, threshold: float | None = None, count: int |
     if (threshold is None) == (count is None):
         raise UserInputError(None, "give either --threshold X or --count N")
     if threshold is not None:
-        return candidates[candidates["score"] >= threshold].reset_index(drop=True)
+        # Scores come back from a STAR file with STAR_SCORE_DECIMALS decimals; the run's own cut-off (full
+        # precision in predict.json) is the score of its last pick, so compare at the stored precision.
+        stored = round(float(threshold), STAR_SCORE_DECIMALS)
+        return candidates[candidates["score"].round(STAR_SCORE_DECIMALS) >= stored].reset_index(drop=True)
     if count is None or count < 1:
         raise UserInputError(None, "--count must be at least 1")
     ranked = candidates.sort_values("score", ascending=False, kind="stable")
