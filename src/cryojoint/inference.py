@@ -153,8 +153,7 @@ def _window_passes(network: torch.nn.Module, image: np.ndarray, config: Cryojoin
     multiple = 2 ** config.model.unet_depth
     window = max(int(math.ceil(window_px / multiple)) * multiple, multiple)
     ny, nx = image.shape
-    win_y, win_x = (max(window, ny + (-ny) % multiple) if ny <= window else window,
-                    max(window, nx + (-nx) % multiple) if nx <= window else window)
+    win_y = win_x = window  # a side shorter than a window is zero-padded up to it (window is on the grid)
     padded = np.zeros((max(ny, win_y), max(nx, win_x)), dtype=np.float32)
     padded[:ny, :nx] = image
     starts = [(y0, x0) for y0 in window_starts(ny, win_y) for x0 in window_starts(nx, win_x)]
