@@ -11,6 +11,9 @@ can always be traced to the settings that made it.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,8 +314,48 @@ def _build_section(section_cls: type, values: dict[str, Any], source: str | Path
         raise UserInputError(source, f"unknown key(s) in '{name}': {', '.join(unknown)}")
     # A model section starts from its preset (default: "default"), so a partial YAML changes only what it names.
     base = model_config_for_preset(values.get("preset", "default")) if section_cls is ModelConfig else section_cls()
-    cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    hints = typing.get_type_hints(section_cls)
+    cleaned = {k: _typed_value(v, hints[k], f"{name}.{k}", source) for k, v in values.items()}
     return dataclasses.replace(base, **cleaned)
+
+
+def _typed_value(value: Any, annotation: Any, key: str, source: str | Path | None) -> Any:
+    """A YAML value as its field's type, or a one-line error naming the key.
+
+    YAML 1.1 reads ``1e-4`` (no dot) as a string; a number written so is taken as the number it means.
+    """
+    allowed = set(typing.get_args(annotation)) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else {annotation}
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise UserInputError(source, f"config key '{key}' needs a value (null is not allowed here)")
+    kinds = {typing.get_origin(kind) or kind for kind in allowed} - {type(None)}
+    if tuple in kinds:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        raise UserInputError(source, f"config key '{key}' must be a list, got {value!r}")
+    if bool in kinds:
+        if isinstance(value, bool):
+            return value
+        raise UserInputError(source, f"config key '{key}' must be true or false, got {value!r}")
+    if float in kinds or int in kinds:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number):
+            if float in kinds:
+                return float(number)
+            if float(number).is_integer():
+                return int(number)
+        what = "a number" if float in kinds else "a whole number"
+        raise UserInputError(source, f"config key '{key}' must be {what}, got {value!r}")
+    if str in kinds and not isinstance(value, str):
+        raise UserInputError(source, f"config key '{key}' must be text, got {value!r}")
+    return value
 
 
 def _plain(value: Any) -> Any:

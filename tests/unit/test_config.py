@@ -21,3 +21,33 @@ def test_an_unknown_key_is_still_an_error() -> None:
         CryojointConfig.from_dict({"predict": {"batch_sise": 1}})
     with pytest.raises(UserInputError, match="unknown key"):
         CryojointConfig.from_dict({"train": {"batch_size": 1}})  # retired only where it was
+
+
+def test_a_number_yaml_reads_as_text_is_taken_as_the_number(tmp_path) -> None:
+    """PyYAML (YAML 1.1) reads ``1e-4`` as the string '1e-4'; that raised a TypeError deep in validation."""
+    path = tmp_path / "config.yaml"
+    path.write_text("train:\n  learning_rate: 1e-4\n  steps: 300\ndata:\n  batch_size: '8'\n")
+    config = CryojointConfig.load_yaml(path)
+    assert config.train.learning_rate == pytest.approx(1e-4)
+    assert config.data.batch_size == 8 and isinstance(config.data.batch_size, int)
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("train", "learning_rate", "fast", "must be a number"),
+    ("train", "steps", 2.5, "must be a whole number"),
+    ("train", "steps", True, "must be a whole number"),
+    ("train", "tensorboard", "yes please", "must be true or false"),
+    ("train", "mode", 3, "must be text"),
+    ("model", "detector_channels", 32, "must be a list"),
+    ("train", "steps", None, "needs a value"),
+])
+def test_a_value_of_the_wrong_type_is_a_one_line_error_naming_the_key(section, key, value, message) -> None:
+    with pytest.raises(UserInputError, match=f"{section}.{key}' {message}"):
+        CryojointConfig.from_dict({section: {key: value}})
+
+
+def test_a_saved_config_loads_back_unchanged(tmp_path) -> None:
+    for preset in ("default", "paper"):
+        config = default_config(preset)
+        config.save_yaml(tmp_path / "c.yaml")
+        assert CryojointConfig.load_yaml(tmp_path / "c.yaml") == config
