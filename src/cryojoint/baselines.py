@@ -162,7 +162,7 @@ def best_lowpass_sigma(
     Tuning the floor on the evaluation reference makes it as strong as a Gaussian blur can be, so a learned
     denoiser that beats it has beaten every Gaussian blur, not just a badly chosen one.
     """
-    from cryojoint.evaluation import psnr
+    from cryojoint.metrics.denoising import psnr
 
     grid = _LOWPASS_SIGMA_GRID if sigmas is None else np.asarray(sigmas, dtype=np.float64)
     images, references = list(images), list(references)

@@ -156,7 +156,7 @@ def threshold_summary(prediction: str | Path, cutoffs: Sequence[float] | None = 
                       png: str | Path | None = None) -> tuple[pd.DataFrame, Path, PredictionFolder]:
     """Picks per micrograph at ``cutoffs`` (default: spread over the scores) and the score histogram PNG
     (default: ``PRED_DIR/score_histogram.png``), the run's cut-off marked."""
-    from cryojoint.report import FIGURE_DPI, score_histogram_figure
+    from cryojoint.report.figures import FIGURE_DPI, score_histogram_figure
 
     run = read_prediction_folder(prediction)
     scores = run.candidates["score"].to_numpy(float)

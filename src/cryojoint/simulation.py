@@ -15,6 +15,10 @@ on this simulator; it is made to be as hard as real low-dose data, not to flatte
 Units: lengths in Å unless the name ends in ``_px`` (pixels of the simulated micrograph) or ``_um``
 (micrometres); dose in electrons per Å²; angles in degrees; images in counts (detected electrons per pixel;
 ``clean`` is the expected count at 100% dose). ``docs/simulation.md`` describes the physics and calibration.
+
+Why one module of ~800 lines: it is one seeded pipeline (structures → specimen → optics → one micrograph →
+writing, marked as sections below) whose steps share :class:`SimulationConfig` and the per-micrograph seed
+streams; split apart, the calibration and the seeding that keep datasets reproducible would be spread out.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ The table is a :class:`pandas.DataFrame` with columns
 
 Other columns (angles, defocus, ...) pass through. EMAN BOX corner <-> centre conversion happens only here, at
 the file boundary.
+
+Why one module of ~650 lines: every format's reader and writer sits beside the lookup table that
+:func:`read_coordinates` and :func:`write_coordinates` dispatch through, so the table convention (centres,
+micrograph names, the BOX conversion) is enforced in one place for all six formats.
 """
 
 from __future__ import annotations
