@@ -68,8 +68,8 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
 
 
 def build_network(config: CryojointConfig) -> torch.nn.Module:
-    from cryojoint.losses import model_parts
     from cryojoint.models.joint import JointModel
+    from cryojoint.modes import model_parts
 
     use_denoiser, use_detector = model_parts(config.train.mode)
     return JointModel(config.model, use_denoiser=use_denoiser, use_detector=use_detector)

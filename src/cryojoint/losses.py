@@ -1,4 +1,4 @@
-"""Loss functions of the joint model and which of them each training mode uses. Pure functions, no state.
+"""Loss functions of the joint model, and their weighted sum in one training stage. Pure functions, no state.
 
 ``L = alpha * L_denoise + (1 - alpha) * L_detect + consistency_weight * L_consistency`` (paper: alpha 0.75,
 consistency weight 0.1), where
@@ -14,13 +14,13 @@ consistency weight 0.1), where
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from cryojoint.models.detector import soft_segmentation
+from cryojoint.modes import TrainingStage, loss_weights
+from cryojoint.modes import training_stages as training_stages  # re-exported: benchmarks import it from here
 
 #: Floor for the model's count variance, so the log in the GE penalty stays finite when every p is 0 or 1.
 MIN_COUNT_VARIANCE: float = 1e-6
@@ -161,80 +161,10 @@ def consistency_loss(logits: Tensor, flipped_back_logits: Tensor, clamp: float) 
     return F.mse_loss(soft_segmentation(logits, clamp), soft_segmentation(flipped_back_logits, clamp))
 
 
-@dataclass(frozen=True)
-class TrainingStage:
-    """One phase of a training mode: which losses it optimises and whether the denoiser learns."""
-
-    name: str
-    denoise: bool  # L_denoise is computed and weighted in
-    detect: bool  # L_detect
-    consistency: bool  # L_consistency (needs the flipped pass)
-    freeze_denoiser: bool  # denoiser weights fixed (sequential stage 2)
-    # Steps this stage may run, in units of train.steps. Each stage of sequential gets the whole budget a
-    # joint run gets, under its own learning-rate schedule: sequential then costs twice the steps.
-    step_budget: float = 1.0
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the three loss terms in one stage (0 = term not computed)."""
-
-    denoise: float
-    detect: float
-    consistency: float
-
-
-_JOINT = TrainingStage("joint", denoise=True, detect=True, consistency=True, freeze_denoiser=False,
-                       step_budget=1.0)
-_JOINT_NO_CONSISTENCY = TrainingStage("joint-no-consistency", denoise=True, detect=True, consistency=False,
-                                      freeze_denoiser=False, step_budget=1.0)
-_DENOISE = TrainingStage("denoise", denoise=True, detect=False, consistency=False, freeze_denoiser=False,
-                         step_budget=1.0)
-_DETECT = TrainingStage("detect", denoise=False, detect=True, consistency=False, freeze_denoiser=False,
-                        step_budget=1.0)
-#: Sequential (paper's baseline): the denoiser trains alone (uniform patches, no detector run), then the
-#: detector on its frozen output, each stage with the joint run's whole step budget and its own schedule.
-#: Neither stage uses consistency: that is part of the joint method being compared against.
-
-#: Training mode -> its stages, in order (lookup table; modes as in ``cryojoint.config.TRAINING_MODES``).
-TRAINING_STAGES: dict[str, tuple[TrainingStage, ...]] = {
-    "joint": (_JOINT,),
-    "joint-no-consistency": (_JOINT_NO_CONSISTENCY,),
-    "sequential": (
-        TrainingStage("sequential-denoise", denoise=True, detect=False, consistency=False,
-                      freeze_denoiser=False, step_budget=1.0),
-        TrainingStage("sequential-detect", denoise=False, detect=True, consistency=False,
-                      freeze_denoiser=True, step_budget=1.0),
-    ),
-    "denoise-only": (_DENOISE,),
-    "detect-only": (_DETECT,),
-}
-
-
-def training_stages(mode: str) -> tuple[TrainingStage, ...]:
-    """The stages of a training mode, in order (``sequential`` has two, every other mode one)."""
-    if mode not in TRAINING_STAGES:
-        raise ValueError(f"unknown training mode {mode!r} (known: {', '.join(TRAINING_STAGES)})")
-    return TRAINING_STAGES[mode]
-
-
-def model_parts(mode: str) -> tuple[bool, bool]:
-    """``(use_denoiser, use_detector)`` to build a :class:`~cryojoint.models.joint.JointModel` for ``mode``."""
-    stages = training_stages(mode)
-    return any(s.denoise for s in stages), any(s.detect for s in stages)
-
-
-def loss_weights(stage: TrainingStage, alpha: float, consistency_weight: float) -> LossWeights:
-    """Weights of the terms in ``stage``: the paper's alpha split when both tasks train, 1 for a lone task."""
-    if stage.denoise and stage.detect:
-        return LossWeights(alpha, 1.0 - alpha, consistency_weight if stage.consistency else 0.0)
-    return LossWeights(float(stage.denoise), float(stage.detect),
-                       consistency_weight if stage.consistency else 0.0)
-
-
 def stage_loss(stage: TrainingStage, alpha: float, consistency_weight: float, l_denoise: Tensor | None,
                l_detect: Tensor | None, l_consistency: Tensor | None) -> Tensor:
-    """Combine the terms ``stage`` uses; terms it does not use may be ``None`` and are never touched.
+    """Combine the terms ``stage`` uses, weighted as :mod:`cryojoint.modes` says; terms it does not use may be
+    ``None`` and are never touched.
 
     Raises
     ------

@@ -1,12 +1,8 @@
 """The training loop: config in; best model, resumable checkpoints and a metrics log out.
 
-One network, two heads (design.md §2). The mode selects which loss terms train which parts:
-
-``joint``                  alpha*L_denoise + (1-alpha)*L_detect + lambda*L_consistency
-``joint-no-consistency``   the same with lambda = 0
-``sequential``             first half: L_denoise only; then the denoiser is frozen and L_detect trains the detector
-``denoise-only``           L_denoise, no detector
-``detect-only``            L_detect on the raw micrograph (no denoiser): a Topaz-like picker
+One network, two heads (design.md §2). The mode's stages, which losses apply in each, which parts learn and
+what runs are one table, :mod:`cryojoint.modes`; this loop reads it (one :class:`~cryojoint.modes.StagePlan` per
+stage) and branches on nothing else.
 
 Under ``torchrun --nproc-per-node N`` the same loop trains data-parallel (see :mod:`cryojoint.distributed`):
 each process samples its own batches from its own random stream, gradients are averaged, rank 0 validates,
@@ -49,7 +45,7 @@ from cryojoint.distributed import DistributedContext
 from cryojoint.errors import StopRequested, UserInputError
 from cryojoint.io.coords import drop_unknown_micrographs, read_coordinates
 from cryojoint.io.mrc import Micrograph
-from cryojoint.losses import TrainingStage, training_stages
+from cryojoint.modes import StagePlan, TrainingStage, model_parts, stage_plan, training_stages
 from cryojoint.runtime import select_device, threads_per_worker
 
 __all__ = ["TrainResult", "learning_rate_at", "load_model", "train", "training_patch_size"]
@@ -215,6 +211,7 @@ def _train(
     optimizer = torch.optim.Adam(_parameter_groups(network, config), betas=config.train.adam_betas)
     state = _State()
     stages = training_stages(config.train.mode)
+    plans = [stage_plan(stage, config) for stage in stages]
     stage_lengths = [max(int(round(s.step_budget * config.train.steps)), 1) for s in stages]
     stage_ends = np.cumsum(stage_lengths).tolist()
     total = stage_ends[-1]
@@ -229,7 +226,8 @@ def _train(
         config.save_yaml(run_dir / CONFIG_NAME)
 
     meta = _model_meta(prepared, command_line, config, sampler.patch_size)
-    metric_name = "validation_ap" if config.train.mode != "denoise-only" else "validation_neg_denoise_loss"
+    has_detector = model_parts(config.train.mode)[1]
+    metric_name = "validation_ap" if has_detector else "validation_neg_denoise_loss"
     stopped_early = False
     choose_last = config.train.model_choice == "last"
     start = time.perf_counter() - state.seconds
@@ -239,25 +237,25 @@ def _train(
     if not prepared.validation:
         notes.append("no held-out labels (too few labelled micrographs/picks): no early stopping, the last step "
                      "is kept")
-    _set_trainable(network, stages[state.stage])
+    _enter_stage(network, plans[state.stage])
     trainer = distributed.wrap_model(network, group)  # gradient averaging across processes (or network itself)
     board = _TensorBoardLog(run_dir / TENSORBOARD_DIR, config.train.tensorboard and group.is_main,
                             resume_step=state.step if resume else None)
     with bar, board:
         while state.step < total:
             if state.stage + 1 < len(stages) and state.step >= stage_ends[state.stage]:
-                state = _begin_next_stage(network, best_weights, state, stages[state.stage + 1])
+                state = _begin_next_stage(network, best_weights, state, plans[state.stage + 1])
                 average.restart(network, config.train.weight_averaging_half_life * stage_lengths[state.stage])
                 trainer = None  # release the old wrapper's gradient hooks before the new one sets its own
                 trainer = distributed.wrap_model(network, group)
-            stage = stages[state.stage]
+            plan = plans[state.stage]
             stage_start, stage_end = stage_ends[state.stage] - stage_lengths[state.stage], stage_ends[state.stage]
             # Each stage runs its own schedule (sequential's two stages: two full ramps).
             lr = learning_rate_at(state.step - stage_start, stage_lengths[state.stage], config.train.learning_rate,
                                   config.train.rampup_fraction, config.train.rampdown_fraction)
             for group_params in optimizer.param_groups:  # the same ramp, scaled to each part's base rate
                 group_params["lr"] = lr * group_params["base_lr"] / config.train.learning_rate
-            terms = _train_step(trainer, network, optimizer, sampler, config, prepared, stage, device)
+            terms = _train_step(trainer, network, optimizer, sampler, config, prepared, plan, device)
             average.update(network)
             state.step += 1
             for key, value in terms.items():
@@ -273,7 +271,7 @@ def _train(
                         measured.update(_validate(network, prepared, config, device, sampler.patch_size))
                 record = distributed.broadcast_object(measured, group)
                 assert record is not None
-                state.stage_metrics.append(_stage_metric(record, stage))
+                state.stage_metrics.append(_stage_metric(record, plan))
                 metric = smoothed_metric(state.stage_metrics, config.train.validation_smoothing)
                 record["selection_metric"] = metric
                 improved = metric > state.best_metric
@@ -429,16 +427,11 @@ def _parameter_groups(network: torch.nn.Module, config: CryojointConfig) -> list
     return [group for group in groups if group["params"]]  # detect-only: the detector is all there is
 
 
-def _set_trainable(network: torch.nn.Module, stage: TrainingStage) -> None:
-    """Let exactly the parts the stage trains have gradients (what the data-parallel wrapper synchronises).
-
-    Only the detector's flag changes here (the denoiser is frozen by :meth:`freeze_denoiser`): in the
-    denoiser-only first stage of ``sequential`` it still runs (its batch statistics update as before), but no
-    loss reaches it, so it gets no gradient either way and Adam leaves it alone.
-    """
-    detector = getattr(network, "detector", None)
-    if detector is not None:
-        detector.requires_grad_(stage.detect or stage.consistency)
+def _enter_stage(network: torch.nn.Module, plan: StagePlan) -> None:
+    """Let exactly the parts the stage trains learn, as the mode table says (see :mod:`cryojoint.modes`)."""
+    stage = plan.stage
+    network.set_trainable(denoiser=stage.trains_denoiser, detector=stage.trains_detector,
+                          detection_trains_denoiser=plan.detection_trains_denoiser)
 
 
 def _train_step(
@@ -448,24 +441,25 @@ def _train_step(
     sampler: PatchSampler,
     config: CryojointConfig,
     prepared: PreparedData,
-    stage: TrainingStage,
+    plan: StagePlan,
     device: torch.device,
 ) -> dict[str, float]:
-    """One minibatch: the loss terms the stage uses, weighted as the paper does, one Adam step.
+    """One minibatch: the loss terms the stage uses, weighted as the mode table says, one Adam step.
 
     ``trainer`` is ``network`` itself, or its data-parallel wrapper (whose forward and backward also average
     the gradients across processes); the mirrored pass reuses the same parameters, so its gradients are
     averaged along with the rest.
     """
     trainer.train()
+    stage = plan.stage
     # A stage without detection samples patches uniformly: the denoiser learns from the micrographs as they are.
     images, targets, on_particle = sampler.sample_with_origin(
-        config.data.batch_size, labelled_centre_fraction=None if stage.detect else 0.0)
+        config.data.batch_size, labelled_centre_fraction=None if plan.labelled_patches else 0.0)
     x = torch.from_numpy(images).to(device)
     t = torch.from_numpy(targets).to(device)
     # Dense logits over the whole patch: every pixel teaches the detector (a single centre logit per patch
     # would leave its last BatchNorm with batch_size values). No loss of the stage reads them: not computed.
-    output = trainer(x, dense=True, detect=stage.detect or stage.consistency)
+    output = trainer(x, dense=True, detect=plan.runs_detector)
     l_denoise = l_detect = l_consistency = None
     if stage.denoise:
         weights = None if config.data.denoise_on_particle_patches else torch.from_numpy(~on_particle).to(device)
@@ -477,7 +471,7 @@ def _train_step(
                                           prepared.pixels_per_positive)
         l_detect = losses.pu_loss(output.logits, _targets_for(output.logits, t), pi,
                                   pixels_per_positive=prepared.pixels_per_positive, ge_form=config.loss.ge_form)
-    if stage.consistency and config.loss.consistency_weight > 0:
+    if plan.runs_flipped_pass:
         flipped_back = network.flipped_logits(x, output, dense=True,
                                               share_denoiser=config.model.consistency_shares_denoiser)
         l_consistency = losses.consistency_loss(output.logits, flipped_back, config.model.sigmoid_clamp)
@@ -509,14 +503,14 @@ def _targets_for(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 # -------------------------------------------------------------------------------------------- validation
 
 
-def _stage_metric(record: dict[str, float], stage: TrainingStage) -> float:
+def _stage_metric(record: dict[str, float], plan: StagePlan) -> float:
     """Validation AP while the detector learns; minus the validation denoise loss while only the denoiser does.
 
     Without any validation figure the step itself is the metric: the latest model is kept, none stops early.
     """
     if not any(key.startswith("validation") for key in record):
         return float(record["step"])
-    if not stage.detect or "validation_ap" not in record:
+    if plan.validation_metric != "ap" or "validation_ap" not in record:
         return -record.get("validation_denoise_loss", math.inf)
     return record["validation_ap"]
 
@@ -588,13 +582,11 @@ def _validation_crop(image: LabelledImage, diameter: float) -> tuple[np.ndarray,
 
 
 def _begin_next_stage(network: torch.nn.Module, best_weights: dict[str, torch.Tensor], state: _State,
-                      next_stage: TrainingStage) -> _State:
-    """Sequential mode: restore the best weights of the stage that ended, freeze the denoiser if asked, reset
-    the early-stopping record (the next stage is judged by its own metric)."""
+                      next_plan: StagePlan) -> _State:
+    """Sequential mode: restore the best weights of the stage that ended, let the next stage's parts learn (the
+    denoiser freezes), reset the early-stopping record (the next stage is judged by its own metric)."""
     network.load_state_dict(best_weights)
-    if next_stage.freeze_denoiser:
-        network.freeze_denoiser()
-    _set_trainable(network, next_stage)
+    _enter_stage(network, next_plan)
     state.stage += 1
     state.best_metric = -math.inf
     state.bad_evaluations = 0
@@ -677,8 +669,6 @@ def _load_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.opti
     state = _State(**payload["state"])
     if state.stage >= len(stages):
         raise UserInputError(path, f"checkpoint is from another training mode than '{stages[0].name}'")
-    if stages[state.stage].freeze_denoiser:
-        network.freeze_denoiser()
     try:
         network.load_state_dict(payload["network"])
         optimizer.load_state_dict(payload["optimizer"])

@@ -272,3 +272,120 @@ def test_training_does_not_depend_on_the_data_units(dataset, tmp_path: Path) -> 
         denoised[name] = (predict(load_model(result.model_path), [image]).micrographs[0].denoised - offset) / factor
     correlation = np.corrcoef(denoised["small"].ravel(), denoised["large"].ravel())[0, 1]
     assert correlation > 0.999
+
+
+# --- one real training step per mode and stage: which parts move -----------------------------------------
+
+#: What one step of each stage must do, written out by hand rather than read from the mode table (so a wrong
+#: table fails): the denoiser's and the detector's fate, and the loss terms the step logs. "trains": every
+#: parameter tensor moves; "frozen": it runs, but its parameters and buffers stay bit-identical; "idle": it does
+#: not run, parameters and buffers (BatchNorm statistics) bit-identical; None: the model has no such part.
+STEP_EXPECTATIONS = {
+    ("joint", 0): ("trains", "trains", {"loss_denoise", "loss_detect", "loss_consistency"}),
+    ("joint-no-consistency", 0): ("trains", "trains", {"loss_denoise", "loss_detect"}),
+    ("sequential", 0): ("trains", "idle", {"loss_denoise"}),
+    ("sequential", 1): ("frozen", "trains", {"loss_detect"}),
+    ("denoise-only", 0): ("trains", None, {"loss_denoise"}),
+    ("detect-only", 0): (None, "trains", {"loss_detect"}),
+}
+
+
+@pytest.fixture(scope="module")
+def prepared(dataset):  # noqa: ANN001, ANN201 - PreparedData of the tiny set
+    from cryojoint.data import prepare_data
+
+    config = _config()
+    return prepare_data(dataset.micrographs["dose_060"], dataset.labels, config.data, config.loss)
+
+
+def _network_in_stage(config: CryojointConfig, prepared, stage_index: int):  # noqa: ANN001, ANN202
+    """A fresh network taken into stage ``stage_index`` the way the loop does, with that stage's plan."""
+    from cryojoint.checkpoint import build_network
+    from cryojoint.modes import stage_plan, training_stages
+
+    torch.manual_seed(0)
+    network = build_network(config)
+    training._initialise(network, prepared)
+    plans = [stage_plan(s, config) for s in training_stages(config.train.mode)]
+    training._enter_stage(network, plans[0])
+    state = training._State()
+    for plan in plans[1:stage_index + 1]:
+        state = training._begin_next_stage(network, network.state_dict(), state, plan)
+    return network, plans[stage_index]
+
+
+def _one_step(config: CryojointConfig, prepared, stage_index: int):  # noqa: ANN001, ANN202
+    """Run one real training step; return the network, its state dict before, the logged terms, and the
+    number of flipped passes and the gradients Adam was given (per parameter name)."""
+    from cryojoint.data import PatchSampler
+
+    network, plan = _network_in_stage(config, prepared, stage_index)
+    sampler = PatchSampler(prepared.train, 64, config.data.labelled_centre_fraction, np.random.default_rng(0))
+    optimizer = torch.optim.Adam(training._parameter_groups(network, config), betas=config.train.adam_betas)
+    before = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    calls = {"flipped": 0}
+    real_flipped = network.flipped_logits
+
+    def counting_flipped(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["flipped"] += 1
+        return real_flipped(*args, **kwargs)
+
+    network.flipped_logits = counting_flipped
+    gradients: dict[str, torch.Tensor | None] = {}
+    real_step = optimizer.step
+
+    def recording_step(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        gradients.update({n: None if p.grad is None else p.grad.clone() for n, p in network.named_parameters()})
+        return real_step(*args, **kwargs)
+
+    optimizer.step = recording_step
+    terms = training._train_step(network, network, optimizer, sampler, config, prepared, plan, torch.device("cpu"))
+    return network, before, terms, calls["flipped"], gradients
+
+
+def _fate(part: str, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> str | None:
+    """"moved" if every parameter tensor of ``part`` changed, "still" if its whole state is bit-identical,
+    None without such a part, else a description of the mix."""
+    keys = [k for k in before if k.startswith(f"{part}.")]
+    if not keys:
+        return None
+    changed = {k for k in keys if not torch.equal(before[k], after[k])}
+    if not changed:
+        return "still"
+    return "moved" if changed >= {k for k in keys if before[k].is_floating_point() and "running" not in k
+                                  and "num_batches" not in k} else f"partly: {sorted(changed)}"
+
+
+@pytest.mark.parametrize(("mode", "stage_index"), list(STEP_EXPECTATIONS))
+def test_one_step_moves_exactly_the_parts_its_stage_trains(prepared, mode: str, stage_index: int) -> None:
+    expected_denoiser, expected_detector, expected_terms = STEP_EXPECTATIONS[(mode, stage_index)]
+    network, before, terms, flipped_passes, _ = _one_step(_config(mode=mode), prepared, stage_index)
+    after = network.state_dict()
+    fate = {"trains": "moved", "frozen": "still", "idle": "still", None: None}
+    assert _fate("denoiser", before, after) == fate[expected_denoiser]
+    assert _fate("detector", before, after) == fate[expected_detector]
+    assert set(terms) == {"loss", *expected_terms}
+    assert flipped_passes == (1 if "loss_consistency" in expected_terms else 0)  # no consistency: no mirror pass
+    if expected_denoiser == "frozen":
+        assert not network.denoiser.training and not any(p.requires_grad for p in network.denoiser.parameters())
+    if expected_detector == "idle":
+        assert not any(p.requires_grad for p in network.detector.parameters())
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_the_detection_loss_trains_the_denoiser_only_when_coupled(prepared, coupled: bool) -> None:
+    """Joint with alpha = 0 and no consistency: the step's whole gradient is the detection loss's. Decoupled
+    (the default) it stops at the detector's input; coupled (the paper) it reaches every denoiser weight."""
+    config = CryojointConfig.from_dict({**TINY, "train": {**TINY["train"], "mode": "joint"},
+                                        "model": {**TINY["model"], "detection_trains_denoiser": coupled},
+                                        "loss": {"alpha": 0.0, "consistency_weight": 0.0}})
+    network, before, terms, _, gradients = _one_step(config, prepared, 0)
+    denoiser_gradients = {n: g for n, g in gradients.items() if n.startswith("denoiser.")}
+    assert denoiser_gradients and "loss_detect" in terms
+    if coupled:
+        assert all(g is not None and g.abs().sum() > 0 for g in denoiser_gradients.values())
+        assert _fate("denoiser", before, network.state_dict()) == "moved"
+    else:
+        assert all(g is None or not g.any() for g in denoiser_gradients.values())
+        assert _fate("denoiser", before, network.state_dict()) == "still"
+    assert _fate("detector", before, network.state_dict()) == "moved"

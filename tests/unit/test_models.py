@@ -209,6 +209,24 @@ def test_detection_gradient_reaches_the_denoiser_unless_frozen() -> None:
     assert all(p.grad is not None for p in model.detector.parameters())
 
 
+def test_set_trainable_applies_a_stage_and_never_thaws_the_denoiser() -> None:
+    torch.manual_seed(8)
+    model = JointModel(SMALL)  # default config: decoupled
+    x = torch.randn(2, 1, 64, 64)
+    model.set_trainable(denoiser=True, detector=True, detection_trains_denoiser=True)  # coupling set per stage
+    model(x).logits.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.denoiser.merge.parameters())
+    model.zero_grad(set_to_none=True)
+    model.set_trainable(denoiser=False, detector=True, detection_trains_denoiser=False)
+    model(x).logits.sum().backward()
+    assert all(p.grad is None for p in model.denoiser.parameters()) and model.denoiser_frozen
+    with pytest.raises(ValueError, match="frozen"):
+        model.set_trainable(denoiser=True, detector=True, detection_trains_denoiser=False)
+    detect_only = JointModel(SMALL, use_denoiser=False)
+    detect_only.set_trainable(denoiser=False, detector=False, detection_trains_denoiser=False)  # no denoiser: skipped
+    assert not any(p.requires_grad for p in detect_only.detector.parameters())
+
+
 def test_inference_is_deterministic() -> None:
     torch.manual_seed(9)
     model = JointModel(SMALL).eval()

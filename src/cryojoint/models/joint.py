@@ -1,9 +1,11 @@
 """Denoiser -> detector in one module: the joint model of Huang et al. 2024.
 
 The detector reads the denoiser's posterior mean. That input is deterministic (no sampling), so prediction
-is reproducible, and it is differentiable in the denoiser's outputs, so the detection loss trains the
-denoiser too: that gradient path is the joint coupling. ``use_denoiser=False`` gives a detect-only model
-(detector on the raw input), ``use_detector=False`` a denoise-only model.
+is reproducible, and it is differentiable in the denoiser's outputs, so the detection loss can train the
+denoiser too: that gradient path is the joint coupling (``detection_trains_denoiser``; otherwise the detector
+reads the denoised image detached). ``use_denoiser=False`` gives a detect-only model (detector on the raw
+input), ``use_detector=False`` a denoise-only model. Which parts learn in a training stage, and whether the
+coupling is on, is set by :meth:`JointModel.set_trainable` from the mode table (:mod:`cryojoint.modes`).
 
 :meth:`JointModel.flipped_logits` gives the mirrored view for the flip-consistency loss. Its dense map is exactly
 the forward map for a detector with mirror-symmetric kernels (the dense node grid is made symmetric under the
@@ -57,6 +59,8 @@ class JointModel(nn.Module):
         self.stack_raw = bool(config.detector_sees_raw and use_denoiser)
         self.detector = ResNet8Detector(config, in_channels=2 if self.stack_raw else 1) if use_detector else None
         self.denoiser_frozen = False
+        # The coupling: the config's choice for a model used on its own; training sets it per stage.
+        self.detection_trains_denoiser = bool(config.detection_trains_denoiser)
 
     @property
     def size_multiple(self) -> int:
@@ -77,7 +81,7 @@ class JointModel(nn.Module):
         """What the detector reads: the denoised image, stacked with the raw one if the config says so."""
         if denoised is None:
             return x
-        if not self.config.detection_trains_denoiser:
+        if not self.detection_trains_denoiser:
             denoised = denoised.detach()
         return torch.cat([denoised, x], dim=1) if self.stack_raw else denoised
 
@@ -110,11 +114,11 @@ class JointModel(nn.Module):
         share_denoiser
             ``False`` (faithful, the default): the denoiser also runs on the flipped input. The blind-spot
             U-Net is not flip-equivariant (its shifted convolutions and the fixed order of its four rotation
-            branches single out directions), so this is a genuinely different view, and the consistency
-            loss also penalises the denoiser's own asymmetry. ``True`` (about half the denoiser cost of a
-            step): mirror the denoised image instead. The consistency loss still reaches the denoiser through
-            the shared denoised image (it asks for an image whose detection is mirror-consistent), but no
-            longer compares two denoiser passes.
+            branches single out directions), so this is a genuinely different view; with the coupling on
+            (``detection_trains_denoiser``) the consistency loss also penalises the denoiser's own asymmetry.
+            ``True`` (about half the denoiser cost of a step): mirror the denoised image instead. With the
+            coupling on, the consistency loss still reaches the denoiser through the shared denoised image (it
+            asks for an image whose detection is mirror-consistent), but no longer compares two denoiser passes.
         flip_dims
             Spatial axes to mirror (-1 columns, -2 rows).
         """
@@ -135,6 +139,22 @@ class JointModel(nn.Module):
         # (the mirror image of an even-sized patch has its centre one pixel off).
         window = centre_window(mirrored.flip(flip_dims))
         return self.detector(window.flip(flip_dims), dense=False)
+
+    def set_trainable(self, denoiser: bool, detector: bool, detection_trains_denoiser: bool) -> None:
+        """Let exactly the parts a training stage trains learn (a :class:`~cryojoint.modes.StagePlan` says which).
+
+        ``denoiser=False`` freezes the denoiser (:meth:`freeze_denoiser`; for good: a frozen denoiser is not
+        thawed). ``detector`` sets the detector's ``requires_grad`` (what a data-parallel wrapper synchronises);
+        a detector that does not learn is not run either. ``detection_trains_denoiser`` keeps the detector's
+        input attached to the denoiser's graph. Parts the model does not have are skipped.
+        """
+        if not denoiser:
+            self.freeze_denoiser()
+        elif self.denoiser_frozen:
+            raise ValueError("the denoiser is frozen: it cannot learn again")
+        if self.detector is not None:
+            self.detector.requires_grad_(detector)
+        self.detection_trains_denoiser = detection_trains_denoiser
 
     def freeze_denoiser(self) -> None:
         """Stop training the denoiser (stage 2 of ``sequential``): no gradients, no graph, frozen weights."""
