@@ -110,10 +110,6 @@ class CryojointMethod:
 #: The joint model with the paper's coupling (the detection loss trains the denoiser through the denoised image).
 COUPLED = CryojointMethod("joint", "default", 2, (("model.detection_trains_denoiser", True),), "coupled")
 
-#: An experiment: the denoiser at the detector's learning rate (5e-4) instead of the paper's 1e-4. On the second
-#: dataset (per-pixel SNR ~0.01, like real low-dose micrographs) 300 denoise-only steps at 4e-4 beat 1e-4.
-DENOISER_LR_5E4 = CryojointMethod("joint", "default", 2, (("train.learning_rate", 5e-4),), "lr5e-4")
-
 
 #: Seconds per joint training step at the standard profile's automatic 96² patch, on this 2-core box with
 #: nothing else running (40-step runs, 2026-11-27; the validation pass excluded). Used only to give the paper
@@ -191,8 +187,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "standard": Profile(
         "standard", ("ribosome",), 8, 4, 1024, DOSE_KEYS,
-        (*_modes(["default"]), COUPLED, DENOISER_LR_5E4, paper_equal_time(600), CryojointMethod("joint", "paper", 4)),
-        600,
+        (*_modes(["default"]), COUPLED, paper_equal_time(600), CryojointMethod("joint", "paper", 4)), 600,
         100,
         300, 100,
         description="8+4 micrographs at 1024², ribosome, three doses, five modes + joint with the paper's coupling + "
@@ -202,7 +197,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "second": Profile(
         "second", ("ruvb",), 6, 3, 1024, ("010", "060"),
-        (*_modes(["default"], ["joint", "denoise-only", "detect-only"]), DENOISER_LR_5E4), 600, 100, 300, 100,
+        (*_modes(["default"], ["joint", "denoise-only", "detect-only"]),), 600, 100, 300, 100,
         {"pixel_size_angstrom": 3.5}, intensity_map=(1.0 / 250.0, -3.0),
         description="a differently built dataset for checking defaults: 6+3 micrographs at 1024², RuvB (≈ 34 px "
                     "at 3.5 Å/px, denser fields), stored as x/250 − 3 in float32 (not counts), two doses, "
