@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def test_the_second_dataset_differs_from_standard_in_structure_scale_and_units()
     assert set(second.structures).isdisjoint(standard.structures)
     assert second.intensity_map is not None and standard.intensity_map is None
     assert second.simulation_changes.get("pixel_size_angstrom") not in (None, 5.3)
-    assert bench._dataset_key("ruvb", second) != bench._dataset_key("ruvb", bench.dataclasses.replace(
+    assert bench._dataset_key("ruvb", second) != bench._dataset_key("ruvb", dataclasses.replace(
         second, intensity_map=None))
 
 

@@ -1,0 +1,165 @@
+"""Benchmark profiles: how big a run is, which cryojoint rows it trains and with which training seeds.
+
+A :class:`Profile` names the structures, micrograph counts and size, doses, cryojoint rows
+(:class:`CryojointMethod`), training budget, Topaz's budget floor and training seeds of one run;
+:data:`PROFILES` holds the named ones (``python benchmarks/run.py --profile NAME``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Training seed of every trained row's reference run (its cell is the one without a ``-seed<N>`` suffix).
+TRAIN_SEED = 0
+DOSE_KEYS = ("010", "020", "060")
+#: The single column of a profile of real micrographs (their dose is what it is).
+REAL_DOSE = "real"
+
+
+@dataclass(frozen=True)
+class CryojointMethod:
+    """One cryojoint row: a training mode with a model preset."""
+
+    mode: str
+    model_preset: str = "default"
+    tier: int = 3
+    #: Config changes on top of the preset, as ("section.field", value) pairs, and their short name.
+    overrides: tuple[tuple[str, Any], ...] = ()
+    variant: str = ""
+
+    @property
+    def method_id(self) -> str:
+        suffix = f"-{self.variant}" if self.variant else ""
+        return f"cryojoint-{self.mode}-{self.model_preset}{suffix}"
+
+    @property
+    def label(self) -> str:
+        variant = f", {self.variant}" if self.variant else ""
+        return f"cryojoint {self.mode} ({self.model_preset}{variant})"
+
+
+#: The joint model with the paper's coupling (the detection loss trains the denoiser through the denoised image).
+COUPLED = CryojointMethod("joint", "default", 2, (("model.detection_trains_denoiser", True),), "coupled")
+
+
+#: Seconds per joint training step at the standard profile's automatic 96² patch, on this 2-core box with
+#: nothing else running (40-step runs, 2026-11-27; the validation pass excluded). Used only to give the paper
+#: preset the default preset's wall-clock in the equal-time row.
+SECONDS_PER_JOINT_STEP = {"default": 0.48, "paper": 2.55}
+
+
+def paper_equal_time(default_steps: int, validations: int = 5) -> CryojointMethod:
+    """The joint model with the paper preset, trained for the default preset's wall-clock (fewer steps)."""
+    steps = round(default_steps * SECONDS_PER_JOINT_STEP["default"] / SECONDS_PER_JOINT_STEP["paper"])
+    return CryojointMethod("joint", "paper", 4, (("train.steps", steps), ("train.eval_every", steps // validations)),
+                           "equal-time")
+
+
+ALL_MODES = ("joint", "joint-no-consistency", "sequential", "denoise-only", "detect-only")
+
+
+def _modes(presets: Sequence[str], modes: Sequence[str] = ALL_MODES) -> tuple[CryojointMethod, ...]:
+    """Methods in run order: joint (default) early (tier 1, beside Topaz), detect-only next, then the rest."""
+    tiers = {"joint": 1, "detect-only": 2}
+    methods = []
+    for preset in presets:
+        for mode in modes:
+            tier = tiers.get(mode, 3) if preset == "default" else 4
+            methods.append(CryojointMethod(mode, preset, tier))
+    return tuple(methods)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Size of one benchmark run. Times are for the 2-core CPU box this was written on."""
+
+    name: str
+    structures: tuple[str, ...]
+    n_train: int
+    n_test: int
+    size_px: int
+    doses: tuple[str, ...]
+    methods: tuple[CryojointMethod, ...]
+    steps: int
+    eval_every: int
+    topaz_min_minibatches: int
+    topaz_minibatches_per_epoch: int
+    #: Simulation overrides (small fields need denser particles so that the partial labels suffice).
+    simulation_changes: Mapping[str, Any] = field(default_factory=dict)
+    topaz_pretrained: bool = False
+    description: str = ""
+    #: Training seeds of every trained row (cryojoint modes, Topaz's picker); seed ``TRAIN_SEED`` is the row's
+    #: reference run (computed first; Topaz's budget and count read the joint model's seed-0 cell).
+    seeds: tuple[int, ...] = (TRAIN_SEED,)
+    #: ``(scale, offset)`` applied to every stored image (all doses, reference, clean) as float32: data whose
+    #: units are not the simulator's counts, as a pipeline that normalises or rescales would hand it over.
+    intensity_map: tuple[float, float] | None = None
+    #: Where the micrographs come from: ``"simulated"`` (our simulator, every truth known) or ``"real-bgal"``
+    #: (real micrographs with reference picks, :mod:`benchmarks.real_bgal`: picking only, no clean image).
+    dataset: str = "simulated"
+
+    @property
+    def has_denoising_truth(self) -> bool:
+        """Clean and full-dose images exist, so denoising can be scored."""
+        return self.dataset == "simulated"
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        "tiny", ("ribosome",), 2, 1, 256, ("020",), _modes(["default"], ["joint"]), 30, 15, 20, 10,
+        {"particles_per_micrograph": (700, 800), "label_region_px": None},
+        description="test-suite size: 2+1 micrographs at 256², 30 steps, joint only",
+    ),
+    "quick": Profile(
+        "quick", ("ribosome",), 6, 2, 512, ("020",), _modes(["default"], ["joint", "detect-only"]), 300, 50,
+        100, 50, {"particles_per_micrograph": (300, 400), "label_region_px": 500},
+        description="CI size: 6+2 micrographs at 512², denser particles and a larger label region so the "
+                    "labels suffice, one dose, 300 steps",
+    ),
+    "standard": Profile(
+        "standard", ("ribosome",), 8, 4, 1024, DOSE_KEYS,
+        (*_modes(["default"]), COUPLED, paper_equal_time(600), CryojointMethod("joint", "paper", 4)), 600,
+        100,
+        300, 100,
+        description="8+4 micrographs at 1024², ribosome, three doses, five modes + joint with the paper's coupling + "
+                    "joint with the "
+                    "paper preset at equal steps and at equal wall-clock, 600 steps, training seeds 0, 1, 2",
+        seeds=(0, 1, 2),
+    ),
+    "second": Profile(
+        "second", ("ruvb",), 6, 3, 1024, ("010", "060"),
+        (*_modes(["default"], ["joint", "denoise-only", "detect-only"]),), 600, 100, 300, 100,
+        {"pixel_size_angstrom": 3.5}, intensity_map=(1.0 / 250.0, -3.0),
+        description="a differently built dataset for checking defaults: 6+3 micrographs at 1024², RuvB (≈ 34 px "
+                    "at 3.5 Å/px, denser fields), stored as x/250 − 3 in float32 (not counts), two doses, "
+                    "600 steps, training seeds 0, 1, 2",
+        seeds=(0, 1, 2),
+    ),
+    "real-bgal": Profile(
+        "real-bgal", ("bgal",), 10, 10, 1024, (REAL_DOSE,),
+        (*_modes(["default"], ["joint", "detect-only"]),), 600, 100, 300, 100, dataset="real-bgal",
+        description="real micrographs: 10+10 EMPIAR-10017 β-galactosidase micrographs (CryoSegNet's filtered "
+                    "8-bit copies, binned 4× to 1024², 7.08 Å/px, particle ≈ 27 px), half of the particles "
+                    "inside one region of each training micrograph labelled; picking only; 600 steps, training "
+                    "seeds 0, 1, 2",
+        seeds=(0, 1, 2),
+    ),
+    "full": Profile(
+        "full", ("ribosome", "ruvb"), 16, 8, 1024, DOSE_KEYS, _modes(["default", "paper"]), 3000, 100, 2000,
+        200, description="16+8 micrographs at 1024², both structures, five modes × two presets, 3000 steps "
+                         "(early stopping), Topaz ≥ 2000 minibatches, training seeds 0, 1, 2",
+        seeds=(0, 1, 2),
+    ),
+}
+
+
+def resolve_seeds(profile: Profile, seeds: Sequence[int] | None) -> tuple[int, ...]:
+    """The training seeds a run computes: ``seeds`` if given (non-empty), else the profile's; always with
+    ``TRAIN_SEED`` (every row's reference run, which Topaz's budget and the seed-0-first order rely on)."""
+    chosen = tuple(seeds) if seeds else profile.seeds
+    negative = [seed for seed in chosen if seed < 0]
+    if negative:
+        raise SystemExit(f"seed {negative[0]} is negative; give seeds as 0,1,2")
+    return tuple(sorted({TRAIN_SEED, *chosen}))
