@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from benchmarks.suite.datasets import DoseData
+from benchmarks.suite.profiles import REAL_DOSE
 from scipy import ndimage, signal
 from scipy.spatial import cKDTree
 
@@ -528,41 +530,24 @@ def draw_figure(folder: Path, name: str, truth: pd.DataFrame, labels: pd.DataFra
 # ================================================================================================ loader
 
 
-@dataclass
-class RealData:
-    """What a benchmark cell needs from the prepared folder: images, partial labels, truth (no clean images)."""
+def load_prepared(data_dir: Path, structure: str = "bgal", dose: str = REAL_DOSE) -> DoseData:
+    """Read a prepared folder back (for ``benchmarks/run.py``): labels of the training micrographs only.
 
-    data_dir: Path
-    commit: str
-    train_names: list[str]
-    test_names: list[str]
-    train_labels: pd.DataFrame
-    train_labels_path: Path
-    test_truth: pd.DataFrame
-    true_diameter_px: float
-    pixel_size: float
-
-    @property
-    def image_dir(self) -> Path:
-        return self.data_dir / "micrographs"
-
-    def mrcs(self, names: Sequence[str]) -> list[Path]:
-        return [self.image_dir / f"{name}.mrc" for name in names]
-
-
-def load_prepared(data_dir: Path) -> RealData:
-    """Read a prepared folder back (for ``benchmarks/run.py``): labels of the training micrographs only."""
+    The same :class:`~benchmarks.suite.datasets.DoseData` as a simulated dose, with its images in
+    ``micrographs/`` and no clean, full-dose or mask images (``has_denoising_truth`` false).
+    """
     data_dir = Path(data_dir)
     facts = json.loads((data_dir / FACTS_NAME).read_text())
     truth = read_coordinates(data_dir / "truth.star")
     labels = read_coordinates(data_dir / "labels.star")
-    return RealData(
-        data_dir=data_dir, commit=facts["source"]["commit"], train_names=list(facts["train_names"]),
+    return DoseData(
+        structure=structure, dose=dose, data_dir=data_dir, train_names=list(facts["train_names"]),
         test_names=list(facts["test_names"]),
         train_labels=labels[labels["micrograph"].isin(facts["train_names"])].reset_index(drop=True),
         train_labels_path=data_dir / "labels.star",
         test_truth=truth[truth["micrograph"].isin(facts["test_names"])].reset_index(drop=True),
-        true_diameter_px=float(facts["particle_diameter_px"]), pixel_size=float(facts["pixel_size"]))
+        true_diameter_px=float(facts["particle_diameter_px"]), pixel_size=float(facts["pixel_size"]),
+        image_dir=data_dir / "micrographs", has_denoising_truth=False)
 
 
 # =================================================================================================== CLI
@@ -586,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
-    "RealData", "Snapshot", "SnapshotMissing", "agreement", "bin_micrograph", "disc_centres", "find_snapshot",
+    "Snapshot", "SnapshotMissing", "agreement", "bin_micrograph", "disc_centres", "find_snapshot",
     "load_prepared", "main", "open_snapshot", "partial_labels", "prepare", "reconstruction_iou", "split_names"]
 
 if __name__ == "__main__":

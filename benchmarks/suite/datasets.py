@@ -32,7 +32,11 @@ REFERENCE_DOSE = "dose_100"
 
 @dataclass
 class DoseData:
-    """Everything one (structure, dose) cell needs: inputs, partial labels, and the truth for scoring."""
+    """Everything one (structure, dose) cell needs: inputs, partial labels, and the truth for scoring.
+
+    Simulated data (:func:`load_dose_data`) and real micrographs (:func:`benchmarks.real_bgal.load_prepared`)
+    alike; the real ones have only their micrographs, no clean, full-dose or mask images.
+    """
 
     structure: str
     dose: str
@@ -173,12 +177,7 @@ def load_dose_data(data_dir: Path, dose: str, profile: Profile | None = None) ->
     if profile is not None and profile.dataset == "real-bgal":
         from benchmarks.real_bgal import load_prepared
 
-        real = load_prepared(data_dir)
-        return DoseData(structure=profile.structures[0], dose=dose, data_dir=data_dir,
-                        train_names=real.train_names, test_names=real.test_names, train_labels=real.train_labels,
-                        train_labels_path=real.train_labels_path, test_truth=real.test_truth,
-                        true_diameter_px=real.true_diameter_px, pixel_size=real.pixel_size,
-                        image_dir=real.image_dir, has_denoising_truth=False)
+        return load_prepared(data_dir, structure=profile.structures[0], dose=dose)
     facts = json.loads((data_dir / "benchmark_dataset.json").read_text())
     truth = pd.read_csv(data_dir / "truth_exact.csv", dtype={"micrograph": str})
     labels = pd.read_csv(data_dir / "labels_exact.csv", dtype={"micrograph": str})
