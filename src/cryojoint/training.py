@@ -8,6 +8,13 @@ Under ``torchrun --nproc-per-node N`` the same loop trains data-parallel (see :m
 each process samples its own batches from its own random stream, gradients are averaged, rank 0 validates,
 decides (early stopping, next stage) for everyone, and alone writes files. The data split is seeded
 independently of the rank, so every process holds out the same micrographs.
+
+Why one module of ~780 lines: what it holds is one loop and the private pieces that share its state. The
+checkpoint is that state (``_State``, the weight average, every rank's random streams) and must change with it
+for a bit-exact resume; stage changes and early stopping update the same ``_State``; tests replace
+``_train_step`` and ``_begin_next_stage`` on this module. What stands apart already lives elsewhere (stages in
+:mod:`cryojoint.modes`, losses, data preparation, model files in :mod:`cryojoint.checkpoint`, data parallelism,
+inference, metrics). First to move out if it grows: the run's outputs (metrics CSV, TensorBoard, progress bar).
 """
 
 from __future__ import annotations
