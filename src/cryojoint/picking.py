@@ -295,7 +295,10 @@ def estimate_particle_diameter(
     and an opposite fringe runs along the edge (:func:`_halo_radius`); when the mean particle has such a fringe,
     clearly above noise, the diameter is read at it instead (never below the LoG's). Measured at 10 % dose:
     ribosome 37 -> 48 px (true 52), RuvB 28 -> 34 (34), real beta-galactosidase 16 -> 23 (27); no change on
-    discs, blobs and spheres without a CTF.
+    discs, blobs and spheres without a CTF. Checked on 12 other simulated sets (2 structures, 4.5 and 6.5 Å/px,
+    defocus 0.5-1, 1-3, 3-5 µm, ~100-180 picks at 10 % dose): where the fringe was found (7 of 12) 0.91-1.04 of
+    the true diameter against 0.71-0.87 from the core; near focus or with fewer picks it is not found and the
+    core's estimate stands. With a few dozen picks at 10 % dose it is rarely found.
 
     Works on micrographs binned to the usual picking pixel size (~4-6 Å/px, as in the paper), where the
     particle is a blob. At fine pixel sizes (<= 2 Å/px) and high defocus the CTF removes the particle's low
