@@ -127,17 +127,19 @@ def _root(
 def convert(
     inputs: Annotated[list[Path], typer.Argument(help="Coordinate file(s) or a folder of them.")],
     output: Annotated[Path, typer.Argument(help="Output file, or folder for one file per micrograph.")],
-    in_fmt: Annotated[str | None, typer.Option("--from", help="star|box|csv|topaz|imod|cs (default: by "
+    in_fmt: Annotated[str | None, typer.Option("--from", help="star|box|cbox|csv|topaz|imod|cs (default: "
+                                                                 "by suffix)")] = None,
+    out_fmt: Annotated[str | None, typer.Option("--to", help="star|box|cbox|csv|topaz|cs (default: by "
                                                                  "suffix)")] = None,
-    out_fmt: Annotated[str | None, typer.Option("--to", help="star|box|csv|topaz|cs (default: by suffix)")] = None,
-    box_size: Annotated[float | None, typer.Option(help="Box size in pixels (needed to write .box).")] = None,
+    box_size: Annotated[float | None, typer.Option(help="Box size in pixels (needed to write .box "
+                                                                    "and .cbox).")] = None,
     micrographs: Annotated[list[str] | None, typer.Option(
         "--micrographs", help="The micrographs the picks are on (as for predict: files, folders, globs, @lists, "
                               "micrograph STARs; repeat the option): their sizes, needed to write cryoSPARC .cs "
                               "from other formats.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
-    """Convert particle coordinates between RELION STAR, EMAN BOX, CSV, Topaz, IMOD and cryoSPARC .cs files.
+    """Convert particle coordinates between RELION STAR, EMAN BOX, crYOLO CBOX, CSV, Topaz, IMOD and cryoSPARC .cs.
 
     Example: cryojoint convert picks.star picks.cs --micrographs 'Movies/*.mrc'
     """
@@ -276,8 +278,8 @@ def predict(
     nms_radius: Annotated[float | None, typer.Option("--nms-radius", help="NMS radius in input pixels "
                                                      "(default: particle radius).")] = None,
     border: Annotated[float | None, typer.Option(help="Drop picks closer than this to the edge (input px).")] = None,
-    formats: Annotated[str, typer.Option(help="Pick files: any of star,box,csv,topaz (one file per micrograph in "
-                                              "picks/<format>/) and cs (one cryoSPARC picks.cs).")] = "star",
+    formats: Annotated[str, typer.Option(help="Pick files: any of star,box,cbox,csv,topaz (one file per micrograph "
+                                              "in picks/<format>/) and cs (one cryoSPARC picks.cs).")] = "star",
     outputs: Annotated[str, typer.Option(help="Any of picks,denoised,heatmap.")] = "picks,denoised,heatmap",
     downsample: Annotated[int | None, typer.Option(help="Bin input by N (default: as in training). "
                                                    "Coordinates are written in input pixels.")] = None,
@@ -371,7 +373,8 @@ def pick(
                                                     "0 = probability 0.5).")] = None,
     count: Annotated[int | None, typer.Option(help="Keep the N best candidates of each micrograph "
                                               "(instead of --threshold).")] = None,
-    formats: Annotated[str, typer.Option(help="Per-micrograph pick files: any of star,box,csv,topaz.")] = "star",
+    formats: Annotated[str, typer.Option(help="Per-micrograph pick files: any of star,box,cbox,csv,"
+                                              "topaz.")] = "star",
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
     """Re-cut picks from a predict output at another cut-off or count, without running the network.

@@ -50,8 +50,17 @@ COMBINED_STAR = "picks.star"
 COMBINED_CS = "picks.cs"
 #: Every NMS peak of the run with its score, before the cut-off: what average precision is computed from.
 CANDIDATES_STAR = "candidates.star"
-#: Box size written into EMAN .box files, in particle diameters (extraction boxes are ~1.5-2x the diameter).
-BOX_SIZE_DIAMETERS = 2.0
+#: Box size written into coordinate files that carry one, in particle diameters: EMAN .box boxes are extraction
+#: boxes (~1.5-2x the diameter); crYOLO .cbox boxes enclose the particle (crYOLO's own box size), so the circles
+#: napari-boxmanager draws from them outline the particles.
+BOX_SIZE_DIAMETERS: dict[str, float] = {"box": 2.0, "cbox": 1.0}
+
+
+def box_size_px(fmt: str, particle_diameter_px: float | None) -> float | None:
+    """The box size a coordinate format is written with, from the particle diameter (None: none needed/known)."""
+    if fmt not in BOX_SIZE_DIAMETERS or particle_diameter_px is None:
+        return None
+    return float(round(BOX_SIZE_DIAMETERS[fmt] * particle_diameter_px))
 
 
 # ---------------------------------------------------------------------------------------- in memory
@@ -263,18 +272,18 @@ def _predict_sequential(model: LoadedModel, paths: Sequence[Path], out_dir: Path
 
 
 def _write_picks(picks: pd.DataFrame, out_dir: Path, formats: Sequence[str], micrographs: dict[str, Path],
-                 box_size: float) -> list[Path]:
+                 particle_diameter_px: float) -> list[Path]:
     """The combined RELION STAR after the cut-off (always), one cryoSPARC ``picks.cs`` beside it for ``cs``,
     and one file per micrograph for every other format."""
     written = [write_coordinates(picks, out_dir / COMBINED_STAR, "star")]
-    box = float(round(BOX_SIZE_DIAMETERS * box_size))
     for fmt in formats:
         if fmt == "cs":
             located = attach_micrographs(picks, list(micrographs.values()), out_dir / COMBINED_STAR)
             written.append(write_coordinates(located, out_dir / COMBINED_CS, "cs"))
             continue
         folder = out_dir / "picks" / fmt
-        written += write_coordinates_per_micrograph(picks, folder, fmt, names=list(micrographs), box_size=box)
+        written += write_coordinates_per_micrograph(picks, folder, fmt, names=list(micrographs),
+                                                    box_size=box_size_px(fmt, particle_diameter_px))
     return written
 
 

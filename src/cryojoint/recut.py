@@ -28,7 +28,7 @@ from cryojoint.io.coords import (
     write_coordinates,
     write_coordinates_per_micrograph,
 )
-from cryojoint.prediction import BOX_SIZE_DIAMETERS, CANDIDATES_STAR, COMBINED_STAR
+from cryojoint.prediction import CANDIDATES_STAR, COMBINED_STAR, box_size_px
 
 RECORD_NAME = "pick.json"
 HISTOGRAM_NAME = "score_histogram.png"
@@ -105,7 +105,8 @@ def pick_files(prediction: str | Path, out: str | Path, threshold: float | None 
     if unknown:
         hint = (" (for cryoSPARC: cryojoint convert OUT/picks.star picks.cs --micrographs ...)"
                 if "cs" in unknown else "")
-        raise UserInputError(None, f"--formats: cannot write '{unknown[0]}' here (star, box, csv, topaz){hint}")
+        raise UserInputError(None, f"--formats: cannot write '{unknown[0]}' here (star, box, cbox, csv, "
+                             f"topaz){hint}")
     run = read_prediction_folder(prediction)
     picks = recut(run.candidates, threshold, count)
     out = Path(out)
@@ -115,11 +116,11 @@ def pick_files(prediction: str | Path, out: str | Path, threshold: float | None 
     targets += [out / "picks" / fmt / f"{name}{SUFFIX_OF_FORMAT[fmt]}" for fmt in formats for name in run.micrographs]
     for target in targets:  # every check before the first write: no half-written output folder
         check_can_write(target, overwrite)
-    box = None if run.particle_diameter_px is None else float(round(BOX_SIZE_DIAMETERS * run.particle_diameter_px))
     written = []
     for fmt in formats:
         written += write_coordinates_per_micrograph(picks, out / "picks" / fmt, fmt, names=run.micrographs,
-                                                    box_size=box, overwrite=overwrite)
+                                                    box_size=box_size_px(fmt, run.particle_diameter_px),
+                                                    overwrite=overwrite)
     written.append(write_coordinates(picks, out / COMBINED_STAR, "star", overwrite=overwrite))
     record = {"source": str(run.folder), "threshold": threshold, "count_per_micrograph": count,
               "n_picks": int(len(picks)), "n_micrographs": len(run.micrographs),

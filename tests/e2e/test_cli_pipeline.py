@@ -46,7 +46,7 @@ def test_cli_pipeline_on_a_tiny_simulated_dataset(tmp_path: Path) -> None:
     assert (run / "model.pt").is_file() and (run / "metrics.csv").is_file() and (run / "config.yaml").is_file()
 
     pred = run / "pred"
-    done = cryojoint("predict", str(run / "model.pt"), *mics, "--out", str(pred), "--formats", "star,box,csv",
+    done = cryojoint("predict", str(run / "model.pt"), *mics, "--out", str(pred), "--formats", "star,box,cbox,csv",
                      cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     for mic in mics:
@@ -56,6 +56,7 @@ def test_cli_pipeline_on_a_tiny_simulated_dataset(tmp_path: Path) -> None:
         assert denoised.pixel_size == pytest.approx(read_micrograph(mic).pixel_size, rel=1e-4)
         assert (pred / "heatmaps" / f"{name}.mrc").is_file()
         assert (pred / "picks" / "box" / f"{name}.box").is_file()
+        assert (pred / "picks" / "cbox" / f"{name}.cbox").is_file()
     picks = read_coordinates(pred / "picks.star")
     assert len(picks) > 0 and set(picks["micrograph"]) <= {Path(m).stem for m in mics}
     record = json.loads((pred / "predict.json").read_text())

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import starfile
 
 from cryojoint.config import CryojointConfig
 from cryojoint.io.coords import read_coordinates
@@ -45,12 +46,19 @@ def test_pick_at_the_runs_own_cutoff_reproduces_predict_picks(
         prediction: Path, tmp_path: Path, cryojoint_main) -> None:
     cut = json.loads((prediction / "predict.json").read_text())["threshold"]
     code, out, err = cryojoint_main(["pick", prediction, "--threshold", repr(cut), "--out", tmp_path / "same",
-                          "--formats", "star,box"])
+                          "--formats", "star,box,cbox"])
     assert code == 0, err
     pd.testing.assert_frame_equal(_sorted(read_coordinates(tmp_path / "same" / "picks.star")),
                                   _sorted(read_coordinates(prediction / "picks.star")))
     assert sorted(p.name for p in (tmp_path / "same" / "picks" / "box").iterdir()) == [
         "mic_0000.box", "mic_0001.box", "mic_0002.box"]
+    # crYOLO CBOX (napari-boxmanager): the same picks, the score as confidence, boxes one diameter wide.
+    from_cbox = read_coordinates(tmp_path / "same" / "picks" / "cbox")
+    pd.testing.assert_frame_equal(_sorted(from_cbox), _sorted(read_coordinates(prediction / "picks.star")),
+                                  atol=1e-5)
+    diameter = json.loads((prediction / "predict.json").read_text())["particle_diameter_px_input"]
+    boxes = starfile.read(tmp_path / "same" / "picks" / "cbox" / "mic_0000.cbox", always_dict=True)["cryolo"]
+    assert set(boxes["Width"]) == {round(diameter)}
     record = json.loads((tmp_path / "same" / "pick.json").read_text())
     assert record["threshold"] == cut and record["count_per_micrograph"] is None
 

@@ -295,6 +295,70 @@ def test_eman_box_corner_becomes_centre(tmp_path: Path, text: str) -> None:
     assert table["score"].isna().all()
 
 
+#: A 2D CBOX as crYOLO 1.9 writes it (``cryolo_predict``): corners, box size, estimated size, confidence.
+CRYOLO_CBOX = """
+data_global
+
+_cbox_format_version 1.0
+
+data_cryolo
+
+loop_
+_CoordinateX #1
+_CoordinateY #2
+_CoordinateZ #3
+_Width #4
+_Height #5
+_Depth #6
+_EstWidth #7
+_EstHeight #8
+_Confidence #9
+_NumBoxes #10
+_Angle #11
+1183.0 447.0 <NA> 128 128 <NA> 101 97 0.83 <NA> <NA>
+57.5 1902.0 <NA> 128 128 <NA> 99 104 0.31 <NA> <NA>
+
+data_cryolo_include
+
+loop_
+_slice_index #1
+"""
+#: CBOX of crYOLO before 1.7: tab-separated x y w h confidence (and estimated sizes), no header.
+CRYOLO_LEGACY_CBOX = "1183\t447\t128\t128\t0.83\t101\t97\n57.5\t1902\t128\t128\t0.31\t99\t104\n"
+
+
+@pytest.mark.parametrize("text", [CRYOLO_CBOX, CRYOLO_LEGACY_CBOX], ids=["cbox-1.0", "cbox-legacy"])
+def test_cryolo_cbox_corner_becomes_centre_and_confidence_the_score(tmp_path: Path, text: str) -> None:
+    table = read_coordinates(write_text(tmp_path / "grid_01.cbox", text))
+    assert list(table["micrograph"]) == ["grid_01", "grid_01"]
+    np.testing.assert_allclose(table[["x", "y"]], [[1183 + 64, 447 + 64], [57.5 + 64, 1902 + 64]])
+    np.testing.assert_allclose(table["score"], [0.83, 0.31])
+
+
+def test_cbox_is_read_the_way_napari_boxmanager_and_cryolo_read_it(tmp_path: Path) -> None:
+    """pyStarDB is the STAR library napari-boxmanager and crYOLO read CBOX and STAR with; the columns and blocks
+    below are the ones their readers index (box_manager.io.cbox / .star, cryolo.CoordsIO.read_cbox_boxfile)."""
+    from pyStarDB import sp_pystardb as star
+
+    table = make_table("mic_1", [100.0, 250.5], [40.0, 300.0], [2.5, -1.0])
+    cbox = star.StarFile(write_coordinates(table, tmp_path / "mic_1.cbox", box_size=64))
+    boxes = cbox["cryolo"]
+    for column in ("_CoordinateX", "_CoordinateY", "_CoordinateZ", "_Width", "_Height", "_Depth", "_Confidence"):
+        assert column in boxes.columns, column
+    np.testing.assert_allclose(boxes["_CoordinateX"] + boxes["_Width"] / 2, table["x"])
+    np.testing.assert_allclose(boxes["_CoordinateY"] + boxes["_Height"] / 2, table["y"])
+    np.testing.assert_allclose(boxes["_Confidence"], table["score"])
+    assert boxes["_CoordinateZ"].isna().all()  # 2D: the viewers draw one micrograph's boxes
+    assert cbox["cryolo_include"]["_slice_index"].tolist() == []
+    assert str(cbox["global"]["_cbox_format_version"].iloc[0]) == "1.0"
+
+    both = make_table(["mic_1", "mic_2"], [10.0, 20.0], [30.0, 40.0], [0.5, 1.5])
+    particles = star.StarFile(write_coordinates(both, tmp_path / "picks.star"))
+    assert "particles" in particles  # the block napari-boxmanager's STAR reader takes, split by micrograph
+    np.testing.assert_allclose(particles["particles"]["_rlnAutopickFigureOfMerit"], both["score"])
+    assert particles["particles"]["_rlnMicrographName"].tolist() == ["mic_1.mrc", "mic_2.mrc"]
+
+
 @pytest.mark.parametrize("suffix", [".txt", ".tsv"])
 def test_topaz_picks(tmp_path: Path, suffix: str) -> None:
     table = read_coordinates(write_text(tmp_path / f"predicted{suffix}", TOPAZ_PICKS))
@@ -310,8 +374,9 @@ def test_topaz_names_that_look_like_numbers_stay_names(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("n_columns", [3, 4, 5])
-def test_imod_model2point_text(tmp_path: Path, n_columns: int) -> None:
-    path = write_text(tmp_path / "tomo_12.txt", IMOD_POINTS[n_columns])
+@pytest.mark.parametrize("suffix", [".txt", ".pos", ".pts", ".coords"])
+def test_imod_model2point_text(tmp_path: Path, n_columns: int, suffix: str) -> None:
+    path = write_text(tmp_path / f"tomo_12{suffix}", IMOD_POINTS[n_columns])
     assert detect_format(path) == "imod"
     table = read_coordinates(path)
     assert list(table["micrograph"]) == ["tomo_12", "tomo_12"]
@@ -390,8 +455,14 @@ FILE_FORMATS = {  # format: (file name, coordinate tolerance, score (rtol, atol)
 }
 
 
+#: CBOX corners are written with six decimals (as STAR) and the centre is the corner plus half the box.
+CBOX_TOLERANCE_PX = 2 * STAR_TOLERANCE_PX
+#: Per-micrograph formats: coordinate tolerance and score (rtol, atol), None where the format holds no score.
+PER_MICROGRAPH_TOLERANCES = {"box": (BOX_TOLERANCE_PX, None), "cbox": (CBOX_TOLERANCE_PX, (0.0, STAR_SCORE_ATOL))}
+
+
 def test_every_writable_format_has_a_round_trip_test() -> None:
-    assert set(WRITERS) == {*FILE_FORMATS, "box", "cs"} and set(WRITERS) <= set(READERS)
+    assert set(WRITERS) == {*FILE_FORMATS, *PER_MICROGRAPH_TOLERANCES, "cs"} and set(WRITERS) <= set(READERS)
 
 
 @pytest.mark.parametrize("fmt", sorted(FILE_FORMATS))
@@ -421,15 +492,18 @@ def test_cryosparc_round_trip(tmp_path_factory: pytest.TempPathFactory, table: p
 box_sizes = st.integers(2, 1024) | st.floats(1.0, 1000.0).map(lambda size: round(size, 2))
 
 
+@pytest.mark.parametrize("fmt", sorted(PER_MICROGRAPH_TOLERANCES))
 @PROPERTY_SETTINGS
 @given(table=coordinate_tables(max_micrographs=1), box_size=box_sizes)
-def test_box_round_trip(tmp_path_factory: pytest.TempPathFactory, table: pd.DataFrame, box_size: float) -> None:
+def test_boxed_format_round_trip(tmp_path_factory: pytest.TempPathFactory, fmt: str, table: pd.DataFrame,
+                                 box_size: float) -> None:
     name = table["micrograph"][0]
-    path = write_coordinates(table, tmp_path_factory.mktemp("box") / f"{name}.box", box_size=box_size)
-    assert_same_picks(read_coordinates(path), table, BOX_TOLERANCE_PX, score_tolerance=None)
+    path = write_coordinates(table, tmp_path_factory.mktemp(fmt) / f"{name}.{fmt}", box_size=box_size)
+    assert detect_format(path) == fmt
+    assert_same_picks(read_coordinates(path), table, *PER_MICROGRAPH_TOLERANCES[fmt])
 
 
-@pytest.mark.parametrize("fmt", ["star", "box", "csv", "topaz"])
+@pytest.mark.parametrize("fmt", ["star", "box", "cbox", "csv", "topaz"])
 @PROPERTY_SETTINGS
 @given(table=coordinate_tables(), extra_names=st.lists(micrograph_names, max_size=2))
 def test_one_file_per_micrograph_round_trip(tmp_path_factory: pytest.TempPathFactory, fmt: str,
@@ -437,7 +511,7 @@ def test_one_file_per_micrograph_round_trip(tmp_path_factory: pytest.TempPathFac
     folder = tmp_path_factory.mktemp(f"per_micrograph_{fmt}") / "picks"
     written = write_coordinates_per_micrograph(table, folder, fmt, names=extra_names, box_size=48)
     assert len(written) == len({*extra_names, *table["micrograph"]})
-    tolerance_px, score_tolerance = (BOX_TOLERANCE_PX, None) if fmt == "box" else FILE_FORMATS[fmt][1:]
+    tolerance_px, score_tolerance = PER_MICROGRAPH_TOLERANCES.get(fmt) or FILE_FORMATS[fmt][1:]
     assert_same_picks(read_coordinates(folder), table, tolerance_px, score_tolerance)
 
 
@@ -486,6 +560,10 @@ def test_file_without_coordinates(tmp_path: Path, file_name: str, text: str) -> 
     ("missing_y.csv", "micrograph,x,y\nm,1,\n", ("NaN or not numbers",)),
     ("headerless.tsv", "mic\t10\t20\n", ("missing Topaz header",)),
     ("short.pos", "1 2\n", ("at least 3",)),
+    ("no_cryolo.cbox", "data_global\n\n_cbox_format_version 1.0\n", ("no 'data_cryolo' block",)),
+    ("no_width.cbox", "data_cryolo\n\nloop_\n_CoordinateX #1\n_CoordinateY #2\n1 2\n", ("Width, Height",)),
+    ("tomogram.cbox", CRYOLO_CBOX.replace("<NA> 128 128 <NA>", "12 128 128 128"), ("3D",)),
+    ("short.cbox", "10\t20\t64\t64\n", ("line 1", "at least 5")),
 ])
 def test_malformed_coordinate_file(tmp_path: Path, file_name: str, text: str, fragments: tuple[str, ...]) -> None:
     assert_user_error(write_text(tmp_path / file_name, text), *fragments)
@@ -519,17 +597,19 @@ def test_folder_of_files_without_picks(tmp_path: Path) -> None:
     assert_user_error(tmp_path / "boxes", "no particle coordinates found in 2 files")
 
 
+@pytest.mark.parametrize("suffix", [".box", ".cbox"])
 @pytest.mark.parametrize("box_size", [None, 0, -4])
-def test_box_needs_a_box_size(tmp_path: Path, box_size: float | None) -> None:
+def test_boxed_formats_need_a_box_size(tmp_path: Path, box_size: float | None, suffix: str) -> None:
     with pytest.raises(UserInputError) as err:
-        write_coordinates(make_table("m", [1.0], [2.0]), tmp_path / "m.box", box_size=box_size)
+        write_coordinates(make_table("m", [1.0], [2.0]), tmp_path / f"m{suffix}", box_size=box_size)
     assert "--box-size" in err.value.problem
     assert list(tmp_path.iterdir()) == []
 
 
-def test_box_holds_one_micrograph(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".box", ".cbox"])
+def test_boxed_formats_hold_one_micrograph(tmp_path: Path, suffix: str) -> None:
     with pytest.raises(UserInputError) as err:
-        write_coordinates(make_table(["a", "b"], [1.0, 2.0], [3.0, 4.0]), tmp_path / "ab.box", box_size=32)
+        write_coordinates(make_table(["a", "b"], [1.0, 2.0], [3.0, 4.0]), tmp_path / f"ab{suffix}", box_size=32)
     assert "holds one micrograph" in err.value.problem
     assert list(tmp_path.iterdir()) == []
 

@@ -9,12 +9,12 @@ The table is a :class:`pandas.DataFrame` with columns
 ``score``
     figure of merit, ``NaN`` when the file has none.
 
-Other columns (angles, defocus, ...) pass through. EMAN BOX corner <-> centre conversion happens only here, at
-the file boundary.
+Other columns (angles, defocus, ...) pass through. EMAN BOX and crYOLO CBOX corner <-> centre conversion
+happens only here, at the file boundary.
 
 Why one module of ~650 lines: every format's reader and writer sits beside the lookup table that
 :func:`read_coordinates` and :func:`write_coordinates` dispatch through, so the table convention (centres,
-micrograph names, the BOX conversion) is enforced in one place for all six formats.
+micrograph names, the BOX conversion) is enforced in one place for all seven formats.
 """
 
 from __future__ import annotations
@@ -79,6 +79,14 @@ PATH_COLUMN, SHAPE_Y_COLUMN, SHAPE_X_COLUMN, UID_COLUMN = (
 #: names are matched without it (pyem's --strip-uid). cryoSPARC's UIDs are 64-bit numbers written with about
 #: 20 digits; shorter digit runs (dates, Unix times) are kept: they are real names.
 _CRYOSPARC_UID_PREFIX = re.compile(r"^\d{15,}_(?=.)")
+#: crYOLO's CBOX layout (version 1.0), the file napari-boxmanager and crYOLO read with their confidence slider:
+#: a STAR file with a ``global`` block, a ``cryolo`` loop of boxes (lower-left corner, width, height, the
+#: confidence) and a ``cryolo_include`` loop of 3D slice indices (empty for a 2D micrograph).
+CBOX_VERSION = "1.0"
+CBOX_COLUMNS: tuple[str, ...] = ("CoordinateX", "CoordinateY", "CoordinateZ", "Width", "Height", "Depth",
+                                 "EstWidth", "EstHeight", "Confidence", "NumBoxes", "Angle")
+#: Columns of crYOLO's CBOX files written before version 1.0 (tab-separated, no header).
+CBOX_LEGACY_COLUMNS = 5
 
 
 def empty_table() -> pd.DataFrame:
@@ -169,6 +177,28 @@ def _read_csv(path: Path, box_size: float | None) -> pd.DataFrame:
     )
 
 
+def _read_cbox(path: Path, box_size: float | None) -> pd.DataFrame:
+    """crYOLO CBOX: box corners and sizes (centre = corner + size / 2) and ``_Confidence`` as the score."""
+    if not path.read_bytes().lstrip().startswith((b"data_", b"#")):  # crYOLO < 1.7: x y w h confidence
+        values = _read_numeric_rows(path, min_columns=CBOX_LEGACY_COLUMNS)
+        return make_table(_name_from_coordinate_file(path), values[:, 0] + values[:, 2] / 2,
+                          values[:, 1] + values[:, 3] / 2, values[:, 4])
+    tables = read_star_tables(path)
+    boxes = tables.get("cryolo")
+    if boxes is None:
+        raise UserInputError(path, "no 'data_cryolo' block: not a crYOLO CBOX file")
+    missing = [c for c in ("CoordinateX", "CoordinateY", "Width", "Height") if c not in boxes.columns]
+    if missing:
+        raise UserInputError(path, f"no {', '.join(missing)} column(s) in its data_cryolo block")
+    if "CoordinateZ" in boxes.columns and boxes["CoordinateZ"].notna().any():
+        raise UserInputError(path, "holds 3D (tomogram) boxes; cryojoint picks on 2D micrographs")
+    corner_x = _numeric(boxes["CoordinateX"], path, "CoordinateX")
+    corner_y = _numeric(boxes["CoordinateY"], path, "CoordinateY")
+    width, height = _numeric(boxes["Width"], path, "Width"), _numeric(boxes["Height"], path, "Height")
+    score = _numeric(boxes["Confidence"], path, "Confidence") if "Confidence" in boxes.columns else None
+    return make_table(_name_from_coordinate_file(path), corner_x + width / 2, corner_y + height / 2, score)
+
+
 def _read_topaz(path: Path, box_size: float | None) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
@@ -240,6 +270,7 @@ READERS: dict[str, Reader] = {
     "topaz": _read_topaz,
     "imod": _read_imod,
     "cs": _read_cs,
+    "cbox": _read_cbox,
 }
 
 # ----------------------------------------------------------------------------------------------- writers
@@ -268,6 +299,21 @@ def _write_box(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
     lines = [f"{x - half:.2f}\t{y - half:.2f}\t{box_size:g}\t{box_size:g}"
              for x, y in zip(table["x"].to_numpy(float), table["y"].to_numpy(float))]
     path.write_text("\n".join(lines) + ("\n" if lines else ""))
+
+
+def _write_cbox(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
+    """crYOLO CBOX 1.0; ``_Confidence`` holds our score (log-odds, the scale of ``--threshold``), so a slider
+    on it in napari-boxmanager is the same cut-off ``cryojoint pick --threshold`` applies."""
+    if box_size is None or box_size <= 0:
+        raise UserInputError(path, "crYOLO .cbox files need a box size (pass --box-size N, in pixels)")
+    half, count = box_size / 2, len(table)
+    boxes = pd.DataFrame({column: np.full(count, np.nan) for column in CBOX_COLUMNS})
+    boxes["CoordinateX"] = table["x"].to_numpy(float) - half
+    boxes["CoordinateY"] = table["y"].to_numpy(float) - half
+    boxes["Width"] = boxes["Height"] = float(box_size)
+    boxes["Confidence"] = table["score"].to_numpy(float)
+    starfile.write({"global": {"cbox_format_version": CBOX_VERSION}, "cryolo": boxes,
+                    "cryolo_include": pd.DataFrame({"slice_index": pd.Series(dtype=int)})}, path)
 
 
 def _write_csv(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
@@ -359,15 +405,18 @@ WRITERS: dict[str, Writer] = {
     "csv": _write_csv,
     "topaz": _write_topaz,
     "cs": _write_cs,
+    "cbox": _write_cbox,
 }
 #: File suffix for each format, and the format for each suffix (``.txt`` is sniffed: Topaz or IMOD).
 SUFFIX_OF_FORMAT: dict[str, str] = {"star": ".star", "box": ".box", "csv": ".csv", "topaz": ".txt", "imod": ".txt",
-                                    "cs": ".cs"}
+                                    "cs": ".cs", "cbox": ".cbox"}
 #: Formats whose files hold the picks of a single micrograph, named by the file.
-PER_MICROGRAPH_FORMATS: frozenset[str] = frozenset({"box", "imod"})
+PER_MICROGRAPH_FORMATS: frozenset[str] = frozenset({"box", "imod", "cbox"})
+#: Formats whose writers need a box size.
+BOXED_FORMATS: frozenset[str] = frozenset({"box", "cbox"})
 FORMAT_OF_SUFFIX: dict[str, str] = {
     ".star": "star", ".box": "box", ".csv": "csv", ".tsv": "topaz", ".pos": "imod", ".pts": "imod", ".coords": "imod",
-    ".cs": "cs",
+    ".cs": "cs", ".cbox": "cbox",
 }
 
 # ------------------------------------------------------------------------------------------- public API
@@ -525,8 +574,9 @@ def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
 def _check_writable_format(table: pd.DataFrame, path: Path, fmt: str | None, box_size: float | None) -> str:
     """The format to write ``path`` in, after the checks that need no disk access."""
     file_format = _check_format(fmt, path, WRITERS)
-    if file_format == "box" and (box_size is None or box_size <= 0):
-        raise UserInputError(path, "EMAN .box files need a box size (pass --box-size N, in pixels)")
+    if file_format in BOXED_FORMATS and (box_size is None or box_size <= 0):
+        tool = "EMAN" if file_format == "box" else "crYOLO"
+        raise UserInputError(path, f"{tool} .{file_format} files need a box size (pass --box-size N, in pixels)")
     if file_format == "cs":
         check_cs_columns(table, path)
     if file_format in PER_MICROGRAPH_FORMATS and table["micrograph"].nunique() > 1:
@@ -649,7 +699,8 @@ def convert_coordinates(
     output = Path(output)
     if output.is_dir() or not output.suffix:
         if out_fmt is None:
-            raise UserInputError(output, "is a folder: say which format to write with --to (star, box, csv, topaz)")
+            raise UserInputError(output, "is a folder: say which format to write with --to "
+                                 "(star, box, cbox, csv, topaz)")
         if out_fmt not in WRITERS:
             raise UserInputError(output, f"cannot write format '{out_fmt}' (known: {', '.join(WRITERS)})")
         return write_coordinates_per_micrograph(table, output, out_fmt, box_size=box_size, overwrite=overwrite)

@@ -13,7 +13,8 @@ from cryojoint._atomic import atomic_path
 from cryojoint.errors import UserInputError
 
 #: Extensions stripped to get a micrograph's name (RELION/Topaz match micrographs by this name).
-_NAME_SUFFIXES = (".mrcs", ".mrc", ".map", ".st", ".tif", ".tiff", ".star", ".box", ".csv", ".txt", ".tsv")
+_NAME_SUFFIXES = (".mrcs", ".mrc", ".map", ".st", ".tif", ".tiff", ".star", ".box", ".cbox", ".csv", ".txt", ".tsv",
+                  ".pos", ".pts", ".coords")
 #: IMOD marks its headers with this number at byte 152 and keeps flags at byte 156; flag bit 0 set means mode-0
 #: bytes are signed. Without it IMOD's mode-0 bytes are unsigned (0-255), which mrcfile would read as int8.
 _IMOD_STAMP = 1146047817
