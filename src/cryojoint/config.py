@@ -153,12 +153,17 @@ class PredictConfig:
     # 384 px), so tiled output equals the whole-image pass exactly; a smaller value is faster but shows seams.
     # Used by context "whole-image" only.
     tile_overlap_px: int | None = None
-    # What each output pixel is computed from. "training-patch": windows of the training patch side (stride half
-    # a window, blended with a triangular weight), so the network sees at inference what it saw in training;
-    # its U-Net reaches far beyond a training patch, and run on a whole image its output (and the detector's
-    # input) shifts away from anything it was trained on (measured, 60 % dose: AP 0.76 whole-image vs 0.99).
-    # "whole-image": the exact whole-image pass (tiled by tile_size_px / tile_overlap_px).
+    # What each output pixel is computed from. "training-patch": the U-Net runs in windows of the training patch
+    # side (blended with a triangular weight), so it sees at inference what it saw in training; it reaches far
+    # beyond a training patch, and run on a whole image its output (and the detector's input) shifts away from
+    # anything it was trained on (measured, 60 % dose: AP 0.76 whole-image vs 0.99). The detector (63 px field,
+    # inside a patch) then runs once over the whole denoised image, exactly (tiled by tile_size_px).
+    # "whole-image": the exact whole-image pass of both (tiled by tile_size_px / tile_overlap_px).
     context: str = "training-patch"
+    # Stride of those windows as a fraction of the window side: 0.5 covers every pixel by 4 windows (2 per
+    # axis); larger fractions cost fewer windows ((1/fraction)^2 per pixel on average) and weigh each pixel's
+    # centre-most window more.
+    window_stride_fraction: float = 0.5
 
 
 #: How inference feeds the network (see PredictConfig.context).
@@ -299,6 +304,7 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (config.predict.tile_size_px >= 64, "predict.tile_size_px must be >= 64"),
         (config.predict.tile_overlap_px is None or config.predict.tile_overlap_px >= 0,
          "predict.tile_overlap_px must be >= 0 (or null: exact, from the receptive fields)"),
+        (0.0 < config.predict.window_stride_fraction <= 1.0, "predict.window_stride_fraction must be in (0, 1]"),
         (config.predict.context in PREDICT_CONTEXTS,
          f"predict.context must be one of {', '.join(PREDICT_CONTEXTS)}"),
     ]

@@ -28,6 +28,7 @@ from cryojoint.errors import UserInputError
 from cryojoint.imaging import bin_image, from_binned_coordinates, normalise, robust_centre_spread
 from cryojoint.io.coords import FILE_NAME_COLUMN, empty_table, make_table, write_coordinates
 from cryojoint.io.mrc import Micrograph, write_mrc
+from cryojoint.models.joint import JointOutput
 
 AUTO_THRESHOLD_RULES: tuple[str, ...] = ("expected-count", "quantile")
 DENOISED_DIR, HEATMAP_DIR, CANDIDATE_DIR = "denoised", "heatmaps", "candidates"
@@ -68,8 +69,23 @@ def network_context_px(network: torch.nn.Module) -> int:
     denoiser = getattr(network, "denoiser", None)
     detector = getattr(network, "detector", None)
     reach = (denoiser.receptive_radius_px if denoiser is not None else 0) + (CONTEXT_RADIUS if detector else 0)
-    multiple = denoiser.size_multiple if denoiser is not None else 1
+    # A whole number of pooling cells, and of the detector's output stride: a block then puts the dense map's
+    # interpolation nodes on the same pixels as the whole-image pass.
+    multiple = math.lcm(denoiser.size_multiple if denoiser is not None else 1,
+                        detector.output_stride if detector is not None else 1)
     return int(math.ceil(reach / multiple)) * multiple
+
+
+class _DetectorOnly(torch.nn.Module):
+    """A joint model's detector alone, called like the joint model: what runs on an already denoised image."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.denoiser = None
+        self.detector = network.detector
+
+    def forward(self, x: torch.Tensor, dense: bool = True) -> JointOutput:
+        return JointOutput(None, None, None, None, self.detector(x, dense=dense))
 
 
 def _whole_image_passes(network: torch.nn.Module, image: np.ndarray, config: CryojointConfig,
@@ -77,19 +93,21 @@ def _whole_image_passes(network: torch.nn.Module, image: np.ndarray, config: Cry
                         ) -> tuple[dict[str, np.ndarray], list[float]]:
     """The whole-image pass, computed in tiles that give exactly its output.
 
-    The image is zero-padded at its bottom and right to a multiple of the U-Net's ``2**depth`` and split into
-    the fewest near-equal blocks of at most ``tile_size_px`` whose inner edges lie on the pooling grid; each
-    pass sees its block plus ``tile_overlap_px`` of context (default: :func:`network_context_px`, the receptive
-    fields of denoiser and detector), clipped at the image, so every kept pixel is computed from exactly the
-    inputs the whole-image pass gives it.
+    ``image`` is [H,W], or [C,H,W] for a network reading C channels. It is zero-padded at its bottom and right
+    to a multiple of the U-Net's ``2**depth`` and split into the fewest near-equal blocks of at most
+    ``tile_size_px`` whose inner edges lie on the pooling grid; each pass sees its block plus
+    ``tile_overlap_px`` of context (default: :func:`network_context_px`, the receptive fields of denoiser and
+    detector), clipped at the image, so every kept pixel is computed from exactly the inputs the whole-image
+    pass gives it.
     """
     multiple = 2 ** config.model.unet_depth
-    ny, nx = image.shape
+    channels = image if image.ndim == 3 else image[None]
+    ny, nx = channels.shape[1:]
     overlap = config.predict.tile_overlap_px
     context = network_context_px(network) if overlap is None else int(math.ceil(overlap / multiple)) * multiple
     padded_ny, padded_nx = ny + (-ny) % multiple, nx + (-nx) % multiple
-    aligned = np.zeros((padded_ny, padded_nx), dtype=np.float32)
-    aligned[:ny, :nx] = image
+    aligned = np.zeros((channels.shape[0], padded_ny, padded_nx), dtype=np.float32)
+    aligned[:, :ny, :nx] = channels
     outputs: dict[str, np.ndarray] = {}
     noise_vars: list[float] = []
     for y0, y1 in _blocks(ny, config.predict.tile_size_px, multiple):
@@ -99,7 +117,7 @@ def _whole_image_passes(network: torch.nn.Module, image: np.ndarray, config: Cry
             cy0, cx0 = max(y0 - context, 0), max(x0 - context, 0)
             cy1 = padded_ny if y1 == ny else min(y1 + context, padded_ny)
             cx1 = padded_nx if x1 == nx else min(x1 + context, padded_nx)
-            x = torch.from_numpy(np.ascontiguousarray(aligned[cy0:cy1, cx0:cx1]))[None, None].to(device)
+            x = torch.from_numpy(np.ascontiguousarray(aligned[:, cy0:cy1, cx0:cx1]))[None].to(device)
             out = network(x, dense=dense)
             for key in wanted:
                 value = getattr(out, key)
@@ -114,15 +132,15 @@ def _whole_image_passes(network: torch.nn.Module, image: np.ndarray, config: Cry
     return outputs, noise_vars
 
 
-def window_starts(length: int, window: int) -> list[int]:
-    """Starts of windows of side ``window`` covering ``[0, length)`` at a stride of half a window.
+def window_starts(length: int, window: int, stride_fraction: float = 0.5) -> list[int]:
+    """Starts of windows of side ``window`` covering ``[0, length)`` at a stride of ``stride_fraction`` windows.
 
     Windows stay inside the image (the last one is moved back to end at the image's end), as training
     patches do; an image shorter than a window gets one window starting at 0 (zero-padded beyond the image).
     """
     if length <= window:
         return [0]
-    stride = max(window // 2, 1)
+    stride = max(int(round(window * stride_fraction)), 1)
     starts = list(range(0, length - window + 1, stride))
     if starts[-1] != length - window:
         starts.append(length - window)
@@ -140,46 +158,61 @@ def window_weight(window: int) -> np.ndarray:
 
 
 def _window_passes(network: torch.nn.Module, image: np.ndarray, config: CryojointConfig,
-                   device: torch.device | str, dense: bool, wanted: set[str], window_px: int,
+                   device: torch.device | str, wanted: set[str], window_px: int,
                    ) -> tuple[dict[str, np.ndarray], list[float]]:
-    """Blend the network's outputs over windows of the training patch side (stride half a window).
+    """Blend the denoiser's outputs over windows of the training patch side (``window_stride_fraction`` apart).
 
-    Training shows the network patches of ``window_px``: its U-Net's receptive field (hundreds of pixels at
-    depth 5) is filled with zero padding beyond a few tens of pixels. A whole-image pass fills it with image
-    instead, and the prior (and the denoised image the detector reads) moves away from anything seen in
-    training. Here each window is computed as a training patch would be, and overlapping windows are averaged
-    with :func:`window_weight`. Windows are batched up to about ``tile_size_px``² pixels per pass (memory).
+    Training shows the U-Net patches of ``window_px``: its receptive field (hundreds of pixels at depth 5) is
+    filled with zero padding beyond a few tens of pixels. A whole-image pass fills it with image instead, and
+    the prior moves away from anything seen in training. Here each window is computed as a training patch
+    would be, and overlapping windows are averaged with :func:`window_weight`. Windows are batched up to about
+    ``tile_size_px``² pixels per pass (memory). Only the denoiser's outputs (``prior_mean``, ``prior_var``) are
+    computed here; the detector runs once over the whole denoised image (:func:`_detector_pass`).
     """
     multiple = 2 ** config.model.unet_depth
     window = max(int(math.ceil(window_px / multiple)) * multiple, multiple)
     ny, nx = image.shape
-    win_y = win_x = window  # a side shorter than a window is zero-padded up to it (window is on the grid)
-    padded = np.zeros((max(ny, win_y), max(nx, win_x)), dtype=np.float32)
+    # A side shorter than a window is zero-padded up to it (the window is on the grid).
+    padded = np.zeros((max(ny, window), max(nx, window)), dtype=np.float32)
     padded[:ny, :nx] = image
-    starts = [(y0, x0) for y0 in window_starts(ny, win_y) for x0 in window_starts(nx, win_x)]
-    weight = torch.from_numpy(np.outer(window_weight(win_y), window_weight(win_x)).astype(np.float32))
-    per_pass = max(1, (config.predict.tile_size_px ** 2) // (win_y * win_x))
-    sums: dict[str, np.ndarray] = {}
+    fraction = config.predict.window_stride_fraction
+    starts = [(y0, x0) for y0 in window_starts(ny, window, fraction) for x0 in window_starts(nx, window, fraction)]
+    weight = np.outer(window_weight(window), window_weight(window)).astype(np.float32)
+    weight_tensor = torch.from_numpy(weight)
+    per_pass = max(1, (config.predict.tile_size_px ** 2) // (window * window))
+    sums = {key: np.zeros(padded.shape, dtype=np.float32) for key in wanted & {"prior_mean", "prior_var"}}
     total_weight = np.zeros(padded.shape, dtype=np.float32)
     noise_vars: list[float] = []
     for first in range(0, len(starts), per_pass):
         chunk = starts[first:first + per_pass]
-        batch = np.stack([padded[y0:y0 + win_y, x0:x0 + win_x] for y0, x0 in chunk])
-        out = network(torch.from_numpy(batch)[:, None].to(device), dense=dense)
-        for key in wanted:
-            value = getattr(out, key)
-            if value is None:
-                continue
-            weighted = (value[:, 0].float().cpu() * weight).numpy()
-            target = sums.setdefault(key, np.zeros(padded.shape, dtype=np.float32))
+        batch = np.stack([padded[y0:y0 + window, x0:x0 + window] for y0, x0 in chunk])
+        out = network.denoise(torch.from_numpy(batch)[:, None].to(device))
+        for key, target in sums.items():
+            weighted = (getattr(out, key)[:, 0].float().cpu() * weight_tensor).numpy()
             for (y0, x0), piece in zip(chunk, weighted, strict=True):
-                target[y0:y0 + win_y, x0:x0 + win_x] += piece
+                target[y0:y0 + window, x0:x0 + window] += piece
         for y0, x0 in chunk:
-            total_weight[y0:y0 + win_y, x0:x0 + win_x] += weight.numpy()
-        if out.noise_var is not None:
-            noise_vars.append(float(out.noise_var.float().mean()))
+            total_weight[y0:y0 + window, x0:x0 + window] += weight
+        noise_vars.append(float(out.noise_var.float().mean()))
     outputs = {key: (value / total_weight)[:ny, :nx].astype(np.float32) for key, value in sums.items()}
     return outputs, noise_vars
+
+
+def _detector_pass(network: torch.nn.Module, image: np.ndarray, prior_mean: np.ndarray, prior_var: np.ndarray,
+                   noise_var: float, config: CryojointConfig, device: torch.device | str, dense: bool,
+                   ) -> np.ndarray:
+    """The detector's logits over the whole image, read from the posterior mean of the blended prior.
+
+    The detector sees 63 px around a pixel, less than a training patch, so unlike the U-Net it needs no
+    windows to see what it saw in training: its input is what training gave it, the network's posterior mean
+    (stacked with the raw image when the model reads both), here from the blended prior. One exact (tiled)
+    pass instead of one per window: every pixel's logit is computed once, from real image all around it.
+    """
+    denoised = ((image * prior_var + prior_mean * np.float32(noise_var))
+                / (prior_var + np.float32(noise_var))).astype(np.float32)
+    detector_input = np.stack([denoised, image]) if network.stack_raw else denoised
+    outputs, _ = _whole_image_passes(_DetectorOnly(network), detector_input, config, device, dense, {"logits"})
+    return outputs["logits"]
 
 
 @torch.no_grad()
@@ -204,9 +237,16 @@ def run_network_on_image(
     # The denoised image is recomputed from the prior over the whole image (calibrated_posterior_mean).
     # The network's own posterior mean is not kept: it would only be overwritten.
     wanted = set(keep) - {"denoised"} | ({"prior_mean", "prior_var"} if "denoised" in keep else set())
-    if config.predict.context == "training-patch" and window_px is not None:
-        outputs, noise_vars = _window_passes(network, image, config, device, dense, wanted, window_px)
-    else:
+    has_denoiser = getattr(network, "denoiser", None) is not None
+    if config.predict.context == "training-patch" and window_px is not None and has_denoiser:
+        detector_wanted = "logits" in wanted and network.detector is not None
+        prior_wanted = wanted & {"prior_mean", "prior_var"} | ({"prior_mean", "prior_var"} if detector_wanted
+                                                                else set())
+        outputs, noise_vars = _window_passes(network, image, config, device, prior_wanted, window_px)
+        if detector_wanted:
+            outputs["logits"] = _detector_pass(network, image, outputs["prior_mean"], outputs["prior_var"],
+                                               float(np.mean(noise_vars)), config, device, dense)
+    else:  # the exact whole-image pass; a detect-only model's field (63 px) fits in a training patch anyway
         outputs, noise_vars = _whole_image_passes(network, image, config, device, dense, wanted)
     noise_var = float(np.mean(noise_vars)) if noise_vars else None
     if "denoised" in keep and "prior_mean" in outputs and noise_var is not None:

@@ -56,6 +56,31 @@ def test_blind_spot_output_never_sees_its_own_input_pixel(noise_model: str, shap
                 assert grad[row + dr, col + dc] != 0.0, (row, col, dr, dc)
 
 
+def _reference_prior(net: BlindSpotUNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Laine et al.'s construction written out plainly: rotate, U-Net, shift down one row (zero on top),
+    un-rotate, concatenate the four branches, 1x1 convolutions. The network's fused path must equal it."""
+    branches = []
+    for k in range(4):
+        features = net._unet(torch.rot90(x, k, dims=(2, 3)))
+        shifted = torch.nn.functional.pad(features, (0, 0, 1, 0))[:, :, :features.shape[2]]
+        branches.append(torch.rot90(shifted, -k, dims=(2, 3)))
+    merged = net.merge(torch.cat(branches, dim=1))
+    return merged[:, 0:1], torch.nn.functional.softplus(merged[:, 1:2]) + 1e-6
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (32, 48), (512, 272)])
+def test_fused_branches_and_merge_equal_the_plain_construction(shape: tuple[int, int]) -> None:
+    """Square, non-square and large inputs (one rotation per pass) take different code paths."""
+    torch.manual_seed(3)
+    net = BlindSpotUNet(SMALL).eval()
+    x = torch.randn(2, 1, *shape)
+    with torch.no_grad():
+        out = net(x)
+        mean, var = _reference_prior(net, x)
+    torch.testing.assert_close(out.prior_mean, mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.prior_var, var, rtol=1e-5, atol=1e-5)
+
+
 def test_blind_spot_rejects_size_not_multiple_of_pooling() -> None:
     net = BlindSpotUNet(SMALL)
     with pytest.raises(ValueError, match="multiple of 8"):

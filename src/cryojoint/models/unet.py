@@ -46,6 +46,8 @@ NOISE_MODELS: tuple[str, ...] = ("constant", "estimator")
 ROTATION_BATCH_MAX_PIXELS: int = 512 * 512
 #: Activation layout. oneDNN's CPU convolutions run about twice as fast on channels-last tensors.
 MEMORY_FORMAT: torch.memory_format = torch.channels_last
+#: The branch's final one-row down shift (rotated frame), seen after un-rotating rotation k: (rows, columns).
+UNROTATED_SHIFTS: dict[int, tuple[int, int]] = {0: (1, 0), 1: (0, -1), 2: (-1, 0), 3: (0, 1)}
 
 
 class DenoiserOutput(NamedTuple):
@@ -71,11 +73,6 @@ def posterior_mean(y: Tensor, mu: Tensor, a2: Tensor, s2: Tensor) -> Tensor:
         prior where the noise dominates. This is the denoised image.
     """
     return (y * a2 + mu * s2) / (a2 + s2)
-
-
-def shift_down(x: Tensor, rows: int = 1) -> Tensor:
-    """Move the image content ``rows`` rows down (zeros enter at the top, the bottom rows are dropped)."""
-    return F.pad(x, (0, 0, rows, 0))[:, :, : x.shape[2], :]
 
 
 class BlindConv2d(nn.Module):
@@ -135,6 +132,27 @@ def upsample_concat_pad(coarse: Tensor, skip: Tensor) -> Tensor:
     upsampled.copy_(coarse.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand_as(upsampled))
     interior[..., coarse_channels:].copy_(skip.permute(0, 2, 3, 1))
     return buffer.permute(0, 3, 1, 2)
+
+
+def copy_shifted(target: Tensor, source: Tensor, rows: int, columns: int) -> None:
+    """``target[i, j] = source[i - rows, j - columns]`` over [B,H,W,C] tensors, zeros where that falls outside.
+
+    The un-rotated branch and its one-pixel shift in one copy (instead of a padded, shifted copy of the
+    rotated features followed by the un-rotated copy).
+    """
+    height, width = source.shape[1:3]
+
+    def spans(offset: int, length: int) -> tuple[slice, slice, slice]:
+        """Target span, source span, and the target's uncovered edge (rows/columns left zero)."""
+        if offset >= 0:
+            return slice(offset, length), slice(0, length - offset), slice(0, offset)
+        return slice(0, length + offset), slice(-offset, length), slice(length + offset, length)
+
+    target_rows, source_rows, edge_rows = spans(rows, height)
+    target_columns, source_columns, edge_columns = spans(columns, width)
+    target[:, target_rows, target_columns].copy_(source[:, source_rows, source_columns])
+    target[:, edge_rows].zero_()
+    target[:, :, edge_columns].zero_()
 
 
 def blind_pool(x: Tensor) -> Tensor:
@@ -242,17 +260,29 @@ class BlindSpotUNet(nn.Module):
         branches: Tensor | None = None
         for group in groups:
             stacked = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in group], dim=0)
-            features = shift_down(self._unet(stacked))  # now strictly above, not at or above
+            features = self._unet(stacked)
             channels = features.shape[1]
             if branches is None:
                 branches = features.new_empty(batch, height, width, channels * len(ROTATIONS))
             for k, chunk in zip(group, features.split(batch, dim=0), strict=True):
                 unrotated = torch.rot90(chunk.permute(0, 2, 3, 1), -k, dims=(1, 2))  # [B,H,W,C]
-                branches[..., k * channels:(k + 1) * channels].copy_(unrotated)
-        merged = self.merge(branches.permute(0, 3, 1, 2))  # a channels-last [B,4C,H,W] view
-        prior_mean = merged[:, 0:1]
-        prior_var = F.softplus(merged[:, 1:2]) + MIN_VARIANCE
+                # The branch's one-row down shift (strictly above, not at or above), in the un-rotated frame.
+                copy_shifted(branches[..., k * channels:(k + 1) * channels], unrotated, *UNROTATED_SHIFTS[k])
+        merged = self._merge(branches)  # [B,H,W,2]
+        prior_mean = merged[..., 0].unsqueeze(1)
+        prior_var = F.softplus(merged[..., 1]).unsqueeze(1) + MIN_VARIANCE
         return DenoiserOutput(prior_mean, prior_var, self._noise_var(x))
+
+    def _merge(self, branches: Tensor) -> Tensor:
+        """``self.merge`` (1x1 convolutions) as matrix products over the channels-last buffer [B,H,W,C], with
+        in-place activations: the same numbers, without the slow 1x1-convolution path or fresh activations."""
+        h = branches
+        for layer in self.merge:
+            if isinstance(layer, nn.Conv2d):
+                h = F.linear(h, layer.weight.flatten(1), layer.bias)
+            else:
+                h = F.leaky_relu_(h, layer.negative_slope)
+        return h
 
     def _unet(self, x: Tensor) -> Tensor:
         skips = [x]
