@@ -153,12 +153,12 @@ class PredictConfig:
     # 384 px), so tiled output equals the whole-image pass exactly; a smaller value is faster but shows seams.
     # Used by context "whole-image" only.
     tile_overlap_px: int | None = None
-    # What each output pixel is computed from. "training-patch": the U-Net runs in windows of the training patch
-    # side (blended with a triangular weight), so it sees at inference what it saw in training; it reaches far
+    # What each output pixel is computed from. "training-patch": windows of the training patch side (blended with
+    # a triangular weight), so the network sees at inference what it saw in training; its U-Net reaches far
     # beyond a training patch, and run on a whole image its output (and the detector's input) shifts away from
-    # anything it was trained on (measured, 60 % dose: AP 0.76 whole-image vs 0.99). The detector (63 px field,
-    # inside a patch) then runs once over the whole denoised image, exactly (tiled by tile_size_px).
-    # "whole-image": the exact whole-image pass of both (tiled by tile_size_px / tile_overlap_px).
+    # anything it was trained on (measured, 60 % dose: AP 0.76 whole-image vs 0.99). The detector runs in the
+    # windows too: it was trained on zero-padded patches, and picks better so (see inference._window_passes).
+    # "whole-image": the exact whole-image pass (tiled by tile_size_px / tile_overlap_px).
     context: str = "training-patch"
     # Stride of those windows as a fraction of the window side: 0.5 covers every pixel by 4 windows (2 per
     # axis); larger fractions cost fewer windows ((1/fraction)^2 per pixel on average) and weigh each pixel's

@@ -114,36 +114,21 @@ def test_predict_runs_in_windows_of_the_models_training_patch() -> None:
                                exact.denoised * scale + centre, rtol=1e-4, atol=1e-4)
 
 
-def test_the_detector_reads_the_posterior_mean_of_the_blended_prior_once_over_the_whole_image() -> None:
-    """Windows are for the U-Net only: the logits are the detector's exact dense map of the whole denoised image
-    (the network's own posterior mean from the blended prior, stacked with the raw image)."""
-    model = _model()
-    image = np.random.default_rng(5).normal(size=(110, 75)).astype(np.float32)
-    windowed = run_network_on_image(model.network, image, model.config, keep=KEEP, window_px=48)
-    with torch.no_grad():
-        noise_var = float(model.network.denoise(torch.zeros(1, 1, 48, 48)).noise_var.mean())
-        mu, a2 = windowed.prior_mean, windowed.prior_var
-        denoised = (image * a2 + mu * noise_var) / (a2 + noise_var)
-        stacked = torch.from_numpy(np.stack([denoised, image]).astype(np.float32))[None]
-        direct = model.network.detector(stacked, dense=True)[0, 0].numpy()
-    np.testing.assert_allclose(windowed.logits, direct, rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.parametrize("shape", [(150, 131), (97, 160)])
 def test_a_detect_only_model_tiled_equals_its_whole_image_pass(shape: tuple[int, int]) -> None:
     """Blocks must put the stride-2 dense map's nodes on the whole pass's pixels (context a multiple of 2)."""
     torch.manual_seed(6)
     image = np.random.default_rng(6).normal(size=shape).astype(np.float32)
-    config = CryojointConfig.from_dict({**SMALL, "predict": {"tile_size_px": 1024}})
+    config = CryojointConfig.from_dict({**SMALL, "predict": {"tile_size_px": 1024, "context": "whole-image"}})
     network = JointModel(config.model, use_denoiser=False).eval()
-    whole = run_network_on_image(network, image, config, keep=("logits",), window_px=48)
+    whole = run_network_on_image(network, image, config, keep=("logits",))
     tiled_config = dataclasses.replace(config, predict=dataclasses.replace(config.predict, tile_size_px=64))
-    tiled = run_network_on_image(network, image, tiled_config, keep=("logits",), window_px=48)
+    tiled = run_network_on_image(network, image, tiled_config, keep=("logits",))
     np.testing.assert_allclose(tiled.logits, whole.logits, rtol=1e-4, atol=1e-5)
 
 
 def test_windows_a_whole_window_apart_tile_the_image_with_plain_window_outputs() -> None:
-    """window_stride_fraction=1: no overlap, so each pixel's prior is the one window holding it, run alone."""
+    """window_stride_fraction=1: no overlap, so each pixel's outputs are those of the one window holding it."""
     model = _model(window_stride_fraction=1.0)
     image = np.random.default_rng(7).normal(size=(96, 144)).astype(np.float32)
     assert window_starts(144, 48, 1.0) == [0, 48, 96]
@@ -152,5 +137,7 @@ def test_windows_a_whole_window_apart_tile_the_image_with_plain_window_outputs()
         for y0 in (0, 48):
             for x0 in (0, 48, 96):
                 window = torch.from_numpy(image[y0:y0 + 48, x0:x0 + 48].copy())[None, None]
-                alone = model.network.denoise(window).prior_mean[0, 0].numpy()
-                np.testing.assert_allclose(tiled.prior_mean[y0:y0 + 48, x0:x0 + 48], alone, rtol=1e-5, atol=1e-5)
+                alone = model.network(window, dense=True)
+                for key in ("prior_mean", "logits"):
+                    np.testing.assert_allclose(getattr(tiled, key)[y0:y0 + 48, x0:x0 + 48],
+                                               getattr(alone, key)[0, 0].numpy(), rtol=1e-5, atol=1e-5)
