@@ -20,7 +20,6 @@ from torch import Tensor
 
 from cryojoint.models.detector import soft_segmentation
 from cryojoint.modes import TrainingStage, loss_weights
-from cryojoint.modes import training_stages as training_stages  # re-exported: benchmarks import it from here
 
 #: Floor for the model's count variance, so the log in the GE penalty stays finite when every p is 0 or 1.
 MIN_COUNT_VARIANCE: float = 1e-6

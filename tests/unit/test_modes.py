@@ -9,7 +9,6 @@ from dataclasses import astuple
 
 import pytest
 
-from cryojoint import losses
 from cryojoint.config import TRAINING_MODES, CryojointConfig
 from cryojoint.modes import (
     TRAINING_STAGES,
@@ -34,7 +33,6 @@ def test_every_config_mode_has_stages_and_the_right_parts() -> None:
     assert [s.name for s in training_stages("sequential")] == ["sequential-denoise", "sequential-detect"]
     with pytest.raises(ValueError, match="unknown training mode"):
         training_stages("jiont")
-    assert losses.training_stages is training_stages  # benchmarks/bench_model_speed.py imports it from losses
 
 
 def test_the_table_says_which_parts_learn_in_each_stage() -> None:
