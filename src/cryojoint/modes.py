@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryojoint.config import CryojointConfig
+from cryojoint.config import TRAINING_MODES, CryojointConfig
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,9 @@ TRAINING_STAGES: dict[str, tuple[TrainingStage, ...]] = {
     "denoise-only":         (_row("denoise",              "denoise",                    "denoiser"),),
     "detect-only":          (_row("detect",               "detect",                     "detector"),),
 }
+# The config validates mode names before any of this runs (it sits below this module); one list of names.
+if tuple(TRAINING_STAGES) != TRAINING_MODES:
+    raise RuntimeError(f"modes table {tuple(TRAINING_STAGES)} and config.TRAINING_MODES {TRAINING_MODES} differ")
 
 
 def training_stages(mode: str) -> tuple[TrainingStage, ...]:
