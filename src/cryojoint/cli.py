@@ -286,8 +286,9 @@ def predict(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
     workers: Annotated[int, typer.Option(help="Parallel workers (Dask).")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="'local' or a Dask scheduler address tcp://host:port.")] = None,
-    tile_size: Annotated[int | None, typer.Option(help="Largest block per network pass, px (default 512; "
-                                                  "384 needs ~40% less memory, runs ~1.5x longer).")] = None,
+    tile_size: Annotated[int | None, typer.Option(help="Largest block per network pass, px (default: the "
+                                                  "model's predict.tile_size_px; windows are batched up to "
+                                                  "512² px per pass). Smaller needs less memory.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo micrographs already predicted.")] = False,
 ) -> None:
     """Denoise micrographs and pick particles with a trained model.

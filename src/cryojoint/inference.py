@@ -31,6 +31,10 @@ from cryojoint.io.mrc import Micrograph, write_mrc
 
 AUTO_THRESHOLD_RULES: tuple[str, ...] = ("expected-count", "quantile")
 DENOISED_DIR, HEATMAP_DIR, CANDIDATE_DIR = "denoised", "heatmaps", "candidates"
+#: Most window pixels per network pass. The U-Net's four branches and its merge hold ~2 kB per window pixel:
+#: 512² keeps a pass near 0.5 GB (a 1024²-pixel pass peaked at 2.6 GB RSS on a 1024² micrograph, 1.2 GB at
+#: 512², the same output and no slower, default preset, 2 threads).
+WINDOW_BATCH_MAX_PIXELS = 512 * 512
 
 
 @dataclass
@@ -153,7 +157,8 @@ def _window_passes(network: torch.nn.Module, image: np.ndarray, config: Cryojoin
     depth 5) is filled with zero padding beyond a few tens of pixels. A whole-image pass fills it with image
     instead, and the prior (and the denoised image the detector reads) moves away from anything seen in
     training. Here each window is computed as a training patch would be, and overlapping windows are averaged
-    with :func:`window_weight`. Windows are batched up to about ``tile_size_px``² pixels per pass (memory).
+    with :func:`window_weight`. Windows are batched up to ``tile_size_px``² (at most
+    :data:`WINDOW_BATCH_MAX_PIXELS`) pixels per pass: memory, not output.
 
     The detector runs in the windows too, although its 63 px field fits inside one: trained densely on
     zero-padded patches, it picks better from blended windows than from one exact pass over the whole denoised
@@ -171,7 +176,7 @@ def _window_passes(network: torch.nn.Module, image: np.ndarray, config: Cryojoin
     starts = [(y0, x0) for y0 in window_starts(ny, window, fraction) for x0 in window_starts(nx, window, fraction)]
     weight = np.outer(window_weight(window), window_weight(window)).astype(np.float32)
     weight_tensor = torch.from_numpy(weight)
-    per_pass = max(1, (config.predict.tile_size_px ** 2) // (window * window))
+    per_pass = max(1, min(config.predict.tile_size_px ** 2, WINDOW_BATCH_MAX_PIXELS) // (window * window))
     sums: dict[str, np.ndarray] = {}
     total_weight = np.zeros(padded.shape, dtype=np.float32)
     noise_vars: list[float] = []
