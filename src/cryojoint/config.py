@@ -160,10 +160,11 @@ class PredictConfig:
     # windows too: it was trained on zero-padded patches, and picks better so (see inference._window_passes).
     # "whole-image": the exact whole-image pass (tiled by tile_size_px / tile_overlap_px).
     context: str = "training-patch"
-    # Stride of those windows as a fraction of the window side: 0.5 covers every pixel by 4 windows (2 per
-    # axis); larger fractions cost fewer windows ((1/fraction)^2 per pixel on average) and weigh each pixel's
-    # centre-most window more.
+    # Spacing of the U-Net's windows, as a fraction of the window side: a window costs the same whatever the
+    # spacing, and there are about (1/fraction)^2 per pixel.
     window_stride_fraction: float = 0.5
+    # Spacing of the detector's windows (over the blended denoised image): its picks improve with more windows.
+    detector_window_stride_fraction: float = 0.5
 
 
 #: How inference feeds the network (see PredictConfig.context).
@@ -305,6 +306,8 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (config.predict.tile_overlap_px is None or config.predict.tile_overlap_px >= 0,
          "predict.tile_overlap_px must be >= 0 (or null: exact, from the receptive fields)"),
         (0.0 < config.predict.window_stride_fraction <= 1.0, "predict.window_stride_fraction must be in (0, 1]"),
+        (0.0 < config.predict.detector_window_stride_fraction <= 1.0,
+         "predict.detector_window_stride_fraction must be in (0, 1]"),
         (config.predict.context in PREDICT_CONTEXTS,
          f"predict.context must be one of {', '.join(PREDICT_CONTEXTS)}"),
     ]

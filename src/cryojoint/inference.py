@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,56 +148,91 @@ def window_weight(window: int) -> np.ndarray:
     return np.minimum(t, window - t) / (window / 2.0)
 
 
+def _blend_windows(run: Callable[[torch.Tensor], dict[str, torch.Tensor]], image: np.ndarray, window: int,
+                   stride_fraction: float, batch_pixels: int, device: torch.device | str,
+                   ) -> dict[str, np.ndarray]:
+    """Run ``run`` on windows of ``image`` ([H,W] or [C,H,W]) and blend its per-pixel outputs with
+    :func:`window_weight`. ``run`` maps a [B,C,window,window] batch to named [B,1,window,window] maps (and may
+    return ``noise_var`` [B,1,1,1], averaged over windows instead). Sides shorter than a window are zero-padded."""
+    channels = image if image.ndim == 3 else image[None]
+    ny, nx = channels.shape[1:]
+    padded = np.zeros((channels.shape[0], max(ny, window), max(nx, window)), dtype=np.float32)
+    padded[:, :ny, :nx] = channels
+    starts = [(y0, x0) for y0 in window_starts(ny, window, stride_fraction)
+              for x0 in window_starts(nx, window, stride_fraction)]
+    weight = np.outer(window_weight(window), window_weight(window)).astype(np.float32)
+    weight_tensor = torch.from_numpy(weight)
+    per_pass = max(1, batch_pixels // (window * window))
+    sums: dict[str, np.ndarray] = {}
+    total_weight = np.zeros(padded.shape[1:], dtype=np.float32)
+    noise_vars: list[float] = []
+    for first in range(0, len(starts), per_pass):
+        chunk = starts[first:first + per_pass]
+        batch = np.stack([padded[:, y0:y0 + window, x0:x0 + window] for y0, x0 in chunk])
+        for key, value in run(torch.from_numpy(batch).to(device)).items():
+            if key == "noise_var":
+                noise_vars.append(float(value.float().mean()))
+                continue
+            weighted = (value[:, 0].float().cpu() * weight_tensor).numpy()
+            target = sums.setdefault(key, np.zeros(padded.shape[1:], dtype=np.float32))
+            for (y0, x0), piece in zip(chunk, weighted, strict=True):
+                target[y0:y0 + window, x0:x0 + window] += piece
+        for y0, x0 in chunk:
+            total_weight[y0:y0 + window, x0:x0 + window] += weight
+    outputs = {key: (value / total_weight)[:ny, :nx].astype(np.float32) for key, value in sums.items()}
+    if noise_vars:
+        outputs["noise_var"] = np.asarray(noise_vars, dtype=np.float64)
+    return outputs
+
+
 def _window_passes(network: torch.nn.Module, image: np.ndarray, config: CryojointConfig,
                    device: torch.device | str, dense: bool, wanted: set[str], window_px: int,
                    ) -> tuple[dict[str, np.ndarray], list[float]]:
-    """Blend the network's outputs over windows of the training patch side (``window_stride_fraction`` apart).
+    """The network's outputs blended over windows of the training patch side, the denoiser's and the detector's
+    in windows of their own spacing.
 
     Training shows the network patches of ``window_px``: its U-Net's receptive field (hundreds of pixels at
     depth 5) is filled with zero padding beyond a few tens of pixels. A whole-image pass fills it with image
     instead, and the prior (and the denoised image the detector reads) moves away from anything seen in
     training. Here each window is computed as a training patch would be, and overlapping windows are averaged
-    with :func:`window_weight`. Windows are batched up to ``tile_size_px``² (at most
-    :data:`WINDOW_BATCH_MAX_PIXELS`) pixels per pass: memory, not output.
+    with :func:`window_weight`; windows are batched up to ``tile_size_px``² (at most
+    :data:`WINDOW_BATCH_MAX_PIXELS`) pixels per pass (memory, not output).
 
-    The detector runs in the windows too, although its 63 px field fits inside one: trained densely on
-    zero-padded patches, it picks better from blended windows than from one exact pass over the whole denoised
-    image (standard profile, 10 % dose, the same models, seeds 0/1/2: AP 0.909/0.903/0.873 vs
-    0.893/0.894/0.851 joint, 0.885/0.870/0.853 vs 0.866/0.847/0.832 detect-only;
-    benchmarks/results/2026-12-01-ab-inference-standard-010.md).
+    The U-Net runs in windows ``window_stride_fraction`` apart. The detector reads the posterior mean of the
+    blended prior (with the raw image when the model stacks both) in windows ``detector_window_stride_fraction``
+    apart. It sees only 63 px, but trained densely on zero-padded patches it picks better from windows than
+    from one exact pass over the whole image, and better the more windows it averages (standard profile, 10 %
+    dose: benchmarks/results/2026-12-01-ab-inference-standard-010-*.md); the denoised image barely depends on
+    the U-Net's window spacing.
     """
     multiple = 2 ** config.model.unet_depth
     window = max(int(math.ceil(window_px / multiple)) * multiple, multiple)
-    ny, nx = image.shape
-    # A side shorter than a window is zero-padded up to it (the window is on the grid).
-    padded = np.zeros((max(ny, window), max(nx, window)), dtype=np.float32)
-    padded[:ny, :nx] = image
-    fraction = config.predict.window_stride_fraction
-    starts = [(y0, x0) for y0 in window_starts(ny, window, fraction) for x0 in window_starts(nx, window, fraction)]
-    weight = np.outer(window_weight(window), window_weight(window)).astype(np.float32)
-    weight_tensor = torch.from_numpy(weight)
-    per_pass = max(1, min(config.predict.tile_size_px ** 2, WINDOW_BATCH_MAX_PIXELS) // (window * window))
-    sums: dict[str, np.ndarray] = {}
-    total_weight = np.zeros(padded.shape, dtype=np.float32)
+    batch_pixels = min(config.predict.tile_size_px ** 2, WINDOW_BATCH_MAX_PIXELS)
+    outputs: dict[str, np.ndarray] = {}
     noise_vars: list[float] = []
-    for first in range(0, len(starts), per_pass):
-        chunk = starts[first:first + per_pass]
-        batch = np.stack([padded[y0:y0 + window, x0:x0 + window] for y0, x0 in chunk])
-        out = network(torch.from_numpy(batch)[:, None].to(device), dense=dense)
-        for key in wanted:
-            value = getattr(out, key)
-            if value is None:
-                continue
-            weighted = (value[:, 0].float().cpu() * weight_tensor).numpy()
-            target = sums.setdefault(key, np.zeros(padded.shape, dtype=np.float32))
-            for (y0, x0), piece in zip(chunk, weighted, strict=True):
-                target[y0:y0 + window, x0:x0 + window] += piece
-        for y0, x0 in chunk:
-            total_weight[y0:y0 + window, x0:x0 + window] += weight
-        if out.noise_var is not None:
-            noise_vars.append(float(out.noise_var.float().mean()))
-    outputs = {key: (value / total_weight)[:ny, :nx].astype(np.float32) for key, value in sums.items()}
-    return outputs, noise_vars
+    denoiser, detector = getattr(network, "denoiser", None), getattr(network, "detector", None)
+    detector_wanted = "logits" in wanted and detector is not None
+    detector_input = image
+    if denoiser is not None:
+        def denoise(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+            out = network.denoise(batch)
+            return {"prior_mean": out.prior_mean, "prior_var": out.prior_var, "noise_var": out.noise_var}
+
+        outputs = _blend_windows(denoise, image, window, config.predict.window_stride_fraction, batch_pixels,
+                                 device)
+        noise_vars = list(outputs.pop("noise_var"))
+        if detector_wanted:  # the network's own posterior mean, as the detector read it in training
+            noise_var = np.float32(np.mean(noise_vars))
+            denoised = (image * outputs["prior_var"] + outputs["prior_mean"] * noise_var) \
+                / (outputs["prior_var"] + noise_var)
+            detector_input = np.stack([denoised, image]) if network.stack_raw else denoised
+    if detector_wanted:
+        def detect(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": detector(batch, dense=dense)}
+
+        outputs.update(_blend_windows(detect, np.ascontiguousarray(detector_input, dtype=np.float32), window,
+                                      config.predict.detector_window_stride_fraction, batch_pixels, device))
+    return {key: value for key, value in outputs.items() if key in wanted}, noise_vars
 
 
 @torch.no_grad()

@@ -128,8 +128,9 @@ def test_a_detect_only_model_tiled_equals_its_whole_image_pass(shape: tuple[int,
 
 
 def test_windows_a_whole_window_apart_tile_the_image_with_plain_window_outputs() -> None:
-    """window_stride_fraction=1: no overlap, so each pixel's outputs are those of the one window holding it."""
-    model = _model(window_stride_fraction=1.0)
+    """Windows a whole window apart: no overlap, so each pixel's outputs are those of the one window holding it
+    (the detector's window reads the denoised window the network itself would give it)."""
+    model = _model(window_stride_fraction=1.0, detector_window_stride_fraction=1.0)
     image = np.random.default_rng(7).normal(size=(96, 144)).astype(np.float32)
     assert window_starts(144, 48, 1.0) == [0, 48, 96]
     tiled = run_network_on_image(model.network, image, model.config, keep=KEEP, window_px=48)
@@ -141,3 +142,15 @@ def test_windows_a_whole_window_apart_tile_the_image_with_plain_window_outputs()
                 for key in ("prior_mean", "logits"):
                     np.testing.assert_allclose(getattr(tiled, key)[y0:y0 + 48, x0:x0 + 48],
                                                getattr(alone, key)[0, 0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_detector_blends_its_own_windows_over_the_blended_denoised_image() -> None:
+    """Denser detector windows change only the logits; the prior (and so the denoised image) stays."""
+    image = np.random.default_rng(8).normal(size=(120, 100)).astype(np.float32)
+    half = _model()
+    quarter = _model(detector_window_stride_fraction=0.25)
+    a = run_network_on_image(half.network, image, half.config, keep=KEEP, window_px=48)
+    b = run_network_on_image(quarter.network, image, quarter.config, keep=KEEP, window_px=48)
+    np.testing.assert_array_equal(a.prior_mean, b.prior_mean)
+    np.testing.assert_array_equal(a.denoised, b.denoised)
+    assert np.abs(a.logits - b.logits).max() > 1e-4
