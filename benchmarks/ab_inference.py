@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 import time
@@ -115,13 +116,17 @@ def write_tables(path: Path, meta: dict[str, Any], results: dict[str, dict[str, 
         lines += [f"## {variant}", "", "| model | " + " | ".join(COLUMNS.values()) + " |",
                   "|---|" + "---|" * len(COLUMNS)]
         per_model = {m: r[variant] for m, r in results.items() if variant in r}
+        rows: dict[str, list[dict[str, Any]]] = {}
         for model, scores in per_model.items():
             lines.append(f"| {model} | " + " | ".join(_cell(scores.get(k)) for k in COLUMNS) + " |")
-        if len(per_model) > 1:
-            for label, reduce in (("mean", np.mean), ("sd", lambda v: np.std(v, ddof=1))):
-                values = [[s.get(k) for s in per_model.values()] for k in COLUMNS]
-                lines.append(f"| **{label}** | " + " | ".join(
-                    _cell(float(reduce(v))) if all(x is not None for x in v) else "—" for v in values) + " |")
+            rows.setdefault(re.sub(r"-seed\d+$", "", model), []).append(scores)
+        for row, seeds in rows.items():  # mean ± sd over a row's training seeds
+            if len(seeds) < 2:
+                continue
+            values = [[s.get(k) for s in seeds] for k in COLUMNS]
+            lines.append(f"| **{row}: mean ± sd ({len(seeds)} seeds)** | " + " | ".join(
+                f"{_cell(float(np.mean(v)))} ± {_cell(float(np.std(v, ddof=1)))}"
+                if all(x is not None for x in v) else "—" for v in values) + " |")
         lines.append("")
     path.with_suffix(".md").write_text("\n".join(lines))
 
@@ -136,15 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dose", default="010")
     parser.add_argument("--structure", default=None, help="default: the profile's first")
     parser.add_argument("--rows", default="cryojoint-joint-default", help="comma-separated benchmark rows")
-    parser.add_argument("--variant", action="append", required=True, help="name=key=value,...")
+    parser.add_argument("--variant", action="append", default=[], help="name=key=value,... (repeat)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--render", type=Path, default=None, help="only rewrite the markdown of this JSON")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        saved = json.loads(args.render.read_text())
+        write_tables(args.render.with_suffix(""), {k: v for k, v in saved.items() if k != "results"},
+                     saved["results"])
+        return 0
     torch.set_num_threads(args.threads)
     profile = PROFILES[args.profile]
     structure = args.structure or profile.structures[0]
     dose = REAL_DOSE if profile.dataset == "real-bgal" else args.dose
     data = load_dose_data(ensure_dataset(structure, profile, CACHE, log=print), dose, profile)
+    if not args.variant:
+        raise SystemExit("error: give at least one --variant name=key=value,...")
     variants = dict(parse_variant(v) for v in args.variant)
     models = model_paths(args.profile, structure, dose, args.rows.split(","))
     if not models:

@@ -289,6 +289,9 @@ def predict(
     tile_size: Annotated[int | None, typer.Option(help="Largest block per network pass, px (default: the "
                                                   "model's predict.tile_size_px; windows are batched up to "
                                                   "512² px per pass). Smaller needs less memory.")] = None,
+    detector_window_stride: Annotated[float | None, typer.Option(
+        help="Spacing of the detector's windows, a fraction of a window (default: the model's, 0.5). 0.25 "
+             "picked better (AP +0.012 measured) and took ~1.7x as long.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo micrographs already predicted.")] = False,
 ) -> None:
     """Denoise micrographs and pick particles with a trained model.
@@ -301,7 +304,8 @@ def predict(
     summary = predict_files(model, paths, out, threshold=_threshold(threshold), nms_radius_px=nms_radius,
                             border_px=border, downsample=downsample, formats=_split(formats),
                             outputs=_split(outputs), overwrite=overwrite, device=device, workers=workers,
-                            scheduler=scheduler, command_line=_command_line(), tile_size_px=tile_size)
+                            scheduler=scheduler, command_line=_command_line(), tile_size_px=tile_size,
+                            detector_window_stride_fraction=detector_window_stride)
     how = "automatic" if summary.threshold_was_automatic else "fixed"
     typer.echo(f"{summary.n_picks} picks in {summary.n_micrographs - len(summary.failures)} micrograph(s) "
                f"({summary.n_skipped} already done); {how} cut-off {summary.threshold:.3f}; "

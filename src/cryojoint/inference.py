@@ -341,6 +341,8 @@ class PickingSettings:
     expected_per_micrograph: float | None  # for a micrograph of the training micrographs' mean area
     expected_density_per_px2: float | None = None  # particles per network px^2 (scales to any image size)
     tile_size_px: int | None = None  # overrides the model config's predict.tile_size_px (memory vs speed)
+    # Overrides the model config's predict.detector_window_stride_fraction (picks vs time).
+    detector_window_stride_fraction: float | None = None
 
     @property
     def automatic_rule(self) -> str:
@@ -352,7 +354,8 @@ class PickingSettings:
     @classmethod
     def resolve(cls, model: LoadedModel, threshold: float | str | None = None, nms_radius_px: float | None = None,
                 border_px: float | None = None, downsample: int | None = None,
-                tile_size_px: int | None = None) -> PickingSettings:
+                tile_size_px: int | None = None,
+                detector_window_stride_fraction: float | None = None) -> PickingSettings:
         """Options given in input pixels (as users think of them) become network pixels here."""
         factor = int(downsample or model.downsample)
         if factor < 1:
@@ -369,13 +372,15 @@ class PickingSettings:
             rule, threshold = threshold, None
         if tile_size_px is not None and tile_size_px < 2 ** model.config.model.unet_depth:
             raise UserInputError(None, f"--tile-size must be at least {2 ** model.config.model.unet_depth} px")
+        if detector_window_stride_fraction is not None and not 0.0 < detector_window_stride_fraction <= 1.0:
+            raise UserInputError(None, "--detector-window-stride must be in (0, 1] (a fraction of a window)")
         expected = model.meta.get("expected_particles")
         density = model.meta.get("expected_density_per_px2")
         return cls(factor, float(radius_net), float(border) / factor,
                    threshold if threshold is not None else predict_config.threshold,
                    predict_config.auto_threshold_top_fraction, rule,
                    None if expected is None else float(expected), None if density is None else float(density),
-                   tile_size_px)
+                   tile_size_px, detector_window_stride_fraction)
 
 
 def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
@@ -390,9 +395,11 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     centre, scale = robust_centre_spread(binned)
     normalised = normalise(binned)
     config = model.config
-    if settings.tile_size_px is not None:
-        config = dataclasses.replace(config, predict=dataclasses.replace(config.predict,
-                                                                         tile_size_px=settings.tile_size_px))
+    overrides = {key: value for key, value in (("tile_size_px", settings.tile_size_px),
+                                               ("detector_window_stride_fraction",
+                                                settings.detector_window_stride_fraction)) if value is not None}
+    if overrides:
+        config = dataclasses.replace(config, predict=dataclasses.replace(config.predict, **overrides))
     window = model.meta.get("training_patch_px")  # network pixels; absent in models from before it was recorded
     result = run_network_on_image(model.network, normalised, config, device, keep=("denoised", "logits"),
                                   window_px=None if window is None else int(window))

@@ -180,6 +180,7 @@ def predict_files(
     command_line: str | None = None,
     tile_size_px: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    detector_window_stride_fraction: float | None = None,
 ) -> PredictSummary:
     """Predict a set of micrograph files into ``out_dir`` (see the module docstring for the layout).
 
@@ -203,7 +204,8 @@ def predict_files(
         raise UserInputError(None, f"several micrographs share the name '{duplicates[0]}' (names must be unique)")
     resolved_device = select_device(device)
     model = load_model(model_path, resolved_device)
-    settings = PickingSettings.resolve(model, threshold, nms_radius_px, border_px, downsample, tile_size_px)
+    settings = PickingSettings.resolve(model, threshold, nms_radius_px, border_px, downsample, tile_size_px,
+                                       detector_window_stride_fraction)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -304,6 +306,9 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "nms_radius_px_input": settings.nms_radius_px * settings.downsample,
         "border_px_input": settings.border_px * settings.downsample,
         "downsample": settings.downsample,
+        "window_stride_fraction": model.config.predict.window_stride_fraction,
+        "detector_window_stride_fraction": (settings.detector_window_stride_fraction
+                                            or model.config.predict.detector_window_stride_fraction),
         "particle_diameter_px_input": model.particle_diameter_px * settings.downsample,
         "n_micrographs": summary.n_micrographs,
         "n_picks": summary.n_picks,

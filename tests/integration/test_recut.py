@@ -142,3 +142,19 @@ def test_existing_output_is_kept_without_overwrite(
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert cryojoint_main(["pick", prediction, "--count", "5", "--out", out, "--overwrite"])[0] == 0
     assert len(read_coordinates(out / "picks.star")) == 15
+
+
+def test_predict_detector_window_stride_is_recorded_and_checked(prediction: Path, tmp_path: Path,
+                                                                cryojoint_main) -> None:
+    model = prediction.parent / "run" / "model.pt"
+    mics = sorted(str(p) for p in prediction.parent.glob("mic_*.mrc"))[:1]
+    code, _, err = cryojoint_main(["predict", model, *mics, "--out", tmp_path / "dense",
+                                   "--detector-window-stride", "0.25", "--outputs", "picks"])
+    assert code == 0, err
+    record = json.loads((tmp_path / "dense" / "predict.json").read_text())
+    assert record["detector_window_stride_fraction"] == 0.25
+    assert record["window_stride_fraction"] == pytest.approx(2 / 3)
+    code, _, err = cryojoint_main(["predict", model, *mics, "--out", tmp_path / "bad",
+                                   "--detector-window-stride", "0"])
+    assert code == 2 and "--detector-window-stride must be in (0, 1]" in err
+    assert not (tmp_path / "bad").exists()
