@@ -163,11 +163,13 @@ class PredictConfig:
     # Spacing of the U-Net's windows, as a fraction of the window side (about (1/fraction)^2 windows per pixel,
     # each costing the same). Standard profile, 10 % dose, joint seeds 0-2: 2/3 gave the same denoised images
     # (FRC vs clean 0.907 +- 0.005 both) and picks (AP 0.896 vs 0.897) as 1/2 in 19 s instead of 31 s per 1024²
-    # micrograph; checked on the second dataset too (benchmarks/results/2026-12-01-ab-inference-*-strides.md).
+    # micrograph; on the second dataset (RuvB, seed 0) FRC 0.454 both, AP 0.426 vs 0.429, 23 s vs 41 s
+    # (benchmarks/results/2026-12-01-ab-inference-*-strides.md).
     window_stride_fraction: float = 2.0 / 3.0
     # Spacing of the detector's windows over the blended denoised image. More windows pick better and cost more:
     # 1/4 gave AP 0.908 +- 0.019 (joint) and 0.882 (detect-only) vs 0.896 and 0.869 at 1/2, at 33 s instead of
-    # 19 s per micrograph (detect-only 17 s vs 5 s).
+    # 19 s per micrograph (detect-only 17 s vs 5 s), on the standard data; on the second dataset no gain
+    # (0.425 vs 0.426), so 1/2 stays the default.
     detector_window_stride_fraction: float = 0.5
 
 
