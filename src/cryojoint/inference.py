@@ -28,6 +28,7 @@ from cryojoint.errors import UserInputError
 from cryojoint.imaging import bin_image, from_binned_coordinates, normalise, robust_centre_spread
 from cryojoint.io.coords import FILE_NAME_COLUMN, empty_table, make_table, write_coordinates
 from cryojoint.io.mrc import Micrograph, write_mrc
+from cryojoint.models.unet import posterior_mean
 
 AUTO_THRESHOLD_RULES: tuple[str, ...] = ("expected-count", "quantile")
 DENOISED_DIR, HEATMAP_DIR, CANDIDATE_DIR = "denoised", "heatmaps", "candidates"
@@ -84,21 +85,19 @@ def _whole_image_passes(network: torch.nn.Module, image: np.ndarray, config: Cry
                         ) -> tuple[dict[str, np.ndarray], list[float]]:
     """The whole-image pass, computed in tiles that give exactly its output.
 
-    ``image`` is [H,W], or [C,H,W] for a network reading C channels. It is zero-padded at its bottom and right
-    to a multiple of the U-Net's ``2**depth`` and split into the fewest near-equal blocks of at most
-    ``tile_size_px`` whose inner edges lie on the pooling grid; each pass sees its block plus
-    ``tile_overlap_px`` of context (default: :func:`network_context_px`, the receptive fields of denoiser and
-    detector), clipped at the image, so every kept pixel is computed from exactly the inputs the whole-image
-    pass gives it.
+    The image is zero-padded at its bottom and right to a multiple of the U-Net's ``2**depth`` and split into
+    the fewest near-equal blocks of at most ``tile_size_px`` whose inner edges lie on the pooling grid; each
+    pass sees its block plus ``tile_overlap_px`` of context (default: :func:`network_context_px`, the receptive
+    fields of denoiser and detector), clipped at the image, so every kept pixel is computed from exactly the
+    inputs the whole-image pass gives it.
     """
     multiple = 2 ** config.model.unet_depth
-    channels = image if image.ndim == 3 else image[None]
-    ny, nx = channels.shape[1:]
+    ny, nx = image.shape
     overlap = config.predict.tile_overlap_px
     context = network_context_px(network) if overlap is None else int(math.ceil(overlap / multiple)) * multiple
     padded_ny, padded_nx = ny + (-ny) % multiple, nx + (-nx) % multiple
-    aligned = np.zeros((channels.shape[0], padded_ny, padded_nx), dtype=np.float32)
-    aligned[:, :ny, :nx] = channels
+    aligned = np.zeros((padded_ny, padded_nx), dtype=np.float32)
+    aligned[:ny, :nx] = image
     outputs: dict[str, np.ndarray] = {}
     noise_vars: list[float] = []
     for y0, y1 in _blocks(ny, config.predict.tile_size_px, multiple):
@@ -108,7 +107,7 @@ def _whole_image_passes(network: torch.nn.Module, image: np.ndarray, config: Cry
             cy0, cx0 = max(y0 - context, 0), max(x0 - context, 0)
             cy1 = padded_ny if y1 == ny else min(y1 + context, padded_ny)
             cx1 = padded_nx if x1 == nx else min(x1 + context, padded_nx)
-            x = torch.from_numpy(np.ascontiguousarray(aligned[:, cy0:cy1, cx0:cx1]))[None].to(device)
+            x = torch.from_numpy(np.ascontiguousarray(aligned[cy0:cy1, cx0:cx1]))[None, None].to(device)
             out = network(x, dense=dense)
             for key in wanted:
                 value = getattr(out, key)
@@ -222,9 +221,8 @@ def _window_passes(network: torch.nn.Module, image: np.ndarray, config: Cryojoin
                                  device)
         noise_vars = list(outputs.pop("noise_var"))
         if detector_wanted:  # the network's own posterior mean, as the detector read it in training
-            noise_var = np.float32(np.mean(noise_vars))
-            denoised = (image * outputs["prior_var"] + outputs["prior_mean"] * noise_var) \
-                / (outputs["prior_var"] + noise_var)
+            denoised = posterior_mean(image, outputs["prior_mean"], outputs["prior_var"],
+                                      np.float32(np.mean(noise_vars)))
             detector_input = np.stack([denoised, image]) if network.stack_raw else denoised
     if detector_wanted:
         def detect(batch: torch.Tensor) -> dict[str, torch.Tensor]:
