@@ -171,10 +171,15 @@ class PredictConfig:
     # 19 s per micrograph (detect-only 17 s vs 5 s), on the standard data; on the second dataset no gain
     # (0.425 vs 0.426), so 1/2 stays the default.
     detector_window_stride_fraction: float = 0.5
+    # Arithmetic of the network passes (PRECISIONS). "auto": bfloat16 autocast on CUDA (float16 on GPUs
+    # without bfloat16), float32 on CPU and MPS (bfloat16 ran 5-10x slower on a 2-core CPU); outputs are float32.
+    precision: str = "auto"
 
 
 #: How inference feeds the network (see PredictConfig.context).
 PREDICT_CONTEXTS = ("training-patch", "whole-image")
+#: Arithmetic inference may run in (see PredictConfig.precision and cryojoint.runtime.inference_dtype).
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -314,6 +319,8 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (0.0 < config.predict.window_stride_fraction <= 1.0, "predict.window_stride_fraction must be in (0, 1]"),
         (0.0 < config.predict.detector_window_stride_fraction <= 1.0,
          "predict.detector_window_stride_fraction must be in (0, 1]"),
+        (config.predict.precision in PRECISIONS,
+         f"predict.precision must be one of {', '.join(PRECISIONS)}"),
         (config.predict.context in PREDICT_CONTEXTS,
          f"predict.context must be one of {', '.join(PREDICT_CONTEXTS)}"),
     ]

@@ -22,13 +22,14 @@ import torch
 
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel
-from cryojoint.config import CryojointConfig
+from cryojoint.config import PRECISIONS, CryojointConfig
 from cryojoint.data import estimate_noise_std
 from cryojoint.errors import UserInputError
 from cryojoint.imaging import bin_image, from_binned_coordinates, normalise, robust_centre_spread
 from cryojoint.io.coords import FILE_NAME_COLUMN, empty_table, make_table, write_coordinates
 from cryojoint.io.mrc import Micrograph, write_mrc
 from cryojoint.models.unet import posterior_mean
+from cryojoint.runtime import inference_precision
 
 AUTO_THRESHOLD_RULES: tuple[str, ...] = ("expected-count", "quantile")
 DENOISED_DIR, HEATMAP_DIR, CANDIDATE_DIR = "denoised", "heatmaps", "candidates"
@@ -36,6 +37,14 @@ DENOISED_DIR, HEATMAP_DIR, CANDIDATE_DIR = "denoised", "heatmaps", "candidates"
 #: 512² keeps a pass near 0.5 GB (a 1024²-pixel pass peaked at 2.6 GB RSS on a 1024² micrograph, 1.2 GB at
 #: 512², the same output and no slower, default preset, 2 threads).
 WINDOW_BATCH_MAX_PIXELS = 512 * 512
+#: The same on a CUDA GPU, where larger batches keep the device busy (~2 GB in float32, half that in bfloat16).
+WINDOW_BATCH_MAX_PIXELS_CUDA = 1024 * 1024
+
+
+def window_batch_pixels(config: CryojointConfig, device: torch.device | str) -> int:
+    """Most window pixels per network pass on ``device`` (never more than a ``tile_size_px``² block)."""
+    cap = WINDOW_BATCH_MAX_PIXELS_CUDA if torch.device(device).type == "cuda" else WINDOW_BATCH_MAX_PIXELS
+    return min(config.predict.tile_size_px ** 2, cap)
 
 
 @dataclass
@@ -206,7 +215,7 @@ def _window_passes(network: torch.nn.Module, image: np.ndarray, config: Cryojoin
     """
     multiple = 2 ** config.model.unet_depth
     window = max(int(math.ceil(window_px / multiple)) * multiple, multiple)
-    batch_pixels = min(config.predict.tile_size_px ** 2, WINDOW_BATCH_MAX_PIXELS)
+    batch_pixels = window_batch_pixels(config, device)
     outputs: dict[str, np.ndarray] = {}
     noise_vars: list[float] = []
     denoiser, detector = getattr(network, "denoiser", None), getattr(network, "detector", None)
@@ -249,16 +258,18 @@ def run_network_on_image(
     output pixel is a blend of windows of that side (see :func:`_window_passes`): what the network saw in
     training. Otherwise (``"whole-image"``, or no ``window_px``) the output is the exact whole-image pass
     (see :func:`_whole_image_passes`). Either way the image is zero-padded, never mirrored, so no pixel's own
-    value can come back into its blind-spot prediction.
+    value can come back into its blind-spot prediction. The passes run in ``config.predict.precision``
+    (:func:`~cryojoint.runtime.inference_precision`: float32 on CPU, bfloat16 autocast on CUDA by default).
     """
     network.eval()
     # The denoised image is recomputed from the prior over the whole image (calibrated_posterior_mean).
     # The network's own posterior mean is not kept: it would only be overwritten.
     wanted = set(keep) - {"denoised"} | ({"prior_mean", "prior_var"} if "denoised" in keep else set())
-    if config.predict.context == "training-patch" and window_px is not None:
-        outputs, noise_vars = _window_passes(network, image, config, device, dense, wanted, window_px)
-    else:
-        outputs, noise_vars = _whole_image_passes(network, image, config, device, dense, wanted)
+    with inference_precision(device, config.predict.precision):
+        if config.predict.context == "training-patch" and window_px is not None:
+            outputs, noise_vars = _window_passes(network, image, config, device, dense, wanted, window_px)
+        else:
+            outputs, noise_vars = _whole_image_passes(network, image, config, device, dense, wanted)
     noise_var = float(np.mean(noise_vars)) if noise_vars else None
     if "denoised" in keep and "prior_mean" in outputs and noise_var is not None:
         outputs["denoised"] = calibrated_posterior_mean(image, outputs["prior_mean"], outputs["prior_var"],
@@ -341,6 +352,7 @@ class PickingSettings:
     tile_size_px: int | None = None  # overrides the model config's predict.tile_size_px (memory vs speed)
     # Overrides the model config's predict.detector_window_stride_fraction (picks vs time).
     detector_window_stride_fraction: float | None = None
+    precision: str | None = None  # overrides the model config's predict.precision (runtime.inference_dtype)
 
     @property
     def automatic_rule(self) -> str:
@@ -353,7 +365,8 @@ class PickingSettings:
     def resolve(cls, model: LoadedModel, threshold: float | str | None = None, nms_radius_px: float | None = None,
                 border_px: float | None = None, downsample: int | None = None,
                 tile_size_px: int | None = None,
-                detector_window_stride_fraction: float | None = None) -> PickingSettings:
+                detector_window_stride_fraction: float | None = None,
+                precision: str | None = None) -> PickingSettings:
         """Options given in input pixels (as users think of them) become network pixels here."""
         factor = int(downsample or model.downsample)
         if factor < 1:
@@ -372,13 +385,15 @@ class PickingSettings:
             raise UserInputError(None, f"--tile-size must be at least {2 ** model.config.model.unet_depth} px")
         if detector_window_stride_fraction is not None and not 0.0 < detector_window_stride_fraction <= 1.0:
             raise UserInputError(None, "--detector-window-stride must be in (0, 1] (a fraction of a window)")
+        if precision is not None and precision not in PRECISIONS:
+            raise UserInputError(None, f"unknown precision '{precision}' ({', '.join(PRECISIONS)})")
         expected = model.meta.get("expected_particles")
         density = model.meta.get("expected_density_per_px2")
         return cls(factor, float(radius_net), float(border) / factor,
                    threshold if threshold is not None else predict_config.threshold,
                    predict_config.auto_threshold_top_fraction, rule,
                    None if expected is None else float(expected), None if density is None else float(density),
-                   tile_size_px, detector_window_stride_fraction)
+                   tile_size_px, detector_window_stride_fraction, precision)
 
 
 def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
@@ -395,7 +410,8 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     config = model.config
     overrides = {key: value for key, value in (("tile_size_px", settings.tile_size_px),
                                                ("detector_window_stride_fraction",
-                                                settings.detector_window_stride_fraction)) if value is not None}
+                                                settings.detector_window_stride_fraction),
+                                               ("precision", settings.precision)) if value is not None}
     if overrides:
         config = dataclasses.replace(config, predict=dataclasses.replace(config.predict, **overrides))
     window = model.meta.get("training_patch_px")  # network pixels; absent in models from before it was recorded

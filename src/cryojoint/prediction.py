@@ -42,7 +42,7 @@ from cryojoint.io.coords import (
 )
 from cryojoint.io.mrc import Micrograph, micrograph_name, micrograph_shape, read_micrograph
 from cryojoint.progress import counted_progress
-from cryojoint.runtime import select_device
+from cryojoint.runtime import inference_dtype, select_device
 
 OUTPUT_KINDS: tuple[str, ...] = ("picks", "denoised", "heatmap")
 COMBINED_STAR = "picks.star"
@@ -181,6 +181,7 @@ def predict_files(
     tile_size_px: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     detector_window_stride_fraction: float | None = None,
+    precision: str | None = None,
 ) -> PredictSummary:
     """Predict a set of micrograph files into ``out_dir`` (see the module docstring for the layout).
 
@@ -205,7 +206,8 @@ def predict_files(
     resolved_device = select_device(device)
     model = load_model(model_path, resolved_device)
     settings = PickingSettings.resolve(model, threshold, nms_radius_px, border_px, downsample, tile_size_px,
-                                       detector_window_stride_fraction)
+                                       detector_window_stride_fraction, precision)
+    inference_dtype(resolved_device, settings.precision or model.config.predict.precision)  # fail before work
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -245,7 +247,7 @@ def predict_files(
     written += _write_picks(picks, out_dir, formats, done, model.particle_diameter_px * settings.downsample)
     summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, cut, automatic, len(picks),
                              elapsed / max(n_done, 1), written, picks)
-    _write_run_record(out_dir, model, settings, summary, model_path, command_line)
+    _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device)
     return summary
 
 
@@ -290,8 +292,11 @@ def _write_picks(picks: pd.DataFrame, out_dir: Path, formats: Sequence[str], mic
 
 
 def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettings, summary: PredictSummary,
-                      model_path: str | Path, command_line: str | None) -> None:
+                      model_path: str | Path, command_line: str | None, device: torch.device) -> None:
     from cryojoint import __version__
+
+    precision = settings.precision or model.config.predict.precision
+    dtype = inference_dtype(device, precision)
 
     record: dict[str, Any] = {
         "cryojoint_version": __version__,
@@ -309,6 +314,9 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "window_stride_fraction": model.config.predict.window_stride_fraction,
         "detector_window_stride_fraction": (settings.detector_window_stride_fraction
                                             or model.config.predict.detector_window_stride_fraction),
+        "device": str(device),
+        "precision": precision,
+        "network_dtype": "float32" if dtype is None else str(dtype).removeprefix("torch."),
         "particle_diameter_px_input": model.particle_diameter_px * settings.downsample,
         "n_micrographs": summary.n_micrographs,
         "n_picks": summary.n_picks,

@@ -158,3 +158,20 @@ def test_predict_detector_window_stride_is_recorded_and_checked(prediction: Path
                                    "--detector-window-stride", "0"])
     assert code == 2 and "--detector-window-stride must be in (0, 1]" in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_predict_precision_is_recorded_and_checked(prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    model = prediction.parent / "run" / "model.pt"
+    mics = sorted(str(p) for p in prediction.parent.glob("mic_*.mrc"))[:1]
+    code, _, err = cryojoint_main(["predict", model, *mics, "--out", tmp_path / "auto", "--outputs", "picks",
+                                   "--device", "cpu"])
+    assert code == 0, err
+    record = json.loads((tmp_path / "auto" / "predict.json").read_text())
+    assert (record["device"], record["precision"], record["network_dtype"]) == ("cpu", "auto", "float32")
+    code, _, err = cryojoint_main(["predict", model, *mics, "--out", tmp_path / "bf16", "--outputs", "picks",
+                                   "--device", "cpu", "--precision", "bfloat16"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "bf16" / "predict.json").read_text())["network_dtype"] == "bfloat16"
+    code, _, err = cryojoint_main(["predict", model, *mics, "--out", tmp_path / "bad", "--precision", "half"])
+    assert code == 2 and "unknown precision 'half'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 
 from cryojoint.checkpoint import LoadedModel
 from cryojoint.config import CryojointConfig
+from cryojoint.errors import UserInputError
 from cryojoint.inference import PickingSettings, predict_micrograph, run_network_on_image, window_starts, window_weight
 from cryojoint.io.mrc import Micrograph
 from cryojoint.models.joint import JointModel
+from cryojoint.runtime import inference_dtype
 
 SMALL = {"model": {"unet_encoder_channels": 4, "unet_decoder_channels": 8, "unet_depth": 3,
                    "detector_channels": [4, 8, 8], "detector_output_stride": 2}}
@@ -154,3 +156,31 @@ def test_the_detector_blends_its_own_windows_over_the_blended_denoised_image() -
     np.testing.assert_array_equal(a.prior_mean, b.prior_mean)
     np.testing.assert_array_equal(a.denoised, b.denoised)
     assert np.abs(a.logits - b.logits).max() > 1e-4
+
+
+def test_auto_precision_is_float32_off_cuda_and_reduced_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert inference_dtype("cpu") is None and inference_dtype("cpu", "float32") is None
+    assert inference_dtype("cpu", "bfloat16") is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert inference_dtype("cuda") is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert inference_dtype("cuda") is torch.float16
+    assert inference_dtype("cuda", "float32") is None
+    with pytest.raises(UserInputError, match="unknown precision 'half'"):
+        inference_dtype("cpu", "half")
+
+
+def test_reduced_precision_changes_outputs_little_and_auto_on_cpu_not_at_all() -> None:
+    """The autocast path (what CUDA runs by default) tested on CPU with bfloat16: float32 outputs, close to the
+    float32 pass; "auto" on CPU is the float32 pass bit for bit."""
+    image = np.random.default_rng(3).normal(size=(100, 90)).astype(np.float32)
+    results = {}
+    for precision in ("float32", "auto", "bfloat16"):
+        model = _model(precision=precision)
+        results[precision] = run_network_on_image(model.network, image, model.config, keep=KEEP, window_px=48)
+    for key in KEEP:
+        exact, same, reduced = (getattr(results[p], key) for p in ("float32", "auto", "bfloat16"))
+        np.testing.assert_array_equal(same, exact)
+        assert reduced.dtype == np.float32
+        assert not np.array_equal(reduced, exact)  # the autocast really ran
+        assert np.corrcoef(reduced.ravel(), exact.ravel())[0, 1] > 0.999, key
