@@ -134,6 +134,9 @@ class TrainConfig:
     tensorboard: bool = True  # also log metrics to RUN/tensorboard when the tensorboard package is installed
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    # Arithmetic of the network's passes in training (PRECISIONS; losses and weights stay float32). "auto": as
+    # predict.precision's auto.
+    precision: str = "float32"
     threads: int | None = None  # torch intra-op threads; None = all cores
 
 
@@ -319,6 +322,7 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (0.0 < config.predict.window_stride_fraction <= 1.0, "predict.window_stride_fraction must be in (0, 1]"),
         (0.0 < config.predict.detector_window_stride_fraction <= 1.0,
          "predict.detector_window_stride_fraction must be in (0, 1]"),
+        (config.train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
         (config.predict.precision in PRECISIONS,
          f"predict.precision must be one of {', '.join(PRECISIONS)}"),
         (config.predict.context in PREDICT_CONTEXTS,

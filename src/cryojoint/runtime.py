@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -65,21 +66,24 @@ def inference_dtype(device: torch.device | str, precision: str = "auto") -> torc
     return _DTYPES[precision]
 
 
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to ``dtype`` on ``device``'s type, or nothing for ``None`` (float32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 @contextlib.contextmanager
 def inference_precision(device: torch.device | str, precision: str = "auto") -> Iterator[torch.dtype | None]:
     """Run the block's network passes in :func:`inference_dtype`'s precision (autocast); outputs still leave as
     float32 arrays. On CUDA it also lets cuDNN pick its fastest convolutions for the window shapes it sees
     (their results may differ from run to run in the last bits)."""
     dtype = inference_dtype(device, precision)
-    device = torch.device(device)
     benchmark_before = torch.backends.cudnn.benchmark
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True
     try:
-        if dtype is None:
-            yield None
-        else:
-            with torch.autocast(device_type=device.type, dtype=dtype):
-                yield dtype
+        with autocast(device, dtype):
+            yield dtype
     finally:
         torch.backends.cudnn.benchmark = benchmark_before

@@ -53,7 +53,7 @@ from cryojoint.errors import StopRequested, UserInputError
 from cryojoint.io.coords import drop_unknown_micrographs, read_coordinates
 from cryojoint.io.mrc import Micrograph
 from cryojoint.modes import StagePlan, TrainingStage, model_parts, stage_plan, training_stages
-from cryojoint.runtime import select_device, threads_per_worker
+from cryojoint.runtime import autocast, inference_dtype, select_device, threads_per_worker
 
 __all__ = ["TrainResult", "learning_rate_at", "load_model", "train", "training_patch_size"]
 
@@ -185,6 +185,7 @@ def _train(
 ) -> TrainResult:
     """The loop of :func:`train`, run by every process of ``group`` in lockstep."""
     device = group.device
+    network_dtype = inference_dtype(device, config.train.precision)
     checkpoint_path = run_dir / CHECKPOINT_NAME
     labels_source = labels if isinstance(labels, (str, Path)) else None
     label_table = read_coordinates(labels) if labels_source is not None else labels
@@ -262,7 +263,8 @@ def _train(
                                   config.train.rampup_fraction, config.train.rampdown_fraction)
             for group_params in optimizer.param_groups:  # the same ramp, scaled to each part's base rate
                 group_params["lr"] = lr * group_params["base_lr"] / config.train.learning_rate
-            terms = _train_step(trainer, network, optimizer, sampler, config, prepared, plan, device)
+            terms = _train_step(trainer, network, optimizer, sampler, config, prepared, plan, device,
+                                network_dtype)
             average.update(network)
             state.step += 1
             for key, value in terms.items():
@@ -450,8 +452,11 @@ def _train_step(
     prepared: PreparedData,
     plan: StagePlan,
     device: torch.device,
+    network_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """One minibatch: the loss terms the stage uses, weighted as the mode table says, one Adam step.
+
+    The network's passes run autocast to ``network_dtype`` (``None``: float32); the losses always in float32.
 
     ``trainer`` is ``network`` itself, or its data-parallel wrapper (whose forward and backward also average
     the gradients across processes); the mirrored pass reuses the same parameters, so its gradients are
@@ -466,7 +471,9 @@ def _train_step(
     t = torch.from_numpy(targets).to(device)
     # Dense logits over the whole patch: every pixel teaches the detector (a single centre logit per patch
     # would leave its last BatchNorm with batch_size values). No loss of the stage reads them: not computed.
-    output = trainer(x, dense=True, detect=plan.runs_detector)
+    with autocast(device, network_dtype):
+        output = trainer(x, dense=True, detect=plan.runs_detector)
+    output = output.as_float32()
     l_denoise = l_detect = l_consistency = None
     if stage.denoise:
         weights = None if config.data.denoise_on_particle_patches else torch.from_numpy(~on_particle).to(device)
@@ -479,8 +486,10 @@ def _train_step(
         l_detect = losses.pu_loss(output.logits, _targets_for(output.logits, t), pi,
                                   pixels_per_positive=prepared.pixels_per_positive, ge_form=config.loss.ge_form)
     if plan.runs_flipped_pass:
-        flipped_back = network.flipped_logits(x, output, dense=True,
-                                              share_denoiser=config.model.consistency_shares_denoiser)
+        with autocast(device, network_dtype):
+            flipped_back = network.flipped_logits(x, output, dense=True,
+                                                  share_denoiser=config.model.consistency_shares_denoiser)
+        flipped_back = flipped_back.float()
         l_consistency = losses.consistency_loss(output.logits, flipped_back, config.model.sigmoid_clamp)
     elif stage.consistency:
         l_consistency = torch.zeros((), device=device)

@@ -314,7 +314,8 @@ def _network_in_stage(config: CryojointConfig, prepared, stage_index: int):  # n
     return network, plans[stage_index]
 
 
-def _one_step(config: CryojointConfig, prepared, stage_index: int):  # noqa: ANN001, ANN202
+def _one_step(config: CryojointConfig, prepared, stage_index: int,  # noqa: ANN001, ANN202
+              network_dtype: torch.dtype | None = None):
     """Run one real training step; return the network, its state dict before, the logged terms, and the
     number of flipped passes and the gradients Adam was given (per parameter name)."""
     from cryojoint.data import PatchSampler
@@ -339,7 +340,8 @@ def _one_step(config: CryojointConfig, prepared, stage_index: int):  # noqa: ANN
         return real_step(*args, **kwargs)
 
     optimizer.step = recording_step
-    terms = training._train_step(network, network, optimizer, sampler, config, prepared, plan, torch.device("cpu"))
+    terms = training._train_step(network, network, optimizer, sampler, config, prepared, plan, torch.device("cpu"),
+                                 network_dtype)
     return network, before, terms, calls["flipped"], gradients
 
 
@@ -389,3 +391,23 @@ def test_the_detection_loss_trains_the_denoiser_only_when_coupled(prepared, coup
         assert all(g is None or not g.any() for g in denoiser_gradients.values())
         assert _fate("denoiser", before, network.state_dict()) == "still"
     assert _fate("detector", before, network.state_dict()) == "moved"
+
+
+def test_a_bfloat16_step_trains_like_a_float32_step(prepared) -> None:
+    """The autocast path (train.precision): the same parts move, weights stay float32, the losses are finite and
+    the gradients point where the float32 step's do."""
+    config = _config(mode="joint")
+    exact_network, before, exact_terms, _, exact_gradients = _one_step(config, prepared, 0)
+    network, _, terms, flipped_passes, gradients = _one_step(config, prepared, 0, torch.bfloat16)
+    assert set(terms) == set(exact_terms) and all(np.isfinite(v) for v in terms.values())
+    assert flipped_passes == 1
+    after = network.state_dict()
+    for part in ("denoiser", "detector"):
+        assert _fate(part, before, after) == _fate(part, before, exact_network.state_dict()) == "moved"
+    assert all(p.dtype == torch.float32 for p in network.parameters())
+    for name, exact in exact_gradients.items():
+        if exact is None or not exact.any():
+            continue
+        cosine = torch.nn.functional.cosine_similarity(gradients[name].flatten(), exact.flatten(), dim=0)
+        assert cosine > 0.9, (name, float(cosine))
+    assert terms["loss"] == pytest.approx(exact_terms["loss"], rel=0.05)

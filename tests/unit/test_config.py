@@ -51,3 +51,9 @@ def test_a_saved_config_loads_back_unchanged(tmp_path) -> None:
         config = default_config(preset)
         config.save_yaml(tmp_path / "c.yaml")
         assert CryojointConfig.load_yaml(tmp_path / "c.yaml") == config
+
+
+@pytest.mark.parametrize("section", ["train", "predict"])
+def test_an_unknown_precision_is_refused(section: str) -> None:
+    with pytest.raises(UserInputError, match=f"{section}.precision must be one of auto, float32"):
+        CryojointConfig.from_dict({section: {"precision": "half"}})

@@ -38,6 +38,13 @@ class JointOutput:
     denoised: Tensor | None  # posterior mean, [B,1,H,W]
     logits: Tensor | None  # [B,1,1,1] per patch, [B,1,H,W] dense
 
+    def as_float32(self) -> JointOutput:
+        """The same outputs in float32 (differentiable casts): losses are computed in full precision even where
+        the network ran under autocast."""
+        return JointOutput(*(None if value is None else value.float()
+                             for value in (self.prior_mean, self.prior_var, self.noise_var, self.denoised,
+                                           self.logits)))
+
 
 class JointModel(nn.Module):
     """Blind-spot U-Net denoiser followed by a ResNet8 detector.
