@@ -134,9 +134,12 @@ class TrainConfig:
     tensorboard: bool = True  # also log metrics to RUN/tensorboard when the tensorboard package is installed
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    # Arithmetic of the network's passes in training (PRECISIONS; losses and weights stay float32). "auto": as
-    # predict.precision's auto.
-    precision: str = "float32"
+    # Arithmetic of the network's passes in training (PRECISIONS; losses, gradients' accumulation and weights stay
+    # float32). "auto": as predict.precision's auto (bfloat16 where the hardware has it). Standard profile, 10 %
+    # dose, 600 joint steps, seeds 0-2: AP 0.906/0.906/0.875 vs 0.909/0.905/0.874 in float32, FRC vs clean
+    # 0.905/0.915/0.904 vs 0.906/0.912/0.903, a step ~2x faster; second dataset (seed 0): AP 0.430 vs 0.426,
+    # FRC 0.451 vs 0.454 (benchmarks/README.md, session 9).
+    precision: str = "auto"
     threads: int | None = None  # torch intra-op threads; None = all cores
 
 
@@ -174,8 +177,11 @@ class PredictConfig:
     # 19 s per micrograph (detect-only 17 s vs 5 s), on the standard data; on the second dataset no gain
     # (0.425 vs 0.426), so 1/2 stays the default.
     detector_window_stride_fraction: float = 0.5
-    # Arithmetic of the network passes (PRECISIONS). "auto": bfloat16 autocast on CUDA (float16 on GPUs
-    # without bfloat16), float32 on CPU and MPS (bfloat16 ran 5-10x slower on a 2-core CPU); outputs are float32.
+    # Arithmetic of the network passes (PRECISIONS; outputs are float32). "auto": bfloat16 autocast where the
+    # hardware has it (CUDA; CPUs with AVX512-BF16/AMX), float16 on CUDA GPUs without, else float32. Standard
+    # profile, 10 % dose, the same 3 joint + 3 detect-only models: AP 0.896 +- 0.019 and FRC 0.907 +- 0.005 in
+    # both, 21.5 vs 49.4 s per 1024² micrograph on a busy 1-thread box
+    # (benchmarks/results/2026-12-01-ab-inference-standard-010-precision.md). "float32" for exact passes.
     precision: str = "auto"
 
 

@@ -259,7 +259,7 @@ def run_network_on_image(
     training. Otherwise (``"whole-image"``, or no ``window_px``) the output is the exact whole-image pass
     (see :func:`_whole_image_passes`). Either way the image is zero-padded, never mirrored, so no pixel's own
     value can come back into its blind-spot prediction. The passes run in ``config.predict.precision``
-    (:func:`~cryojoint.runtime.inference_precision`: float32 on CPU, bfloat16 autocast on CUDA by default).
+    (:func:`~cryojoint.runtime.inference_precision`: by default bfloat16 autocast where the hardware has it).
     """
     network.eval()
     # The denoised image is recomputed from the prior over the whole image (calibrated_posterior_mean).

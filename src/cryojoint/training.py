@@ -233,7 +233,7 @@ def _train(
     if group.is_main:
         config.save_yaml(run_dir / CONFIG_NAME)
 
-    meta = _model_meta(prepared, command_line, config, sampler.patch_size)
+    meta = _model_meta(prepared, command_line, config, sampler.patch_size, network_dtype)
     has_detector = model_parts(config.train.mode)[1]
     metric_name = "validation_ap" if has_detector else "validation_neg_denoise_loss"
     stopped_early = False
@@ -623,8 +623,9 @@ def smoothed_metric(values: Sequence[float], window: int) -> float:
 
 
 def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConfig,
-                patch_size_px: int) -> dict[str, Any]:
+                patch_size_px: int, network_dtype: torch.dtype | None = None) -> dict[str, Any]:
     return {
+        "training_network_dtype": "float32" if network_dtype is None else str(network_dtype).removeprefix("torch."),
         "training_patch_px": int(patch_size_px),  # chosen from the particle size unless the config set it
         "particle_diameter_px": float(prepared.particle_diameter_px),
         "particle_diameter_estimated": bool(prepared.diameter_was_estimated),

@@ -25,7 +25,9 @@ KEEP = ("prior_mean", "prior_var", "denoised", "logits")
 
 def _model(seed: int = 0, **predict: object) -> LoadedModel:
     torch.manual_seed(seed)
-    config = CryojointConfig.from_dict({**SMALL, "predict": predict})
+    # float32 unless a test asks otherwise: these tests compare with exact passes ("auto" is bfloat16 on CPUs
+    # that have it).
+    config = CryojointConfig.from_dict({**SMALL, "predict": {"precision": "float32", **predict}})
     return LoadedModel(JointModel(config.model).eval(), config, particle_diameter_px=10.0, downsample=1,
                        meta={"expected_particles": 4.0, "training_patch_px": 48})
 
@@ -158,29 +160,40 @@ def test_the_detector_blends_its_own_windows_over_the_blended_denoised_image() -
     assert np.abs(a.logits - b.logits).max() > 1e-4
 
 
-def test_auto_precision_is_float32_off_cuda_and_reduced_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert inference_dtype("cpu") is None and inference_dtype("cpu", "float32") is None
+def _bfloat16_hardware(monkeypatch: pytest.MonkeyPatch, cpu: bool, cuda: bool) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: cpu, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: cuda)
+
+
+def test_auto_precision_is_bfloat16_where_the_hardware_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    _bfloat16_hardware(monkeypatch, cpu=False, cuda=False)
+    assert inference_dtype("cpu") is None and inference_dtype("cuda") is torch.float16
+    assert inference_dtype("mps") is None
+    _bfloat16_hardware(monkeypatch, cpu=True, cuda=True)
+    assert inference_dtype("cpu") is torch.bfloat16 and inference_dtype("cuda") is torch.bfloat16
+    for device in ("cpu", "cuda"):
+        assert inference_dtype(device, "float32") is None
     assert inference_dtype("cpu", "bfloat16") is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
-    assert inference_dtype("cuda") is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    assert inference_dtype("cuda") is torch.float16
-    assert inference_dtype("cuda", "float32") is None
     with pytest.raises(UserInputError, match="unknown precision 'half'"):
         inference_dtype("cpu", "half")
 
 
-def test_reduced_precision_changes_outputs_little_and_auto_on_cpu_not_at_all() -> None:
-    """The autocast path (what CUDA runs by default) tested on CPU with bfloat16: float32 outputs, close to the
-    float32 pass; "auto" on CPU is the float32 pass bit for bit."""
+@pytest.mark.parametrize("native", [False, True])
+def test_reduced_precision_changes_outputs_little_and_auto_follows_the_hardware(
+        monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """The autocast path (what CUDA and CPUs with bfloat16 run by default) tested on CPU with bfloat16: float32
+    outputs, close to the float32 pass; "auto" is the float32 pass bit for bit without bfloat16 hardware and the
+    bfloat16 pass with it."""
+    _bfloat16_hardware(monkeypatch, cpu=native, cuda=False)
     image = np.random.default_rng(3).normal(size=(100, 90)).astype(np.float32)
     results = {}
     for precision in ("float32", "auto", "bfloat16"):
         model = _model(precision=precision)
         results[precision] = run_network_on_image(model.network, image, model.config, keep=KEEP, window_px=48)
     for key in KEEP:
-        exact, same, reduced = (getattr(results[p], key) for p in ("float32", "auto", "bfloat16"))
-        np.testing.assert_array_equal(same, exact)
+        exact, auto, reduced = (getattr(results[p], key) for p in ("float32", "auto", "bfloat16"))
+        np.testing.assert_array_equal(auto, reduced if native else exact)
         assert reduced.dtype == np.float32
         assert not np.array_equal(reduced, exact)  # the autocast really ran
         assert np.corrcoef(reduced.ravel(), exact.ravel())[0, 1] > 0.999, key
