@@ -288,7 +288,7 @@ def predict(
     scheduler: Annotated[str | None, typer.Option(help="'local' or a Dask scheduler address tcp://host:port.")] = None,
     tile_size: Annotated[int | None, typer.Option(help="Largest block per network pass, px (default: the "
                                                   "model's predict.tile_size_px; windows are batched up to "
-                                                  "512² px per pass, 1024² on CUDA). Smaller needs less "
+                                                  "256² px per pass, 1024² on CUDA). Smaller needs less "
                                                   "memory.")] = None,
     detector_window_stride: Annotated[float | None, typer.Option(
         help="Spacing of the detector's windows, a fraction of a window (default: the model's, 0.5). 0.25 "

@@ -33,10 +33,13 @@ from cryojoint.runtime import inference_precision
 
 AUTO_THRESHOLD_RULES: tuple[str, ...] = ("expected-count", "quantile")
 DENOISED_DIR, HEATMAP_DIR, CANDIDATE_DIR = "denoised", "heatmaps", "candidates"
-#: Most window pixels per network pass. The U-Net's four branches and its merge hold ~2 kB per window pixel:
-#: 512² keeps a pass near 0.5 GB (a 1024²-pixel pass peaked at 2.6 GB RSS on a 1024² micrograph, 1.2 GB at
-#: 512², the same output and no slower, default preset, 2 threads).
-WINDOW_BATCH_MAX_PIXELS = 512 * 512
+#: Most window pixels per network pass. The U-Net's four branches and its merge hold ~2 kB per window pixel
+#: (float32). At 256² every buffer stays under glibc's 32 MB heap ceiling, so with
+#: :func:`cryojoint.runtime.retain_freed_memory` passes reuse memory instead of mapping it afresh: a 1024²
+#: micrograph (default preset, bfloat16, 2 threads) took 7.0-7.9 s at 566 MB peak, flat over 6 micrographs,
+#: against 9.4 s and a peak creeping 794 -> 1015 MB over 8 at 512² with glibc's defaults (session 8: 512² had
+#: cut the float32 peak from 2.6 GB at 1024² to 1.2 GB). Memory and speed, not output.
+WINDOW_BATCH_MAX_PIXELS = 256 * 256
 #: The same on a CUDA GPU, where larger batches keep the device busy (~2 GB in float32, half that in bfloat16).
 WINDOW_BATCH_MAX_PIXELS_CUDA = 1024 * 1024
 

@@ -42,7 +42,7 @@ from cryojoint.io.coords import (
 )
 from cryojoint.io.mrc import Micrograph, micrograph_name, micrograph_shape, read_micrograph
 from cryojoint.progress import counted_progress
-from cryojoint.runtime import inference_dtype, select_device
+from cryojoint.runtime import inference_dtype, retain_freed_memory, select_device
 
 OUTPUT_KINDS: tuple[str, ...] = ("picks", "denoised", "heatmap")
 COMBINED_STAR = "picks.star"
@@ -204,6 +204,7 @@ def predict_files(
     if duplicates:
         raise UserInputError(None, f"several micrographs share the name '{duplicates[0]}' (names must be unique)")
     resolved_device = select_device(device)
+    retain_freed_memory()
     model = load_model(model_path, resolved_device)
     settings = PickingSettings.resolve(model, threshold, nms_radius_px, border_px, downsample, tile_size_px,
                                        detector_window_stride_fraction, precision)

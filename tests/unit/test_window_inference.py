@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import platform
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from cryojoint.errors import UserInputError
 from cryojoint.inference import PickingSettings, predict_micrograph, run_network_on_image, window_starts, window_weight
 from cryojoint.io.mrc import Micrograph
 from cryojoint.models.joint import JointModel
-from cryojoint.runtime import inference_dtype
+from cryojoint.runtime import inference_dtype, retain_freed_memory
 
 SMALL = {"model": {"unet_encoder_channels": 4, "unet_decoder_channels": 8, "unet_depth": 3,
                    "detector_channels": [4, 8, 8], "detector_output_stride": 2}}
@@ -197,3 +199,9 @@ def test_reduced_precision_changes_outputs_little_and_auto_follows_the_hardware(
         assert reduced.dtype == np.float32
         assert not np.array_equal(reduced, exact)  # the autocast really ran
         assert np.corrcoef(reduced.ravel(), exact.ravel())[0, 1] > 0.999, key
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's mallopt only")
+def test_freed_memory_is_retained_on_glibc() -> None:
+    assert retain_freed_memory() and retain_freed_memory()  # accepted, and harmless to ask twice
