@@ -237,3 +237,27 @@ def test_a_good_prior_keeps_its_gain() -> None:
         return float(np.mean((image - clean) ** 2))
 
     assert mse(checked) <= 1.02 * mse(bayes) < 0.5 * mse(y)
+
+
+@pytest.mark.parametrize("slice_px", [97, 1 << 20])
+def test_the_calibrated_posterior_mean_in_slices_is_the_whole_image_formula(monkeypatch, slice_px: int) -> None:
+    """Summing SURE over slices (bounded memory) picks the inflation the whole-image formula picks."""
+    import cryojoint.inference as inference
+
+    rng = np.random.default_rng(5)
+    y = rng.normal(scale=1.5, size=(61, 47)).astype(np.float32)
+    mu = (0.4 * y + rng.normal(scale=0.5, size=y.shape)).astype(np.float32)
+    a2 = np.abs(rng.normal(scale=0.4, size=y.shape)).astype(np.float32)
+    s2 = 0.8
+    unit = float(np.mean(a2.astype(np.float64))) + s2
+    risks = []
+    for factor in inference.PRIOR_INFLATION_GRID:
+        shrink = s2 / (a2.astype(np.float64) + factor * unit + s2)
+        risks.append(float(np.mean(shrink**2 * np.square(y - mu, dtype=np.float64))) - s2
+                     + 2 * s2 * float(np.mean(1 - shrink)))
+    best = inference.PRIOR_INFLATION_GRID[int(np.argmin(risks))] * unit
+    expected = y - (s2 / (a2.astype(np.float64) + best + s2)).astype(np.float32) * (y - mu)
+    monkeypatch.setattr(inference, "SURE_SLICE_PX", slice_px)
+    result = inference.calibrated_posterior_mean(y, mu, a2, s2)
+    assert result.shape == y.shape and result.dtype == np.float32
+    np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
