@@ -122,3 +122,22 @@ def test_shared_denoiser_mirrored_pass_equals_the_unmirrored_one_for_a_symmetric
         rerun = model.flipped_logits(x, out, dense=True, share_denoiser=False)
     assert (shared - out.logits).abs().max().item() < 1e-4
     assert (rerun - out.logits).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_the_flipped_views_denoiser_pass_records_a_graph_only_when_coupled(coupled: bool) -> None:
+    """Decoupled, nothing of the mirrored pass reaches the denoiser: it runs without autograd (cost, not output)."""
+    from cryojoint.config import CryojointConfig
+    from cryojoint.models.joint import JointModel
+
+    torch.manual_seed(0)
+    config = CryojointConfig.from_dict({"model": {"unet_encoder_channels": 4, "unet_decoder_channels": 8,
+                                                  "unet_depth": 3, "detector_channels": [4, 8, 8],
+                                                  "detection_trains_denoiser": coupled}})
+    model = JointModel(config.model).train()
+    seen: list[bool] = []
+    model.denoiser.register_forward_hook(lambda module, inputs, output: seen.append(torch.is_grad_enabled()))
+    x = torch.randn(2, 1, 32, 32)
+    output = model(x, dense=True)
+    model.flipped_logits(x, output, dense=True)
+    assert seen == [True, coupled]

@@ -137,7 +137,10 @@ class JointModel(nn.Module):
             mirrored = self._detector_input(x, output.denoised).flip(flip_dims)
         else:
             flipped = x.flip(flip_dims)
-            mirrored = self._detector_input(flipped, self.denoise(flipped).denoised)
+            # Without the coupling nothing of this pass reaches the denoiser (its output is detached): no graph.
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.detection_trains_denoiser):
+                denoised = self.denoise(flipped).denoised
+            mirrored = self._detector_input(flipped, denoised)
         if dense:
             # The mirror image of the padded input the forward pass saw: node pixels map onto node pixels, so a
             # mirror-symmetric detector gives exactly ``output.logits`` at any stride and size parity.
