@@ -187,7 +187,7 @@ class PredictConfig:
 
 #: How inference feeds the network (see PredictConfig.context).
 PREDICT_CONTEXTS = ("training-patch", "whole-image")
-#: Arithmetic inference may run in (see PredictConfig.precision and cryojoint.runtime.inference_dtype).
+#: Arithmetic inference may run in (see PredictConfig.precision and cryojoint.runtime.autocast_dtype).
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
 

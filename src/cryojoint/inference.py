@@ -374,7 +374,7 @@ class PickingSettings:
     tile_size_px: int | None = None  # overrides the model config's predict.tile_size_px (memory vs speed)
     # Overrides the model config's predict.detector_window_stride_fraction (picks vs time).
     detector_window_stride_fraction: float | None = None
-    precision: str | None = None  # overrides the model config's predict.precision (runtime.inference_dtype)
+    precision: str | None = None  # overrides the model config's predict.precision (runtime.autocast_dtype)
 
     @property
     def automatic_rule(self) -> str:

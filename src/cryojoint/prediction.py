@@ -42,7 +42,7 @@ from cryojoint.io.coords import (
 )
 from cryojoint.io.mrc import Micrograph, micrograph_name, micrograph_shape, read_micrograph
 from cryojoint.progress import counted_progress
-from cryojoint.runtime import inference_dtype, retain_freed_memory, select_device
+from cryojoint.runtime import autocast_dtype, retain_freed_memory, select_device
 
 OUTPUT_KINDS: tuple[str, ...] = ("picks", "denoised", "heatmap")
 COMBINED_STAR = "picks.star"
@@ -208,7 +208,7 @@ def predict_files(
     model = load_model(model_path, resolved_device)
     settings = PickingSettings.resolve(model, threshold, nms_radius_px, border_px, downsample, tile_size_px,
                                        detector_window_stride_fraction, precision)
-    inference_dtype(resolved_device, settings.precision or model.config.predict.precision)  # fail before work
+    autocast_dtype(resolved_device, settings.precision or model.config.predict.precision)  # fail before work
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -297,7 +297,7 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
     from cryojoint import __version__
 
     precision = settings.precision or model.config.predict.precision
-    dtype = inference_dtype(device, precision)
+    dtype = autocast_dtype(device, precision)
 
     record: dict[str, Any] = {
         "cryojoint_version": __version__,

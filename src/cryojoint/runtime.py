@@ -1,5 +1,5 @@
-"""Where computations run: the torch device, the precision inference runs in, and how many threads each worker
-process uses.
+"""Where computations run: the torch device, the precision the network runs in (training and inference), how
+many threads each worker process uses, and how freed memory is kept.
 
 A leaf module (torch, the configuration's vocabulary and the error type only) that training, prediction and the
 Dask scale-out all use, so none of them has to import another for these.
@@ -61,7 +61,7 @@ def native_bfloat16(device: torch.device | str) -> bool:
     return False
 
 
-def inference_dtype(device: torch.device | str, precision: str = "auto") -> torch.dtype | None:
+def autocast_dtype(device: torch.device | str, precision: str = "auto") -> torch.dtype | None:
     """The reduced-precision type the network's passes autocast to on ``device``, or ``None`` for float32.
 
     "auto" means bfloat16 where the hardware has it (float32's range, so the prior variance cannot overflow):
@@ -91,10 +91,10 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextli
 
 @contextlib.contextmanager
 def inference_precision(device: torch.device | str, precision: str = "auto") -> Iterator[torch.dtype | None]:
-    """Run the block's network passes in :func:`inference_dtype`'s precision (autocast); outputs still leave as
+    """Run the block's network passes in :func:`autocast_dtype`'s precision (autocast); outputs still leave as
     float32 arrays. On CUDA it also lets cuDNN pick its fastest convolutions for the window shapes it sees
     (their results may differ from run to run in the last bits)."""
-    dtype = inference_dtype(device, precision)
+    dtype = autocast_dtype(device, precision)
     benchmark_before = torch.backends.cudnn.benchmark
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -53,7 +53,7 @@ from cryojoint.errors import StopRequested, UserInputError
 from cryojoint.io.coords import drop_unknown_micrographs, read_coordinates
 from cryojoint.io.mrc import Micrograph
 from cryojoint.modes import StagePlan, TrainingStage, model_parts, stage_plan, training_stages
-from cryojoint.runtime import autocast, inference_dtype, retain_freed_memory, select_device, threads_per_worker
+from cryojoint.runtime import autocast, autocast_dtype, retain_freed_memory, select_device, threads_per_worker
 
 __all__ = ["TrainResult", "learning_rate_at", "load_model", "train", "training_patch_size"]
 
@@ -185,7 +185,7 @@ def _train(
 ) -> TrainResult:
     """The loop of :func:`train`, run by every process of ``group`` in lockstep."""
     device = group.device
-    network_dtype = inference_dtype(device, config.train.precision)
+    network_dtype = autocast_dtype(device, config.train.precision)
     retain_freed_memory()
     checkpoint_path = run_dir / CHECKPOINT_NAME
     labels_source = labels if isinstance(labels, (str, Path)) else None

@@ -18,7 +18,7 @@ from cryojoint.errors import UserInputError
 from cryojoint.inference import PickingSettings, predict_micrograph, run_network_on_image, window_starts, window_weight
 from cryojoint.io.mrc import Micrograph
 from cryojoint.models.joint import JointModel
-from cryojoint.runtime import inference_dtype, retain_freed_memory
+from cryojoint.runtime import autocast_dtype, retain_freed_memory
 
 SMALL = {"model": {"unet_encoder_channels": 4, "unet_decoder_channels": 8, "unet_depth": 3,
                    "detector_channels": [4, 8, 8], "detector_output_stride": 2}}
@@ -170,15 +170,15 @@ def _bfloat16_hardware(monkeypatch: pytest.MonkeyPatch, cpu: bool, cuda: bool) -
 
 def test_auto_precision_is_bfloat16_where_the_hardware_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
     _bfloat16_hardware(monkeypatch, cpu=False, cuda=False)
-    assert inference_dtype("cpu") is None and inference_dtype("cuda") is torch.float16
-    assert inference_dtype("mps") is None
+    assert autocast_dtype("cpu") is None and autocast_dtype("cuda") is torch.float16
+    assert autocast_dtype("mps") is None
     _bfloat16_hardware(monkeypatch, cpu=True, cuda=True)
-    assert inference_dtype("cpu") is torch.bfloat16 and inference_dtype("cuda") is torch.bfloat16
+    assert autocast_dtype("cpu") is torch.bfloat16 and autocast_dtype("cuda") is torch.bfloat16
     for device in ("cpu", "cuda"):
-        assert inference_dtype(device, "float32") is None
-    assert inference_dtype("cpu", "bfloat16") is torch.bfloat16
+        assert autocast_dtype(device, "float32") is None
+    assert autocast_dtype("cpu", "bfloat16") is torch.bfloat16
     with pytest.raises(UserInputError, match="unknown precision 'half'"):
-        inference_dtype("cpu", "half")
+        autocast_dtype("cpu", "half")
 
 
 @pytest.mark.parametrize("native", [False, True])
