@@ -42,7 +42,7 @@ from cryojoint.io.coords import (
 )
 from cryojoint.io.mrc import Micrograph, micrograph_name, micrograph_shape, read_micrograph
 from cryojoint.progress import counted_progress
-from cryojoint.runtime import autocast_dtype, retain_freed_memory, select_device
+from cryojoint.runtime import autocast_dtype, dtype_name, retain_freed_memory, select_device
 
 OUTPUT_KINDS: tuple[str, ...] = ("picks", "denoised", "heatmap")
 COMBINED_STAR = "picks.star"
@@ -208,7 +208,8 @@ def predict_files(
     model = load_model(model_path, resolved_device)
     settings = PickingSettings.resolve(model, threshold, nms_radius_px, border_px, downsample, tile_size_px,
                                        detector_window_stride_fraction, precision)
-    autocast_dtype(resolved_device, settings.precision or model.config.predict.precision)  # fail before work
+    # Checked before any work; recorded in predict.json.
+    network_dtype = autocast_dtype(resolved_device, settings.precision or model.config.predict.precision)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -248,7 +249,7 @@ def predict_files(
     written += _write_picks(picks, out_dir, formats, done, model.particle_diameter_px * settings.downsample)
     summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, cut, automatic, len(picks),
                              elapsed / max(n_done, 1), written, picks)
-    _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device)
+    _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device, network_dtype)
     return summary
 
 
@@ -293,11 +294,9 @@ def _write_picks(picks: pd.DataFrame, out_dir: Path, formats: Sequence[str], mic
 
 
 def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettings, summary: PredictSummary,
-                      model_path: str | Path, command_line: str | None, device: torch.device) -> None:
+                      model_path: str | Path, command_line: str | None, device: torch.device,
+                      network_dtype: torch.dtype | None) -> None:
     from cryojoint import __version__
-
-    precision = settings.precision or model.config.predict.precision
-    dtype = autocast_dtype(device, precision)
 
     record: dict[str, Any] = {
         "cryojoint_version": __version__,
@@ -316,8 +315,8 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "detector_window_stride_fraction": (settings.detector_window_stride_fraction
                                             or model.config.predict.detector_window_stride_fraction),
         "device": str(device),
-        "precision": precision,
-        "network_dtype": "float32" if dtype is None else str(dtype).removeprefix("torch."),
+        "precision": settings.precision or model.config.predict.precision,
+        "network_dtype": dtype_name(network_dtype),
         "particle_diameter_px_input": model.particle_diameter_px * settings.downsample,
         "n_micrographs": summary.n_micrographs,
         "n_picks": summary.n_picks,

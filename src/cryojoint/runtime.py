@@ -82,6 +82,11 @@ def autocast_dtype(device: torch.device | str, precision: str = "auto") -> torch
     return _DTYPES[precision]
 
 
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """What records say the network ran in: "float32" for ``None`` (no autocast), else e.g. "bfloat16"."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
     """Autocast to ``dtype`` on ``device``'s type, or nothing for ``None`` (float32)."""
     if dtype is None:

@@ -53,7 +53,14 @@ from cryojoint.errors import StopRequested, UserInputError
 from cryojoint.io.coords import drop_unknown_micrographs, read_coordinates
 from cryojoint.io.mrc import Micrograph
 from cryojoint.modes import StagePlan, TrainingStage, model_parts, stage_plan, training_stages
-from cryojoint.runtime import autocast, autocast_dtype, retain_freed_memory, select_device, threads_per_worker
+from cryojoint.runtime import (
+    autocast,
+    autocast_dtype,
+    dtype_name,
+    retain_freed_memory,
+    select_device,
+    threads_per_worker,
+)
 
 __all__ = ["TrainResult", "learning_rate_at", "load_model", "train", "training_patch_size"]
 
@@ -626,7 +633,7 @@ def smoothed_metric(values: Sequence[float], window: int) -> float:
 def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConfig,
                 patch_size_px: int, network_dtype: torch.dtype | None = None) -> dict[str, Any]:
     return {
-        "training_network_dtype": "float32" if network_dtype is None else str(network_dtype).removeprefix("torch."),
+        "training_network_dtype": dtype_name(network_dtype),
         "training_patch_px": int(patch_size_px),  # chosen from the particle size unless the config set it
         "particle_diameter_px": float(prepared.particle_diameter_px),
         "particle_diameter_estimated": bool(prepared.diameter_was_estimated),
