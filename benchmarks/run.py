@@ -181,16 +181,22 @@ def run_benchmark(
                                  "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) or "run_benchmark()",
                                  "machine": machine_facts(), "skip_topaz": skip_topaz, "seeds": list(run_seeds),
                                  "doses": {}}
+    data_dirs = {s: ensure_dataset(s, profile, Path(cache_dir), log) for s in profile.structures}
     cells: dict[str, dict[str, Any]] = {}
+    stale: list[str] = []
     for structure in profile.structures:
         for dose in profile.doses:  # every dose: the tables show cached cells of doses not computed now
             for spec in specs:
                 path = cells_dir / structure / dose / f"{spec.method_id}.json"
                 if path.exists() and not force:
                     cell = json.loads(path.read_text())
-                    if cell.get("status") == "ok":
+                    # A cell computed on other data (the simulator changed) is recomputed, never shown.
+                    if cell.get("dataset", data_dirs[structure].name) != data_dirs[structure].name:
+                        stale.append(f"{structure}/{dose}/{spec.method_id}")
+                    elif cell.get("status") == "ok":
                         cells[_cell_key(structure, dose, spec.method_id)] = cell
-    data_dirs = {s: ensure_dataset(s, profile, Path(cache_dir), log) for s in profile.structures}
+    if stale:
+        log(f"{len(stale)} cached cells were computed on other data and are recomputed (e.g. {stale[0]})")
     dose_data = {(s, d): load_dose_data(data_dirs[s], d, profile) for s in profile.structures for d in doses}
     for (s, d), data in dose_data.items():
         facts: dict[str, Any] = {"true_diameter_px": data.true_diameter_px, "n_labels": len(data.train_labels),
@@ -244,6 +250,7 @@ def run_benchmark(
                       "traceback": traceback.format_exc()}
         record["cell_seconds"] = time.perf_counter() - started
         record["code"] = code
+        record["dataset"] = data_dirs[structure].name
         cells[key] = record
         path = cells_dir / structure / dose / f"{spec.method_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

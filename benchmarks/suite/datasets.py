@@ -25,6 +25,7 @@ from cryojoint.imaging import normalise
 from cryojoint.io.coords import write_coordinates
 from cryojoint.io.mrc import read_micrograph, write_mrc
 from cryojoint.picking import estimate_particle_diameter
+from cryojoint.simulation import SIMULATOR_VERSION, SimulationConfig, simulate, write_dataset
 
 DATASET_SEED = 0
 REFERENCE_DOSE = "dose_100"
@@ -116,20 +117,25 @@ class DoseData:
 
 
 def _dataset_key(structure: str, profile: Profile) -> str:
+    """Folder name of a profile's simulated data: changes whenever the micrographs would (every simulation
+    parameter, defaults included, and the simulator's version), so a cache never serves stale data."""
     n_total = profile.n_train + profile.n_test
-    changes = json.dumps(dict(profile.simulation_changes), sort_keys=True, default=list)
+    config = _simulation_config(structure, profile).to_dict()
+    settings = json.dumps(config, sort_keys=True, default=list)
     mapped = "" if profile.intensity_map is None else f"|{list(profile.intensity_map)}"
-    digest = hashlib.sha1(f"{structure}|{n_total}|{profile.size_px}|{DATASET_SEED}|{changes}{mapped}"
-                          .encode()).hexdigest()
+    digest = hashlib.sha1(f"{structure}|v{SIMULATOR_VERSION}|{settings}{mapped}".encode()).hexdigest()
     return f"{structure}-{profile.size_px}px-{n_total}mic-seed{DATASET_SEED}-{digest[:8]}"
+
+
+def _simulation_config(structure: str, profile: Profile) -> SimulationConfig:
+    return SimulationConfig.for_preset(structure, seed=DATASET_SEED, n_micrographs=profile.n_train + profile.n_test,
+                                       size_px=(profile.size_px, profile.size_px), **profile.simulation_changes)
 
 
 def ensure_dataset(structure: str, profile: Profile, cache_dir: Path, log: Callable[[str], None]) -> Path:
     """Simulate once per (structure, size, count, seed, overrides) and cache; returns the data folder.
 
     Real data is prepared once from its source instead (:func:`benchmarks.real_bgal.prepare`)."""
-    from cryojoint.simulation import SimulationConfig, simulate, write_dataset
-
     if profile.dataset == "real-bgal":
         from benchmarks.real_bgal import SnapshotMissing, prepare
 
@@ -144,8 +150,7 @@ def ensure_dataset(structure: str, profile: Profile, cache_dir: Path, log: Calla
         return data_dir
     n_total = profile.n_train + profile.n_test
     log(f"simulating {n_total} × {profile.size_px}² {structure} micrographs into {data_dir}")
-    config = SimulationConfig.for_preset(structure, seed=DATASET_SEED, n_micrographs=n_total,
-                                         size_px=(profile.size_px, profile.size_px), **profile.simulation_changes)
+    config = _simulation_config(structure, profile)
     started = time.perf_counter()
     dataset = simulate(config=config)
     write_dataset(dataset, data_dir, overwrite=True)

@@ -190,11 +190,12 @@ def simulate(
     micrographs: Annotated[int, typer.Option(help="Number of micrographs.")] = 16,
     size: Annotated[int, typer.Option(help="Micrograph side in pixels.")] = 1024,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data, bit for bit).")] = 0,
-    preset: Annotated[str, typer.Option(help="Particle structure preset (see docs/simulation.md).")] = "ribosome",
+    preset: Annotated[str, typer.Option(help="Particle structure preset, e.g. ribosome, barrel, ruvb (all: "
+                                             "docs/simulation.md).")] = "ribosome",
     frames: Annotated[int, typer.Option(help="Also write K-frame movies whose sums give the doses.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
 ) -> None:
-    """Simulate micrographs at 100/60/20/10% dose with ground truth, masks and partial labels.
+    """Simulate micrographs at 100/60/20/10% dose with ground truth, masks, partial labels and decoys.
 
     Example: cryojoint simulate data/ --micrographs 16 --size 1024 --seed 1
     """

@@ -5,6 +5,8 @@ on this simulator; it is made to be as hard as real low-dose data, not to flatte
 
 * particles are projections of real atomic models (shipped maps in ``cryojoint/structures``), in uniformly
   random orientations, crowded, sometimes touching, some cut by the image edge;
+* particle-sized objects that are not particles lie among them (broken particles, protein clumps, ice
+  crystals; listed in ``decoys``, never in the truth or labels), so a blob detector cannot solve the data;
 * the specimen has an ice-thickness gradient with low-frequency variation, structural noise of vitreous
   ice, sometimes a carbon-film edge, contamination blobs and gold beads (all recorded in ``masks``);
 * the exit wave ``exp(i*phase - absorption)`` is imaged through an astigmatic CTF (defocus, Cs, amplitude
@@ -40,6 +42,10 @@ from scipy.spatial.transform import Rotation
 from cryojoint.errors import UserInputError
 from cryojoint.io.mrc import Micrograph
 
+#: Bumped whenever the same SimulationConfig gives different micrographs (caches key their data on it).
+#: 1: session 1-9 simulator; 2: decoys (fragments, protein clumps, ice crystals) among the particles.
+SIMULATOR_VERSION = 2
+
 # --- physical constants -----------------------------------------------------------------------------------
 ELECTRON_REST_ENERGY_KEV = 510.99895
 #: Wavelength constant: lambda[Å] = 12.2643 / sqrt(V (1 + 0.97848e-6 V)), V in volts.
@@ -59,6 +65,15 @@ GOLD_MEAN_INNER_POTENTIAL_V = 30.0
 ICE_MEAN_FREE_PATH = 3500.0
 CARBON_MEAN_FREE_PATH = 2500.0
 GOLD_MEAN_FREE_PATH = 90.0
+#: Mean free path (Å) for crystalline ice: Bragg reflections leave the objective aperture, so a crystal is far
+#: darker than vitreous ice of the same thickness (an assumption; vitreous ice uses ICE_MEAN_FREE_PATH).
+ICE_CRYSTAL_MEAN_FREE_PATH = 600.0
+#: How many differently broken copies of the particle the fragments of one dataset are drawn from.
+FRAGMENT_SHAPES = 3
+#: Entropy words (after the dataset seed) of the fragments' stream; micrograph streams use [seed, index].
+FRAGMENT_SEED_WORDS = (0, 1)
+#: Kinds of decoy recorded in ``SimulatedDataset.decoys``.
+DECOY_KINDS = ("fragment", "aggregate", "ice_crystal")
 #: The binned micrograph size at which region sizes and particle counts are quoted.
 REFERENCE_FIELD_PX = 1024
 #: RELION-style names of the dose folders: dose fraction 0.1 -> "dose_010".
@@ -71,6 +86,9 @@ MASK_NAMES = {MASK_NONE: "none", MASK_CARBON: "carbon", MASK_CONTAMINATION: "con
 PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     "ribosome": {"particles_per_micrograph": (100, 200)},
     "ruvb": {"particles_per_micrograph": (200, 400)},
+    "barrel": {"particles_per_micrograph": (80, 160)},
+    "dengue-e": {"particles_per_micrograph": (150, 300)},
+    "glua3-ntd": {"particles_per_micrograph": (200, 400)},
 }
 
 
@@ -94,6 +112,15 @@ class SimulationConfig:
     particles_per_micrograph: tuple[int, int] = (100, 200)  # per 1024² field, uniform per micrograph
     min_centre_distance_fraction: float = 0.75  # of the particle diameter; <1 lets neighbours touch
     clustered_fraction: float = 0.3  # share of particles placed next to an earlier one (aggregation)
+    # decoys: particle-sized objects that are not particles (never in truth or labels; listed in `decoys`)
+    fragments_per_particle: tuple[float, float] = (0.25, 0.5)  # broken/dissociated particles, per particle
+    fragment_kept_fraction: tuple[float, float] = (0.3, 0.6)  # share of the particle's mass a fragment keeps
+    aggregates_per_particle: tuple[float, float] = (0.1, 0.3)  # amorphous protein clumps, per particle
+    aggregate_diameter_fraction: tuple[float, float] = (0.6, 1.6)  # of the particle diameter
+    aggregate_packing: tuple[float, float] = (0.3, 0.7)  # protein volume fraction inside a clump
+    ice_crystals_per_micrograph: tuple[int, int] = (0, 10)  # per 1024² field; masked as contamination
+    ice_crystal_diameter_angstrom: tuple[float, float] = (60.0, 300.0)
+    ice_crystal_thickness_angstrom: tuple[float, float] = (100.0, 500.0)
     protein_contrast_scale: float = 1.0  # multiplies the physical phase of the particles (calibration knob)
     ice_thickness_range_angstrom: tuple[float, float] = (300.0, 700.0)  # mean per micrograph
     ice_gradient_fraction: float = 0.15  # max relative thickness change across the field (linear ramp)
@@ -145,6 +172,8 @@ class SimulatedDataset:
     labels: pd.DataFrame  # micrograph, x, y: the partial picks a user would make
     particle_diameter_px: float
     structure: dict[str, Any] = field(default_factory=dict)  # provenance of the particle's atomic model
+    #: Particle-sized objects that are not particles: micrograph, x, y (image px), kind (DECOY_KINDS).
+    decoys: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["micrograph", "x", "y", "kind"]))
 
 
 # --- structures ----------------------------------------------------------------------------------------------
@@ -298,12 +327,14 @@ class _Specimen:
     phase: np.ndarray
     absorption: np.ndarray  # amplitude = exp(-absorption)
     mask: np.ndarray
+    ice_crystals: np.ndarray  # (n, 2) centres (row, col) in canvas pixels
 
 
 def _ice_and_supports(
-    rng: np.random.Generator, shape: tuple[int, int], config: SimulationConfig
+    rng: np.random.Generator, shape: tuple[int, int], config: SimulationConfig, decoy_rng: np.random.Generator,
 ) -> tuple[_Specimen, float]:
-    """Ice slab with gradient and variation, carbon edge, contamination, gold. Returns specimen, mean thickness."""
+    """Ice slab with gradient and variation, carbon edge, contamination, gold, ice crystals (drawn from
+    ``decoy_rng``). Returns specimen, mean thickness."""
     pixel = config.pixel_size_angstrom
     sigma_e = interaction_constant(config.voltage_kv)
     ny, nx = shape
@@ -371,7 +402,43 @@ def _ice_and_supports(
             inside = chord[valid] > 0
             mask[r_idx[inside], c_idx[inside]] = MASK_GOLD
 
-    return _Specimen(phase.astype(np.float32), absorption.astype(np.float32), mask), mean_thickness
+    crystals = _add_ice_crystals(decoy_rng, phase, absorption, mask, config)
+    return _Specimen(phase.astype(np.float32), absorption.astype(np.float32), mask, crystals), mean_thickness
+
+
+def _add_ice_crystals(
+    rng: np.random.Generator, phase: np.ndarray, absorption: np.ndarray, mask: np.ndarray, config: SimulationConfig
+) -> np.ndarray:
+    """Small hexagonal plates of crystalline ice (frost from transfer): dark, particle-sized, not particles.
+
+    Added in place (masked as contamination, so particles keep clear of them); returns their centres."""
+    pixel = config.pixel_size_angstrom
+    sigma_e = interaction_constant(config.voltage_kv)
+    ny, nx = mask.shape
+    area_scale = (ny * nx) / REFERENCE_FIELD_PX**2
+    low, high = config.ice_crystals_per_micrograph
+    count = int(round(rng.integers(low, high + 1) * area_scale))
+    centres = []
+    for _ in range(count):
+        radius = 0.5 * rng.uniform(*config.ice_crystal_diameter_angstrom) / pixel
+        thickness = rng.uniform(*config.ice_crystal_thickness_angstrom)
+        cy, cx = rng.uniform(0, ny), rng.uniform(0, nx)
+        turn = rng.uniform(0, np.pi / 3)
+        half = int(radius) + 3
+        y0, x0 = int(cy) - half, int(cx) - half
+        box_rows, box_cols = np.mgrid[y0 : y0 + 2 * half + 1, x0 : x0 + 2 * half + 1]
+        angle = np.arctan2(box_rows - cy, box_cols - cx) - turn
+        # Distance to a regular hexagon's edge along each direction (inradius = radius * cos 30°).
+        sector = np.mod(angle, np.pi / 3) - np.pi / 6
+        edge = radius * np.cos(np.pi / 6) / np.cos(sector)
+        inside = np.hypot(box_rows - cy, box_cols - cx) <= edge
+        valid = (box_rows >= 0) & (box_rows < ny) & (box_cols >= 0) & (box_cols < nx) & inside
+        r_idx, c_idx = box_rows[valid], box_cols[valid]
+        absorption[r_idx, c_idx] += thickness / (2.0 * ICE_CRYSTAL_MEAN_FREE_PATH)
+        phase[r_idx, c_idx] += sigma_e * ICE_MEAN_INNER_POTENTIAL_V * thickness
+        mask[r_idx, c_idx] = MASK_CONTAMINATION
+        centres.append((cy, cx))
+    return np.asarray(centres, dtype=np.float64).reshape(-1, 2)
 
 
 def _place_particles(
@@ -409,6 +476,76 @@ def _place_particles(
     return np.asarray(centres, dtype=np.float64).reshape(-1, 2)
 
 
+def _fragment_projectors(volume: np.ndarray, pixel: float, config: SimulationConfig) -> list[_Projector]:
+    """Broken copies of the particle (what is left on one side of a random plane), as projectors.
+
+    Drawn once per dataset from its own stream, so micrograph ``i`` stays the same whatever ``n_micrographs``."""
+    if config.fragments_per_particle[1] <= 0:
+        return []
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, *FRAGMENT_SEED_WORDS]))
+    side = volume.shape[0]
+    grid = np.stack(np.meshgrid(*(np.arange(side) - side // 2,) * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    mass = volume.reshape(-1).astype(np.float64)
+    projectors = []
+    for _ in range(FRAGMENT_SHAPES):
+        normal = rng.standard_normal(3)
+        normal /= np.linalg.norm(normal)
+        distance = grid @ normal
+        order = np.argsort(distance)[::-1]
+        kept_mass = np.cumsum(mass[order]) / max(mass.sum(), 1e-12)
+        target = rng.uniform(*config.fragment_kept_fraction)
+        cut = distance[order][min(int(np.searchsorted(kept_mass, target)), len(order) - 1)]
+        keep = 1.0 / (1.0 + np.exp(-(distance - cut)))  # a one-voxel soft edge: no aliasing at the break
+        fragment = (mass * keep).reshape(volume.shape)
+        # Centre the fragment on its own mass, so the listed decoy position is where the fragment is.
+        centroid = np.asarray(ndimage.center_of_mass(fragment)) - side // 2
+        fragment = ndimage.shift(fragment, -centroid, order=1, mode="constant")
+        projectors.append(_Projector(np.clip(fragment, 0.0, None).astype(np.float32), pixel))
+    return projectors
+
+
+def _aggregate_projection(
+    rng: np.random.Generator, diameter_px: float, pixel: float, protein_z_density: float, config: SimulationConfig
+) -> np.ndarray:
+    """Projected atomic number per Å² of an amorphous protein clump (denatured or aggregated protein).
+
+    An irregular lumpy ball of diameter ``aggregate_diameter_fraction`` × the particle's, filled with protein at
+    ``aggregate_packing`` of a folded protein's density (``protein_z_density``, measured on the particle's map)."""
+    size = rng.uniform(*config.aggregate_diameter_fraction) * diameter_px
+    half = int(size) + 4
+    rows, cols = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
+    stretch = rng.uniform(0.7, 1.0)  # clumps are not round
+    turn = rng.uniform(0, np.pi)
+    u = np.cos(turn) * cols + np.sin(turn) * rows
+    v = (-np.sin(turn) * cols + np.cos(turn) * rows) / stretch
+    radial = np.hypot(u, v) / (size / 2)
+    lumps = _smooth_field(rng, radial.shape, max(size / 8, 1.0))
+    shape_field = np.clip(1.0 - radial**2 + 0.3 * lumps, 0.0, None)
+    chord = size * pixel * np.sqrt(shape_field)  # Å of clump along the beam (a ball's chord, lumpy)
+    texture = np.clip(1.0 + 0.4 * _smooth_field(rng, radial.shape, 1.5), 0.0, None)
+    return (chord * texture * rng.uniform(*config.aggregate_packing) * protein_z_density).astype(np.float32)
+
+
+def _protein_z_density(volume: np.ndarray) -> float:
+    """Mean atomic number per Å³ inside the particle's envelope (voxels above a tenth of the map's peak)."""
+    inside = volume > 0.1 * float(volume.max())
+    return float(volume[inside].mean()) if inside.any() else 0.0
+
+
+@dataclass
+class _DecoySources:
+    """What a dataset's decoys are made from: broken copies of the particle and the protein's density."""
+
+    fragments: list[_Projector]
+    protein_z_density: float  # atomic number per Å³ inside the particle
+
+
+def _decoy_counts(rng: np.random.Generator, particles: int, config: SimulationConfig) -> tuple[int, int]:
+    fragments = int(round(particles * rng.uniform(*config.fragments_per_particle)))
+    aggregates = int(round(particles * rng.uniform(*config.aggregates_per_particle)))
+    return fragments, aggregates
+
+
 # --- one micrograph ------------------------------------------------------------------------------------------
 
 
@@ -417,25 +554,37 @@ class _Scene:
     clean_counts: np.ndarray  # expected counts at 100% dose, image-sized
     mask: np.ndarray
     particles: pd.DataFrame  # x, y (image pixels), angles, defocus, for centres inside the image
+    decoys: pd.DataFrame  # x, y (image pixels), kind, for centres inside the image
 
 
 def _render_scene(
     rng: np.random.Generator, projector: _Projector, diameter_px: float, config: SimulationConfig, name: str,
+    decoy_sources: _DecoySources, decoy_rng: np.random.Generator,
 ) -> _Scene:
+    """One micrograph's scene. Decoys draw from ``decoy_rng`` only, so with none asked for the scene is the
+    version-1 simulator's, bit for bit."""
     ny, nx = config.size_px
     pixel = config.pixel_size_angstrom
     margin = projector.side // 2 + 16
     canvas_shape = (fft.next_fast_len(ny + 2 * margin), fft.next_fast_len(nx + 2 * margin))
     top = (canvas_shape[0] - ny) // 2
     left = (canvas_shape[1] - nx) // 2
-    specimen, _ = _ice_and_supports(rng, canvas_shape, config)
+    specimen, _ = _ice_and_supports(rng, canvas_shape, config, decoy_rng)
 
     area_scale = (ny * nx) / REFERENCE_FIELD_PX**2
     canvas_scale = (canvas_shape[0] * canvas_shape[1]) / (ny * nx)
     per_field = rng.uniform(*config.particles_per_micrograph) * area_scale
     count = int(round(per_field * canvas_scale))
+    n_fragments, n_aggregates = _decoy_counts(decoy_rng, count, config)
+    fragments = decoy_sources.fragments
+    if not fragments:
+        n_fragments = 0
     border = projector.side / 2 + 1
-    centres = _place_particles(rng, count, specimen.mask == MASK_NONE, diameter_px, config, border)
+    # Particles and decoys share one placement (decoys sit among and against particles), then get their roles.
+    placed = _place_particles(rng, count + n_fragments + n_aggregates, specimen.mask == MASK_NONE, diameter_px,
+                              config, border)
+    roles = decoy_rng.permutation(np.repeat([0, 1, 2], [count, n_fragments, n_aggregates]))[: len(placed)]
+    centres = placed[roles == 0]
     rotations = Rotation.random(len(centres), random_state=rng) if len(centres) else None
 
     particle_phase = np.zeros(canvas_shape, dtype=np.float32)
@@ -449,7 +598,21 @@ def _render_scene(
             particle_phase[row - half : row - half + projector.side, col - half : col - half + projector.side] += (
                 projection
             )
-        particle_phase *= phase_per_atomic_number(config.voltage_kv) * config.protein_contrast_scale
+    half = projector.side // 2
+    for fragment_centre in placed[roles == 1]:
+        fragment = fragments[int(decoy_rng.integers(len(fragments)))]
+        row, col = np.floor(fragment_centre).astype(int)
+        shift = (fragment_centre - np.floor(fragment_centre))[::-1][None, :]
+        image = fragment.project(Rotation.random(random_state=decoy_rng).as_matrix()[None], shift)[0]
+        particle_phase[row - half : row - half + fragment.side, col - half : col - half + fragment.side] += image
+    for clump_centre in placed[roles == 2]:
+        clump = _aggregate_projection(decoy_rng, diameter_px, pixel, decoy_sources.protein_z_density, config)
+        row, col = np.floor(clump_centre).astype(int)
+        h = clump.shape[0] // 2
+        r0, c0 = max(row - h, 0), max(col - h, 0)
+        r1, c1 = min(row + h + 1, canvas_shape[0]), min(col + h + 1, canvas_shape[1])
+        particle_phase[r0:r1, c0:c1] += clump[r0 - (row - h) : r1 - (row - h), c0 - (col - h) : c1 - (col - h)]
+    particle_phase *= phase_per_atomic_number(config.voltage_kv) * config.protein_contrast_scale
 
     amplitude_contrast_ratio = config.amplitude_contrast / math.sqrt(1.0 - config.amplitude_contrast**2)
     phase = specimen.phase + particle_phase
@@ -488,7 +651,12 @@ def _render_scene(
         }
     )
     mask = specimen.mask[top : top + ny, left : left + nx].copy()
-    return _Scene(clean.astype(np.float32), mask, particles)
+    kinds = np.concatenate([np.where(roles[roles > 0] == 1, DECOY_KINDS[0], DECOY_KINDS[1]),
+                            np.full(len(specimen.ice_crystals), DECOY_KINDS[2])]).astype(str)
+    where = np.concatenate([placed[roles > 0], specimen.ice_crystals]) - np.array([top, left])
+    inside = (where[:, 0] >= 0) & (where[:, 0] <= ny - 1) & (where[:, 1] >= 0) & (where[:, 1] <= nx - 1)
+    decoys = pd.DataFrame({"micrograph": name, "x": where[inside, 1], "y": where[inside, 0], "kind": kinds[inside]})
+    return _Scene(clean.astype(np.float32), mask, particles, decoys)
 
 
 def _dose_increments(
@@ -540,6 +708,18 @@ def _validate(config: SimulationConfig) -> None:
         (config.particles_per_micrograph[0] <= config.particles_per_micrograph[1], "particles range reversed"),
         (0 < config.labelled_fraction[0] <= config.labelled_fraction[1] <= 1, "labelled_fraction in (0, 1]"),
         (config.readout_noise_counts >= 0, "readout_noise_counts must be >= 0"),
+        (0 <= config.fragments_per_particle[0] <= config.fragments_per_particle[1],
+         "fragments_per_particle must be a range (low <= high) of values >= 0"),
+        (0 < config.fragment_kept_fraction[0] <= config.fragment_kept_fraction[1] < 1,
+         "fragment_kept_fraction must be a range inside (0, 1)"),
+        (0 <= config.aggregates_per_particle[0] <= config.aggregates_per_particle[1],
+         "aggregates_per_particle must be a range (low <= high) of values >= 0"),
+        (0 < config.aggregate_diameter_fraction[0] <= config.aggregate_diameter_fraction[1],
+         "aggregate_diameter_fraction must be a range of values > 0"),
+        (0 < config.aggregate_packing[0] <= config.aggregate_packing[1] <= 1,
+         "aggregate_packing must be a range inside (0, 1]"),
+        (0 <= config.ice_crystals_per_micrograph[0] <= config.ice_crystals_per_micrograph[1],
+         "ice_crystals_per_micrograph must be a range (low <= high) of counts >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -614,6 +794,8 @@ def simulate(
     density, voxel, provenance = load_structure(config.preset)
     volume = _resample_volume(density, voxel, config.pixel_size_angstrom)
     projector = _Projector(volume, config.pixel_size_angstrom)
+    decoy_sources = _DecoySources(_fragment_projectors(volume, config.pixel_size_angstrom, config),
+                                  _protein_z_density(volume))
     diameter_px = float(provenance["diameter_angstrom"]) / config.pixel_size_angstrom
     fractions = _sorted_fractions(config)
     pixel = config.pixel_size_angstrom
@@ -623,10 +805,12 @@ def simulate(
     masks: list[np.ndarray] = []
     truths: list[pd.DataFrame] = []
     labels: list[pd.DataFrame] = []
+    decoys: list[pd.DataFrame] = []
     names = micrograph_names(config.n_micrographs)
     for index, name in enumerate(names):
         scene_seed, noise_seed, label_seed, _ = _seeds(config, index)
-        scene = _render_scene(np.random.default_rng(scene_seed), projector, diameter_px, config, name)
+        scene = _render_scene(np.random.default_rng(scene_seed), projector, diameter_px, config, name, decoy_sources,
+                              np.random.default_rng(scene_seed.spawn(1)[0]))
         increments = _dose_increments(scene.clean_counts, fractions, config, np.random.default_rng(noise_seed))
         total = np.zeros(config.size_px, dtype=np.int64)
         for fraction, (positive, negative) in zip(fractions, increments, strict=True):
@@ -635,6 +819,7 @@ def simulate(
         clean_images.append(Micrograph(scene.clean_counts, pixel, name))
         masks.append(scene.mask)
         truths.append(scene.particles)
+        decoys.append(scene.decoys)
         labels.append(_partial_labels(np.random.default_rng(label_seed), scene.particles, diameter_px, config))
         if progress is not None:
             progress(index + 1, len(names))
@@ -648,6 +833,7 @@ def simulate(
         labels=pd.concat(labels, ignore_index=True),
         particle_diameter_px=diameter_px,
         structure=provenance,
+        decoys=pd.concat(decoys, ignore_index=True),
     )
 
 
@@ -715,8 +901,8 @@ def write_dataset(dataset: SimulatedDataset, out_dir: Path, overwrite: bool = Fa
 
     ``OUT/dose_100/ dose_060/ dose_020/ dose_010/`` hold ``mic_NNNN.mrc`` (counts, pixel size in the header);
     ``OUT/clean/``, ``OUT/masks/`` (uint8 values written as float), ``OUT/truth.star``, ``OUT/labels.star``,
-    ``OUT/simulation.yaml``; with ``frames > 0`` also ``OUT/frames/mic_NNNN.mrcs``. Every file is written
-    atomically.
+    ``OUT/decoys.csv`` (objects that are not particles), ``OUT/simulation.yaml``; with ``frames > 0`` also
+    ``OUT/frames/mic_NNNN.mrcs``. Every file is written atomically.
     """
     import starfile
     import yaml
@@ -743,6 +929,8 @@ def write_dataset(dataset: SimulatedDataset, out_dir: Path, overwrite: bool = Fa
     for filename, table, with_truth in (("truth.star", dataset.truth, True), ("labels.star", dataset.labels, False)):
         with atomic_path(out_dir / filename, overwrite=True) as tmp:
             starfile.write(_star_table(table, with_truth), tmp, overwrite=True)
+    with atomic_path(out_dir / "decoys.csv", overwrite=True) as tmp:
+        dataset.decoys[["micrograph", "x", "y", "kind"]].to_csv(tmp, index=False, float_format="%.3f")
     summary = {
         "config": dataset.config.to_dict(),
         "particle_diameter_px": round(dataset.particle_diameter_px, 3),
@@ -752,6 +940,7 @@ def write_dataset(dataset: SimulatedDataset, out_dir: Path, overwrite: bool = Fa
         "structure": dataset.structure,
         "n_truth_particles": len(dataset.truth),
         "n_labels": len(dataset.labels),
+        "n_decoys": {kind: int((dataset.decoys["kind"] == kind).sum()) for kind in DECOY_KINDS},
     }
     with atomic_path(out_dir / "simulation.yaml", overwrite=True) as tmp:
         tmp.write_text(yaml.safe_dump(summary, sort_keys=False, allow_unicode=True))
@@ -793,4 +982,5 @@ def simulate_to_folder(
     write_dataset(dataset, out_dir, overwrite=overwrite, frames=frames)
     return (f"wrote {n_micrographs} micrograph(s) x {len(dataset.micrographs)} doses to {out_dir}: "
             f"{len(dataset.truth)} particles (diameter {dataset.particle_diameter_px:.0f} px), "
-            f"{len(dataset.labels)} labelled in labels.star")
+            f"{len(dataset.labels)} labelled in labels.star, {len(dataset.decoys)} decoys (not particles) in "
+            "decoys.csv")

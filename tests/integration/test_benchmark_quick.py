@@ -66,6 +66,18 @@ def test_tiny_profile_writes_tables_with_every_method_and_resumes(tmp_path: Path
     assert ap_rows["rows"]["cryojoint joint (default)"][0] == pytest.approx(
         (joint["picking"]["average_precision"] + replicate["picking"]["average_precision"]) / 2)
 
+    # A cell computed on other data (e.g. before the simulator changed) is never shown: it is recomputed.
+    assert joint["dataset"] == bench._dataset_key("ribosome", bench.PROFILES["tiny"])
+    blob_path = cache / "tiny" / "cells" / "ribosome" / "020" / "floor-blob.json"
+    stale = json.loads(blob_path.read_text())
+    blob_path.write_text(json.dumps({**stale, "dataset": "ribosome-older-simulator", "picking": {
+        **stale["picking"], "average_precision": -1.0}}))
+    notes: list[str] = []
+    redone = bench.run_benchmark("tiny", out, cache, skip_topaz=True, write_html=False, log=notes.append,
+                                 only=["floor-blob"])
+    assert redone["cells"]["ribosome/020/floor-blob"]["picking"] == blob["picking"]
+    assert any("computed on other data" in note for note in notes)
+
 
 @pytest.mark.slow
 def test_quick_profile_runs_topaz_beside_cryojoint(tmp_path: Path, topaz_launcher: Path) -> None:

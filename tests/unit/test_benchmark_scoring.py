@@ -99,3 +99,16 @@ def test_real_dose_data_reads_its_own_folder_and_has_no_masks(tmp_path: Path) ->
                           image_dir=tmp_path / "micrographs", has_denoising_truth=False)
     assert data.test_mrcs == [tmp_path / "micrographs" / "b.mrc"]
     assert data.masks() is None
+
+
+def test_the_data_key_follows_every_simulation_setting_and_the_simulator_version(monkeypatch) -> None:
+    """Changed simulator defaults or code give a new data folder, never the stale cached one."""
+    import benchmarks.suite.datasets as datasets
+
+    standard = bench.PROFILES["standard"]
+    before = bench._dataset_key("ribosome", standard)
+    assert before == bench._dataset_key("ribosome", standard)
+    changed = dataclasses.replace(standard, simulation_changes={"aggregates_per_particle": (0.0, 0.0)})
+    assert bench._dataset_key("ribosome", changed) != before
+    monkeypatch.setattr(datasets, "SIMULATOR_VERSION", datasets.SIMULATOR_VERSION + 1)
+    assert bench._dataset_key("ribosome", standard) != before

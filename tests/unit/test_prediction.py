@@ -197,27 +197,46 @@ def test_confident_candidates_keep_their_ranking_in_files(tmp_path) -> None:
         assert back[["x", "y"]].to_numpy().tolist() == [[40, 30], [20, 50], [10, 10]]
 
 
-def test_an_untrained_denoiser_does_not_make_the_image_worse() -> None:
-    """Where the network has learned nothing, the posterior mean falls back to the input: its FRC with the clean
-    image is not below the raw input's (the uncalibrated posterior mean of the same network is, by far)."""
+@pytest.mark.parametrize("preset", ["ruvb", "ribosome"])
+def test_an_untrained_denoiser_does_not_make_the_image_worse(preset: str) -> None:
+    """Where the network has learned nothing, the calibrated posterior mean is no further from the clean image
+    than the raw input (mean squared error, what SURE guarantees), on every micrograph, while the network's own
+    posterior mean is further on some.
+
+    Not asserted, because it does not hold: the FRC with the clean image. An untrained prior mean carries wrong
+    content at low frequencies, and the MSE-best shrinkage, which mostly removes high-frequency noise, lets
+    some of it in: FRC fell below the raw input's on 5 of these 8 micrographs (by up to 0.17 where particles
+    are the only structure), before and after the simulator's decoys. Trained models stay above raw in the
+    benchmark's FRC table.
+    """
     from cryojoint.data import estimate_noise_std
-    from cryojoint.evaluation import frc_score
     from cryojoint.imaging import normalise
     from cryojoint.models.unet import posterior_mean
     from cryojoint.simulation import simulate
 
-    data = simulate(n_micrographs=1, size=256, seed=4, preset="ruvb")  # the second structure, 10 % dose
-    raw = normalise(data.micrographs["dose_010"][0].data)
-    clean = data.clean[0].data
-    model = _narrow_model()
-    model.network.denoiser.initialise_noise_std(estimate_noise_std([raw]))
-    result = run_network_on_image(model.network, raw, model.config)
-    raw_score, denoised_score = frc_score(raw, clean), frc_score(result.denoised, clean)
-    # SURE minimises the whole-image error, which weighs rings unlike the FRC band mean: equal within 0.01.
-    assert denoised_score >= raw_score - 0.01
-    uncalibrated = posterior_mean(*(torch.from_numpy(a) for a in (raw, result.prior_mean, result.prior_var)),
-                                  torch.tensor(result.noise_var)).numpy()
-    assert frc_score(uncalibrated, clean) < raw_score - 0.02
+    uncalibrated_worse = 0
+    for seed in (4, 5, 6, 7):
+        data = simulate(n_micrographs=1, size=256, seed=seed, preset=preset)  # 10 % dose
+        raw = normalise(data.micrographs["dose_010"][0].data)
+        # The clean image in the raw input's units: least-squares affine fit (the noise is independent of it).
+        clean = data.clean[0].data.astype(np.float64)
+        design = np.stack([clean.ravel(), np.ones(clean.size)], axis=1)
+        fit = np.linalg.lstsq(design, raw.ravel().astype(np.float64), rcond=None)[0]
+        truth = (design @ fit).reshape(clean.shape)
+        model = _narrow_model()
+        model.network.denoiser.initialise_noise_std(estimate_noise_std([raw]))
+        result = run_network_on_image(model.network, raw, model.config)
+
+        def mse(image: np.ndarray, truth: np.ndarray = truth) -> float:
+            return float(np.mean((image - truth) ** 2))
+
+        uncalibrated = posterior_mean(*(torch.from_numpy(a) for a in (raw, result.prior_mean, result.prior_var)),
+                                      torch.tensor(result.noise_var)).numpy()
+        # No worse than either extreme SURE chooses between (the input itself, the network's own posterior mean),
+        # up to SURE's estimation error; the network's own is worse than the input on some micrographs.
+        assert mse(result.denoised) <= min(mse(raw), 1.02 * mse(uncalibrated)), seed
+        uncalibrated_worse += mse(uncalibrated) > mse(raw)
+    assert uncalibrated_worse >= 1
 
 
 def test_a_good_prior_keeps_its_gain() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
 import starfile
 import yaml
@@ -59,7 +60,8 @@ def test_dataset_shapes_and_keys(dataset):
 
 
 def test_truth_sits_on_particle_signal(dataset):
-    """The clean image differs from its smooth background more at truth centres than at random points."""
+    """The clean image differs from its smooth background more at truth centres than at random points of empty
+    ice (a diameter from every particle and decoy)."""
     from scipy import ndimage
 
     rng = np.random.default_rng(0)
@@ -70,7 +72,12 @@ def test_truth_sits_on_particle_signal(dataset):
         detail = ndimage.gaussian_filter(np.abs(image - ndimage.gaussian_filter(image, 2 * radius)), radius / 3)
         rows = dataset.truth[dataset.truth["micrograph"] == clean.name]
         at_truth += [detail[int(round(y)), int(round(x))] for x, y in rows[["x", "y"]].to_numpy()]
-        free = np.argwhere(ndimage.binary_erosion(mask == MASK_NONE, iterations=int(radius)))
+        objects = np.ones_like(mask, dtype=bool)
+        for table in (rows, dataset.decoys[dataset.decoys["micrograph"] == clean.name]):
+            objects[np.clip(table["y"].to_numpy().astype(int), 0, mask.shape[0] - 1),
+                    np.clip(table["x"].to_numpy().astype(int), 0, mask.shape[1] - 1)] = False
+        empty = ndimage.distance_transform_edt(objects) > 2 * radius
+        free = np.argwhere(ndimage.binary_erosion(mask == MASK_NONE, iterations=int(radius)) & empty)
         picks = free[rng.choice(len(free), size=200)]
         at_random += [detail[r, c] for r, c in picks]
     assert len(at_truth) > 10
@@ -163,10 +170,118 @@ def test_write_dataset_layout(dataset, tmp_path: Path):
     assert truth["rlnMicrographName"].iloc[0] == "mic_0000.mrc"
     labels = starfile.read(out / "labels.star")
     np.testing.assert_allclose(labels["rlnCoordinateX"], dataset.labels["x"], atol=1e-4)
+    decoys = pd.read_csv(out / "decoys.csv")
+    assert list(decoys.columns) == ["micrograph", "x", "y", "kind"] and len(decoys) == len(dataset.decoys)
     summary = yaml.safe_load((out / "simulation.yaml").read_text())
+    assert sum(summary["n_decoys"].values()) == len(dataset.decoys)
     assert summary["config"]["seed"] == 3
     assert summary["particle_diameter_px"] == pytest.approx(dataset.particle_diameter_px, abs=1e-3)
     assert not list(out.rglob("*.part"))
     with pytest.raises(UserInputError):
         write_dataset(dataset, out)  # not empty, no overwrite
     write_dataset(dataset, out, overwrite=True)
+
+
+@pytest.fixture(scope="module")
+def crowded():
+    """Dense ribosome field with decoys of every kind (counts scaled up so a small field holds them)."""
+    config = SimulationConfig.for_preset(
+        "ribosome", n_micrographs=2, size_px=(384, 384), seed=5, carbon_probability=0.0, gold_probability=0.0,
+        contamination_per_micrograph=(0, 0), ice_crystals_per_micrograph=(20, 20),
+        fragments_per_particle=(0.5, 0.5), aggregates_per_particle=(0.3, 0.3),
+    )
+    return simulate(config=config)
+
+
+def test_decoys_are_listed_and_never_truth_or_labels(crowded):
+    kinds = crowded.decoys["kind"].value_counts().to_dict()
+    assert set(kinds) == {"fragment", "aggregate", "ice_crystal"}
+    # Roughly the asked share of each kind among the placed objects (placement may fall short of the count).
+    assert 0.3 < kinds["fragment"] / len(crowded.truth) < 0.8
+    assert 0.1 < kinds["aggregate"] / len(crowded.truth) < 0.5
+    radius = crowded.particle_diameter_px / 2
+    for table in (crowded.truth, crowded.labels):
+        for name, rows in table.groupby("micrograph"):
+            decoys = crowded.decoys[(crowded.decoys["micrograph"] == name) & (crowded.decoys["kind"] != "ice_crystal")]
+            distance = np.hypot(rows["x"].to_numpy()[:, None] - decoys["x"].to_numpy()[None, :],
+                                rows["y"].to_numpy()[:, None] - decoys["y"].to_numpy()[None, :])
+            # Decoys share the particles' placement: never on top of a particle (at least 0.75 diameters).
+            assert distance.min() >= 0.75 * 2 * radius - 1e-6
+
+
+def test_decoys_have_signal_and_fragments_less_than_particles(crowded):
+    """Fragments keep part of the particle's mass, clumps are protein, crystals are dark and masked."""
+    from scipy import ndimage
+
+    strength: dict[str, list[float]] = {"particle": [], "fragment": [], "aggregate": [], "ice_crystal": []}
+    radius = crowded.particle_diameter_px / 2
+    for clean, mask in zip(crowded.clean, crowded.masks, strict=True):
+        image = clean.data.astype(np.float64)
+        detail = np.sqrt(ndimage.uniform_filter((image - ndimage.gaussian_filter(image, 2 * radius)) ** 2,
+                                                int(radius)))
+        ny, nx = image.shape
+
+        def at(table, detail=detail, ny=ny, nx=nx):
+            inner = table[(table["x"] > radius) & (table["x"] < nx - radius) & (table["y"] > radius)
+                          & (table["y"] < ny - radius)]
+            return [detail[int(y), int(x)] for x, y in inner[["x", "y"]].to_numpy()]
+
+        strength["particle"] += at(crowded.truth[crowded.truth["micrograph"] == clean.name])
+        for kind in ("fragment", "aggregate", "ice_crystal"):
+            rows = crowded.decoys[(crowded.decoys["micrograph"] == clean.name) & (crowded.decoys["kind"] == kind)]
+            strength[kind] += at(rows)
+            if kind == "ice_crystal":
+                inside = rows[(rows["x"] >= 0) & (rows["y"] >= 0)]
+                assert all(mask[int(y), int(x)] > 0 for x, y in inside[["x", "y"]].to_numpy())
+        # Background: free pixels at least a diameter from every particle and decoy centre.
+        objects = np.concatenate([table.loc[table["micrograph"] == clean.name, ["y", "x"]].to_numpy()
+                                  for table in (crowded.truth, crowded.decoys)])
+        empty = np.ones_like(mask, dtype=bool)
+        empty[np.clip(objects[:, 0].astype(int), 0, ny - 1), np.clip(objects[:, 1].astype(int), 0, nx - 1)] = False
+        far = ndimage.distance_transform_edt(empty) > 2 * radius
+        strength["background"] = [*strength.get("background", []), *detail[far & (mask == MASK_NONE)].tolist()]
+    median = {kind: float(np.median(values)) for kind, values in strength.items()}
+    assert median["background"] < median["fragment"] < median["particle"]
+    assert median["aggregate"] > median["background"] and median["ice_crystal"] > median["particle"]
+
+
+def test_decoys_can_be_switched_off_and_bad_ranges_are_refused():
+    config = SimulationConfig.for_preset("ruvb", n_micrographs=1, size_px=(128, 128), seed=2,
+                                         fragments_per_particle=(0, 0), aggregates_per_particle=(0, 0),
+                                         ice_crystals_per_micrograph=(0, 0))
+    assert simulate(config=config).decoys.empty
+    for change in ({"fragments_per_particle": (0.5, 0.2)}, {"fragment_kept_fraction": (0.0, 0.5)},
+                   {"aggregate_packing": (0.5, 1.5)}, {"ice_crystals_per_micrograph": (3, 1)}):
+        with pytest.raises(UserInputError):
+            simulate(config=dataclasses.replace(config, **change))
+
+
+@pytest.mark.parametrize("preset", ["barrel", "dengue-e", "glua3-ntd"])
+def test_every_new_preset_simulates_with_its_own_size(preset):
+    data = simulate(n_micrographs=1, size=160, seed=0, preset=preset)
+    expected_px = {"barrel": 298 / 5.3, "dengue-e": 179 / 5.3, "glua3-ntd": 129 / 5.3}[preset]
+    assert data.particle_diameter_px == pytest.approx(expected_px, rel=0.02)
+    assert data.structure["pdb_id"] and data.structure["licence"].startswith("CC0")
+    assert len(data.truth) >= 1
+
+
+def test_without_decoys_the_scene_is_the_version_1_simulators_bit_for_bit():
+    """Decoys draw from a stream of their own: switched off, the micrographs, clean images, truth and labels are
+    those of the simulator before them (hash of the output of commit 177015e for this configuration), so the
+    tables measured on version-1 data (benchmark profile ``standard-v1``) stay reproducible."""
+    import hashlib
+
+    config = SimulationConfig.for_preset(
+        "ruvb", n_micrographs=2, size_px=(160, 200), seed=7, carbon_probability=1.0,
+        fragments_per_particle=(0, 0), aggregates_per_particle=(0, 0), ice_crystals_per_micrograph=(0, 0))
+    data = simulate(config=config)
+    digest = hashlib.sha256()
+    for key in sorted(data.micrographs):
+        for image in data.micrographs[key]:
+            digest.update(image.data.tobytes())
+    for image in data.clean:
+        digest.update(image.data.tobytes())
+    digest.update(data.truth[["x", "y"]].to_numpy().tobytes())
+    digest.update(data.labels[["x", "y"]].to_numpy().tobytes())
+    assert digest.hexdigest() == "cbc5b05a8a099503925039eeada91f19d881b00893386de8c93e5518b6784311"
+    assert data.decoys.empty
