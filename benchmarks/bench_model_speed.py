@@ -280,12 +280,14 @@ def _simulated(cache: Path, shape: tuple[int, int], count: int, log: Callable[[s
                label_whole_micrograph: bool = False) -> Path:
     """Simulate ``count`` micrographs of ``shape`` once (cached by their settings); returns the data folder."""
     from cryojoint.io.coords import write_coordinates
-    from cryojoint.simulation import SimulationConfig, simulate, write_dataset
+    from cryojoint.simulation import SIMULATOR_VERSION, SimulationConfig, simulate, write_dataset
 
     changes = {"label_region_px": None} if label_whole_micrograph else {}
     config = SimulationConfig.for_preset(PRESET, seed=DATA_SEED, n_micrographs=count, size_px=shape,
                                          dose_fractions=SIMULATED_DOSES, **changes)
-    digest = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    # Keyed on the simulator's version too: the same settings give other micrographs after a simulator change.
+    settings = {**config.to_dict(), "simulator_version": SIMULATOR_VERSION}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     folder = cache / "data" / f"{PRESET}-{shape[0]}x{shape[1]}px-{count}mic-seed{DATA_SEED}-{digest}"
     marker = folder / "speed_dataset.json"
     if marker.exists():
