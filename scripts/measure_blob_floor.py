@@ -35,7 +35,7 @@ import pandas as pd
 from cryojoint.baselines import blob_pick
 from cryojoint.io.mrc import read_micrograph
 from cryojoint.metrics.picking import picking_metrics
-from cryojoint.simulation import SimulationConfig, list_presets, simulate
+from cryojoint.simulation import NO_DECOYS, SimulationConfig, list_presets, simulate
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -44,8 +44,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 MEASURE_SEED = 101
 #: The real set's filtered border (no truth within 32 binned px of an edge).
 REAL_BORDER_PX = 32.0
-NO_DECOYS = {"fragments_per_particle": (0.0, 0.0), "aggregates_per_particle": (0.0, 0.0),
-             "ice_crystals_per_micrograph": (0, 0)}
 
 
 def floor(images: dict[str, np.ndarray], truth: pd.DataFrame, diameter_px: float, border_px: float = 0.0) -> dict:

@@ -74,6 +74,9 @@ FRAGMENT_SHAPES = 3
 FRAGMENT_SEED_WORDS = (0, 1)
 #: Kinds of decoy recorded in ``SimulatedDataset.decoys``.
 DECOY_KINDS = ("fragment", "aggregate", "ice_crystal")
+#: SimulationConfig changes that switch every decoy off: the version-1 scene, bit for bit.
+NO_DECOYS: dict[str, Any] = {"fragments_per_particle": (0.0, 0.0), "aggregates_per_particle": (0.0, 0.0),
+                             "ice_crystals_per_micrograph": (0, 0)}
 #: The binned micrograph size at which region sizes and particle counts are quoted.
 REFERENCE_FIELD_PX = 1024
 #: RELION-style names of the dose folders: dose fraction 0.1 -> "dose_010".
@@ -576,9 +579,7 @@ def _render_scene(
     per_field = rng.uniform(*config.particles_per_micrograph) * area_scale
     count = int(round(per_field * canvas_scale))
     n_fragments, n_aggregates = _decoy_counts(decoy_rng, count, config)
-    fragments = decoy_sources.fragments
-    if not fragments:
-        n_fragments = 0
+    fragments = decoy_sources.fragments  # empty exactly when no fragments are asked for (n_fragments is 0)
     border = projector.side / 2 + 1
     # Particles and decoys share one placement (decoys sit among and against particles), then get their roles.
     placed = _place_particles(rng, count + n_fragments + n_aggregates, specimen.mask == MASK_NONE, diameter_px,

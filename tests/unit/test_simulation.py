@@ -17,6 +17,7 @@ from cryojoint.errors import UserInputError
 from cryojoint.io.mrc import read_micrograph
 from cryojoint.simulation import (
     MASK_NONE,
+    NO_DECOYS,
     SimulationConfig,
     dose_frames,
     list_presets,
@@ -34,6 +35,18 @@ def dataset():
         carbon_probability=1.0, labelled_fraction=(1.0, 1.0),
     )
     return simulate(config=config)
+
+
+def _far_from_objects(data, name: str, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels of micrograph ``name`` at least a particle diameter from every particle and decoy centre."""
+    from scipy import ndimage
+
+    centres = np.concatenate([table.loc[table["micrograph"] == name, ["y", "x"]].to_numpy()
+                              for table in (data.truth, data.decoys)])
+    empty = np.ones(shape, dtype=bool)
+    empty[np.clip(centres[:, 0].astype(int), 0, shape[0] - 1), np.clip(centres[:, 1].astype(int), 0, shape[1] - 1)] = (
+        False)
+    return ndimage.distance_transform_edt(empty) > data.particle_diameter_px
 
 
 def _psnr(image: np.ndarray, reference: np.ndarray, fraction: float) -> float:
@@ -72,11 +85,7 @@ def test_truth_sits_on_particle_signal(dataset):
         detail = ndimage.gaussian_filter(np.abs(image - ndimage.gaussian_filter(image, 2 * radius)), radius / 3)
         rows = dataset.truth[dataset.truth["micrograph"] == clean.name]
         at_truth += [detail[int(round(y)), int(round(x))] for x, y in rows[["x", "y"]].to_numpy()]
-        objects = np.ones_like(mask, dtype=bool)
-        for table in (rows, dataset.decoys[dataset.decoys["micrograph"] == clean.name]):
-            objects[np.clip(table["y"].to_numpy().astype(int), 0, mask.shape[0] - 1),
-                    np.clip(table["x"].to_numpy().astype(int), 0, mask.shape[1] - 1)] = False
-        empty = ndimage.distance_transform_edt(objects) > 2 * radius
+        empty = _far_from_objects(dataset, clean.name, mask.shape)
         free = np.argwhere(ndimage.binary_erosion(mask == MASK_NONE, iterations=int(radius)) & empty)
         picks = free[rng.choice(len(free), size=200)]
         at_random += [detail[r, c] for r, c in picks]
@@ -234,11 +243,7 @@ def test_decoys_have_signal_and_fragments_less_than_particles(crowded):
                 inside = rows[(rows["x"] >= 0) & (rows["y"] >= 0)]
                 assert all(mask[int(y), int(x)] > 0 for x, y in inside[["x", "y"]].to_numpy())
         # Background: free pixels at least a diameter from every particle and decoy centre.
-        objects = np.concatenate([table.loc[table["micrograph"] == clean.name, ["y", "x"]].to_numpy()
-                                  for table in (crowded.truth, crowded.decoys)])
-        empty = np.ones_like(mask, dtype=bool)
-        empty[np.clip(objects[:, 0].astype(int), 0, ny - 1), np.clip(objects[:, 1].astype(int), 0, nx - 1)] = False
-        far = ndimage.distance_transform_edt(empty) > 2 * radius
+        far = _far_from_objects(crowded, clean.name, mask.shape)
         strength["background"] = [*strength.get("background", []), *detail[far & (mask == MASK_NONE)].tolist()]
     median = {kind: float(np.median(values)) for kind, values in strength.items()}
     assert median["background"] < median["fragment"] < median["particle"]
@@ -246,9 +251,7 @@ def test_decoys_have_signal_and_fragments_less_than_particles(crowded):
 
 
 def test_decoys_can_be_switched_off_and_bad_ranges_are_refused():
-    config = SimulationConfig.for_preset("ruvb", n_micrographs=1, size_px=(128, 128), seed=2,
-                                         fragments_per_particle=(0, 0), aggregates_per_particle=(0, 0),
-                                         ice_crystals_per_micrograph=(0, 0))
+    config = SimulationConfig.for_preset("ruvb", n_micrographs=1, size_px=(128, 128), seed=2, **NO_DECOYS)
     assert simulate(config=config).decoys.empty
     for change in ({"fragments_per_particle": (0.5, 0.2)}, {"fragment_kept_fraction": (0.0, 0.5)},
                    {"aggregate_packing": (0.5, 1.5)}, {"ice_crystals_per_micrograph": (3, 1)}):
@@ -272,8 +275,7 @@ def test_without_decoys_the_scene_is_the_version_1_simulators_bit_for_bit():
     import hashlib
 
     config = SimulationConfig.for_preset(
-        "ruvb", n_micrographs=2, size_px=(160, 200), seed=7, carbon_probability=1.0,
-        fragments_per_particle=(0, 0), aggregates_per_particle=(0, 0), ice_crystals_per_micrograph=(0, 0))
+        "ruvb", n_micrographs=2, size_px=(160, 200), seed=7, carbon_probability=1.0, **NO_DECOYS)
     data = simulate(config=config)
     digest = hashlib.sha256()
     for key in sorted(data.micrographs):
