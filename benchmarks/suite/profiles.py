@@ -123,7 +123,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "quick": Profile(
         "quick", ("ribosome",), 6, 2, 512, ("020",), _modes(["default"], ["joint", "detect-only"]), 300, 50,
-        100, 50, {"particles_per_micrograph": (300, 400), "label_region_px": 500},
+        100, 50, {"particles_per_micrograph": (300, 400), "label_region_px": 1024},
         description="CI size: 6+2 micrographs at 512², denser particles and a larger label region so the "
                     "labels suffice, one dose, 300 steps",
     ),
