@@ -95,6 +95,13 @@ class DataConfig:
     label_completeness: float = 0.6
     validation_fraction: float = 0.2  # share of labels (micrographs or regions) held out
     downsample: int = 1  # bin micrographs by this factor before the network sees them
+    # Flatten the ice before the network: subtract a Gaussian-smoothed copy of each normalised micrograph (sigma =
+    # this many particle diameters; gold and contamination clipped first, imaging.smooth_background) and add it
+    # back to the denoised image. Real exposures carry gradients across the hole; a model trained on picks in one
+    # region of one (fei-extended, 27 hand picks) picked almost nothing on the brighter, thinner ice of the same
+    # micrograph, and all over it once the input was flattened (benchmarks/README.md, session 11). None: off
+    # (the paper's input).
+    background_sigma_diameters: float | None = None
 
 
 @dataclass
@@ -312,6 +319,8 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (0.0 <= config.train.weight_averaging_half_life < 1.0, "train.weight_averaging_half_life must be in [0, 1)"),
         (config.loss.ge_form in ("kl", "cross-entropy"), "loss.ge_form must be kl or cross-entropy"),
         (config.loss.sigma_regulariser >= 0, "loss.sigma_regulariser must be >= 0"),
+        (config.data.background_sigma_diameters is None or config.data.background_sigma_diameters > 0,
+         "data.background_sigma_diameters must be > 0 (or null: no flattening)"),
         (config.train.learning_rate > 0, "train.learning_rate must be > 0"),
         (config.train.detector_learning_rate is None or config.train.detector_learning_rate > 0,
          "train.detector_learning_rate must be > 0 (or null: the same as learning_rate)"),

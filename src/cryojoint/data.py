@@ -16,7 +16,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from cryojoint.config import DataConfig, LossConfig
 from cryojoint.errors import UserInputError
-from cryojoint.imaging import MAD_TO_STD, bin_image, normalise, to_binned_coordinates
+from cryojoint.imaging import MAD_TO_STD, bin_image, flatten_background, normalise, to_binned_coordinates
 from cryojoint.io.coords import check_inside, check_names_match
 from cryojoint.io.mrc import Micrograph, read_micrograph
 from cryojoint.picking import estimate_particle_diameter
@@ -226,6 +226,9 @@ def prepare_data(
         )
         notes.append(f"expected particles per micrograph estimated from the label density: {expected:.0f} "
                      f"(assuming {completeness:.0%} of the particles in the labelled regions are labelled)")
+    if data_config.background_sigma_diameters is not None:
+        for im in images:
+            im.image, _ = flatten_background(im.image, data_config.background_sigma_diameters * diameter)
     label_sigma = max(loss_config.label_sigma_fraction * diameter / 2, 1.0)
     for im in images:
         im.target = soft_label_map(im.image.shape, im.picks_xy, label_sigma)

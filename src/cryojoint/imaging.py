@@ -7,6 +7,8 @@ these.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import DTypeLike
 
@@ -46,6 +48,62 @@ def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
     ny, nx = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
     blocks = image[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
     return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
+
+
+#: Pixels of a normalised image (robust sd 1) beyond this many sds are clipped before the background is smoothed:
+#: gold beads and contamination (tens of sds) would otherwise spread into their surroundings; particles (0.04-0.7
+#: sd per pixel, docs/simulation.md) are untouched.
+BACKGROUND_CLIP_SD = 3.0
+#: The smoothing runs on an image binned to about this many pixels per sigma (exactness is not needed for a
+#: background several particles wide, and a 100 px Gaussian at full size would cost seconds per micrograph).
+BACKGROUND_PX_PER_SIGMA = 4.0
+
+
+def smooth_background(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """The image's variation on scales of several particles (ice thickness, gradients across the hole), float32.
+
+    ``image`` is normalised (median 0, robust sd 1). A Gaussian of ``sigma_px`` over a copy clipped at
+    :data:`BACKGROUND_CLIP_SD`, computed on a binned copy and interpolated back to the image's shape.
+    """
+    from scipy import ndimage
+
+    if sigma_px <= 0:
+        raise ValueError(f"sigma_px must be > 0, got {sigma_px}")
+    factor = max(1, min(int(sigma_px // BACKGROUND_PX_PER_SIGMA), *(s // 4 for s in np.shape(image))))
+    small = bin_image(np.clip(image, -BACKGROUND_CLIP_SD, BACKGROUND_CLIP_SD), factor)
+    smooth = ndimage.gaussian_filter(small, sigma_px / factor, mode="reflect")
+    if factor == 1:
+        return smooth.astype(np.float32, copy=False)
+    ny, nx = np.shape(image)
+    return ndimage.zoom(smooth, (ny / smooth.shape[0], nx / smooth.shape[1]), order=1, mode="nearest",
+                        grid_mode=True).astype(np.float32, copy=False)[:ny, :nx]
+
+
+@dataclass
+class Flattening:
+    """What :func:`flatten_background` took out: ``restore`` puts it back (e.g. into the denoised image)."""
+
+    background: np.ndarray
+    centre: float
+    spread: float
+
+    def restore(self, flat: np.ndarray) -> np.ndarray:
+        return (flat * np.float32(self.spread) + np.float32(self.centre) + self.background).astype(np.float32)
+
+
+def flatten_background(normalised: np.ndarray, sigma_px: float) -> tuple[np.ndarray, Flattening]:
+    """The normalised image minus its :func:`smooth_background`, normalised again (median 0, robust sd 1).
+
+    Normalising again after the background is gone makes the result independent of the gradient's size: the
+    same micrograph on thin ice or across a thickness gradient gives the network the same input, in units of its
+    particle-scale texture and noise (not of a spread the gradient inflated).
+    """
+    background = smooth_background(normalised, sigma_px)
+    residual = np.asarray(normalised, dtype=np.float32) - background
+    centre, spread = robust_centre_spread(residual)
+    residual -= np.float32(centre)
+    residual /= np.float32(spread)
+    return residual, Flattening(background, centre, spread)
 
 
 def to_binned_coordinates(xy: np.ndarray, factor: int) -> np.ndarray:

@@ -25,7 +25,13 @@ from cryojoint.checkpoint import LoadedModel
 from cryojoint.config import PRECISIONS, CryojointConfig
 from cryojoint.data import estimate_noise_std
 from cryojoint.errors import UserInputError
-from cryojoint.imaging import bin_image, from_binned_coordinates, normalise, robust_centre_spread
+from cryojoint.imaging import (
+    bin_image,
+    flatten_background,
+    from_binned_coordinates,
+    normalise,
+    robust_centre_spread,
+)
 from cryojoint.io.coords import FILE_NAME_COLUMN, empty_table, make_table, write_coordinates
 from cryojoint.io.mrc import Micrograph, write_mrc
 from cryojoint.models.unet import posterior_mean
@@ -430,6 +436,10 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     centre, scale = robust_centre_spread(binned)
     normalised = normalise(binned)
     config = model.config
+    flattening = None
+    if config.data.background_sigma_diameters is not None:  # flattened as in training (data.prepare_data)
+        normalised, flattening = flatten_background(
+            normalised, config.data.background_sigma_diameters * model.particle_diameter_px)
     overrides = {key: value for key, value in (("tile_size_px", settings.tile_size_px),
                                                ("detector_window_stride_fraction",
                                                 settings.detector_window_stride_fraction),
@@ -440,7 +450,11 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     result = run_network_on_image(model.network, normalised, config, device, keep=("denoised", "logits"),
                                   window_px=None if window is None else int(window))
     del normalised
-    denoised = None if result.denoised is None else (result.denoised * scale + centre).astype(np.float32)
+    denoised = None
+    if result.denoised is not None:
+        restored = result.denoised if flattening is None else flattening.restore(result.denoised)
+        denoised = (restored * scale + centre).astype(np.float32)
+    del flattening
     candidates = empty_table()
     if result.logits is not None:
         xy, scores = candidate_peaks(result.logits, settings.nms_radius_px, model.config.model.sigmoid_clamp,
