@@ -53,6 +53,11 @@ BFLOAT16 = CryojointMethod("joint", "default", 3, (("train.precision", "bfloat16
                            "bf16")
 
 
+#: The joint model with the ice flattened (data.background_sigma_diameters): gradients across the micrograph taken
+#: out at three particle diameters before the network, in training and prediction.
+FLAT = CryojointMethod("joint", "default", 3, (("data.background_sigma_diameters", 3.0),), "flat")
+
+
 #: Seconds per joint training step at the standard profile's automatic 96² patch, on this 2-core box with
 #: nothing else running (40-step runs, 2026-11-27; the validation pass excluded). Used only to give the paper
 #: preset the default preset's wall-clock in the equal-time row.
@@ -129,7 +134,8 @@ PROFILES: dict[str, Profile] = {
     ),
     "standard": Profile(
         "standard", ("ribosome",), 8, 4, 1024, DOSE_KEYS,
-        (*_modes(["default"]), COUPLED, BFLOAT16, paper_equal_time(600), CryojointMethod("joint", "paper", 4)), 600,
+        (*_modes(["default"]), COUPLED, BFLOAT16, FLAT, paper_equal_time(600), CryojointMethod("joint", "paper", 4)),
+        600,
         100,
         300, 100,
         description="8+4 micrographs at 1024², ribosome among decoys (simulator version 2), three doses, five modes "
@@ -149,7 +155,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "real-bgal": Profile(
         "real-bgal", ("bgal",), 10, 10, 1024, (REAL_DOSE,),
-        (*_modes(["default"], ["joint", "detect-only"]),), 600, 100, 300, 100, dataset="real-bgal",
+        (*_modes(["default"], ["joint", "detect-only"]), FLAT), 600, 100, 300, 100, dataset="real-bgal",
         description="real micrographs: 10+10 EMPIAR-10017 β-galactosidase micrographs (CryoSegNet's filtered "
                     "8-bit copies, binned 4× to 1024², 7.08 Å/px, particle ≈ 27 px), half of the particles "
                     "inside one region of each training micrograph labelled; picking only; 600 steps, training "
