@@ -103,10 +103,13 @@ def cryojoint_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "cryojoint.cli", *args]
 
 
-def train_model(mics: Path, run_dir: Path, seed: int, steps: int | None) -> tuple[Path, ProcessRun | None]:
-    """The default model trained on ``fei-extended`` and its 27 hand picks (reused when already trained)."""
+def train_model(mics: Path, run_dir: Path, seed: int, steps: int | None,
+                config: Path | None = None) -> tuple[Path, ProcessRun | None]:
+    """The model trained on ``fei-extended`` and its 27 hand picks (reused when already trained)."""
     model = run_dir / "model.pt"
     spec = {"labels_sha256": hashlib.sha256(LABELS.read_bytes()).hexdigest(), "seed": seed, "steps": steps}
+    if config is not None:
+        spec["config"] = config.read_text()
     spec_path = run_dir / "benchmark_spec.json"
     if model.exists() and spec_path.exists() and json.loads(spec_path.read_text()) == spec:
         log(f"model: reusing {model}")
@@ -115,6 +118,8 @@ def train_model(mics: Path, run_dir: Path, seed: int, steps: int | None) -> tupl
                              "--downsample", str(DOWNSAMPLE[TRAIN_MICROGRAPH]), "--seed", str(seed), "--overwrite")
     if steps is not None:
         argv += ["--steps", str(steps)]
+    if config is not None:
+        argv += ["--config", str(config)]
     log(f"training on {TRAIN_MICROGRAPH} ({' '.join(argv[3:])})")
     run = run_process(argv, cryojoint_env(SOURCE_DIR), run_dir.with_name(run_dir.name + "-train.log")).check()
     spec_path.write_text(json.dumps(spec))
@@ -217,7 +222,8 @@ def markdown(record: dict[str, Any]) -> str:
              f"at end {record['load_end']} · source: {record['source']['archive']} (sha256 "
              f"{record['source']['sha256'][:12]}…)", "",
              f"Model: default preset trained on `{TRAIN_MICROGRAPH}` with {record['labels']} hand picks in one region "
-             f"(`--downsample {DOWNSAMPLE[TRAIN_MICROGRAPH]}`), seed {record['seed']}; "
+             f"(`--downsample {DOWNSAMPLE[TRAIN_MICROGRAPH]}`), seed {record['seed']}"
+             + (f", config `{' '.join(record['config'].split())}`" if record.get("config") else "") + "; "
              + (f"training took {record['train']['seconds']:.0f} s, peak RSS {record['train']['peak_rss_mib']:.0f} MiB."
                 if record.get("train") else "reused from the cache."), "",
              "| micrograph | size (px) | Å/px | binned | predict s (whole command) | s / micrograph (recorded) | "
@@ -252,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     parser.add_argument("--copies", type=int, default=8, help="micrographs in the memory-in-count run")
+    parser.add_argument("--config", type=Path, default=None, help="YAML config for training (default: none)")
+    parser.add_argument("--tag", default="", help="suffix of the run folder and the tables, e.g. 'flat'")
     parser.add_argument("--skip-topaz", action="store_true")
     parser.add_argument("--topaz-venv", type=Path, default=REPO_ROOT / "benchmarks" / ".venv-topaz")
     args = parser.parse_args(argv)
@@ -262,15 +270,17 @@ def main(argv: list[str] | None = None) -> int:
     from cryojoint.io.mrc import read_micrograph
 
     date = f"{dt.date.today():%Y-%m-%d}"
-    stem = f"{date}-real-mrcfile"
+    suffix = f"-{args.tag}" if args.tag else ""
+    stem = f"{date}-real-mrcfile{suffix}"
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                          text=True).stdout.strip()
     record: dict[str, Any] = {"date": date, "stem": stem, "git": git, "seed": args.seed,
+                              "config": None if args.config is None else args.config.read_text(),
                               "threads": torch.get_num_threads(), "load_start": [round(v, 2) for v in os.getloadavg()]}
     mics, record["source"] = fetch_micrographs(args.cache)
     record["labels"] = len(read_coordinates(LABELS))
-    run_dir = args.cache / f"run-seed{args.seed}"
-    model, train_run = train_model(mics, run_dir, args.seed, args.steps)
+    run_dir = args.cache / f"run-seed{args.seed}{suffix}"
+    model, train_run = train_model(mics, run_dir, args.seed, args.steps, args.config)
     if train_run is not None:
         record["train"] = {"seconds": train_run.wall_s, "peak_rss_mib": train_run.peak_rss_mib}
 
