@@ -53,9 +53,9 @@ BFLOAT16 = CryojointMethod("joint", "default", 3, (("train.precision", "bfloat16
                            "bf16")
 
 
-#: The joint model with the ice flattened (data.background_sigma_diameters): gradients across the micrograph taken
-#: out at three particle diameters before the network, in training and prediction.
-FLAT = CryojointMethod("joint", "default", 3, (("data.background_sigma_diameters", 3.0),), "flat")
+#: The joint model without the ice flattening that is the default since session 11 (data.background_sigma_diameters):
+#: the network reads the normalised micrograph with its gradients, as before (and as in the paper).
+UNFLATTENED = CryojointMethod("joint", "default", 3, (("data.background_sigma_diameters", None),), "unflattened")
 
 
 #: Seconds per joint training step at the standard profile's automatic 96² patch, on this 2-core box with
@@ -134,7 +134,8 @@ PROFILES: dict[str, Profile] = {
     ),
     "standard": Profile(
         "standard", ("ribosome",), 8, 4, 1024, DOSE_KEYS,
-        (*_modes(["default"]), COUPLED, BFLOAT16, FLAT, paper_equal_time(600), CryojointMethod("joint", "paper", 4)),
+        (*_modes(["default"]), COUPLED, BFLOAT16, UNFLATTENED, paper_equal_time(600),
+         CryojointMethod("joint", "paper", 4)),
         600,
         100,
         300, 100,
@@ -155,7 +156,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "real-bgal": Profile(
         "real-bgal", ("bgal",), 10, 10, 1024, (REAL_DOSE,),
-        (*_modes(["default"], ["joint", "detect-only"]), FLAT), 600, 100, 300, 100, dataset="real-bgal",
+        (*_modes(["default"], ["joint", "detect-only"]), UNFLATTENED), 600, 100, 300, 100, dataset="real-bgal",
         description="real micrographs: 10+10 EMPIAR-10017 β-galactosidase micrographs (CryoSegNet's filtered "
                     "8-bit copies, binned 4× to 1024², 7.08 Å/px, particle ≈ 27 px), half of the particles "
                     "inside one region of each training micrograph labelled; picking only; 600 steps, training "

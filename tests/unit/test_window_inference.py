@@ -28,8 +28,10 @@ KEEP = ("prior_mean", "prior_var", "denoised", "logits")
 def _model(seed: int = 0, **predict: object) -> LoadedModel:
     torch.manual_seed(seed)
     # float32 unless a test asks otherwise: these tests compare with exact passes ("auto" is bfloat16 on CPUs
-    # that have it).
-    config = CryojointConfig.from_dict({**SMALL, "predict": {"precision": "float32", **predict}})
+    # that have it). No ice flattening: these tests feed the network the normalised image themselves
+    # (flattening has its own tests, test_background.py).
+    config = CryojointConfig.from_dict({**SMALL, "predict": {"precision": "float32", **predict},
+                                        "data": {"background_sigma_diameters": None}})
     return LoadedModel(JointModel(config.model).eval(), config, particle_diameter_px=10.0, downsample=1,
                        meta={"expected_particles": 4.0, "training_patch_px": 48})
 
