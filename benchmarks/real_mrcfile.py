@@ -107,7 +107,12 @@ def train_model(mics: Path, run_dir: Path, seed: int, steps: int | None,
                 config: Path | None = None) -> tuple[Path, ProcessRun | None]:
     """The model trained on ``fei-extended`` and its 27 hand picks (reused when already trained)."""
     model = run_dir / "model.pt"
-    spec = {"labels_sha256": hashlib.sha256(LABELS.read_bytes()).hexdigest(), "seed": seed, "steps": steps}
+    from cryojoint.config import default_config
+
+    # The defaults of the day belong to the spec: a model trained under other defaults is not reused.
+    defaults = json.dumps(default_config("default").to_dict(), sort_keys=True, default=str)
+    spec = {"labels_sha256": hashlib.sha256(LABELS.read_bytes()).hexdigest(), "seed": seed, "steps": steps,
+            "defaults_sha256": hashlib.sha256(defaults.encode()).hexdigest()}
     if config is not None:
         spec["config"] = config.read_text()
     spec_path = run_dir / "benchmark_spec.json"
