@@ -78,6 +78,14 @@ def particle_contrast(image: np.ndarray, xy: np.ndarray, diameter_px: float, pol
             "share_above_1sd": float((values_array > 1.0).mean())}
 
 
+def pooled(contrasts: list[dict[str, float]]) -> dict[str, float]:
+    """Per-micrograph contrasts pooled over all their picks."""
+    weights = [c["picks"] for c in contrasts]
+    return {"picks": sum(weights),
+            "mean_contrast_sd": float(np.average([c["mean_contrast_sd"] for c in contrasts], weights=weights)),
+            "share_above_1sd": float(np.average([c["share_above_1sd"] for c in contrasts], weights=weights))}
+
+
 def real_rows() -> tuple[list[dict], dict[str, np.ndarray]]:
     rows, crops = [], {}
     fei_picks = read_coordinates(FEI_PICKS)
@@ -106,14 +114,9 @@ def real_rows() -> tuple[list[dict], dict[str, np.ndarray]]:
         first = read_micrograph(sorted((folder / "micrographs").glob("*.mrc"))[0])
         title = f"real β-gal, filtered 8-bit ({first.pixel_size:.1f} Å/px)"
         crops[title] = first.data[384 : 384 + CROP, 384 : 384 + CROP]
-        picks = sum(c["picks"] for c in contrasts)
-        rows.append({"data": f"real β-gal (filtered, {picks} reference picks)", "pixel_A": first.pixel_size,
-                     "diameter_px": meta["particle_diameter_px"],
-                     "picks": picks,
-                     "mean_contrast_sd": float(np.average([c["mean_contrast_sd"] for c in contrasts],
-                                                          weights=[c["picks"] for c in contrasts])),
-                     "share_above_1sd": float(np.average([c["share_above_1sd"] for c in contrasts],
-                                                         weights=[c["picks"] for c in contrasts]))})
+        summary = pooled(contrasts)
+        rows.append({"data": f"real β-gal (filtered, {summary['picks']} reference picks)",
+                     "pixel_A": first.pixel_size, "diameter_px": meta["particle_diameter_px"], **summary})
     return rows, crops
 
 
@@ -133,14 +136,10 @@ def simulated_rows() -> tuple[list[dict], dict[str, np.ndarray]]:
             for micrograph in data.micrographs[key]:
                 xy = data.labels.loc[data.labels["micrograph"] == micrograph.name, ["x", "y"]].to_numpy(float)
                 contrasts.append(particle_contrast(micrograph.data, xy, data.particle_diameter_px, -1.0))
-            picks = sum(c["picks"] for c in contrasts)
-            rows.append({"data": f"simulated {preset}, {key.replace('dose_', '')} % dose ({picks} labels)",
+            summary = pooled(contrasts)
+            rows.append({"data": f"simulated {preset}, {key.replace('dose_', '')} % dose ({summary['picks']} labels)",
                          "pixel_A": data.config.pixel_size_angstrom, "diameter_px": data.particle_diameter_px,
-                         "picks": picks,
-                         "mean_contrast_sd": float(np.average([c["mean_contrast_sd"] for c in contrasts],
-                                                              weights=[c["picks"] for c in contrasts])),
-                         "share_above_1sd": float(np.average([c["share_above_1sd"] for c in contrasts],
-                                                             weights=[c["picks"] for c in contrasts]))})
+                         **summary})
             top, left = clear_crop(data.masks[0])
             crops[f"{preset} {key.replace('dose_', '')} % ({data.config.pixel_size_angstrom:.1f} Å/px)"] = \
                 data.micrographs[key][0].data[top : top + CROP, left : left + CROP]
