@@ -16,7 +16,14 @@ from scipy.spatial import ConvexHull, QhullError
 
 from cryojoint.config import DataConfig, LossConfig
 from cryojoint.errors import UserInputError
-from cryojoint.imaging import MAD_TO_STD, bin_image, flatten_background, normalise, to_binned_coordinates
+from cryojoint.imaging import (
+    MAD_TO_STD,
+    Flattening,
+    bin_image,
+    flatten_background,
+    normalise,
+    to_binned_coordinates,
+)
 from cryojoint.io.coords import check_inside, check_names_match
 from cryojoint.io.mrc import Micrograph, read_micrograph
 from cryojoint.picking import estimate_particle_diameter
@@ -226,9 +233,8 @@ def prepare_data(
         )
         notes.append(f"expected particles per micrograph estimated from the label density: {expected:.0f} "
                      f"(assuming {completeness:.0%} of the particles in the labelled regions are labelled)")
-    if data_config.background_sigma_diameters is not None:
-        for im in images:
-            im.image, _ = flatten_background(im.image, data_config.background_sigma_diameters * diameter)
+    for im in images:
+        im.image, _ = flatten_ice(im.image, data_config, diameter)
     label_sigma = max(loss_config.label_sigma_fraction * diameter / 2, 1.0)
     for im in images:
         im.target = soft_label_map(im.image.shape, im.picks_xy, label_sigma)
@@ -241,6 +247,16 @@ def prepare_data(
     return PreparedData(train, validation, diameter, expected, pi, label_sigma, float(pixels_per_positive),
                         estimate_noise_std([im.image for im in images]), mean_area, factor, diameter_estimated,
                         expected_estimated, notes)
+
+
+def flatten_ice(image: np.ndarray, data_config: DataConfig,
+                particle_diameter_px: float) -> tuple[np.ndarray, Flattening | None]:
+    """The network's input from a normalised image: its ice flattened as ``data_config`` asks, or the image itself
+    (and no :class:`~cryojoint.imaging.Flattening`) when that is off. Training and prediction both call this, so
+    the network reads the same kind of input in both."""
+    if data_config.background_sigma_diameters is None:
+        return image, None
+    return flatten_background(image, data_config.background_sigma_diameters * particle_diameter_px)
 
 
 def estimate_noise_std(images: Sequence[np.ndarray]) -> float:

@@ -23,15 +23,9 @@ import torch
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel
 from cryojoint.config import PRECISIONS, CryojointConfig
-from cryojoint.data import estimate_noise_std
+from cryojoint.data import estimate_noise_std, flatten_ice
 from cryojoint.errors import UserInputError
-from cryojoint.imaging import (
-    bin_image,
-    flatten_background,
-    from_binned_coordinates,
-    normalise,
-    robust_centre_spread,
-)
+from cryojoint.imaging import bin_image, from_binned_coordinates, normalise, robust_centre_spread
 from cryojoint.io.coords import FILE_NAME_COLUMN, empty_table, make_table, write_coordinates
 from cryojoint.io.mrc import Micrograph, write_mrc
 from cryojoint.models.unet import posterior_mean
@@ -436,10 +430,7 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     centre, scale = robust_centre_spread(binned)
     normalised = normalise(binned)
     config = model.config
-    flattening = None
-    if config.data.background_sigma_diameters is not None:  # flattened as in training (data.prepare_data)
-        normalised, flattening = flatten_background(
-            normalised, config.data.background_sigma_diameters * model.particle_diameter_px)
+    normalised, flattening = flatten_ice(normalised, config.data, model.particle_diameter_px)
     overrides = {key: value for key, value in (("tile_size_px", settings.tile_size_px),
                                                ("detector_window_stride_fraction",
                                                 settings.detector_window_stride_fraction),
