@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -35,6 +36,35 @@ def write_raw_mrc(
 def raw_mrc() -> RawMrcWriter:
     """``raw_mrc(path, data, pixel_size=None, image_stack=False)``: an MRC file in ``data``'s own dtype."""
     return write_raw_mrc
+
+
+def blob_field_image(
+    rng: np.random.Generator, shape: tuple[int, int], diameter: float, kind: str, contrast: float, noise: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping discs or Gaussian blobs (std = d / 2√2) of one diameter in white noise, and their centres
+    (x, y); they cover ~20 % of the field."""
+    count = int(0.2 * shape[0] * shape[1] / (diameter * diameter))
+    points: list[np.ndarray] = []
+    for _ in range(50 * count):
+        if len(points) == count:
+            break
+        p = rng.uniform(diameter / 2, np.array(shape[::-1]) - 1 - diameter / 2)
+        if all(np.hypot(*(p - q)) >= 1.2 * diameter for q in points):
+            points.append(p)
+    xy = np.array(points)
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    image = np.zeros(shape)
+    sigma = diameter / (2 * math.sqrt(2))
+    for x, y in xy:
+        r2 = (cols - x) ** 2 + (rows - y) ** 2
+        image += (r2 <= (diameter / 2) ** 2) if kind == "disc" else np.exp(-r2 / (2 * sigma * sigma))
+    return contrast * image + rng.normal(0.0, noise, shape), xy
+
+
+@pytest.fixture(scope="session")
+def blob_field() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """``blob_field(rng, shape, diameter, kind, contrast, noise)``: a synthetic particle field and its centres."""
+    return blob_field_image
 
 
 #: Set by .ci/run: tests that need Topaz install its venv (pip, ~1.4 GB) instead of skipping.

@@ -58,6 +58,11 @@ BFLOAT16 = CryojointMethod("joint", "default", 3, (("train.precision", "bfloat16
 UNFLATTENED = CryojointMethod("joint", "default", 3, (("data.background_sigma_diameters", None),), "unflattened")
 
 
+#: The joint model at the micrographs' own pixel size, without the automatic binning of particles wider than the
+#: detector's receptive field (data.downsample, session 12).
+FULL_SIZE = CryojointMethod("joint", "default", 3, (("data.downsample", 1),), "full-size")
+
+
 #: Seconds per joint training step at the standard profile's automatic 96² patch, on this 2-core box with
 #: nothing else running (40-step runs, 2026-11-27; the validation pass excluded). Used only to give the paper
 #: preset the default preset's wall-clock in the equal-time row.
@@ -152,6 +157,16 @@ PROFILES: dict[str, Profile] = {
         description="a differently built dataset for checking defaults: 6+3 micrographs at 1024², RuvB (≈ 34 px "
                     "at 3.5 Å/px, denser fields), stored as x/250 − 3 in float32 (not counts), two doses, "
                     "600 steps, training seeds 0, 1, 2",
+        seeds=(0, 1, 2),
+    ),
+    "unbinned": Profile(
+        "unbinned", ("ribosome",), 8, 4, 2048, ("010",), (CryojointMethod("joint", "default", 1), FULL_SIZE), 600,
+        100, 300, 100,
+        {"pixel_size_angstrom": 2.65, "particles_per_micrograph": (25, 50), "ice_crystals_per_micrograph": (0, 3)},
+        description="micrographs as a user may hand them, not binned to the picking scale: the standard ribosome "
+                    "field at 2.65 Å/px (8+4 micrographs at 2048², particle ≈ 104 px, as many particles and ice "
+                    "crystals per area as `standard`), 10 % dose; the default (binned 2× inside the network "
+                    "automatically) vs the same model at full size; 600 steps, training seeds 0, 1, 2",
         seeds=(0, 1, 2),
     ),
     "real-bgal": Profile(

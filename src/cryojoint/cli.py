@@ -229,9 +229,11 @@ def train(
         help=f"Share of the particles inside your labelled regions that you labelled, in (0, 1] (default: "
              f"{_DATA_DEFAULTS.label_completeness}, or data.label_completeness of --config); turns the label "
              "density into the expected particle count.")] = None,
-    downsample: Annotated[int | None, typer.Option(help=f"Bin micrographs by N before training (default: "
-                                                        f"{_DATA_DEFAULTS.downsample}, or data.downsample of "
-                                                        "--config).")] = None,
+    downsample: Annotated[int | None, typer.Option(help="Bin micrographs by N before training (default: "
+                                                        "data.downsample of --config, else automatic: the "
+                                                        "smallest N that brings the particle to at most "
+                                                        f"{_DATA_DEFAULTS.max_network_particle_px:.0f} px; "
+                                                        "1 keeps the full size).")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config (see config.yaml in any run folder); options "
                                                      "given on the command line override its values.")] = None,
     seed: Annotated[int | None, typer.Option(help=f"Random seed (default: {_TRAIN_DEFAULTS.seed}, or train.seed "

@@ -94,7 +94,14 @@ class DataConfig:
     # a region; 1.0 treats the labels as complete there (a lower bound on the count).
     label_completeness: float = 0.6
     validation_fraction: float = 0.2  # share of labels (micrographs or regions) held out
-    downsample: int = 1  # bin micrographs by this factor before the network sees them
+    # Bin micrographs by this factor before the network sees them. None: automatic, the smallest factor that brings
+    # the particle (given, or estimated from the labels) to at most max_network_particle_px; 1 for the particles of
+    # our benchmarks (27-52 px), 2 for a 64-126 px particle, 4 for a 200 px one.
+    downsample: int | None = None
+    # Widest particle (px at network scale) the automatic downsample leaves unbinned: the detector's receptive
+    # field (models.detector.RECEPTIVE_FIELD, 63 px), so that it sees a particle whole. Wider particles also cost
+    # larger patches and a U-Net pass over many more pixels for the same information (users bin to ~4-6 Å/px).
+    max_network_particle_px: float = 63.0
     # Flatten the ice before the network: subtract a Gaussian-smoothed copy of each normalised micrograph (sigma =
     # this many particle diameters; gold and contamination clipped first, imaging.flatten_background), normalise
     # again, and put the background back into the denoised image. Real exposures carry gradients across the hole
@@ -310,7 +317,9 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
          "data.particle_diameter_px must be > 0"),
         (config.data.expected_particles is None or config.data.expected_particles > 0,
          "data.expected_particles must be > 0"),
-        (config.data.downsample >= 1, "data.downsample must be >= 1"),
+        (config.data.downsample is None or config.data.downsample >= 1,
+         "data.downsample must be >= 1 (or null: automatic, from the particle size)"),
+        (config.data.max_network_particle_px >= 8, "data.max_network_particle_px must be >= 8"),
         (0.0 < config.data.label_completeness <= 1.0, "data.label_completeness must be in (0, 1]"),
         (0.0 <= config.data.validation_fraction < 1.0, "data.validation_fraction must be in [0, 1)"),
         (config.train.steps >= 1, "train.steps must be >= 1"),

@@ -6,6 +6,7 @@ arrays into tensors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from cryojoint.imaging import (
 )
 from cryojoint.io.coords import check_inside, check_names_match
 from cryojoint.io.mrc import Micrograph, read_micrograph
-from cryojoint.picking import estimate_particle_diameter
+from cryojoint.picking import ParticleSizeAtSearchLimit, estimate_particle_diameter
 
 #: Smallest labelled region (px^2 at network scale) we trust for a density estimate; below it, use the image.
 MIN_REGION_AREA_PX2 = 64.0**2
@@ -199,9 +200,10 @@ def prepare_data(
     labels_source: str | Path | None = None,
 ) -> PreparedData:
     """Bin, normalise, check labels against images, derive particle size / count / pi, split validation."""
-    factor = data_config.downsample
     check_names_match(labels, [m.name for m in micrographs], labels_source)
     check_inside(labels, {m.name: m.shape for m in micrographs}, labels_source)
+    notes: list[str] = []
+    factor, estimated_diameter = resolve_downsample(micrographs, labels, data_config, labels_source, notes)
     images: list[LabelledImage] = []
     for mic in micrographs:
         rows = labels[labels["micrograph"].astype(str) == mic.name]
@@ -212,10 +214,12 @@ def prepare_data(
     if not labelled:
         raise UserInputError(labels_source, "no label matches any given micrograph")
 
-    notes: list[str] = []
     diameter = data_config.particle_diameter_px
     diameter_estimated = diameter is None
-    if diameter is None:
+    if estimated_diameter is not None:
+        diameter = estimated_diameter
+        notes.append(f"particle diameter estimated from the labels: {diameter:.1f} px (network scale)")
+    elif diameter is None:
         try:
             diameter = float(estimate_particle_diameter([im.image for im in labelled],
                                                         [im.picks_xy for im in labelled]))
@@ -247,6 +251,61 @@ def prepare_data(
     return PreparedData(train, validation, diameter, expected, pi, label_sigma, float(pixels_per_positive),
                         estimate_noise_std([im.image for im in images]), mean_area, factor, diameter_estimated,
                         expected_estimated, notes)
+
+
+#: Pixel size (Å) the particle size is measured at when the headers give a finer one: at <= 2 Å/px the CTF's
+#: fringes are the strongest blobs (picking.estimate_particle_diameter), at the usual picking scale the particle is.
+ESTIMATE_PIXEL_SIZE_ANGSTROM = 4.0
+#: Smallest image side (px) a binned copy may have for measuring the particle size.
+SMALLEST_ESTIMATE_SIDE_PX = 256
+
+
+def automatic_downsample(particle_diameter_px: float, max_network_particle_px: float) -> int:
+    """Smallest integer bin factor that brings a particle of ``particle_diameter_px`` (input pixels) to at most
+    ``max_network_particle_px``."""
+    return max(1, math.ceil(particle_diameter_px / max_network_particle_px - 1e-9))
+
+
+def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, data_config: DataConfig,
+                       labels_source: str | Path | None, notes: list[str]) -> tuple[int, float | None]:
+    """The bin factor training uses, and the particle diameter (px at that scale) if it was measured here.
+
+    A factor in the config stands. Automatic (``None``): from the given diameter, else from one measured on the
+    labelled micrographs at their own scale, or binned to ~:data:`ESTIMATE_PIXEL_SIZE_ANGSTROM` when the headers
+    give a finer pixel size, or binned further while the particle is wider than the size search reaches.
+    """
+    if data_config.downsample is not None:
+        return data_config.downsample, None
+    limit = data_config.max_network_particle_px
+    if data_config.particle_diameter_px is not None:
+        factor = automatic_downsample(data_config.particle_diameter_px, limit)
+        if factor > 1:
+            notes.append(f"binned {factor}x inside the network: the {data_config.particle_diameter_px:.0f} px "
+                         f"particle is wider than {limit:.0f} px (--downsample 1 keeps the full size)")
+        return factor, None
+    labelled = [(m, labels[labels["micrograph"].astype(str) == m.name]) for m in micrographs]
+    labelled = [(m, rows[["x", "y"]].to_numpy(float)) for m, rows in labelled if len(rows)]
+    if not labelled:
+        raise UserInputError(labels_source, "no label matches any given micrograph")
+    sizes = [m.pixel_size for m, _ in labelled if m.pixel_size]
+    scale = max(1, int(ESTIMATE_PIXEL_SIZE_ANGSTROM // min(sizes))) if sizes else 1
+    smallest_side = min(min(m.shape) for m, _ in labelled)
+    while True:
+        try:
+            measured = float(estimate_particle_diameter([bin_image(m.data, scale) for m, _ in labelled],
+                                                        [to_binned_coordinates(xy, scale) for _, xy in labelled]))
+            break
+        except ParticleSizeAtSearchLimit as err:
+            if err.by_spacing or smallest_side // (2 * scale) < SMALLEST_ESTIMATE_SIDE_PX:
+                raise UserInputError(labels_source, f"{err} (--particle-diameter PX, in input pixels)") from None
+            scale *= 2
+        except ValueError as err:
+            raise UserInputError(labels_source, f"{err} (--particle-diameter PX, in input pixels)") from None
+    factor = automatic_downsample(measured * scale, limit)
+    if factor > 1:
+        notes.append(f"binned {factor}x inside the network: the particle measures {measured * scale:.0f} px, wider "
+                     f"than {limit:.0f} px (--downsample 1 keeps the full size)")
+    return factor, measured * scale / factor
 
 
 def flatten_ice(image: np.ndarray, data_config: DataConfig,

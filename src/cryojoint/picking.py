@@ -275,6 +275,18 @@ def _log_kernel(sigma: float, half_width_px: int) -> np.ndarray:
     return kernel - kernel.mean()
 
 
+class ParticleSizeAtSearchLimit(ValueError):
+    """The mean particle's blob response still rises at the largest diameter searched.
+
+    ``by_spacing``: that limit was the spacing of the picks (more picks could help), not the search range or the
+    image (binning the micrographs brings the particle into range).
+    """
+
+    def __init__(self, message: str, by_spacing: bool) -> None:
+        super().__init__(message)
+        self.by_spacing = by_spacing
+
+
 def estimate_particle_diameter(
     images: Sequence[np.ndarray],
     coords: Sequence[np.ndarray],
@@ -331,8 +343,11 @@ def estimate_particle_diameter(
     if not images:
         raise ValueError("no images given")
     smallest_side = min(min(np.shape(image)) for image in images)
+    by_spacing = False
     if max_px is None:
-        max_px = min(DEFAULT_MAX_DIAMETER_PX, smallest_side / 2.0, _median_neighbour_distance(coords))
+        spacing = _median_neighbour_distance(coords)
+        max_px = min(DEFAULT_MAX_DIAMETER_PX, smallest_side / 2.0, spacing)
+        by_spacing = spacing <= max_px
     if not 0 < min_px < max_px:
         raise ValueError(f"need 0 < min_px < max_px, got {min_px}, {max_px}")
     per_sigma = {"sphere": DIAMETER_PER_LOG_SIGMA_SPHERE, "disc": DIAMETER_PER_LOG_SIGMA}[shape_model]
@@ -360,8 +375,13 @@ def estimate_particle_diameter(
     responses = np.where(significant, responses, -np.inf)
     best = int(np.argmax(responses))
     if best == len(sigmas) - 1:
-        raise ValueError(f"the particle size reaches the largest size searched ({max_px:.0f} px, bounded by the "
-                         "spacing of the picks): too few picks to measure it; give it explicitly")
+        if by_spacing:
+            raise ParticleSizeAtSearchLimit(
+                f"the particle size reaches the largest size searched ({max_px:.0f} px, bounded by the spacing of "
+                "the picks): too few picks to measure it; give it explicitly", by_spacing=True)
+        raise ParticleSizeAtSearchLimit(
+            f"the particle size reaches the largest size searched ({max_px:.0f} px): bin the micrographs "
+            "(--downsample) or give it explicitly", by_spacing=False)
     log_sigma = np.log(sigmas)
     if 0 < best < len(sigmas) - 1 and significant[best - 1] and significant[best + 1]:
         y0, y1, y2 = responses[best - 1 : best + 2]

@@ -179,7 +179,7 @@ def test_cli_help_still_names_the_defaults(monkeypatch: pytest.MonkeyPatch, caps
         cli.main()
     text = " ".join(capsys.readouterr().out.split())
     for fragment in ("default: joint", "else default", "default: 600", "default: 0", "default: auto",
-                     "default: 1"):
+                     "else automatic", "at most 63 px"):
         assert fragment in text, fragment
 
 

@@ -31,28 +31,6 @@ def _reference_greedy_nms(score_map: np.ndarray, radius: float) -> list[tuple[in
     return kept
 
 
-def _blob_image(
-    rng: np.random.Generator, shape: tuple[int, int], diameter: float, kind: str, contrast: float, noise: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Non-overlapping discs or Gaussian blobs (std = d / 2√2) of one diameter in white noise."""
-    count = int(0.2 * shape[0] * shape[1] / (diameter * diameter))
-    points: list[np.ndarray] = []
-    for _ in range(50 * count):
-        if len(points) == count:
-            break
-        p = rng.uniform(diameter / 2, np.array(shape[::-1]) - 1 - diameter / 2)
-        if all(np.hypot(*(p - q)) >= 1.2 * diameter for q in points):
-            points.append(p)
-    xy = np.array(points)
-    rows, cols = np.mgrid[: shape[0], : shape[1]]
-    image = np.zeros(shape)
-    sigma = diameter / (2 * math.sqrt(2))
-    for x, y in xy:
-        r2 = (cols - x) ** 2 + (rows - y) ** 2
-        image += (r2 <= (diameter / 2) ** 2) if kind == "disc" else np.exp(-r2 / (2 * sigma * sigma))
-    return contrast * image + rng.normal(0.0, noise, shape), xy
-
-
 # ------------------------------------------------------------------------------------------------ NMS
 
 
@@ -186,17 +164,18 @@ def test_auto_threshold_over_peak_scores_separates_sparse_particles() -> None:
 
 @pytest.mark.parametrize("diameter", [12, 24, 40])
 @pytest.mark.parametrize(("kind", "contrast"), [("disc", -1.0), ("gauss", -1.0), ("disc", 1.0)])
-def test_estimate_particle_diameter_on_synthetic_blobs(diameter: int, kind: str, contrast: float) -> None:
+def test_estimate_particle_diameter_on_synthetic_blobs(diameter: int, kind: str, contrast: float,
+                                                       blob_field) -> None:
     rng = np.random.default_rng(diameter)
-    images, coords = zip(*[_blob_image(rng, (320, 352), diameter, kind, contrast, noise=3.0) for _ in range(2)],
+    images, coords = zip(*[blob_field(rng, (320, 352), diameter, kind, contrast, noise=3.0) for _ in range(2)],
                          strict=True)
     estimate = estimate_particle_diameter(list(images), list(coords))
     assert estimate == pytest.approx(diameter, rel=0.2)
 
 
-def test_estimate_particle_diameter_ignores_scale_and_offset_of_images() -> None:
+def test_estimate_particle_diameter_ignores_scale_and_offset_of_images(blob_field) -> None:
     rng = np.random.default_rng(5)
-    image, xy = _blob_image(rng, (256, 256), 20, "disc", -1.0, noise=2.0)
+    image, xy = blob_field(rng, (256, 256), 20, "disc", -1.0, noise=2.0)
     first = estimate_particle_diameter([image], [xy], max_px=80)
     second = estimate_particle_diameter([250.0 + 40.0 * image], [xy], max_px=80)
     assert first == pytest.approx(second, rel=1e-6)

@@ -1,0 +1,106 @@
+"""Automatic downsample: micrographs whose particle is wider than the detector's receptive field are binned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cryojoint.config import DataConfig, LossConfig
+from cryojoint.data import automatic_downsample, prepare_data, resolve_downsample
+from cryojoint.errors import UserInputError
+from cryojoint.io.mrc import Micrograph
+from cryojoint.models.detector import RECEPTIVE_FIELD
+
+
+def _field(blob_field, diameter: float, seed: int = 0, size: int = 512, pixel_size: float | None = None,
+           n: int = 2) -> tuple[list[Micrograph], pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    micrographs, rows = [], []
+    for index in range(n):
+        image, xy = blob_field(rng, (size, size), diameter, "disc", -1.0, noise=2.0)
+        name = f"mic_{index}"
+        micrographs.append(Micrograph(image.astype(np.float32), pixel_size, name, Path(f"{name}.mrc")))
+        rows += [{"micrograph": name, "x": x, "y": y} for x, y in xy]
+    return micrographs, pd.DataFrame(rows)
+
+
+def test_the_limit_is_the_detectors_receptive_field() -> None:
+    assert DataConfig().max_network_particle_px == RECEPTIVE_FIELD
+    assert DataConfig().downsample is None
+
+
+@pytest.mark.parametrize(("diameter", "factor"), [(27, 1), (52, 1), (63, 1), (64, 2), (104, 2), (126, 2),
+                                                  (127, 3), (200, 4)])
+def test_automatic_factor_is_the_smallest_that_fits(diameter: float, factor: int) -> None:
+    assert automatic_downsample(diameter, 63.0) == factor
+    assert diameter / factor <= 63.0 and (factor == 1 or diameter / (factor - 1) > 63.0)
+
+
+def test_a_given_factor_stands(blob_field) -> None:
+    micrographs, labels = _field(blob_field, 90.0)
+    notes: list[str] = []
+    assert resolve_downsample(micrographs, labels, DataConfig(downsample=1), None, notes) == (1, None)
+    assert resolve_downsample(micrographs, labels, DataConfig(downsample=3), None, notes) == (3, None)
+    assert notes == []
+
+
+def test_a_given_diameter_sets_the_factor(blob_field) -> None:
+    micrographs, labels = _field(blob_field, 30.0)
+    notes: list[str] = []
+    assert resolve_downsample(micrographs, labels, DataConfig(particle_diameter_px=130.0), None, notes) == (3, None)
+    assert "binned 3x" in notes[0]
+
+
+def test_small_particles_train_as_before(blob_field) -> None:
+    """Below the limit nothing changes: same factor, same measured diameter as with --downsample 1."""
+    micrographs, labels = _field(blob_field, 24.0)
+    auto = prepare_data(micrographs, labels, DataConfig(), LossConfig())
+    fixed = prepare_data(micrographs, labels, DataConfig(downsample=1), LossConfig())
+    assert auto.downsample == 1
+    assert auto.particle_diameter_px == pytest.approx(fixed.particle_diameter_px, rel=1e-6)
+    assert auto.particle_diameter_px == pytest.approx(24.0, rel=0.2)
+
+
+def test_wide_particles_are_binned_and_measured_at_network_scale(blob_field) -> None:
+    micrographs, labels = _field(blob_field, 90.0, size=768)
+    prepared = prepare_data(micrographs, labels, DataConfig(), LossConfig())
+    assert prepared.downsample == 2
+    assert {image.image.shape[0] for image in prepared.train + prepared.validation} == {384}
+    assert prepared.particle_diameter_px == pytest.approx(45.0, rel=0.2)
+    assert any("binned 2x" in note for note in prepared.notes)
+
+
+def test_a_fine_pixel_size_is_measured_binned(blob_field, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 1 Å/px the size is measured on a 4x-binned copy (CTF fringes dominate finer scales)."""
+    import cryojoint.data as data_module
+
+    seen: list[tuple[int, int]] = []
+    real = data_module.estimate_particle_diameter
+
+    def spy(images, coords, *args, **kwargs):
+        seen.append(np.shape(images[0]))
+        return real(images, coords, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "estimate_particle_diameter", spy)
+    micrographs, labels = _field(blob_field, 100.0, size=1024, pixel_size=1.0, n=1)
+    factor, diameter = resolve_downsample(micrographs, labels, DataConfig(), None, [])
+    assert seen == [(256, 256)]
+    assert factor == 2 and diameter == pytest.approx(50.0, rel=0.2)
+
+
+def test_a_particle_beyond_the_search_range_is_measured_on_a_binned_copy(blob_field) -> None:
+    """No pixel size, a particle wider than the 160 px the size search reaches: bin until it is in range."""
+    micrographs, labels = _field(blob_field, 200.0, size=1536, n=2)
+    factor, diameter = resolve_downsample(micrographs, labels, DataConfig(), None, [])
+    assert factor == 4 and diameter == pytest.approx(50.0, rel=0.25)
+
+
+def test_picks_on_noise_are_a_user_error() -> None:
+    rng = np.random.default_rng(3)
+    micrographs = [Micrograph(rng.normal(size=(256, 256)).astype(np.float32), None, "mic", Path("mic.mrc"))]
+    labels = pd.DataFrame({"micrograph": "mic", "x": rng.uniform(20, 236, 6), "y": rng.uniform(20, 236, 6)})
+    with pytest.raises(UserInputError, match="--particle-diameter"):
+        resolve_downsample(micrographs, labels, DataConfig(), None, [])
