@@ -53,6 +53,9 @@ class DoseData:
     #: and mask images exist (simulated data only).
     image_dir: Path | None = None
     has_denoising_truth: bool = True
+    #: Denoising is scored on every image binned by this factor (1: at full size), so that rows whose network runs
+    #: binned and rows at full size are measured at one scale.
+    denoising_bin: int = 1
     _cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -195,4 +198,5 @@ def load_dose_data(data_dir: Path, dose: str, profile: Profile | None = None) ->
         test_names=list(facts["test_names"]), train_labels=train_labels, train_labels_path=labels_path,
         test_truth=truth[truth["micrograph"].isin(facts["test_names"])].reset_index(drop=True),
         true_diameter_px=float(facts["particle_diameter_px"]), pixel_size=float(facts["pixel_size"]),
+        denoising_bin=profile.denoising_bin if profile is not None else 1,
     )

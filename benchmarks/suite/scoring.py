@@ -15,6 +15,7 @@ import pandas as pd
 from benchmarks.suite.datasets import DoseData
 
 from cryojoint.evaluation import denoising_metrics, picking_metrics, psnr
+from cryojoint.imaging import bin_image
 from cryojoint.io.mrc import read_micrograph
 
 #: Low-pass cut-off (Å) of the "PSNR vs low-passed full dose" reference: at 5.3 Å/px a 20 Å period is 3.8 px,
@@ -79,14 +80,32 @@ def score_denoised(data: DoseData, denoised: Mapping[str, np.ndarray]) -> dict[s
     noise independent of the input, so it ranks methods without that bias (its own noise lowers every score
     alike; the affine fit inside :func:`psnr` absorbs its lower mean).
     """
-    references, inputs = data.references(), data.test_images()
-    report = denoising_metrics(dict(denoised), references, clean=data.clean(), masks=data.masks(),
-                               pixel_size=data.pixel_size, lowpass_angstrom=LOWPASS_REFERENCE_ANGSTROM)
+    scale = data.denoising_bin
+    references, inputs = _binned(data.references(), scale), _binned(data.test_images(), scale)
+    denoised = {n: _to_scale(np.asarray(image), data.references()[n].shape, scale, n) for n, image in denoised.items()}
+    masks = data.masks()
+    if masks is not None and scale > 1:
+        masks = {n: (bin_image(m.astype(np.float32), scale) > 0.5).astype(np.uint8) for n, m in masks.items()}
+    report = denoising_metrics(dict(denoised), references, clean=_binned(data.clean(), scale), masks=masks,
+                               pixel_size=data.pixel_size * scale, lowpass_angstrom=LOWPASS_REFERENCE_ANGSTROM)
     scores = {k: _finite(v) for k, v in report.mean.items()}
     rest = [psnr(np.asarray(denoised[n], np.float64),
                  references[n].astype(np.float64) - inputs[n].astype(np.float64)) for n in denoised]
     scores[INDEPENDENT_PSNR_KEY] = _finite(np.mean(rest))
     return scores
+
+
+def _binned(images: Mapping[str, np.ndarray], factor: int) -> dict[str, np.ndarray]:
+    return {n: bin_image(image, factor) if factor > 1 else image for n, image in images.items()}
+
+
+def _to_scale(image: np.ndarray, full_shape: tuple[int, ...], scale: int, name: str) -> np.ndarray:
+    """A denoised image (full size, or binned by the network's downsample) binned to ``scale`` of the full size."""
+    own = full_shape[0] // image.shape[0]
+    if own < 1 or scale % own or full_shape[1] // image.shape[1] != own:
+        raise ValueError(f"{name}: denoised image of shape {image.shape} is not the {full_shape} micrograph binned by "
+                         f"a factor dividing the scoring scale {scale}")
+    return bin_image(image, scale // own) if scale > own else image
 
 
 def refresh_denoising_scores(cell: dict[str, Any], data: DoseData, work: Path) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
@@ -57,6 +58,20 @@ def test_cached_cells_get_a_new_metric_from_their_saved_micrographs(tmp_path: Pa
         data, data.clean())[bench.INDEPENDENT_PSNR_KEY]
     assert not bench.refresh_denoising_scores(cell, data, work)  # already has it: nothing to do
     assert not bench.refresh_denoising_scores({"status": "ok", "denoising": None}, data, work)
+
+
+def test_denoising_is_scored_at_the_profiles_scale_whatever_the_networks_binning(tmp_path: Path) -> None:
+    """A binned network's denoised image and a full-size one are scored at one scale (the ``unbinned`` profile)."""
+    from cryojoint.imaging import bin_image
+
+    data = dataclasses.replace(_nested_doses(tmp_path, 0.1), denoising_bin=2)
+    full_size = {"m0": data.clean()["m0"]}
+    binned = {"m0": bin_image(data.clean()["m0"], 2)}
+    assert bench.score_denoised(data, full_size) == bench.score_denoised(data, binned)
+    at_full = bench.score_denoised(dataclasses.replace(data, denoising_bin=1, _cache={}), full_size)
+    assert at_full != bench.score_denoised(data, full_size)
+    with pytest.raises(ValueError, match="binned by a factor"):
+        bench.score_denoised(dataclasses.replace(data, denoising_bin=1, _cache={}), binned)
 
 
 def test_intensity_map_rewrites_images_but_not_masks(tmp_path: Path) -> None:
