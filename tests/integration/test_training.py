@@ -243,6 +243,24 @@ def test_joint_without_consistency_differs_from_joint(dataset, tmp_path: Path) -
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("detector."))
 
 
+def test_a_wide_particle_trains_binned_and_picks_in_input_pixels(dataset, tmp_path: Path) -> None:
+    """The tiny set 3x finer (a 66 px particle): trained binned 2x, denoised binned, picks in the input's pixels."""
+    from cryojoint.io.mrc import Micrograph
+    from cryojoint.prediction import predict
+
+    fine = [Micrograph(np.kron(m.data, np.ones((3, 3), np.float32)), None, m.name, m.path)
+            for m in dataset.micrographs["dose_060"]]
+    labels = dataset.labels.assign(x=(dataset.labels["x"] + 0.5) * 3 - 0.5, y=(dataset.labels["y"] + 0.5) * 3 - 0.5)
+    config = CryojointConfig.from_dict({**TINY, "train": {**TINY["train"], "steps": 4, "eval_every": 4},
+                                        "data": {"particle_diameter_px": 66.0}})
+    result = training.train(fine, labels, tmp_path, config, progress=False)
+    meta = read_model_file(result.model_path)["meta"]
+    assert meta["downsample"] == 2 and meta["particle_diameter_px"] == pytest.approx(33.0)
+    predictions = predict(result.model_path, fine[:1])
+    assert predictions.micrographs[0].denoised.shape == (384, 384)
+    assert len(predictions.picks) and predictions.picks["x"].max() > 384 and predictions.picks["x"].max() < 768
+
+
 def test_training_does_not_depend_on_the_data_units(dataset, tmp_path: Path) -> None:
     """Counts x 0.01 and x 100 with an offset give the same training inputs and priors (everything the loop
     sees is in units of the data's own spread), and the trained models denoise alike."""
