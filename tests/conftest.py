@@ -39,17 +39,18 @@ def raw_mrc() -> RawMrcWriter:
 
 
 def blob_field_image(
-    rng: np.random.Generator, shape: tuple[int, int], diameter: float, kind: str, contrast: float, noise: float
+    rng: np.random.Generator, shape: tuple[int, int], diameter: float, kind: str, contrast: float, noise: float,
+    coverage: float = 0.2, spacing: float = 1.2,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Non-overlapping discs or Gaussian blobs (std = d / 2√2) of one diameter in white noise, and their centres
-    (x, y); they cover ~20 % of the field."""
-    count = int(0.2 * shape[0] * shape[1] / (diameter * diameter))
+    """Non-overlapping discs or Gaussian blobs (std = d / 2√2) of one diameter in white noise (contrast sign =
+    polarity), and their centres (x, y): ``coverage`` x area / d² of them, centres ``spacing`` x d apart or more."""
+    count = int(coverage * shape[0] * shape[1] / (diameter * diameter))
     points: list[np.ndarray] = []
     for _ in range(50 * count):
         if len(points) == count:
             break
         p = rng.uniform(diameter / 2, np.array(shape[::-1]) - 1 - diameter / 2)
-        if all(np.hypot(*(p - q)) >= 1.2 * diameter for q in points):
+        if all(np.hypot(*(p - q)) >= spacing * diameter for q in points):
             points.append(p)
     xy = np.array(points)
     rows, cols = np.mgrid[: shape[0], : shape[1]]

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from conftest import blob_field_image
 from cryojoint.baselines import (
     best_lowpass_sigma,
     blob_pick,
@@ -22,20 +23,7 @@ def _disc_image(
     rng: np.random.Generator, shape: tuple[int, int], diameter: float, contrast: float, noise: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Non-overlapping discs of one diameter (contrast sign = polarity) in white noise."""
-    count = int(0.15 * shape[0] * shape[1] / (diameter * diameter))
-    points: list[np.ndarray] = []
-    for _ in range(50 * count):
-        if len(points) == count:
-            break
-        p = rng.uniform(diameter / 2, np.array(shape[::-1]) - 1 - diameter / 2)
-        if all(np.hypot(*(p - q)) >= 1.3 * diameter for q in points):
-            points.append(p)
-    xy = np.array(points)
-    rows, cols = np.mgrid[: shape[0], : shape[1]]
-    image = np.zeros(shape)
-    for x, y in xy:
-        image += (cols - x) ** 2 + (rows - y) ** 2 <= (diameter / 2) ** 2
-    return contrast * image + rng.normal(0.0, noise, shape), xy
+    return blob_field_image(rng, shape, diameter, "disc", contrast, noise, coverage=0.15, spacing=1.3)
 
 
 def _f1(pred_xy: np.ndarray, true_xy: np.ndarray, radius: float) -> float:
