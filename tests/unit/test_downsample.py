@@ -91,6 +91,25 @@ def test_a_fine_pixel_size_is_measured_binned(blob_field, monkeypatch: pytest.Mo
     assert factor == 2 and diameter == pytest.approx(50.0, rel=0.2)
 
 
+def test_the_size_is_read_again_at_the_networks_scale(blob_field, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first reading at full size that calls for binning is replaced by one on the binned micrographs."""
+    import cryojoint.data as data_module
+
+    scales: list[int] = []
+    real = data_module.estimate_particle_diameter
+
+    def underestimate_at_full_size(images, coords, *args, **kwargs):
+        scales.append(512 // np.shape(images[0])[0])
+        value = real(images, coords, *args, **kwargs)
+        return 0.75 * value if scales[-1] == 1 else value  # a CTF fringe misread at fine pixels
+
+    monkeypatch.setattr(data_module, "estimate_particle_diameter", underestimate_at_full_size)
+    micrographs, labels = _field(blob_field, 100.0, size=512)
+    factor, diameter = resolve_downsample(micrographs, labels, DataConfig(), None, [])
+    assert scales == [1, 2]
+    assert factor == 2 and diameter == pytest.approx(50.0, rel=0.15)
+
+
 def test_a_particle_beyond_the_search_range_is_measured_on_a_binned_copy(blob_field) -> None:
     """No pixel size, a particle wider than the 160 px the size search reaches: bin until it is in range."""
     micrographs, labels = _field(blob_field, 200.0, size=1536, n=2)
