@@ -74,7 +74,7 @@ def test_wide_particles_are_binned_and_measured_at_network_scale(blob_field) -> 
 
 
 def test_a_fine_pixel_size_is_measured_binned(blob_field, monkeypatch: pytest.MonkeyPatch) -> None:
-    """At 1 Å/px the size is measured on a 4x-binned copy (CTF fringes dominate finer scales)."""
+    """At 1.25 Å/px the size is measured on a copy binned 4x to 5 Å/px (CTF fringes dominate finer scales)."""
     import cryojoint.data as data_module
 
     seen: list[tuple[int, int]] = []
@@ -85,7 +85,7 @@ def test_a_fine_pixel_size_is_measured_binned(blob_field, monkeypatch: pytest.Mo
         return real(images, coords, *args, **kwargs)
 
     monkeypatch.setattr(data_module, "estimate_particle_diameter", spy)
-    micrographs, labels = _field(blob_field, 100.0, size=1024, pixel_size=1.0, n=1)
+    micrographs, labels = _field(blob_field, 100.0, size=1024, pixel_size=1.25, n=1)
     factor, diameter = resolve_downsample(micrographs, labels, DataConfig(), None, [])
     assert seen == [(256, 256)]
     assert factor == 2 and diameter == pytest.approx(50.0, rel=0.2)
