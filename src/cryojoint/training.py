@@ -258,6 +258,8 @@ def _train(
     board = _TensorBoardLog(run_dir / TENSORBOARD_DIR, config.train.tensorboard and group.is_main,
                             resume_step=state.step if resume else None)
     with bar, board:
+        for note in prepared.notes:  # what was measured or chosen from the data, before the long part
+            bar.note(note)
         while state.step < total:
             if state.stage + 1 < len(stages) and state.step >= stage_ends[state.stage]:
                 state = _begin_next_stage(network, best_weights, state, plans[state.stage + 1])
@@ -787,6 +789,10 @@ class _ProgressBar:
         if self.enabled:
             text = " ".join(f"{k.removeprefix('loss_')}={v:.4f}" for k, v in running.items())
             self.progress.update(self.task, completed=step, description=text)
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.progress.console.print(text)
 
     def log(self, record: dict[str, float]) -> None:
         if self.enabled:
