@@ -203,7 +203,10 @@ def prepare_data(
     check_names_match(labels, [m.name for m in micrographs], labels_source)
     check_inside(labels, {m.name: m.shape for m in micrographs}, labels_source)
     notes: list[str] = []
-    factor, estimated_diameter = resolve_downsample(micrographs, labels, data_config, labels_source, notes)
+    factor, diameter = resolve_downsample(micrographs, labels, data_config, labels_source, notes)
+    diameter_estimated = data_config.particle_diameter_px is None
+    if diameter_estimated:
+        notes.append(f"particle diameter estimated from the labels: {diameter:.1f} px (network scale)")
     images: list[LabelledImage] = []
     for mic in micrographs:
         rows = labels[labels["micrograph"].astype(str) == mic.name]
@@ -211,23 +214,6 @@ def prepare_data(
         pixel_size = None if mic.pixel_size is None else mic.pixel_size * factor
         images.append(LabelledImage(mic.name, normalise(bin_image(mic.data, factor)), xy, None, pixel_size))
     labelled = [im for im in images if len(im.picks_xy)]
-    if not labelled:
-        raise UserInputError(labels_source, "no label matches any given micrograph")
-
-    diameter = data_config.particle_diameter_px
-    diameter_estimated = diameter is None
-    if estimated_diameter is not None:
-        diameter = estimated_diameter
-        notes.append(f"particle diameter estimated from the labels: {diameter:.1f} px (network scale)")
-    elif diameter is None:
-        try:
-            diameter = float(estimate_particle_diameter([im.image for im in labelled],
-                                                        [im.picks_xy for im in labelled]))
-        except ValueError as err:
-            raise UserInputError(labels_source, f"{err} (--particle-diameter PX, in input pixels)") from None
-        notes.append(f"particle diameter estimated from the labels: {diameter:.1f} px (network scale)")
-    else:
-        diameter = diameter / factor
     expected = data_config.expected_particles
     expected_estimated = expected is None
     if expected is None:
@@ -271,44 +257,52 @@ def automatic_downsample(particle_diameter_px: float, max_network_particle_px: f
 
 
 def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, data_config: DataConfig,
-                       labels_source: str | Path | None, notes: list[str]) -> tuple[int, float | None]:
-    """The bin factor training uses, and the particle diameter (px at that scale) if it was measured here.
+                       labels_source: str | Path | None, notes: list[str]) -> tuple[int, float]:
+    """The bin factor training uses and the particle diameter at that scale (px), given or measured on the labels.
 
-    A factor in the config stands. Automatic (``None``): from the given diameter, else from one measured on the
-    labelled micrographs at their own scale, or binned to ~:data:`ESTIMATE_PIXEL_SIZE_ANGSTROM` when the headers
-    give a finer pixel size, or binned further while the particle is wider than the size search reaches.
+    A factor in the config stands, and a diameter not given is measured at it. Automatic (``None``): from the given
+    diameter, else from one measured on the labelled micrographs at their own scale, or binned to
+    ~:data:`ESTIMATE_PIXEL_SIZE_ANGSTROM` when the headers give a finer pixel size, or binned further while the
+    particle is wider than the size search reaches; then measured again at the factor chosen.
     """
-    if data_config.downsample is not None:
-        return data_config.downsample, None
-    limit = data_config.max_network_particle_px
-    if data_config.particle_diameter_px is not None:
-        factor = automatic_downsample(data_config.particle_diameter_px, limit)
-        if factor > 1:
-            notes.append(f"binned {factor}x inside the network: the {data_config.particle_diameter_px:.0f} px "
-                         f"particle is wider than {limit:.0f} px (--downsample 1 keeps the full size)")
-        return factor, None
     labelled = [(m, labels[labels["micrograph"].astype(str) == m.name]) for m in micrographs]
     labelled = [(m, rows[["x", "y"]].to_numpy(float)) for m, rows in labelled if len(rows)]
     if not labelled:
         raise UserInputError(labels_source, "no label matches any given micrograph")
-    sizes = [m.pixel_size for m, _ in labelled if m.pixel_size]
-    scale = max(1, round(ESTIMATE_PIXEL_SIZE_ANGSTROM / min(sizes))) if sizes else 1
-    smallest_side = min(min(m.shape) for m, _ in labelled)
 
     def measured_at(factor: int) -> float:
         return float(estimate_particle_diameter([bin_image(m.data, factor) for m, _ in labelled],
                                                 [to_binned_coordinates(xy, factor) for _, xy in labelled]))
 
+    def user_error(err: ValueError) -> UserInputError:
+        return UserInputError(labels_source, f"{err} (--particle-diameter PX, in input pixels)")
+
+    limit = data_config.max_network_particle_px
+    given = data_config.particle_diameter_px
+    if given is not None:
+        factor = data_config.downsample or automatic_downsample(given, limit)
+        if data_config.downsample is None and factor > 1:
+            notes.append(f"binned {factor}x inside the network: the {given:.0f} px particle is wider than "
+                         f"{limit:.0f} px (--downsample 1 keeps the full size)")
+        return factor, given / factor
+    if data_config.downsample is not None:
+        try:
+            return data_config.downsample, measured_at(data_config.downsample)
+        except ValueError as err:
+            raise user_error(err) from None
+    sizes = [m.pixel_size for m, _ in labelled if m.pixel_size]
+    scale = max(1, round(ESTIMATE_PIXEL_SIZE_ANGSTROM / min(sizes))) if sizes else 1
+    smallest_side = min(min(m.shape) for m, _ in labelled)
     while True:
         try:
             measured = measured_at(scale)
             break
         except ParticleSizeAtSearchLimit as err:
             if err.by_spacing or smallest_side // (2 * scale) < SMALLEST_ESTIMATE_SIDE_PX:
-                raise UserInputError(labels_source, f"{err} (--particle-diameter PX, in input pixels)") from None
+                raise user_error(err) from None
             scale *= 2
         except ValueError as err:
-            raise UserInputError(labels_source, f"{err} (--particle-diameter PX, in input pixels)") from None
+            raise user_error(err) from None
     factor = automatic_downsample(measured * scale, limit)
     # A size read at a finer scale than the network's is measured again where the network works: the LoG and the
     # CTF fringe read a binned particle better (ribosome at 2.65 Å/px, 73 labels at 10 % dose: 70 px at full size,

@@ -42,15 +42,18 @@ def test_automatic_factor_is_the_smallest_that_fits(diameter: float, factor: int
 def test_a_given_factor_stands(blob_field) -> None:
     micrographs, labels = _field(blob_field, 90.0)
     notes: list[str] = []
-    assert resolve_downsample(micrographs, labels, DataConfig(downsample=1), None, notes) == (1, None)
-    assert resolve_downsample(micrographs, labels, DataConfig(downsample=3), None, notes) == (3, None)
+    factor, diameter = resolve_downsample(micrographs, labels, DataConfig(downsample=1), None, notes)
+    assert factor == 1 and diameter == pytest.approx(90.0, rel=0.2)  # measured at the factor given
+    assert resolve_downsample(micrographs, labels, DataConfig(downsample=3, particle_diameter_px=90.0), None,
+                              notes) == (3, 30.0)
     assert notes == []
 
 
 def test_a_given_diameter_sets_the_factor(blob_field) -> None:
     micrographs, labels = _field(blob_field, 30.0)
     notes: list[str] = []
-    assert resolve_downsample(micrographs, labels, DataConfig(particle_diameter_px=130.0), None, notes) == (3, None)
+    factor, diameter = resolve_downsample(micrographs, labels, DataConfig(particle_diameter_px=130.0), None, notes)
+    assert factor == 3 and diameter == pytest.approx(130.0 / 3)
     assert "binned 3x" in notes[0]
 
 
