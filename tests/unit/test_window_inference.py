@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 from cryojoint.checkpoint import LoadedModel
 from cryojoint.config import CryojointConfig
 from cryojoint.errors import UserInputError
-from cryojoint.inference import PickingSettings, predict_micrograph, run_network_on_image, window_starts, window_weight
+from cryojoint.inference import (
+    PickingSettings,
+    _blend_windows,
+    predict_micrograph,
+    run_network_on_image,
+    window_starts,
+    window_weight,
+)
 from cryojoint.io.mrc import Micrograph
 from cryojoint.models.joint import JointModel
 from cryojoint.runtime import autocast_dtype, retain_freed_memory
@@ -53,6 +60,41 @@ def test_triangular_weights_of_windows_half_a_window_apart_sum_to_a_constant(win
     assert (weight > 0).all() and weight.max() <= 1.0
     half = window // 2
     np.testing.assert_allclose(weight[:half] + weight[half:], 1.0, atol=1e-12)
+
+
+def _naive_blend(run, image: np.ndarray, window: int, fraction: float) -> np.ndarray:
+    """The blend written out plainly: a padded copy, a weight image summed window by window, one division."""
+    channels = image if image.ndim == 3 else image[None]
+    ny, nx = channels.shape[1:]
+    padded = np.zeros((channels.shape[0], max(ny, window), max(nx, window)), dtype=np.float64)
+    padded[:, :ny, :nx] = channels
+    weight = np.outer(window_weight(window), window_weight(window))
+    total, weight_sum = np.zeros(padded.shape[1:]), np.zeros(padded.shape[1:])
+    for y0 in window_starts(ny, window, fraction):
+        for x0 in window_starts(nx, window, fraction):
+            piece = padded[None, :, y0:y0 + window, x0:x0 + window].astype(np.float32)
+            value = run(torch.from_numpy(piece))["out"][0, 0].double().numpy()
+            total[y0:y0 + window, x0:x0 + window] += weight * value
+            weight_sum[y0:y0 + window, x0:x0 + window] += weight
+    return (total / weight_sum)[:ny, :nx]
+
+
+@pytest.mark.parametrize(("shape", "window", "fraction", "batch_pixels"),
+                         [((70, 53), 16, 0.5, 16 * 16), ((37, 90), 48, 2 / 3, 10**6), ((2, 64, 41), 32, 0.75, 3000)])
+def test_blending_equals_the_blend_written_out_plainly(shape: tuple[int, ...], window: int, fraction: float,
+                                                       batch_pixels: int) -> None:
+    """Windows cut from the image itself, a separable weight and in-place division (memory) give the plain
+    blend: sides shorter than a window, sides no multiple of the stride, several channels, any batch."""
+    image = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+
+    def run(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Depends on where a pixel sits in its window (the roll wraps inside it), so a misplaced window shows.
+        first = batch[:, :1]
+        return {"out": first * first + torch.roll(batch[:, -1:], 1, dims=-1)}
+
+    blended = _blend_windows(run, image, window, fraction, batch_pixels, "cpu")["out"]
+    assert blended.dtype == np.float32 and blended.shape == shape[-2:]
+    np.testing.assert_allclose(blended, _naive_blend(run, image, window, fraction), rtol=1e-6, atol=1e-6)
 
 
 def test_an_image_of_one_window_is_the_network_run_on_that_window() -> None:
