@@ -81,6 +81,32 @@ def test_fused_branches_and_merge_equal_the_plain_construction(shape: tuple[int,
     torch.testing.assert_close(out.prior_var, var, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(32, 32), (32, 48)])
+def test_training_path_equals_the_plain_construction_in_values_and_gradients(shape: tuple[int, int]) -> None:
+    """With autograd on, padding, up-sampling and the branches' shifts run out of place (training speed); the
+    prior and every weight's gradient must be those of the plain construction."""
+    torch.manual_seed(4)
+    net = BlindSpotUNet(SMALL).train()
+    x = torch.randn(2, 1, *shape)
+    target = torch.randn(2, 1, *shape)
+
+    def loss_and_grads(prior: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        mean, var = prior
+        loss = ((mean - target) ** 2 / var + var.log()).mean()
+        return loss.detach(), list(torch.autograd.grad(loss, list(net.merge.parameters())
+                                                      + list(net.encoder_in.parameters())))
+
+    out = net(x)
+    fused_loss, fused_grads = loss_and_grads((out.prior_mean, out.prior_var))
+    plain_loss, plain_grads = loss_and_grads(_reference_prior(net, x))
+    torch.testing.assert_close(fused_loss, plain_loss, rtol=1e-5, atol=1e-6)
+    for fused, plain in zip(fused_grads, plain_grads, strict=True):
+        torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        untracked = net(x)
+    torch.testing.assert_close(untracked.prior_mean, out.prior_mean.detach(), rtol=1e-6, atol=1e-6)
+
+
 def test_blind_spot_rejects_size_not_multiple_of_pooling() -> None:
     net = BlindSpotUNet(SMALL)
     with pytest.raises(ValueError, match="multiple of 8"):

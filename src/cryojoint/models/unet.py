@@ -116,7 +116,13 @@ def _interior(buffer: Tensor) -> Tensor:
 
 
 def blind_pad(x: Tensor) -> Tensor:
-    """Zero-pad [B,C,H,W] by 2 rows on top and 1 column each side; returns a channels-last tensor."""
+    """Zero-pad [B,C,H,W] by 2 rows on top and 1 column each side; returns a channels-last tensor.
+
+    Where autograd tracks ``x`` (training) ``F.pad``: the backward of an in-place copy into a buffer
+    (``CopySlices``) clones the buffer's whole gradient, which cost more than the copy saved.
+    """
+    if x.requires_grad:
+        return F.pad(x, (PAD_SIDE, PAD_SIDE, PAD_TOP, 0)).contiguous(memory_format=MEMORY_FORMAT)
     batch, channels, height, width = x.shape
     buffer = _padded_buffer(x, height, width, channels)
     _interior(buffer).copy_(x.permute(0, 2, 3, 1))
@@ -124,7 +130,11 @@ def blind_pad(x: Tensor) -> Tensor:
 
 
 def upsample_concat_pad(coarse: Tensor, skip: Tensor) -> Tensor:
-    """``blind_pad(cat([nearest_upsample_2x(coarse), skip], channels))`` in one pass over the memory."""
+    """``blind_pad(cat([nearest_upsample_2x(coarse), skip], channels))`` in one pass over the memory (out of
+    place where autograd tracks the inputs, as in :func:`blind_pad`)."""
+    if coarse.requires_grad or skip.requires_grad:
+        upsampled = coarse.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+        return blind_pad(torch.cat([upsampled, skip.to(upsampled.dtype)], dim=1))
     batch, coarse_channels, height, width = coarse.shape
     buffer = _padded_buffer(coarse, 2 * height, 2 * width, coarse_channels + skip.shape[1])
     interior = _interior(buffer)
@@ -153,6 +163,15 @@ def copy_shifted(target: Tensor, source: Tensor, rows: int, columns: int) -> Non
     target[:, target_rows, target_columns].copy_(source[:, source_rows, source_columns])
     target[:, edge_rows].zero_()
     target[:, :, edge_columns].zero_()
+
+
+def shifted(source: Tensor, rows: int, columns: int) -> Tensor:
+    """Out-of-place :func:`copy_shifted`: ``result[i, j] = source[i - rows, j - columns]`` over [B,H,W,C], zeros
+    where that falls outside (a zero pad on the side the content moves away from, then a crop)."""
+    height, width = source.shape[1:3]
+    padded = F.pad(source, (0, 0, max(columns, 0), max(-columns, 0), max(rows, 0), max(-rows, 0)))
+    top, left = max(-rows, 0), max(-columns, 0)
+    return padded[:, top:top + height, left:left + width]
 
 
 def blind_pool(x: Tensor) -> Tensor:
@@ -257,17 +276,26 @@ class BlindSpotUNet(nn.Module):
             groups = [ROTATIONS[0::2], ROTATIONS[1::2]]
         # Un-rotated branches side by side along channels, written straight into one channels-last buffer
         # (as [B,H,W,C]: far cheaper than torch.cat of rotated channels-last views).
+        # Where autograd tracks the weights (training) the branches are concatenated out of place instead (see
+        # blind_pad): the backward of each in-place copy would clone the whole buffer's gradient.
+        tracked = torch.is_grad_enabled() and any(p.requires_grad for p in self.merge.parameters())
         branches: Tensor | None = None
+        pieces: dict[int, Tensor] = {}
         for group in groups:
             stacked = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in group], dim=0)
             features = self._unet(stacked)
             channels = features.shape[1]
-            if branches is None:
+            if branches is None and not tracked:
                 branches = features.new_empty(batch, height, width, channels * len(ROTATIONS))
             for k, chunk in zip(group, features.split(batch, dim=0), strict=True):
                 unrotated = torch.rot90(chunk.permute(0, 2, 3, 1), -k, dims=(1, 2))  # [B,H,W,C]
                 # The branch's one-row down shift (strictly above, not at or above), in the un-rotated frame.
-                copy_shifted(branches[..., k * channels:(k + 1) * channels], unrotated, *UNROTATED_SHIFTS[k])
+                if tracked:
+                    pieces[k] = shifted(unrotated, *UNROTATED_SHIFTS[k])
+                else:
+                    copy_shifted(branches[..., k * channels:(k + 1) * channels], unrotated, *UNROTATED_SHIFTS[k])
+        if tracked:
+            branches = torch.cat([pieces[k] for k in ROTATIONS], dim=-1)
         merged = self._merge(branches)  # [B,H,W,2]
         prior_mean = merged[..., 0].unsqueeze(1)
         prior_var = F.softplus(merged[..., 1]).unsqueeze(1) + MIN_VARIANCE
