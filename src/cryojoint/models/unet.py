@@ -133,8 +133,11 @@ def upsample_concat_pad(coarse: Tensor, skip: Tensor) -> Tensor:
     """``blind_pad(cat([nearest_upsample_2x(coarse), skip], channels))`` in one pass over the memory (out of
     place where autograd tracks the inputs, as in :func:`blind_pad`)."""
     if coarse.requires_grad or skip.requires_grad:
-        upsampled = coarse.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
-        return blind_pad(torch.cat([upsampled, skip.to(upsampled.dtype)], dim=1))
+        # Padded apart, then concatenated: padding the concatenation (an odd channel count at full resolution)
+        # took a slow path, 36 vs 12 ms forward + backward at [16, 49, 96, 96].
+        upsampled = blind_pad(F.interpolate(coarse, scale_factor=2, mode="nearest"))
+        return torch.cat([upsampled, blind_pad(skip.to(upsampled.dtype))], dim=1).contiguous(
+            memory_format=MEMORY_FORMAT)
     batch, coarse_channels, height, width = coarse.shape
     buffer = _padded_buffer(coarse, 2 * height, 2 * width, coarse_channels + skip.shape[1])
     interior = _interior(buffer)
