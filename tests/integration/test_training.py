@@ -425,7 +425,9 @@ def test_a_bfloat16_step_trains_like_a_float32_step(prepared) -> None:
     assert all(p.dtype == torch.float32 for p in network.parameters())
     # Per part, the bfloat16 gradient points where the float32 one does (measured 0.996-1.000). Per tensor, the
     # batch-norm biases' gradients (sums of near-cancelling terms over the whole batch) are the most sensitive to
-    # rounding (measured 0.89-0.96); they must still agree clearly.
+    # rounding, and to the reduction order, which the thread count sets: measured 0.89-0.96 with 2 threads, down
+    # to 0.79 with 1 (the same before and after session 13's training-speed changes); they must still agree
+    # clearly. Every other tensor: 0.95 or more with 1 thread.
     used = [name for name, exact in exact_gradients.items() if exact is not None and exact.any()]
     for part in ("denoiser", "detector"):
         names = [name for name in used if name.startswith(part)]
@@ -435,5 +437,5 @@ def test_a_bfloat16_step_trains_like_a_float32_step(prepared) -> None:
     for name in used:
         cosine = torch.nn.functional.cosine_similarity(gradients[name].flatten(), exact_gradients[name].flatten(),
                                                        dim=0)
-        assert cosine > 0.8, (name, float(cosine))
+        assert cosine > (0.7 if name.endswith("bias") and ".bn" in name else 0.8), (name, float(cosine))
     assert terms["loss"] == pytest.approx(exact_terms["loss"], rel=0.05)
