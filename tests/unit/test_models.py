@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
 import torch
 
+import cryojoint.models.unet as unet_module
 from cryojoint.config import MODEL_PRESETS, ModelConfig, model_config_for_preset
 from cryojoint.models import (
     RECEPTIVE_FIELD,
@@ -105,6 +107,44 @@ def test_training_path_equals_the_plain_construction_in_values_and_gradients(sha
     with torch.no_grad():
         untracked = net(x)
     torch.testing.assert_close(untracked.prior_mean, out.prior_mean.detach(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not unet_module._FUSED_CONVOLUTION, reason="this torch has no oneDNN fused convolution")
+@pytest.mark.parametrize("precision", [None, torch.bfloat16])
+def test_fused_inference_convolutions_equal_the_unfused_network(precision: torch.dtype | None,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inference fuses each blind convolution with its activation; float32 gives the same numbers, bfloat16
+    the same within its rounding (the activation is applied before rounding instead of after)."""
+    torch.manual_seed(5)
+    net = BlindSpotUNet(SMALL).eval()
+    x = torch.randn(2, 1, 32, 48)
+    calls = []
+    fused_call = unet_module.conv_leaky_relu_fused
+
+    def counted(*args: object) -> torch.Tensor | None:
+        result = fused_call(*args)
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr(unet_module, "conv_leaky_relu_fused", counted)
+    autocast = torch.autocast("cpu", dtype=precision) if precision else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
+        fused = net(x)
+        assert calls and all(calls)
+        monkeypatch.setattr(unet_module, "_FUSED_CONVOLUTION", False)
+        plain = net(x)
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if precision is None else {"rtol": 0.05, "atol": 0.05}
+    torch.testing.assert_close(fused.prior_mean.float(), plain.prior_mean.float(), **tolerance)
+    torch.testing.assert_close(fused.prior_var.float(), plain.prior_var.float(), **tolerance)
+
+
+def test_training_never_takes_the_fused_convolution() -> None:
+    """oneDNN's fused convolution has no backward: with autograd on the plain convolution runs."""
+    conv = torch.nn.Conv2d(2, 3, 3)
+    assert unet_module.conv_leaky_relu_fused(torch.randn(1, 2, 8, 8), conv, 0.1) is None
+    with torch.no_grad():
+        fused = unet_module.conv_leaky_relu_fused(torch.randn(1, 2, 8, 8), conv, 0.1)
+    assert fused is not None or not unet_module._FUSED_CONVOLUTION
 
 
 def test_blind_spot_rejects_size_not_multiple_of_pooling() -> None:
