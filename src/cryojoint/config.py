@@ -118,8 +118,9 @@ class TrainConfig:
     """Optimisation schedule."""
 
     mode: str = "joint"
-    # What the standard benchmark measures (benchmarks/README.md): ~8 min for a 52 px particle on 2 CPU cores. The
-    # paper trained ~300k steps on a GPU; more steps help where the validation AP is still rising (metrics.csv).
+    # What the standard benchmark measures (benchmarks/README.md): ~2.5 min for a 52 px particle on 2 CPU cores in
+    # bfloat16. The paper trained ~300k steps on a GPU; more steps help where the validation AP is still rising
+    # (metrics.csv).
     steps: int = 600
     # Denoiser (and everything but the detector). The paper: 1e-4 for the whole model over ~300k iterations. CPU
     # budgets are 10^2-10^3 steps, and since the detection loss no longer trains the denoiser (default preset)
