@@ -32,8 +32,6 @@ from cryojoint.prediction import CANDIDATES_STAR, COMBINED_STAR, box_size_px
 
 RECORD_NAME = "pick.json"
 HISTOGRAM_NAME = "score_histogram.png"
-#: Decimals of the scores in a STAR file (``starfile`` writes floats as ``%.6f``).
-STAR_SCORE_DECIMALS = 6
 
 #: Cut-offs shown by ``cryojoint threshold`` when none are given: this many, spread over the candidates' scores.
 DEFAULT_CUTOFF_COUNT = 7
@@ -71,6 +69,7 @@ def read_prediction_folder(folder: str | Path) -> PredictionFolder:
         if "no particle coordinates" not in err.problem:
             raise
         candidates = empty_table()  # no peak in any micrograph
+    candidates = _with_full_precision_scores(candidates, per_micrograph)
     record = folder / "predict.json"
     threshold = diameter = None
     if record.is_file():
@@ -82,15 +81,36 @@ def read_prediction_folder(folder: str | Path) -> PredictionFolder:
     return PredictionFolder(folder, candidates, names, threshold, diameter)
 
 
+def _with_full_precision_scores(candidates: pd.DataFrame, per_micrograph: list[Path]) -> pd.DataFrame:
+    """``candidates`` with the scores of the per-micrograph CSVs (10 significant digits), what predict chose its
+    cut-off on. The STAR keeps 6 decimals, and bfloat16 logits put distinct scores closer than that (measured:
+    -3.40625 and a cut-off of -3.406249762 became equal), so a re-cut at the run's own cut-off kept extra picks."""
+    tables = []
+    for path in per_micrograph:
+        try:
+            tables.append(read_coordinates(path, "csv"))
+        except UserInputError:  # an empty candidates file: no peaks
+            continue
+    if not tables or not len(candidates):
+        return candidates
+
+    def keys(table: pd.DataFrame) -> list[tuple[str, float, float]]:
+        return list(zip(table["micrograph"].astype(str), table["x"].round(3), table["y"].round(3)))
+
+    full = pd.concat(tables, ignore_index=True)
+    exact = dict(zip(keys(full), full["score"].to_numpy(float)))
+    result = candidates.copy()
+    result["score"] = [exact.get(key, score) for key, score in zip(keys(candidates), candidates["score"])]
+    return result
+
+
 def recut(candidates: pd.DataFrame, threshold: float | None = None, count: int | None = None) -> pd.DataFrame:
     """Candidates at or above ``threshold``, or the ``count`` best of each micrograph (exactly one is given)."""
     if (threshold is None) == (count is None):
         raise UserInputError(None, "give either --threshold X or --count N")
     if threshold is not None:
-        # Scores come back from a STAR file with STAR_SCORE_DECIMALS decimals; the run's own cut-off (full
-        # precision in predict.json) is the score of its last pick, so compare at the stored precision.
-        stored = round(float(threshold), STAR_SCORE_DECIMALS)
-        return candidates[candidates["score"].round(STAR_SCORE_DECIMALS) >= stored].reset_index(drop=True)
+        # Scores at full precision (read_prediction_folder), as predict compared them with its cut-off.
+        return candidates[candidates["score"] >= float(threshold)].reset_index(drop=True)
     if count is None or count < 1:
         raise UserInputError(None, "--count must be at least 1")
     ranked = candidates.sort_values("score", ascending=False, kind="stable")
