@@ -236,7 +236,7 @@ def predict_files(
         candidate_path = output_paths(out_dir, name)["candidates"]
         if name in failures or not candidate_path.exists():
             continue
-        table = _read_candidates(candidate_path, name)
+        table = read_candidates(candidate_path)
         table[FILE_NAME_COLUMN] = Path(path).name
         candidate_tables.append(table)
         ny, nx = micrograph_shape(path)
@@ -253,7 +253,8 @@ def predict_files(
     return summary
 
 
-def _read_candidates(path: Path, name: str) -> pd.DataFrame:
+def read_candidates(path: Path) -> pd.DataFrame:
+    """One micrograph's candidates file (``candidates/<name>.csv``, full-precision scores); empty when it has none."""
     try:
         return read_coordinates(path, "csv")
     except UserInputError:  # an empty candidates file: no peaks at all

@@ -28,7 +28,7 @@ from cryojoint.io.coords import (
     write_coordinates,
     write_coordinates_per_micrograph,
 )
-from cryojoint.prediction import CANDIDATES_STAR, COMBINED_STAR, box_size_px
+from cryojoint.prediction import CANDIDATES_STAR, COMBINED_STAR, box_size_px, read_candidates
 
 RECORD_NAME = "pick.json"
 HISTOGRAM_NAME = "score_histogram.png"
@@ -85,12 +85,7 @@ def _with_full_precision_scores(candidates: pd.DataFrame, per_micrograph: list[P
     """``candidates`` with the scores of the per-micrograph CSVs (10 significant digits), what predict chose its
     cut-off on. The STAR keeps 6 decimals, and bfloat16 logits put distinct scores closer than that (measured:
     -3.40625 and a cut-off of -3.406249762 became equal), so a re-cut at the run's own cut-off kept extra picks."""
-    tables = []
-    for path in per_micrograph:
-        try:
-            tables.append(read_coordinates(path, "csv"))
-        except UserInputError:  # an empty candidates file: no peaks
-            continue
+    tables = [table for table in map(read_candidates, per_micrograph) if len(table)]
     if not tables or not len(candidates):
         return candidates
 

@@ -313,15 +313,15 @@ class BlindSpotUNet(nn.Module):
             groups = [ROTATIONS[0::2], ROTATIONS[1::2]]
         # Un-rotated branches side by side along channels, written straight into one channels-last buffer
         # (as [B,H,W,C]: far cheaper than torch.cat of rotated channels-last views).
-        # Where autograd tracks the weights (training) the branches are concatenated out of place instead (see
+        # Where autograd tracks the features (training) the branches are concatenated out of place instead (see
         # blind_pad): the backward of each in-place copy would clone the whole buffer's gradient.
-        tracked = torch.is_grad_enabled() and any(p.requires_grad for p in self.merge.parameters())
         branches: Tensor | None = None
         pieces: dict[int, Tensor] = {}
         for group in groups:
             stacked = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in group], dim=0)
             features = self._unet(stacked)
             channels = features.shape[1]
+            tracked = features.requires_grad
             if branches is None and not tracked:
                 branches = features.new_empty(batch, height, width, channels * len(ROTATIONS))
             for k, chunk in zip(group, features.split(batch, dim=0), strict=True):
