@@ -27,7 +27,7 @@ class LoadedModel:
     network: torch.nn.Module
     config: CryojointConfig
     particle_diameter_px: float  # at network scale (after downsample)
-    downsample: int
+    downsample: float  # input px per network px (imaging.bin_image)
     meta: dict[str, Any]
 
 
@@ -86,4 +86,4 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise UserInputError(path, f"weights do not fit the architecture in its config ({err})") from None
     network.to(device).eval()
     meta = dict(payload.get("meta", {}))
-    return LoadedModel(network, config, float(meta["particle_diameter_px"]), int(meta.get("downsample", 1)), meta)
+    return LoadedModel(network, config, float(meta["particle_diameter_px"]), float(meta.get("downsample", 1)), meta)

@@ -63,7 +63,7 @@ def _train_config(
     device: str | None = None,
     particle_diameter: float | None = None,
     expected_particles: float | None = None,
-    downsample: int | None = None,
+    downsample: float | None = None,
     label_completeness: float | None = None,
 ) -> CryojointConfig:
     """The config ``cryojoint train`` runs with: the YAML (or the defaults), then only the options given.
@@ -229,7 +229,7 @@ def train(
         help=f"Share of the particles inside your labelled regions that you labelled, in (0, 1] (default: "
              f"{_DATA_DEFAULTS.label_completeness}, or data.label_completeness of --config); turns the label "
              "density into the expected particle count.")] = None,
-    downsample: Annotated[int | None, typer.Option(help="Bin micrographs by N before training (default: "
+    downsample: Annotated[float | None, typer.Option(help="Bin micrographs by N before training (default: "
                                                         "data.downsample of --config, else automatic: the "
                                                         "smallest N that brings the particle to at most "
                                                         f"{_DATA_DEFAULTS.max_network_particle_px:.0f} px; "
@@ -284,7 +284,7 @@ def predict(
     formats: Annotated[str, typer.Option(help="Pick files: any of star,box,cbox,csv,topaz (one file per micrograph "
                                               "in picks/<format>/) and cs (one cryoSPARC picks.cs).")] = "star",
     outputs: Annotated[str, typer.Option(help="Any of picks,denoised,heatmap.")] = "picks,denoised,heatmap",
-    downsample: Annotated[int | None, typer.Option(help="Bin input by N (default: as in training). "
+    downsample: Annotated[float | None, typer.Option(help="Bin input by N (default: as in training). "
                                                    "Coordinates are written in input pixels.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
     workers: Annotated[int, typer.Option(help="Parallel workers (Dask).")] = 1,
@@ -509,6 +509,33 @@ def demo(
 
     result = run_demo(out, steps=steps, dose=dose, seed=seed, overwrite=overwrite)
     typer.echo(result)
+
+
+@app.command()
+def pretrain(
+    out: Annotated[Path, typer.Option(help="Folder for the corpus manifest, the training run and general.pt.")],
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 6000,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    corpus_seed: Annotated[int, typer.Option(help="Seed of the simulated corpus (offset within its own seed "
+                                                  "range, disjoint from the benchmark's).")] = 0,
+    simulations_per_structure: Annotated[int, typer.Option(help="Pixel sizes (simulations) per structure.")] = 4,
+    micrographs_per_simulation: Annotated[int, typer.Option(help="Micrographs per simulation.")] = 3,
+    threads: Annotated[int | None, typer.Option(help="Torch threads (default: all cores).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/run/checkpoint.pt.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
+) -> None:
+    """Pretrain the general model on a simulated corpus of every shipped structure; writes OUT/general.pt.
+
+    Example: cryojoint pretrain --out runs/general --steps 6000
+    """
+    from cryojoint.pretraining import CorpusConfig
+    from cryojoint.pretraining import pretrain as pretrain_general
+
+    corpus = CorpusConfig(pixel_sizes_per_structure=simulations_per_structure,
+                          micrographs_per_simulation=micrographs_per_simulation, seed=corpus_seed)
+    path = pretrain_general(out, steps=steps, corpus_config=corpus, seed=seed, resume=resume, overwrite=overwrite,
+                            threads=threads)
+    typer.echo(f"general model: {path}")
 
 
 def relion_main() -> None:

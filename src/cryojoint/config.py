@@ -97,7 +97,9 @@ class DataConfig:
     # Bin micrographs by this factor before the network sees them. None: automatic, the smallest factor that brings
     # the particle (given, or estimated from the labels) to at most max_network_particle_px; 1 for the particles of
     # our benchmarks (27-52 px), 2 for a 64-126 px particle, 4 for a 200 px one.
-    downsample: int | None = None
+    # Fractional factors (e.g. 1.5, for the general model's fixed particle size) resample with an anti-aliasing
+    # filter (imaging.bin_image); they are snapped to a ratio of integers with denominator <= 8.
+    downsample: float | None = None
     # Widest particle (px at network scale) the automatic downsample leaves unbinned: the detector's receptive
     # field (models.detector.RECEPTIVE_FIELD, 63 px), so that it sees a particle whole. Wider particles also cost
     # larger patches and a U-Net pass over many more pixels for the same information (users bin to ~4-6 Å/px).

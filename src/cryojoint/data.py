@@ -23,6 +23,7 @@ from cryojoint.imaging import (
     bin_image,
     flatten_background,
     normalise,
+    snap_factor,
     to_binned_coordinates,
 )
 from cryojoint.io.coords import check_inside, check_names_match
@@ -170,7 +171,7 @@ class PreparedData:
     pixels_per_positive: float  # area (px^2) of one particle's soft label: 2 pi sigma^2
     noise_std: float  # per-pixel noise of the normalised images (from neighbour differences)
     mean_area_px2: float  # mean micrograph area at network scale: expected_particles is per this area
-    downsample: int
+    downsample: float
     diameter_was_estimated: bool = False
     expected_was_estimated: bool = False
     notes: list[str] = field(default_factory=list)
@@ -257,7 +258,7 @@ def automatic_downsample(particle_diameter_px: float, max_network_particle_px: f
 
 
 def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, data_config: DataConfig,
-                       labels_source: str | Path | None, notes: list[str]) -> tuple[int, float]:
+                       labels_source: str | Path | None, notes: list[str]) -> tuple[float, float]:
     """The bin factor training uses and the particle diameter at that scale (px), given or measured on the labels.
 
     A factor in the config stands, and a diameter not given is measured at it. Automatic (``None``): from the given
@@ -270,7 +271,7 @@ def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, 
     if not labelled:
         raise UserInputError(labels_source, "no label matches any given micrograph")
 
-    def measured_at(factor: int) -> float:
+    def measured_at(factor: float) -> float:
         return float(estimate_particle_diameter([bin_image(m.data, factor) for m, _ in labelled],
                                                 [to_binned_coordinates(xy, factor) for _, xy in labelled]))
 
@@ -279,15 +280,16 @@ def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, 
 
     limit = data_config.max_network_particle_px
     given = data_config.particle_diameter_px
+    given_factor = None if data_config.downsample is None else snap_factor(data_config.downsample)
     if given is not None:
-        factor = data_config.downsample or automatic_downsample(given, limit)
-        if data_config.downsample is None and factor > 1:
+        factor = given_factor or automatic_downsample(given, limit)
+        if given_factor is None and factor > 1:
             notes.append(f"binned {factor}x inside the network: the {given:.0f} px particle is wider than "
                          f"{limit:.0f} px (--downsample 1 keeps the full size)")
         return factor, given / factor
-    if data_config.downsample is not None:
+    if given_factor is not None:
         try:
-            return data_config.downsample, measured_at(data_config.downsample)
+            return given_factor, measured_at(given_factor)
         except ValueError as err:
             raise user_error(err) from None
     sizes = [m.pixel_size for m, _ in labelled if m.pixel_size]

@@ -8,6 +8,7 @@ these.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -41,13 +42,56 @@ def normalise(image: np.ndarray, dtype: DTypeLike = np.float32) -> np.ndarray:
     return ((image - centre) / spread).astype(dtype, copy=False)
 
 
-def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
-    """Average ``factor`` x ``factor`` blocks (the remainder rows/columns are dropped)."""
-    if factor == 1:
-        return np.asarray(image, dtype=np.float32)
-    ny, nx = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    blocks = image[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
-    return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
+#: Largest denominator of a fractional bin factor (factor = down / up, both integers): the polyphase filter's
+#: length grows with it, and 1/8 px of bin is finer than any particle size we can measure.
+MAX_FACTOR_DENOMINATOR = 8
+
+
+def rational_factor(factor: float) -> Fraction:
+    """``factor`` as the ratio ``down / up`` of small integers that :func:`bin_image` resamples by."""
+    if not np.isfinite(factor) or factor < 1:
+        raise ValueError(f"bin factor must be >= 1, got {factor}")
+    return Fraction(float(factor)).limit_denominator(MAX_FACTOR_DENOMINATOR)
+
+
+def snap_factor(factor: float) -> float:
+    """The nearest factor :func:`bin_image` applies exactly (integer, or a fraction with denominator <= 8)."""
+    return float(rational_factor(max(1.0, float(factor))))
+
+
+def is_integer_factor(factor: float) -> bool:
+    return float(factor).is_integer()
+
+
+def bin_image(image: np.ndarray, factor: float) -> np.ndarray:
+    """The image on a grid ``factor`` times coarser, float32.
+
+    Integer factors average ``factor`` x ``factor`` blocks (the remainder rows/columns are dropped). Fractional
+    factors (``down / up``, :func:`rational_factor`) resample with a polyphase anti-aliasing filter
+    (``scipy.signal.resample_poly``): unlike interpolation it leaves pixel noise nearly independent (neighbour
+    correlation 0.04 for white noise, vs 0 for block means), which the blind-spot denoiser relies on. Both keep
+    the mean intensity per pixel.
+    """
+    if is_integer_factor(factor):
+        step = int(factor)
+        if step == 1:
+            return np.asarray(image, dtype=np.float32)
+        ny, nx = (image.shape[0] // step) * step, (image.shape[1] // step) * step
+        blocks = image[:ny, :nx].reshape(ny // step, step, nx // step, step)
+        return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
+    from scipy.signal import resample_poly
+
+    ratio = rational_factor(factor)
+    out_shape = binned_shape(np.shape(image), factor)
+    resampled = np.asarray(image, dtype=np.float32)
+    for axis in (0, 1):
+        resampled = resample_poly(resampled, ratio.denominator, ratio.numerator, axis=axis, padtype="line")
+    return np.ascontiguousarray(resampled[: out_shape[0], : out_shape[1]], dtype=np.float32)
+
+
+def binned_shape(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
+    """(rows, columns) of :func:`bin_image`'s output for an image of ``shape``."""
+    return int(shape[0] // factor), int(shape[1] // factor)
 
 
 #: Pixels of a normalised image (robust sd 1) beyond this many sds are clipped before the background is smoothed:
@@ -106,10 +150,16 @@ def flatten_background(normalised: np.ndarray, sigma_px: float) -> tuple[np.ndar
     return residual, Flattening(background, centre, spread)
 
 
-def to_binned_coordinates(xy: np.ndarray, factor: int) -> np.ndarray:
-    """Pixel centres of the input -> pixel centres of the binned image (pixel i covers [i*f, (i+1)*f))."""
-    return (np.asarray(xy, dtype=float) + 0.5) / factor - 0.5
+def to_binned_coordinates(xy: np.ndarray, factor: float) -> np.ndarray:
+    """Pixel centres of the input -> pixel centres of :func:`bin_image`'s output.
+
+    A block mean's pixel i covers input pixels [i*f, (i+1)*f); a fractional resampling's sample i sits on input
+    position i*f (the filter is centred on its samples).
+    """
+    xy = np.asarray(xy, dtype=float)
+    return (xy + 0.5) / factor - 0.5 if is_integer_factor(factor) else xy / factor
 
 
-def from_binned_coordinates(xy: np.ndarray, factor: int) -> np.ndarray:
-    return (np.asarray(xy, dtype=float) + 0.5) * factor - 0.5
+def from_binned_coordinates(xy: np.ndarray, factor: float) -> np.ndarray:
+    xy = np.asarray(xy, dtype=float)
+    return (xy + 0.5) * factor - 0.5 if is_integer_factor(factor) else xy * factor

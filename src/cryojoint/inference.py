@@ -25,7 +25,7 @@ from cryojoint.checkpoint import LoadedModel
 from cryojoint.config import PRECISIONS, CryojointConfig
 from cryojoint.data import estimate_noise_std, flatten_ice
 from cryojoint.errors import UserInputError
-from cryojoint.imaging import bin_image, from_binned_coordinates, normalise, robust_centre_spread
+from cryojoint.imaging import bin_image, from_binned_coordinates, normalise, robust_centre_spread, snap_factor
 from cryojoint.io.coords import FILE_NAME_COLUMN, empty_table, make_table, write_coordinates
 from cryojoint.io.mrc import Micrograph, write_mrc
 from cryojoint.models.unet import posterior_mean
@@ -401,7 +401,7 @@ class MicrographPrediction:
 class PickingSettings:
     """Picking parameters resolved against the model (units: network pixels unless stated)."""
 
-    downsample: int
+    downsample: float
     nms_radius_px: float
     border_px: float
     threshold: float | None
@@ -423,14 +423,15 @@ class PickingSettings:
 
     @classmethod
     def resolve(cls, model: LoadedModel, threshold: float | str | None = None, nms_radius_px: float | None = None,
-                border_px: float | None = None, downsample: int | None = None,
+                border_px: float | None = None, downsample: float | None = None,
                 tile_size_px: int | None = None,
                 detector_window_stride_fraction: float | None = None,
                 precision: str | None = None) -> PickingSettings:
         """Options given in input pixels (as users think of them) become network pixels here."""
-        factor = int(downsample or model.downsample)
+        factor = float(downsample or model.downsample)
         if factor < 1:
             raise UserInputError(None, "--downsample must be >= 1")
+        factor = snap_factor(factor)
         predict_config = model.config.predict
         radius = nms_radius_px if nms_radius_px is not None else predict_config.nms_radius_px
         radius_net = radius / factor if radius is not None else model.particle_diameter_px / 2

@@ -22,7 +22,7 @@ import torch
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel, load_model
 from cryojoint.errors import StopRequested, UserInputError
-from cryojoint.imaging import bin_image
+from cryojoint.imaging import binned_shape
 from cryojoint.inference import (
     MicrographPrediction,
     PickingSettings,
@@ -110,7 +110,7 @@ def predict(
     threshold: float | str | None = None,
     nms_radius_px: float | None = None,
     border_px: float | None = None,
-    downsample: int | None = None,
+    downsample: float | None = None,
     device: str | torch.device = "cpu",
 ) -> Predictions:
     """Denoise and pick micrographs in memory (notebook API). Coordinates are in the input images' pixels."""
@@ -118,7 +118,7 @@ def predict(
     settings = PickingSettings.resolve(loaded, threshold, nms_radius_px, border_px, downsample)
     items = [images] if isinstance(images, (np.ndarray, Micrograph, str, Path)) else list(images)
     results = [predict_micrograph(loaded, _as_micrograph(item, i), settings, device) for i, item in enumerate(items)]
-    areas = [float(np.prod(bin_image(m.data, settings.downsample).shape)) for m in
+    areas = [float(np.prod(binned_shape(m.shape, settings.downsample))) for m in
              (_as_micrograph(item, i) for i, item in enumerate(items))]
     cut, automatic = choose_threshold([r.candidates["score"].to_numpy() for r in results], settings, areas)
     picks = _apply_threshold([r.candidates for r in results], cut)
@@ -169,7 +169,7 @@ def predict_files(
     threshold: float | str | None = None,
     nms_radius_px: float | None = None,
     border_px: float | None = None,
-    downsample: int | None = None,
+    downsample: float | None = None,
     formats: Sequence[str] = ("star",),
     outputs: Sequence[str] = OUTPUT_KINDS,
     overwrite: bool = False,
@@ -239,8 +239,7 @@ def predict_files(
         table = read_candidates(candidate_path)
         table[FILE_NAME_COLUMN] = Path(path).name
         candidate_tables.append(table)
-        ny, nx = micrograph_shape(path)
-        areas.append(float((ny // settings.downsample) * (nx // settings.downsample)))
+        areas.append(float(np.prod(binned_shape(micrograph_shape(path), settings.downsample))))
     cut, automatic = choose_threshold([t["score"].to_numpy() for t in candidate_tables], settings, areas)
     picks = _apply_threshold(candidate_tables, cut)
     all_candidates = pd.concat(candidate_tables, ignore_index=True) if candidate_tables else empty_table()

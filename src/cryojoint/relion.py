@@ -231,12 +231,12 @@ def _with_diameter_from_angstrom(config: CryojointConfig, diameter_angstrom: flo
     return config
 
 
-def _downsample_of(out_dir: Path) -> int:
+def _downsample_of(out_dir: Path) -> float:
     """The binning the prediction ran at (predict.json), which scales the denoised micrographs' pixel size."""
     import json
 
     record = json.loads((out_dir / "predict.json").read_text())
-    return int(record.get("downsample", 1))
+    return float(record.get("downsample", 1))
 
 
 def write_coordinate_files(out_dir: Path, mics: MicrographsStar, picks: pd.DataFrame) -> Path:
@@ -258,7 +258,7 @@ def write_coordinate_files(out_dir: Path, mics: MicrographsStar, picks: pd.DataF
     return index
 
 
-def write_denoised_star(out_dir: Path, mics: MicrographsStar, downsample: int) -> Path | None:
+def write_denoised_star(out_dir: Path, mics: MicrographsStar, downsample: float) -> Path | None:
     """The denoised micrographs as a RELION micrographs STAR: the input's rows and optics, new file names.
 
     Binned denoising (``downsample`` > 1) changes the pixel size, so the optics block's

@@ -643,7 +643,7 @@ def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConf
         "expected_particles_estimated": bool(prepared.expected_was_estimated),
         "expected_density_per_px2": float(prepared.expected_particles / prepared.mean_area_px2),
         "pi": float(prepared.pi),
-        "downsample": int(prepared.downsample),
+        "downsample": float(prepared.downsample),
         "mode": config.train.mode,
         "command_line": command_line,
         "train_micrographs": [im.name for im in prepared.train],

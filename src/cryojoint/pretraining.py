@@ -1,0 +1,191 @@
+"""Pretraining the general model: one network for every particle, trained on a broad simulated corpus.
+
+The general model works at a fixed particle size in network pixels (:data:`GENERAL_PARTICLE_PX`): a user's
+micrographs are binned (fractionally when needed, :func:`cryojoint.imaging.bin_image`) so that their particle
+has that diameter, and smaller particles are left at their own size (up-sampling would correlate the pixel noise
+the blind-spot denoiser relies on being independent). The corpus therefore spans particles from about half that
+size up to it, over every shipped structure, pixel sizes, doses, ice, carbon, gold, contamination and decoys
+(simulator version 2), with complete labels from the simulation's truth.
+
+Test sets stay out: the corpus is simulated from seeds at :data:`CORPUS_SEED_BASE` and above, the benchmark's
+from seed 0 (``benchmarks/suite/datasets.py``), so no benchmark micrograph, nor any simulated instance of a
+benchmark particle, is in it (a test checks the seeds are disjoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cryojoint.config import CryojointConfig, default_config
+from cryojoint.errors import UserInputError
+from cryojoint.imaging import bin_image, snap_factor, to_binned_coordinates
+from cryojoint.io.mrc import Micrograph
+
+#: Particle diameter (network px) the general model is trained and run at: inside the 32-40 px the detector's
+#: 63 px receptive field sees whole with context, and coarse enough that a 1024² binned micrograph holds many.
+GENERAL_PARTICLE_PX = 36.0
+#: Root of the corpus's simulation seeds; the benchmark simulates from seed 0 (a test keeps them disjoint).
+CORPUS_SEED_BASE = 1_000_000
+
+
+@dataclass
+class CorpusConfig:
+    """What the pretraining corpus holds (units in the names; px are the simulated micrograph's)."""
+
+    structures: tuple[str, ...] = ("barrel", "dengue-e", "glua3-ntd", "ribosome", "ruvb")
+    pixel_sizes_per_structure: int = 3  # simulations per structure, each at its own pixel size
+    micrographs_per_simulation: int = 3
+    size_px: int = 1024
+    # The particle's diameter as simulated, drawn log-uniformly; the pixel size follows from the structure's
+    # size. Above GENERAL_PARTICLE_PX the micrograph is binned to it (about half the draws), below it stays.
+    particle_diameter_range_px: tuple[float, float] = (18.0, 90.0)
+    # Each micrograph enters at one dose drawn from these (fractions of the full exposure); the simulator makes
+    # them from the same scene, so one scene at two doses would be two views of the same particles.
+    dose_fractions: tuple[float, ...] = (0.1, 0.2, 0.4, 0.6, 1.0)
+    seed: int = 0  # offset within the corpus's seed range (CORPUS_SEED_BASE + seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class Corpus:
+    """Micrographs at network scale with complete labels, and how each was made."""
+
+    micrographs: list[Micrograph]
+    labels: pd.DataFrame  # micrograph, x, y (network px)
+    manifest: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def particle_diameters_px(self) -> np.ndarray:
+        return np.array([entry["network_particle_px"] for entry in self.manifest])
+
+
+def network_factor(particle_diameter_px: float, target_px: float = GENERAL_PARTICLE_PX) -> float:
+    """Bin factor that brings a particle of ``particle_diameter_px`` (input px) to ``target_px``, never below 1."""
+    if not math.isfinite(particle_diameter_px) or particle_diameter_px <= 0:
+        raise UserInputError(None, f"particle diameter must be a positive number of pixels, got {particle_diameter_px}")
+    return snap_factor(max(1.0, particle_diameter_px / target_px))
+
+
+def corpus_seed(config: CorpusConfig) -> int:
+    return CORPUS_SEED_BASE + int(config.seed)
+
+
+def build_corpus(config: CorpusConfig | None = None, progress: bool = True) -> Corpus:
+    """Simulate the corpus (deterministic in ``config``) and bring every micrograph to the general model's scale."""
+    from cryojoint.progress import counted_progress
+    from cryojoint.simulation import SimulationConfig, list_presets, load_structure, simulate
+
+    config = config or CorpusConfig()
+    unknown = sorted(set(config.structures) - set(list_presets()))
+    if unknown:
+        raise UserInputError(None, f"unknown structure(s) {', '.join(unknown)} (known: {', '.join(list_presets())})")
+    rng = np.random.default_rng(corpus_seed(config))
+    low, high = (math.log(v) for v in config.particle_diameter_range_px)
+    diameters = {name: float(load_structure(name)[2]["diameter_angstrom"]) for name in config.structures}
+    jobs = [(structure, diameters[structure] / float(math.exp(rng.uniform(low, high))), int(rng.integers(2**31)))
+            for structure in config.structures for _ in range(config.pixel_sizes_per_structure)]
+    micrographs: list[Micrograph] = []
+    tables: list[pd.DataFrame] = []
+    manifest: list[dict[str, Any]] = []
+    with counted_progress(len(jobs), progress, "simulating the pretraining corpus") as advance:
+        for structure, pixel_size, seed in jobs:
+            sim_config = SimulationConfig.for_preset(
+                structure, seed=corpus_seed(config) + seed, n_micrographs=config.micrographs_per_simulation,
+                size_px=(config.size_px, config.size_px), pixel_size_angstrom=pixel_size,
+                dose_fractions=tuple(sorted(set(config.dose_fractions) | {1.0})), label_region_px=None)
+            dataset = simulate(config=sim_config)
+            factor = network_factor(dataset.particle_diameter_px)
+            for index, clean in enumerate(dataset.clean):
+                dose = float(rng.choice(config.dose_fractions))
+                source = dataset.micrographs[f"dose_{round(dose * 100):03d}"][index]
+                name = f"{structure}-{pixel_size:.2f}A-{seed}-{clean.name}"
+                truth = dataset.truth[dataset.truth["micrograph"] == clean.name]
+                image = bin_image(source.data, factor)
+                xy = to_binned_coordinates(truth[["x", "y"]].to_numpy(float), factor)
+                # binning drops the last rows/columns that make no whole output pixel: so do particles centred there
+                xy = xy[(xy >= 0).all(axis=1) & (xy <= np.array(image.shape[::-1]) - 1).all(axis=1)]
+                micrographs.append(Micrograph(image, pixel_size * factor, name))
+                tables.append(pd.DataFrame({"micrograph": name, "x": xy[:, 0], "y": xy[:, 1]}))
+                manifest.append({"micrograph": name, "structure": structure, "simulation_seed": sim_config.seed,
+                                 "pixel_size_angstrom": pixel_size, "dose_fraction": dose, "bin_factor": factor,
+                                 "network_particle_px": dataset.particle_diameter_px / factor,
+                                 "particles": int(len(xy))})
+            advance()
+    return Corpus(micrographs, pd.concat(tables, ignore_index=True), manifest)
+
+
+def pretraining_config(corpus: Corpus, steps: int, seed: int = 0, threads: int | None = None) -> CryojointConfig:
+    """The joint default, told what the corpus is (complete labels, known size and count), at network scale."""
+    config = default_config()
+    areas = np.array([m.data.size for m in corpus.micrographs], dtype=float)
+    counts = np.array([entry["particles"] for entry in corpus.manifest], dtype=float)
+    config.data = dataclasses.replace(
+        config.data, downsample=1.0, particle_diameter_px=float(np.median(corpus.particle_diameters_px)),
+        # per micrograph of the corpus's mean area (PreparedData.mean_area_px2)
+        expected_particles=float(counts.sum() / areas.sum() * areas.mean()), label_completeness=1.0)
+    config.train = dataclasses.replace(config.train, steps=int(steps), seed=int(seed), threads=threads,
+                                       early_stopping_patience=max(config.train.early_stopping_patience, 10**6))
+    return config
+
+
+def git_revision() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | None = None, seed: int = 0,
+             resume: bool = False, overwrite: bool = False, threads: int | None = None,
+             progress: bool = True) -> Path:
+    """Build the corpus, train the joint model on it (resumable: ``resume=True``) and write ``out/general.pt``.
+
+    Deterministic given ``corpus_config`` and ``seed``. The weights' metadata records the corpus (every
+    micrograph's structure, seed, pixel size, dose and bin), steps, training time and the git revision.
+    """
+    from cryojoint.checkpoint import read_model_file, save_model
+    from cryojoint.training import load_model, train
+
+    corpus_config = corpus_config or CorpusConfig()
+    run_dir = Path(out)
+    started = time.perf_counter()
+    corpus = build_corpus(corpus_config, progress=progress)
+    config = pretraining_config(corpus, steps, seed, threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "corpus.json").write_text(json.dumps({"config": corpus_config.to_dict(),
+                                                    "micrographs": corpus.manifest}, indent=1))
+    result = train(corpus.micrographs, corpus.labels, run_dir / "run", config, resume=resume, overwrite=overwrite,
+                   progress=progress, command_line=f"cryojoint pretrain --out {run_dir} --steps {steps}")
+    loaded = load_model(result.model_path)
+    payload = read_model_file(result.model_path)
+    meta = dict(payload["meta"])
+    meta.update({
+        "general": True,
+        "general_particle_px": GENERAL_PARTICLE_PX,
+        "expected_particles": None,  # per user's micrograph: unknown without labels
+        "expected_density_per_px2": None,
+        "pretraining": {
+            "corpus": {"config": corpus_config.to_dict(), "micrographs": len(corpus.micrographs),
+                       "particles": int(sum(e["particles"] for e in corpus.manifest)),
+                       "network_particle_px_range": [float(corpus.particle_diameters_px.min()),
+                                                     float(corpus.particle_diameters_px.max())]},
+            "steps": result.steps_done, "training_seconds": result.seconds,
+            "wall_seconds": time.perf_counter() - started, "seed": seed, "git_revision": git_revision(),
+            "machine": platform.processor() or platform.machine(),
+        },
+    })
+    return save_model(run_dir / "general.pt", loaded.network, loaded.config, meta)
