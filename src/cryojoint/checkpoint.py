@@ -18,6 +18,22 @@ from cryojoint.errors import UserInputError
 
 MODEL_FORMAT_VERSION = 1
 MODEL_KIND = "cryojoint-model"
+#: Models shipped in the package, by the name users give instead of a path (``cryojoint predict general ...``),
+#: each a versioned file in ``cryojoint/weights/`` made by ``cryojoint pretrain``.
+SHIPPED_MODELS: dict[str, str] = {"general": "general-v1.pt"}
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A shipped model's file for its name (unless a file of that name exists here), else ``path`` itself."""
+    path = Path(path)
+    if str(path) in SHIPPED_MODELS and not path.exists():
+        from importlib import resources
+
+        shipped = Path(str(resources.files("cryojoint") / "weights" / SHIPPED_MODELS[str(path)]))
+        if not shipped.is_file():
+            raise UserInputError(path, f"shipped model '{path}' is missing from this installation ({shipped})")
+        return shipped
+    return path
 
 
 @dataclass
@@ -29,6 +45,11 @@ class LoadedModel:
     particle_diameter_px: float  # at network scale (after downsample)
     downsample: float  # input px per network px (imaging.bin_image)
     meta: dict[str, Any]
+
+    @property
+    def is_general(self) -> bool:
+        """A pretrained general model (cryojoint.pretraining): it runs at any particle size it is told."""
+        return bool(self.meta.get("general"))
 
 
 def save_model(path: str | Path, network: torch.nn.Module, config: CryojointConfig, meta: dict[str, Any]) -> Path:
@@ -49,7 +70,8 @@ def save_model(path: str | Path, network: torch.nn.Module, config: CryojointConf
 
 
 def read_model_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """The payload of a model file, or of a shipped model given by name (:data:`SHIPPED_MODELS`)."""
+    path = resolve_model_path(path)
     if not path.is_file():
         raise UserInputError(path, "model file not found")
     try:
@@ -76,7 +98,7 @@ def build_network(config: CryojointConfig) -> torch.nn.Module:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load ``model.pt`` for prediction (eval mode, on ``device``)."""
+    """Load ``model.pt`` (or a shipped model by name, e.g. ``"general"``) for prediction (eval mode, on ``device``)."""
     payload = read_model_file(path)
     config = CryojointConfig.from_dict(payload["config"], source=path)
     network = build_network(config)

@@ -204,6 +204,10 @@ class PredictConfig:
     precision: str = "auto"
 
 
+#: Particle diameter (network px) the shipped general model is trained and run at (cryojoint.pretraining): inside
+#: the 32-40 px at which the detector's 63 px receptive field sees a particle whole with its surroundings, and
+#: coarse enough that a binned micrograph holds many.
+GENERAL_PARTICLE_PX = 36.0
 #: How inference feeds the network (see PredictConfig.context).
 PREDICT_CONTEXTS = ("training-patch", "whole-image")
 #: Arithmetic inference may run in (see PredictConfig.precision and cryojoint.runtime.autocast_dtype).

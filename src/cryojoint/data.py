@@ -257,6 +257,58 @@ def automatic_downsample(particle_diameter_px: float, max_network_particle_px: f
     return max(1, math.ceil(particle_diameter_px / max_network_particle_px - 1e-9))
 
 
+def network_factor(particle_diameter_px: float, target_px: float) -> float:
+    """Bin factor (:func:`~cryojoint.imaging.snap_factor`) that brings a particle of ``particle_diameter_px``
+    (input px) to ``target_px``; never below 1: up-sampling would correlate the pixel noise the blind-spot denoiser
+    needs independent, so smaller particles stay at their own size."""
+    if not math.isfinite(particle_diameter_px) or particle_diameter_px <= 0:
+        raise UserInputError(None, f"the particle diameter must be a positive size, got {particle_diameter_px}")
+    return snap_factor(max(1.0, particle_diameter_px / target_px))
+
+
+#: Units a particle diameter may be given in (``250A``, ``250Å``, ``48px``, ``48``).
+_ANGSTROM_SUFFIXES = ("angstrom", "a", "å")
+
+
+def parse_particle_diameter(text: str) -> tuple[float, str]:
+    """``"250A"`` -> (250.0, "angstrom"); ``"48px"`` or ``"48"`` -> (48.0, "px"); else a user error."""
+    cleaned = str(text).strip().lower().replace(" ", "")
+    unit = "px"
+    for suffix in (*_ANGSTROM_SUFFIXES, "px"):
+        if cleaned.endswith(suffix):
+            unit = "px" if suffix == "px" else "angstrom"
+            cleaned = cleaned[: -len(suffix)]
+            break
+    try:
+        value = float(cleaned)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise UserInputError(None, f"--particle-diameter '{text}' is not a size: give e.g. 250A (Ångström, with the "
+                             "pixel size from the MRC header) or 48px (input pixels)")
+    return value, unit
+
+
+def particle_diameter_in_pixels(text: str, paths: Sequence[str | Path]) -> float:
+    """A diameter given as :func:`parse_particle_diameter` reads it, in input pixels of ``paths``' micrographs
+    (Ångström need the pixel size in their MRC headers, the same in all of them)."""
+    from cryojoint.io.mrc import micrograph_pixel_size
+
+    value, unit = parse_particle_diameter(text)
+    if unit == "px":
+        return value
+    sizes = {Path(p): micrograph_pixel_size(p) for p in paths}
+    missing = [p for p, size in sizes.items() if not size]
+    if missing:
+        raise UserInputError(missing[0], f"no pixel size in its MRC header: give --particle-diameter in pixels "
+                             f"({text} / Å per pixel, e.g. {value / 5:.0f}px at 5 Å/px)")
+    distinct = sorted({round(float(s), 4) for s in sizes.values()})
+    if len(distinct) > 1:
+        raise UserInputError(None, f"the micrographs have different pixel sizes ({', '.join(map(str, distinct[:3]))} "
+                             "Å): predict them separately, or give --particle-diameter in pixels")
+    return value / distinct[0]
+
+
 def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, data_config: DataConfig,
                        labels_source: str | Path | None, notes: list[str]) -> tuple[float, float]:
     """The bin factor training uses and the particle diameter at that scale (px), given or measured on the labels.

@@ -22,8 +22,8 @@ import torch
 
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel
-from cryojoint.config import PRECISIONS, CryojointConfig
-from cryojoint.data import estimate_noise_std, flatten_ice
+from cryojoint.config import GENERAL_PARTICLE_PX, PRECISIONS, CryojointConfig
+from cryojoint.data import estimate_noise_std, flatten_ice, network_factor
 from cryojoint.errors import UserInputError
 from cryojoint.imaging import bin_image, from_binned_coordinates, normalise, robust_centre_spread, snap_factor
 from cryojoint.io.coords import FILE_NAME_COLUMN, empty_table, make_table, write_coordinates
@@ -413,6 +413,8 @@ class PickingSettings:
     # Overrides the model config's predict.detector_window_stride_fraction (picks vs time).
     detector_window_stride_fraction: float | None = None
     precision: str | None = None  # overrides the model config's predict.precision (runtime.autocast_dtype)
+    particle_diameter_px: float | None = None  # network px; None: the model's (the general model is told it)
+    pick: bool = True  # False: denoise only (the detector does not run)
 
     @property
     def automatic_rule(self) -> str:
@@ -426,15 +428,31 @@ class PickingSettings:
                 border_px: float | None = None, downsample: float | None = None,
                 tile_size_px: int | None = None,
                 detector_window_stride_fraction: float | None = None,
-                precision: str | None = None) -> PickingSettings:
-        """Options given in input pixels (as users think of them) become network pixels here."""
-        factor = float(downsample or model.downsample)
-        if factor < 1:
+                precision: str | None = None, particle_diameter_px: float | None = None,
+                pick: bool = True) -> PickingSettings:
+        """Options given in input pixels (as users think of them) become network pixels here.
+
+        ``particle_diameter_px`` (input px) tells the general model the particle's size: the input is binned so
+        that it measures GENERAL_PARTICLE_PX (``downsample``, when given, stands). Trained models know theirs.
+        """
+        if downsample is not None and downsample < 1:
             raise UserInputError(None, "--downsample must be >= 1")
-        factor = snap_factor(factor)
+        if particle_diameter_px is not None:
+            if not model.is_general:
+                raise UserInputError(None, "--particle-diameter is for the general model; a trained model works at "
+                                     "the particle size it was trained on")
+            factor = snap_factor(downsample) if downsample else network_factor(particle_diameter_px,
+                                                                               GENERAL_PARTICLE_PX)
+            diameter_net = particle_diameter_px / factor
+        elif model.is_general and pick:
+            raise UserInputError(None, "the general model needs the particle's size: --particle-diameter 250A "
+                                 "(Ångström, pixel size from the MRC header) or 48px (input pixels)")
+        else:
+            factor = snap_factor(downsample or model.downsample)
+            diameter_net = model.particle_diameter_px
         predict_config = model.config.predict
         radius = nms_radius_px if nms_radius_px is not None else predict_config.nms_radius_px
-        radius_net = radius / factor if radius is not None else model.particle_diameter_px / 2
+        radius_net = radius / factor if radius is not None else diameter_net / 2
         border = border_px if border_px is not None else predict_config.border_px
         rule = predict_config.auto_threshold_rule
         if isinstance(threshold, str):
@@ -454,7 +472,7 @@ class PickingSettings:
                    threshold if threshold is not None else predict_config.threshold,
                    predict_config.auto_threshold_top_fraction, rule,
                    None if expected is None else float(expected), None if density is None else float(density),
-                   tile_size_px, detector_window_stride_fraction, precision)
+                   tile_size_px, detector_window_stride_fraction, precision, float(diameter_net), pick)
 
 
 def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
@@ -469,7 +487,8 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     centre, scale = robust_centre_spread(binned)
     normalised = normalise(binned)
     config = model.config
-    normalised, flattening = flatten_ice(normalised, config.data, model.particle_diameter_px)
+    diameter = settings.particle_diameter_px or model.particle_diameter_px
+    normalised, flattening = flatten_ice(normalised, config.data, diameter)
     overrides = {key: value for key, value in (("tile_size_px", settings.tile_size_px),
                                                ("detector_window_stride_fraction",
                                                 settings.detector_window_stride_fraction),
@@ -477,7 +496,8 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     if overrides:
         config = dataclasses.replace(config, predict=dataclasses.replace(config.predict, **overrides))
     window = model.meta.get("training_patch_px")  # network pixels; absent in models from before it was recorded
-    result = run_network_on_image(model.network, normalised, config, device, keep=("denoised", "logits"),
+    keep = ("denoised", "logits") if settings.pick else ("denoised",)
+    result = run_network_on_image(model.network, normalised, config, device, keep=keep,
                                   window_px=None if window is None else int(window))
     del normalised
     denoised = None

@@ -112,10 +112,16 @@ def predict(
     border_px: float | None = None,
     downsample: float | None = None,
     device: str | torch.device = "cpu",
+    particle_diameter_px: float | None = None,
 ) -> Predictions:
-    """Denoise and pick micrographs in memory (notebook API). Coordinates are in the input images' pixels."""
+    """Denoise and pick micrographs in memory (notebook API). Coordinates are in the input images' pixels.
+
+    ``model`` is a model file, a loaded model or a shipped model's name (``"general"``, which needs
+    ``particle_diameter_px`` in the input's pixels).
+    """
     loaded = load_model(model, device) if isinstance(model, (str, Path)) else model
-    settings = PickingSettings.resolve(loaded, threshold, nms_radius_px, border_px, downsample)
+    settings = PickingSettings.resolve(loaded, threshold, nms_radius_px, border_px, downsample,
+                                       particle_diameter_px=particle_diameter_px)
     items = [images] if isinstance(images, (np.ndarray, Micrograph, str, Path)) else list(images)
     results = [predict_micrograph(loaded, _as_micrograph(item, i), settings, device) for i, item in enumerate(items)]
     areas = [float(np.prod(binned_shape(m.shape, settings.downsample))) for m in
@@ -182,6 +188,7 @@ def predict_files(
     should_stop: Callable[[], bool] | None = None,
     detector_window_stride_fraction: float | None = None,
     precision: str | None = None,
+    particle_diameter_px: float | None = None,
 ) -> PredictSummary:
     """Predict a set of micrograph files into ``out_dir`` (see the module docstring for the layout).
 
@@ -189,6 +196,8 @@ def predict_files(
     run goes on; picks are written for all micrographs that succeeded. ``should_stop`` is asked before each
     micrograph (sequential runs; with Dask workers, once before the start): when true, the run raises
     :class:`~cryojoint.errors.StopRequested`, leaving the micrographs done so far for a rerun to skip.
+    ``model_path`` may name a shipped model (``"general"``: give ``particle_diameter_px``, input pixels). Without
+    ``"picks"`` and ``"heatmap"`` in ``outputs`` the detector does not run and no pick files are written.
     """
     out_dir = Path(out_dir)
     unknown_formats = [f for f in formats if f not in WRITERS]
@@ -206,8 +215,9 @@ def predict_files(
     resolved_device = select_device(device)
     retain_freed_memory()
     model = load_model(model_path, resolved_device)
+    pick = bool({"picks", "heatmap"} & set(outputs))
     settings = PickingSettings.resolve(model, threshold, nms_radius_px, border_px, downsample, tile_size_px,
-                                       detector_window_stride_fraction, precision)
+                                       detector_window_stride_fraction, precision, particle_diameter_px, pick)
     # Checked before any work; recorded in predict.json.
     network_dtype = autocast_dtype(resolved_device, settings.precision or model.config.predict.precision)
     try:
@@ -230,6 +240,11 @@ def predict_files(
                                        should_stop)
     elapsed = time.perf_counter() - started
     n_done = len(todo) - len(failures)
+    if not pick:
+        summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, None, False, 0,
+                                 elapsed / max(n_done, 1), [], None)
+        _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device, network_dtype)
+        return summary
 
     candidate_tables, areas = [], []
     for path, name in zip(micrographs, names):
@@ -245,7 +260,7 @@ def predict_files(
     all_candidates = pd.concat(candidate_tables, ignore_index=True) if candidate_tables else empty_table()
     written = [write_coordinates(all_candidates, out_dir / CANDIDATES_STAR, "star")]
     done = {n: Path(p) for p, n in zip(micrographs, names) if n not in failures}
-    written += _write_picks(picks, out_dir, formats, done, model.particle_diameter_px * settings.downsample)
+    written += _write_picks(picks, out_dir, formats, done, settings.particle_diameter_px * settings.downsample)
     summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, cut, automatic, len(picks),
                              elapsed / max(n_done, 1), written, picks)
     _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device, network_dtype)
@@ -317,7 +332,9 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "device": str(device),
         "precision": settings.precision or model.config.predict.precision,
         "network_dtype": dtype_name(network_dtype),
-        "particle_diameter_px_input": model.particle_diameter_px * settings.downsample,
+        "particle_diameter_px_input": settings.particle_diameter_px * settings.downsample,
+        "general_model": model.is_general,
+        "picked": settings.pick,
         "n_micrographs": summary.n_micrographs,
         "n_picks": summary.n_picks,
         "failures": summary.failures,

@@ -139,11 +139,25 @@ def write_mrc(
 
 def micrograph_shape(path: str | Path) -> tuple[int, int]:
     """``(ny, nx)`` from the header alone (no data read): cheap enough to ask of thousands of files."""
+    header = _read_header(path)
+    return int(header.ny), int(header.nx)
+
+
+def micrograph_pixel_size(path: str | Path) -> float | None:
+    """Å/px from the header alone (``None`` when the header gives none)."""
+    header = _read_header(path)
+    voxel_x = float(header.cella.x) / max(int(header.mx), 1)
+    return voxel_x if np.isfinite(voxel_x) and voxel_x > 0 else None
+
+
+def _read_header(path: str | Path) -> np.recarray:
     path = Path(path)
+    if not path.is_file():
+        raise UserInputError(path, "file not found")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
-                return int(mrc.header.ny), int(mrc.header.nx)
+                return mrc.header.copy()
     except (OSError, ValueError) as err:
         raise UserInputError(path, f"cannot read MRC header ({err})") from None
