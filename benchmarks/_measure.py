@@ -64,7 +64,9 @@ def _predict(spec: dict[str, Any]) -> dict[str, Any]:
     from cryojoint.prediction import predict_files
 
     summary = predict_files(spec["model_path"], spec["test_mrcs"], spec["pred_dir"], formats=("star",),
-                            overwrite=True, progress=False)
+                            overwrite=True, progress=False,
+                            outputs=spec.get("outputs", ("picks", "denoised", "heatmap")),
+                            particle_diameter_px=spec.get("particle_diameter_px"))
     if summary.failures:
         raise RuntimeError(f"prediction failed on {summary.failures}")
     return {

@@ -37,7 +37,7 @@ MEASURE_SCRIPT = REPO_ROOT / "benchmarks" / "_measure.py"
 #: gave Topaz a quarter of our time).
 TOPAZ_SECONDS_PER_MINIBATCH_PLAN = 0.4
 PICKING_METHODS = ("floor-blob", "topaz-picker")
-DENOISING_METHODS = ("raw", "floor-lowpass", "topaz-denoise")
+DENOISING_METHODS = ("raw", "floor-lowpass", "topaz-denoise", "cryojoint-general-denoise")
 
 
 class CellFailed(RuntimeError):
@@ -229,6 +229,40 @@ def lowpass_cell(data: DoseData, profile: Profile, work: Path, joint_record: dic
             "settings": {"sigma_px": sigma, "tuned_on": "test micrographs vs full dose (oracle)"}}
 
 
+def general_zero_shot_cell(data: DoseData, profile: Profile, work: Path, joint_record: dict[str, Any] | None,
+                           log: Callable[[str], None]) -> dict[str, Any]:
+    """The shipped general model with no training and no labels, told the particle diameter (as a user knows it:
+    the true one); micrographs binned to its 36 px particle; picks scored at the automatic cut-off."""
+    predicted = _run_measured("predict", {"model_path": "general", "test_mrcs": [str(p) for p in data.test_mrcs],
+                                          "pred_dir": str(work / "pred"), "outputs": ["picks"],
+                                          "particle_diameter_px": data.true_diameter_px}, work, log)
+    tables = [read_coordinates(p, "csv") for p in (work / "pred" / "candidates" / f"{n}.csv" for n in data.test_names)
+              if p.exists() and len(p.read_text().splitlines()) > 1]
+    if not tables:
+        raise CellFailed("the general model produced no candidate peaks")
+    return {"picking": score_picks(data, pd.concat(tables, ignore_index=True), predicted.get("threshold")),
+            "denoising": None,
+            "cost": {"train_seconds": 0.0, "infer_seconds_per_micrograph": predicted.get("seconds_per_micrograph"),
+                     "infer_seconds_per_micrograph_with_startup": predicted["seconds"] / len(data.test_names),
+                     "infer_peak_rss_mb": predicted.get("peak_rss_mb")},
+            "settings": {"model": "general", "particle_diameter_px": data.true_diameter_px,
+                         "auto_threshold": predicted.get("threshold")}}
+
+
+def general_denoise_cell(data: DoseData, profile: Profile, work: Path, joint_record: dict[str, Any] | None,
+                         log: Callable[[str], None]) -> dict[str, Any]:
+    """``cryojoint denoise``: the shipped general model's denoiser alone, no training, at the input's pixel size
+    (the detector does not run), like Topaz-Denoise's pretrained model beside it."""
+    predicted = _run_measured("predict", {"model_path": "general", "test_mrcs": [str(p) for p in data.test_mrcs],
+                                          "pred_dir": str(work / "pred"), "outputs": ["denoised"]}, work, log)
+    denoised = _read_mrc_folder(work / "pred" / "denoised", data.test_names)
+    return {"picking": None, "denoising": score_denoised(data, denoised),
+            "cost": {"train_seconds": 0.0, "infer_seconds_per_micrograph": predicted.get("seconds_per_micrograph"),
+                     "infer_seconds_per_micrograph_with_startup": predicted["seconds"] / len(data.test_names),
+                     "infer_peak_rss_mb": predicted.get("peak_rss_mb")},
+            "settings": {"model": "general", "command": "cryojoint denoise MICS --out DIR"}}
+
+
 def raw_cell(data: DoseData, profile: Profile, work: Path, joint_record: dict[str, Any] | None,
              log: Callable[[str], None]) -> dict[str, Any]:
     """The low-dose input itself, scored as a 'denoised' image: what any denoiser must beat."""
@@ -267,6 +301,11 @@ def method_specs(profile: Profile) -> list[MethodSpec]:
         MethodSpec("topaz-picker", f"Topaz resnet8 ({'pretrained' if profile.topaz_pretrained else 'from scratch'})",
                    1, True, topaz_picker_cell, trains=True),
     ]
+    if profile.general_rows:
+        specs += [MethodSpec("cryojoint-general-zero-shot", "cryojoint general model, zero-shot (no labels, given "
+                             "the diameter)", 2, False, general_zero_shot_cell),
+                  MethodSpec("cryojoint-general-denoise", "cryojoint denoise (general model, no training)", 2, False,
+                             general_denoise_cell)]
     if not profile.has_denoising_truth:  # nothing to score a denoiser against
         specs = [spec for spec in specs if spec.row_id not in DENOISING_METHODS]
     for method in profile.methods:

@@ -70,8 +70,8 @@ TABLES: tuple[tuple[str, str, str, str, int], ...] = (
 
 def _applies(spec: MethodSpec, kind: str) -> bool:
     if spec.row_id.startswith("cryojoint-"):
-        return not ((kind == "picking" and "denoise-only" in spec.row_id)
-                    or (kind == "denoising" and "detect-only" in spec.row_id))
+        return not ((kind == "picking" and ("denoise-only" in spec.row_id or spec.row_id in DENOISING_METHODS))
+                    or (kind == "denoising" and ("detect-only" in spec.row_id or "zero-shot" in spec.row_id)))
     return spec.row_id in (PICKING_METHODS if kind == "picking" else DENOISING_METHODS)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from cryojoint._atomic import atomic_path
-from cryojoint.config import CryojointConfig
+from cryojoint.config import SHIPPED_MODEL_NAMES, CryojointConfig
 from cryojoint.errors import UserInputError
 
 MODEL_FORMAT_VERSION = 1
@@ -21,6 +21,7 @@ MODEL_KIND = "cryojoint-model"
 #: Models shipped in the package, by the name users give instead of a path (``cryojoint predict general ...``),
 #: each a versioned file in ``cryojoint/weights/`` made by ``cryojoint pretrain``.
 SHIPPED_MODELS: dict[str, str] = {"general": "general-v1.pt"}
+assert set(SHIPPED_MODELS) == set(SHIPPED_MODEL_NAMES)
 
 
 def resolve_model_path(path: str | Path) -> Path:

@@ -65,6 +65,7 @@ def _train_config(
     expected_particles: float | None = None,
     downsample: float | None = None,
     label_completeness: float | None = None,
+    init: str | None = None,
 ) -> CryojointConfig:
     """The config ``cryojoint train`` runs with: the YAML (or the defaults), then only the options given.
 
@@ -92,7 +93,7 @@ def _train_config(
         cfg = CryojointConfig.load_yaml(config_path)  # the file, its keys and values are checked here
         if preset is not None:
             cfg.model = _preset_under_yaml_model(preset, config_path)
-    cfg.train = dataclasses.replace(cfg.train, **_given(mode=mode, steps=steps, seed=seed, device=device))
+    cfg.train = dataclasses.replace(cfg.train, **_given(mode=mode, steps=steps, seed=seed, device=device, init=init))
     cfg.data = dataclasses.replace(cfg.data, **_given(particle_diameter_px=particle_diameter,
                                                       expected_particles=expected_particles, downsample=downsample,
                                                       label_completeness=label_completeness))
@@ -152,6 +153,9 @@ def convert(
 
 MICROGRAPHS_HELP = ("Micrographs (MRC): files, folders, quoted globs ('mics/*.mrc'), @list.txt files (one path a "
                     "line) or RELION micrograph STAR files (paths relative to the current folder).")
+PARTICLE_DIAMETER_HELP = ("For the general model: the particle's diameter, 250A (Ångström, with the pixel size from "
+                          "the MRC headers) or 48px (input pixels). The micrographs are binned so that it measures "
+                          "36 px inside the network.")
 
 
 def _micrograph_paths(items: list[str]) -> list[Path]:
@@ -245,6 +249,10 @@ def train(
     ignore_unknown_labels: Annotated[bool, typer.Option(
         "--ignore-unknown-labels", help="Skip labels naming micrographs that were not given (their count is "
                                         "printed) instead of stopping with an error.")] = False,
+    init: Annotated[str | None, typer.Option(help=f"Starting weights: scratch or general (fine-tune the shipped "
+                                                  f"pretrained model; micrographs are binned to its particle "
+                                                  f"size) (default: {_TRAIN_DEFAULTS.init}, or train.init of "
+                                                  "--config).")] = None,
 ) -> None:
     """Train one network to denoise and pick, from micrographs and a few hand-picked particles.
 
@@ -254,7 +262,7 @@ def train(
 
     cfg = _train_config(config, preset=preset, mode=mode, steps=steps, seed=seed, device=device,
                         particle_diameter=particle_diameter, expected_particles=expected_particles,
-                        downsample=downsample, label_completeness=label_completeness)
+                        downsample=downsample, label_completeness=label_completeness, init=init)
     from cryojoint.distributed import is_main_process
 
     result = train_model(_micrograph_paths(micrographs), labels, out, cfg, resume=resume, overwrite=overwrite,
@@ -270,7 +278,8 @@ def train(
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Trained model (RUN/model.pt).")],
+    model: Annotated[Path, typer.Argument(help="Trained model (RUN/model.pt), or 'general': the shipped "
+                                               "pretrained model (give --particle-diameter).")],
     micrographs: Annotated[list[str], typer.Argument(help=MICROGRAPHS_HELP)],
     out: Annotated[Path, typer.Option(help="Output folder: picks.star, denoised/, heatmaps/, picks/<format>/.")],
     threshold: Annotated[str | None, typer.Option(help="Cut-off on the peak score (log-odds as in Topaz; "
@@ -300,23 +309,69 @@ def predict(
         help="Arithmetic of the network: auto | float32 | bfloat16 | float16 (default: the model's; auto = "
              "bfloat16 on CUDA and on CPUs with AVX512-BF16/AMX, about 2x faster on the CPU, else float32).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo micrographs already predicted.")] = False,
+    particle_diameter: Annotated[str | None, typer.Option(
+        "--particle-diameter", help=PARTICLE_DIAMETER_HELP)] = None,
 ) -> None:
-    """Denoise micrographs and pick particles with a trained model.
+    """Denoise micrographs and pick particles with a trained model, or with the shipped general model.
 
     Example: cryojoint predict runs/m1/model.pt data/dose_010/*.mrc --out runs/m1/pred --formats star,box
+    Example: cryojoint predict general data/*.mrc --particle-diameter 250A --out picks
     """
+    from cryojoint.data import particle_diameter_in_pixels
     from cryojoint.prediction import predict_files
 
     paths = _micrograph_paths(micrographs)
+    diameter = None if particle_diameter is None else particle_diameter_in_pixels(particle_diameter, paths)
     summary = predict_files(model, paths, out, threshold=_threshold(threshold), nms_radius_px=nms_radius,
                             border_px=border, downsample=downsample, formats=_split(formats),
                             outputs=_split(outputs), overwrite=overwrite, device=device, workers=workers,
                             scheduler=scheduler, command_line=_command_line(), tile_size_px=tile_size,
-                            detector_window_stride_fraction=detector_window_stride, precision=precision)
+                            detector_window_stride_fraction=detector_window_stride, precision=precision,
+                            particle_diameter_px=diameter)
     how = "automatic" if summary.threshold_was_automatic else "fixed"
     typer.echo(f"{summary.n_picks} picks in {summary.n_micrographs - len(summary.failures)} micrograph(s) "
                f"({summary.n_skipped} already done); {how} cut-off {summary.threshold:.3f}; "
                f"{summary.seconds_per_micrograph:.1f} s/micrograph; picks: {summary.out_dir / 'picks.star'}")
+    if summary.failures:
+        for message in summary.failures.values():
+            typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
+@app.command()
+def denoise(
+    micrographs: Annotated[list[str], typer.Argument(help=MICROGRAPHS_HELP)],
+    out: Annotated[Path, typer.Option(help="Output folder: denoised/<name>.mrc and predict.json.")],
+    model: Annotated[Path, typer.Option(help="'general' (the shipped pretrained model) or a trained model.pt.")] =
+    Path("general"),
+    particle_diameter: Annotated[str | None, typer.Option(
+        "--particle-diameter", help="Optional for denoising: bins the micrographs as the general model would "
+                                    "for picking (250A or 48px). Default: denoise at the input's own pixel size "
+                                    "(or as the trained model was trained).")] = None,
+    downsample: Annotated[float | None, typer.Option(help="Bin input by N before denoising (default: 1 for the "
+                                                          "general model, as in training for a trained one).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
+    precision: Annotated[str | None, typer.Option(help="auto | float32 | bfloat16 | float16 (default: the "
+                                                       "model's).")] = None,
+    workers: Annotated[int, typer.Option(help="Parallel workers (Dask).")] = 1,
+    scheduler: Annotated[str | None, typer.Option(help="'local' or a Dask scheduler address tcp://host:port.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo micrographs already denoised.")] = False,
+) -> None:
+    """Denoise micrographs with no training (like Topaz-Denoise): the general model's denoiser alone.
+
+    Example: cryojoint denoise data/*.mrc --out denoised
+    """
+    from cryojoint.data import particle_diameter_in_pixels
+    from cryojoint.prediction import predict_files
+
+    paths = _micrograph_paths(micrographs)
+    diameter = None if particle_diameter is None else particle_diameter_in_pixels(particle_diameter, paths)
+    summary = predict_files(model, paths, out, downsample=downsample, outputs=["denoised"], overwrite=overwrite,
+                            device=device, workers=workers, scheduler=scheduler, command_line=_command_line(),
+                            precision=precision, particle_diameter_px=diameter)
+    typer.echo(f"{summary.n_micrographs - len(summary.failures) - summary.n_skipped} micrograph(s) denoised "
+               f"({summary.n_skipped} already done); {summary.seconds_per_micrograph:.1f} s/micrograph; "
+               f"images: {summary.out_dir / 'denoised'}")
     if summary.failures:
         for message in summary.failures.values():
             typer.echo(f"error: {message}", err=True)

@@ -104,6 +104,9 @@ class DataConfig:
     # field (models.detector.RECEPTIVE_FIELD, 63 px), so that it sees a particle whole. Wider particles also cost
     # larger patches and a U-Net pass over many more pixels for the same information (users bin to ~4-6 Å/px).
     max_network_particle_px: float = 63.0
+    # Bin (fractionally if need be) so that the particle measures this many px, never up-sampling. None: the
+    # integer rule above. Training from the general model sets it to GENERAL_PARTICLE_PX (its working scale).
+    network_particle_px: float | None = None
     # Flatten the ice before the network: subtract a Gaussian-smoothed copy of each normalised micrograph (sigma =
     # this many particle diameters; gold and contamination clipped first, imaging.flatten_background), normalise
     # again, and put the background back into the denoised image. Real exposures carry gradients across the hole
@@ -120,6 +123,9 @@ class TrainConfig:
     """Optimisation schedule."""
 
     mode: str = "joint"
+    # Starting weights: "scratch" (random, the data's noise level and prior) or a shipped model's name
+    # ("general": fine-tune the pretrained model; the micrographs are then binned to its particle size).
+    init: str = "scratch"
     # What the standard benchmark measures (benchmarks/README.md): ~2.5 min for a 52 px particle on 2 CPU cores in
     # bfloat16. The paper trained ~300k steps on a GPU; more steps help where the validation AP is still rising
     # (metrics.csv).
@@ -208,6 +214,8 @@ class PredictConfig:
 #: the 32-40 px at which the detector's 63 px receptive field sees a particle whole with its surroundings, and
 #: coarse enough that a binned micrograph holds many.
 GENERAL_PARTICLE_PX = 36.0
+#: Names of the shipped pretrained models (files: cryojoint.checkpoint.SHIPPED_MODELS).
+SHIPPED_MODEL_NAMES: tuple[str, ...] = ("general",)
 #: How inference feeds the network (see PredictConfig.context).
 PREDICT_CONTEXTS = ("training-patch", "whole-image")
 #: Arithmetic inference may run in (see PredictConfig.precision and cryojoint.runtime.autocast_dtype).
@@ -327,6 +335,10 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (config.data.downsample is None or config.data.downsample >= 1,
          "data.downsample must be >= 1 (or null: automatic, from the particle size)"),
         (config.data.max_network_particle_px >= 8, "data.max_network_particle_px must be >= 8"),
+        (config.data.network_particle_px is None or config.data.network_particle_px >= 8,
+         "data.network_particle_px must be >= 8 (or null: integer bins up to max_network_particle_px)"),
+        (config.train.init in ("scratch", *SHIPPED_MODEL_NAMES),
+         f"train.init must be scratch or one of {', '.join(SHIPPED_MODEL_NAMES)}"),
         (0.0 < config.data.label_completeness <= 1.0, "data.label_completeness must be in (0, 1]"),
         (0.0 <= config.data.validation_fraction < 1.0, "data.validation_fraction must be in [0, 1)"),
         (config.train.steps >= 1, "train.steps must be >= 1"),

@@ -333,11 +333,21 @@ def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, 
     limit = data_config.max_network_particle_px
     given = data_config.particle_diameter_px
     given_factor = None if data_config.downsample is None else snap_factor(data_config.downsample)
+    target = data_config.network_particle_px
+
+    def automatic(diameter_px: float) -> float:
+        return automatic_downsample(diameter_px, limit) if target is None else network_factor(diameter_px, target)
+
+    def binning_note(factor: float, diameter_px: float, how: str) -> str:
+        why = (f"wider than {limit:.0f} px" if target is None else
+               f"brought to the {target:.0f} px the pretrained model works at")
+        return f"binned {factor:g}x inside the network: the particle {how} {diameter_px:.0f} px, {why} " \
+               "(--downsample 1 keeps the full size)"
+
     if given is not None:
-        factor = given_factor or automatic_downsample(given, limit)
+        factor = given_factor or automatic(given)
         if given_factor is None and factor > 1:
-            notes.append(f"binned {factor}x inside the network: the {given:.0f} px particle is wider than "
-                         f"{limit:.0f} px (--downsample 1 keeps the full size)")
+            notes.append(binning_note(factor, given, "is"))
         return factor, given / factor
     if given_factor is not None:
         try:
@@ -357,7 +367,7 @@ def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, 
             scale *= 2
         except ValueError as err:
             raise user_error(err) from None
-    factor = automatic_downsample(measured * scale, limit)
+    factor = automatic(measured * scale)
     # A size read at a finer scale than the network's is measured again where the network works: the LoG and the
     # CTF fringe read a binned particle better (ribosome at 2.65 Å/px, 73 labels at 10 % dose: 70 px at full size,
     # 2 x 52.1 binned 2x, 3 x 34.0 binned 3x; true 104). A bin the new reading calls too fine grows; a reading
@@ -369,10 +379,9 @@ def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, 
             measured, scale = measured_at(factor), factor
         except ValueError:
             break
-        factor = max(factor, automatic_downsample(measured * scale, limit))
+        factor = max(factor, automatic(measured * scale))
     if factor > 1:
-        notes.append(f"binned {factor}x inside the network: the particle measures {measured * scale:.0f} px, wider "
-                     f"than {limit:.0f} px (--downsample 1 keeps the full size)")
+        notes.append(binning_note(factor, measured * scale, "measures"))
     return factor, measured * scale / factor
 
 

@@ -1,6 +1,6 @@
 """Pretraining the general model: one network for every particle, trained on a broad simulated corpus.
 
-The general model works at a fixed particle size in network pixels (:data:`GENERAL_PARTICLE_PX`): a user's
+The general model works at a fixed particle size in network pixels (``config.GENERAL_PARTICLE_PX``): a user's
 micrographs are binned (fractionally when needed, :func:`cryojoint.imaging.bin_image`) so that their particle
 has that diameter, and smaller particles are left at their own size (up-sampling would correlate the pixel noise
 the blind-spot denoiser relies on being independent). The corpus therefore spans particles from about half that
@@ -27,14 +27,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cryojoint.config import CryojointConfig, default_config
+from cryojoint.config import GENERAL_PARTICLE_PX, CryojointConfig, default_config
+from cryojoint.data import network_factor
 from cryojoint.errors import UserInputError
-from cryojoint.imaging import bin_image, snap_factor, to_binned_coordinates
+from cryojoint.imaging import bin_image, to_binned_coordinates
 from cryojoint.io.mrc import Micrograph
 
-#: Particle diameter (network px) the general model is trained and run at: inside the 32-40 px the detector's
-#: 63 px receptive field sees whole with context, and coarse enough that a 1024² binned micrograph holds many.
-GENERAL_PARTICLE_PX = 36.0
 #: Root of the corpus's simulation seeds; the benchmark simulates from seed 0 (a test keeps them disjoint).
 CORPUS_SEED_BASE = 1_000_000
 
@@ -72,13 +70,6 @@ class Corpus:
         return np.array([entry["network_particle_px"] for entry in self.manifest])
 
 
-def network_factor(particle_diameter_px: float, target_px: float = GENERAL_PARTICLE_PX) -> float:
-    """Bin factor that brings a particle of ``particle_diameter_px`` (input px) to ``target_px``, never below 1."""
-    if not math.isfinite(particle_diameter_px) or particle_diameter_px <= 0:
-        raise UserInputError(None, f"particle diameter must be a positive number of pixels, got {particle_diameter_px}")
-    return snap_factor(max(1.0, particle_diameter_px / target_px))
-
-
 def corpus_seed(config: CorpusConfig) -> int:
     return CORPUS_SEED_BASE + int(config.seed)
 
@@ -107,7 +98,7 @@ def build_corpus(config: CorpusConfig | None = None, progress: bool = True) -> C
                 size_px=(config.size_px, config.size_px), pixel_size_angstrom=pixel_size,
                 dose_fractions=tuple(sorted(set(config.dose_fractions) | {1.0})), label_region_px=None)
             dataset = simulate(config=sim_config)
-            factor = network_factor(dataset.particle_diameter_px)
+            factor = network_factor(dataset.particle_diameter_px, GENERAL_PARTICLE_PX)
             for index, clean in enumerate(dataset.clean):
                 dose = float(rng.choice(config.dose_fractions))
                 source = dataset.micrographs[f"dose_{round(dose * 100):03d}"][index]

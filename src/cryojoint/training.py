@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
 import shlex
 import shutil
@@ -38,8 +39,8 @@ import torch
 
 from cryojoint import distributed, losses
 from cryojoint._atomic import atomic_path, check_can_write
-from cryojoint.checkpoint import build_network, load_model, save_model
-from cryojoint.config import CryojointConfig, default_config
+from cryojoint.checkpoint import build_network, load_model, read_model_file, save_model
+from cryojoint.config import GENERAL_PARTICLE_PX, CryojointConfig, default_config
 from cryojoint.data import (
     LabelledImage,
     PatchSampler,
@@ -208,6 +209,10 @@ def _train(
             skipped_note = (f"skipped {n_rows} label(s) on {n_mics} micrograph(s) that were not given "
                             "(--ignore-unknown-labels)")
 
+    if config.train.init != "scratch" and config.data.network_particle_px is None:
+        # A pretrained model works at its own particle size: bin the micrographs to it.
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                      network_particle_px=GENERAL_PARTICLE_PX))
     torch.manual_seed(config.train.seed)
     rng = np.random.default_rng(config.train.seed)
     # The split does not depend on the seed or the rank: every run and every process holds out the same data.
@@ -221,6 +226,8 @@ def _train(
 
     network = build_network(config)
     _initialise(network, prepared)
+    if config.train.init != "scratch":
+        _load_initial_weights(network, config, prepared)
     network = network.to(device)
     if group.rank != 0:  # own torch stream per rank (rank 0 keeps the single-process one)
         torch.manual_seed(int(_rank_seed_sequence(config.train.seed, group.rank).generate_state(1)[0]))
@@ -429,6 +436,27 @@ def _initialise(network: torch.nn.Module, prepared: PreparedData) -> None:
     """Start from the data: the detector's bias at the prior pi, the denoiser's sigma at the measured noise."""
     if getattr(network, "detector", None) is not None:
         network.detector.initialise_prior(prepared.pi)
+    if getattr(network, "denoiser", None) is not None:
+        network.denoiser.initialise_noise_std(prepared.noise_std)
+
+
+def _load_initial_weights(network: torch.nn.Module, config: CryojointConfig, prepared: PreparedData) -> None:
+    """Start from a shipped model's weights (``train.init``), the parts this mode trains; the noise level stays
+    the one measured on these micrographs (the pretrained sigma is a mean over its corpus's doses)."""
+    name = config.train.init
+    payload = read_model_file(name)
+    source = CryojointConfig.from_dict(payload["config"], source=name)
+    if source.model != config.model:
+        changed = [f.name for f in dataclasses.fields(source.model)
+                   if getattr(source.model, f.name) != getattr(config.model, f.name)]
+        raise UserInputError(None, f"--init {name}: its architecture differs from this run's in model."
+                             f"{', model.'.join(changed)} (it is the '{source.model.preset}' preset)")
+    weights = payload["state_dict"]
+    own = network.state_dict()
+    missing = sorted(set(own) - set(weights))
+    if missing:
+        raise UserInputError(None, f"--init {name}: its weights lack {missing[0]} (and {len(missing) - 1} more)")
+    network.load_state_dict({key: weights[key] for key in own})
     if getattr(network, "denoiser", None) is not None:
         network.denoiser.initialise_noise_std(prepared.noise_std)
 
@@ -645,6 +673,7 @@ def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConf
         "pi": float(prepared.pi),
         "downsample": float(prepared.downsample),
         "mode": config.train.mode,
+        "init": config.train.init,
         "command_line": command_line,
         "train_micrographs": [im.name for im in prepared.train],
         "validation_micrographs": [im.name for im in prepared.validation],

@@ -1,0 +1,68 @@
+"""`cryojoint pretrain`: the corpus is deterministic, at the general model's scale, apart from the benchmark's data,
+and a (tiny) pretraining run writes a general model that predicts by name and records how it was made."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryojoint.config import GENERAL_PARTICLE_PX
+from cryojoint.pretraining import CORPUS_SEED_BASE, CorpusConfig, build_corpus, corpus_seed, pretrain
+
+TINY = CorpusConfig(structures=("ruvb", "ribosome"), pixel_sizes_per_structure=1, micrographs_per_simulation=2,
+                    size_px=256, particle_diameter_range_px=(24.0, 60.0))
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus():  # noqa: ANN201
+    return build_corpus(TINY, progress=False)
+
+
+def test_corpus_is_at_the_general_scale_with_labels_inside(tiny_corpus) -> None:  # noqa: ANN001
+    assert len(tiny_corpus.micrographs) == 4
+    assert (tiny_corpus.particle_diameters_px <= GENERAL_PARTICLE_PX * 1.07).all()
+    for micrograph in tiny_corpus.micrographs:
+        rows = tiny_corpus.labels[tiny_corpus.labels["micrograph"] == micrograph.name]
+        assert len(rows) > 0
+        ny, nx = micrograph.shape
+        assert rows["x"].between(0, nx - 1).all() and rows["y"].between(0, ny - 1).all()
+    assert {entry["structure"] for entry in tiny_corpus.manifest} == {"ruvb", "ribosome"}
+
+
+def test_corpus_is_deterministic(tiny_corpus) -> None:  # noqa: ANN001
+    again = build_corpus(TINY, progress=False)
+    for first, second in zip(tiny_corpus.micrographs, again.micrographs, strict=True):
+        np.testing.assert_array_equal(first.data, second.data)
+    assert again.manifest == tiny_corpus.manifest
+
+
+def test_corpus_seeds_are_apart_from_the_benchmarks(tiny_corpus) -> None:  # noqa: ANN001
+    from benchmarks.suite.datasets import DATASET_SEED
+
+    seeds = {entry["simulation_seed"] for entry in tiny_corpus.manifest} | {corpus_seed(TINY)}
+    assert min(seeds) >= CORPUS_SEED_BASE > DATASET_SEED + 1000
+
+
+def test_pretraining_writes_a_general_model_that_records_its_making(tmp_path: Path) -> None:
+    path = pretrain(tmp_path / "general", steps=4, corpus_config=TINY, threads=1, progress=False)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    meta = payload["meta"]
+    assert meta["general"] and meta["general_particle_px"] == GENERAL_PARTICLE_PX
+    assert meta["pretraining"]["steps"] == 4 and meta["pretraining"]["corpus"]["micrographs"] == 4
+    assert meta["expected_particles"] is None
+    manifest = json.loads((tmp_path / "general" / "corpus.json").read_text())
+    assert len(manifest["micrographs"]) == 4
+
+    from cryojoint.checkpoint import load_model
+    from cryojoint.prediction import predict
+
+    model = load_model(path)
+    image = np.random.default_rng(0).poisson(20.0, (192, 200)).astype(np.float32)
+    result = predict(model, image, particle_diameter_px=54.0)
+    assert result.micrographs[0].denoised.shape == (128, 133)  # binned 1.5x to the general model's scale
+    picks = result.picks
+    assert picks.empty or (picks["x"].between(0, 199).all() and picks["y"].between(0, 191).all())

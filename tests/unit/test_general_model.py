@@ -1,0 +1,209 @@
+"""The general model's parts: fractional bins, the diameter a user gives, shipped weights by name, picking settings,
+fine-tuning's starting weights and the pretraining corpus."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.ndimage import gaussian_filter
+
+from cryojoint.checkpoint import SHIPPED_MODELS, LoadedModel, build_network, load_model, resolve_model_path
+from cryojoint.config import GENERAL_PARTICLE_PX, SHIPPED_MODEL_NAMES, CryojointConfig, default_config
+from cryojoint.data import network_factor, parse_particle_diameter, particle_diameter_in_pixels, resolve_downsample
+from cryojoint.errors import UserInputError
+from cryojoint.imaging import (
+    bin_image,
+    binned_shape,
+    from_binned_coordinates,
+    rational_factor,
+    snap_factor,
+    to_binned_coordinates,
+)
+from cryojoint.inference import PickingSettings
+from cryojoint.io.mrc import Micrograph, write_mrc
+
+# --- fractional bins ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factor", [1.25, 1.5, 1.625, 2.5, 7 / 3])
+def test_fractional_bin_keeps_the_mean_and_the_shape_rule(factor: float) -> None:
+    rng = np.random.default_rng(0)
+    image = (5.0 + rng.standard_normal((301, 257))).astype(np.float32)
+    binned = bin_image(image, factor)
+    assert binned.shape == binned_shape(image.shape, factor) == (int(301 // factor), int(257 // factor))
+    assert binned.dtype == np.float32
+    assert abs(float(binned.mean()) - float(image.mean())) < 0.05
+
+
+@pytest.mark.parametrize("factor", [1.5, 1.625, 2.5])
+def test_fractional_bin_leaves_pixel_noise_nearly_independent(factor: float) -> None:
+    """The blind-spot denoiser predicts a pixel from its neighbours: correlated noise would leak into it."""
+    noise = np.random.default_rng(1).standard_normal((1024, 1024)).astype(np.float32)
+    binned = bin_image(noise, factor)[16:-16, 16:-16]
+    binned = (binned - binned.mean()) / binned.std()
+    for shifted in (binned[:, 1:] * binned[:, :-1], binned[1:, :] * binned[:-1, :]):
+        assert abs(float(shifted.mean())) < 0.08
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0, 1.5, 1.625])
+def test_a_bright_pixel_lands_where_the_coordinate_map_says(factor: float) -> None:
+    image = np.zeros((200, 220), dtype=np.float32)
+    image[101, 150] = 1.0
+    image = gaussian_filter(image, 3.0)
+    binned = bin_image(image, factor)
+    y, x = np.unravel_index(int(np.argmax(binned)), binned.shape)
+    expected = to_binned_coordinates(np.array([[150.0, 101.0]]), factor)[0]
+    assert abs(x - expected[0]) <= 0.75 and abs(y - expected[1]) <= 0.75
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(1.0, 8.0), st.lists(st.floats(0, 4000), min_size=2, max_size=2))
+def test_coordinate_maps_invert_each_other(factor: float, xy: list[float]) -> None:
+    factor = snap_factor(factor)
+    point = np.array([xy], dtype=float)
+    np.testing.assert_allclose(from_binned_coordinates(to_binned_coordinates(point, factor), factor), point,
+                               atol=1e-6)
+
+
+def test_factors_snap_to_small_ratios() -> None:
+    assert snap_factor(1.44) in (1.375, 1.428571428571428, 1.4285714285714286, 1.5)
+    assert rational_factor(snap_factor(1.44)).denominator <= 8
+    assert snap_factor(0.5) == 1.0
+    with pytest.raises(ValueError):
+        rational_factor(0.5)
+
+
+# --- the diameter a user gives -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "value", "unit"), [("250A", 250, "angstrom"), ("250 Å", 250, "angstrom"),
+                                                    ("48px", 48, "px"), ("48", 48, "px"), ("1e2a", 100, "angstrom")])
+def test_particle_diameter_parses(text: str, value: float, unit: str) -> None:
+    assert parse_particle_diameter(text) == (value, unit)
+
+
+@pytest.mark.parametrize("text", ["", "A", "-5px", "0", "big", "nanA"])
+def test_particle_diameter_that_is_no_size_is_a_user_error(text: str) -> None:
+    with pytest.raises(UserInputError, match="--particle-diameter"):
+        parse_particle_diameter(text)
+
+
+def test_angstrom_need_the_headers_pixel_size(tmp_path: Path) -> None:
+    image = np.zeros((64, 64), dtype=np.float32)
+    with_size = write_mrc(tmp_path / "a.mrc", image, pixel_size=2.5)
+    other_size = write_mrc(tmp_path / "b.mrc", image, pixel_size=5.0)
+    no_size = write_mrc(tmp_path / "c.mrc", image)
+    assert particle_diameter_in_pixels("250A", [with_size]) == pytest.approx(100.0, rel=1e-5)
+    assert particle_diameter_in_pixels("48px", [no_size]) == 48.0
+    with pytest.raises(UserInputError, match="no pixel size"):
+        particle_diameter_in_pixels("250A", [with_size, no_size])
+    with pytest.raises(UserInputError, match="different pixel sizes"):
+        particle_diameter_in_pixels("250A", [with_size, other_size])
+
+
+@pytest.mark.parametrize(("diameter", "factor"), [(20.0, 1.0), (36.0, 1.0), (54.0, 1.5), (72.0, 2.0), (104.0, None)])
+def test_network_factor_brings_the_particle_to_the_general_size_without_upsampling(diameter: float,
+                                                                                   factor: float | None) -> None:
+    got = network_factor(diameter, GENERAL_PARTICLE_PX)
+    if factor is not None:
+        assert got == factor
+    assert got >= 1.0 and rational_factor(got).denominator <= 8
+    assert diameter / got == pytest.approx(min(diameter, GENERAL_PARTICLE_PX), rel=0.07)
+
+
+# --- shipped models and picking settings -------------------------------------------------------------------
+
+
+def test_every_shipped_model_is_in_the_package_and_loads_as_data() -> None:
+    assert set(SHIPPED_MODELS) == set(SHIPPED_MODEL_NAMES)
+    for name in SHIPPED_MODELS:
+        path = resolve_model_path(name)
+        assert path.is_file() and path.stat().st_size <= 20 * 2**20
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        assert payload["meta"]["general"] and payload["meta"]["general_particle_px"] == GENERAL_PARTICLE_PX
+        assert "pretraining" in payload["meta"]
+
+
+def test_a_local_file_named_like_a_shipped_model_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("general").write_text("not a model")
+    assert resolve_model_path("general") == Path("general")
+    with pytest.raises(UserInputError, match="not a cryojoint model"):
+        load_model("general")
+
+
+def _general() -> LoadedModel:
+    return load_model("general")
+
+
+def test_the_general_model_needs_the_particle_size_to_pick() -> None:
+    model = _general()
+    assert model.is_general
+    with pytest.raises(UserInputError, match="--particle-diameter"):
+        PickingSettings.resolve(model)
+    settings_ = PickingSettings.resolve(model, particle_diameter_px=72.0)
+    assert settings_.downsample == 2.0 and settings_.particle_diameter_px == pytest.approx(36.0)
+    assert settings_.nms_radius_px == pytest.approx(18.0)
+    denoise_only = PickingSettings.resolve(model, pick=False)
+    assert denoise_only.downsample == 1.0 and not denoise_only.pick
+
+
+def test_a_trained_model_refuses_a_particle_size() -> None:
+    model = _general()
+    trained = dataclasses.replace(model, meta={**model.meta, "general": False})
+    with pytest.raises(UserInputError, match="general model"):
+        PickingSettings.resolve(trained, particle_diameter_px=72.0)
+
+
+# --- fine-tuning's start -----------------------------------------------------------------------------------
+
+
+def test_init_general_starts_from_its_weights_with_the_datas_noise_level() -> None:
+    from cryojoint.training import _load_initial_weights
+
+    config = default_config()
+    config.train = dataclasses.replace(config.train, init="general")
+    network = build_network(config)
+    prepared = type("Prepared", (), {"noise_std": 0.7})()
+    _load_initial_weights(network, config, prepared)  # type: ignore[arg-type]
+    general = load_model("general").network.state_dict()
+    own = network.state_dict()
+    differing = [k for k in own if not torch.equal(own[k], general[k])]
+    assert differing == ["denoiser.noise_std_raw"]
+
+
+def test_init_general_refuses_another_architecture() -> None:
+    from cryojoint.training import _load_initial_weights
+
+    config = default_config("paper")
+    config.train = dataclasses.replace(config.train, init="general")
+    with pytest.raises(UserInputError, match="architecture differs"):
+        _load_initial_weights(build_network(config), config, type("P", (), {"noise_std": 1.0})())  # type: ignore
+
+
+def test_init_must_name_a_shipped_model() -> None:
+    with pytest.raises(UserInputError, match="train.init"):
+        CryojointConfig.from_dict({"train": {"init": "nonsense"}})
+
+
+def test_binning_targets_the_general_size_when_asked(blob_field: Callable[..., Any]) -> None:
+    from cryojoint.config import DataConfig
+
+    rng = np.random.default_rng(3)
+    image, xy = blob_field(rng, (512, 512), 54.0, "disc", -1.0, noise=2.0)
+    micrographs = [Micrograph(image.astype(np.float32), None, "m0")]
+    labels = pd.DataFrame({"micrograph": "m0", "x": xy[:, 0], "y": xy[:, 1]})
+    data = DataConfig(particle_diameter_px=54.0, network_particle_px=GENERAL_PARTICLE_PX)
+    notes: list[str] = []
+    factor, diameter = resolve_downsample(micrographs, labels, data, None, notes)
+    assert factor == 1.5 and diameter == pytest.approx(36.0)
+    assert "36 px the pretrained model works at" in notes[0]
