@@ -356,16 +356,30 @@ def denoise(
     workers: Annotated[int, typer.Option(help="Parallel workers (Dask).")] = 1,
     scheduler: Annotated[str | None, typer.Option(help="'local' or a Dask scheduler address tcp://host:port.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo micrographs already denoised.")] = False,
+    adapt_steps: Annotated[int, typer.Option(help="First fine-tune the general model's denoiser on these "
+                                                  "micrographs for N steps (self-supervised, no labels; the "
+                                                  "adapted model is kept in OUT/adapted/). 0: no adaptation.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed of the adaptation.")] = 0,
 ) -> None:
     """Denoise micrographs with no training (like Topaz-Denoise): the general model's denoiser alone.
 
     Example: cryojoint denoise data/*.mrc --out denoised
+    Example: cryojoint denoise data/*.mrc --out denoised --adapt-steps 200
     """
     from cryojoint.data import particle_diameter_in_pixels
     from cryojoint.prediction import predict_files
 
     paths = _micrograph_paths(micrographs)
     diameter = None if particle_diameter is None else particle_diameter_in_pixels(particle_diameter, paths)
+    if adapt_steps:
+        from cryojoint.config import SHIPPED_MODEL_NAMES
+        from cryojoint.pretraining import adapt_denoiser
+
+        if str(model) not in SHIPPED_MODEL_NAMES:
+            _fail(f"--adapt-steps adapts a shipped model ({', '.join(SHIPPED_MODEL_NAMES)}), not {model}")
+        model = adapt_denoiser(paths, out / "adapted", adapt_steps, str(model), diameter, downsample, seed,
+                               overwrite=overwrite)
+        diameter, downsample = None, None  # the adapted model bins as it was adapted
     summary = predict_files(model, paths, out, downsample=downsample, outputs=["denoised"], overwrite=overwrite,
                             device=device, workers=workers, scheduler=scheduler, command_line=_command_line(),
                             precision=precision, particle_diameter_px=diameter)

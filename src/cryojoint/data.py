@@ -320,7 +320,7 @@ def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, 
     """
     labelled = [(m, labels[labels["micrograph"].astype(str) == m.name]) for m in micrographs]
     labelled = [(m, rows[["x", "y"]].to_numpy(float)) for m, rows in labelled if len(rows)]
-    if not labelled:
+    if not labelled and data_config.particle_diameter_px is None:
         raise UserInputError(labels_source, "no label matches any given micrograph")
 
     def measured_at(factor: float) -> float:

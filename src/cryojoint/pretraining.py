@@ -182,3 +182,31 @@ def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | N
         },
     })
     return save_model(run_dir / "general.pt", loaded.network, loaded.config, meta)
+
+
+def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, model: str = "general",
+                   particle_diameter_px: float | None = None, downsample: float | None = None, seed: int = 0,
+                   overwrite: bool = False, progress: bool = True) -> Path:
+    """Fine-tune a shipped model's denoiser on ``micrographs`` alone (self-supervised: no labels), for ``steps``
+    steps; returns the adapted ``out/model.pt`` (a denoise-only model at the scale the general model would use:
+    binned to its particle size when ``particle_diameter_px`` (input px) is given, else ``downsample`` or 1)."""
+    from cryojoint.io.coords import empty_table
+    from cryojoint.training import train
+
+    if steps < 1:
+        raise UserInputError(None, f"--adapt-steps must be >= 1, got {steps}")
+    if particle_diameter_px is not None:
+        factor = float(downsample) if downsample else network_factor(particle_diameter_px, GENERAL_PARTICLE_PX)
+        diameter = particle_diameter_px
+    else:
+        factor = float(downsample or 1.0)
+        diameter = GENERAL_PARTICLE_PX * factor  # sets the patch size and the flattening scale only
+    config = default_config()
+    config.data = dataclasses.replace(config.data, particle_diameter_px=float(diameter), downsample=factor,
+                                      expected_particles=1.0, validation_fraction=0.0)
+    config.train = dataclasses.replace(config.train, mode="denoise-only", init=model, steps=int(steps),
+                                       seed=int(seed), eval_every=max(int(steps), 1),
+                                       checkpoint_every=max(int(steps), 1))
+    result = train(micrographs, empty_table(), out, config, overwrite=overwrite, progress=progress,
+                   command_line=f"cryojoint denoise --adapt-steps {steps}")
+    return result.model_path

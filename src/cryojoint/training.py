@@ -213,6 +213,9 @@ def _train(
         # A pretrained model works at its own particle size: bin the micrographs to it.
         config = dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                       network_particle_px=GENERAL_PARTICLE_PX))
+    if model_parts(config.train.mode)[1] and not len(label_table):
+        raise UserInputError(labels_source, "no labels: picking is learned from some labelled particles (only "
+                             "--mode denoise-only trains without them)")
     torch.manual_seed(config.train.seed)
     rng = np.random.default_rng(config.train.seed)
     # The split does not depend on the seed or the rank: every run and every process holds out the same data.

@@ -1,0 +1,111 @@
+"""The shipped general model from the command line: `predict general`, `denoise` (with and without adaptation) and
+`train --init general`, on a small simulated dataset written as MRC files with their pixel size."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from cryojoint import cli
+from cryojoint.io.mrc import read_micrograph
+from cryojoint.simulation import simulate_to_folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("general-cli") / "data"
+    simulate_to_folder(folder, n_micrographs=2, size=256, seed=5, preset="ruvb", progress=False)
+    return folder
+
+
+def run(args: Sequence[object], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["cryojoint", *map(str, args)])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    captured = capsys.readouterr()
+    return int(stopped.value.code or 0), captured.out, captured.err
+
+
+def test_predict_general_needs_the_particle_size(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["predict", "general", data_dir / "dose_020", "--out", tmp_path / "p"], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and "--particle-diameter" in err
+    assert not (tmp_path / "p" / "picks.star").exists()
+
+
+def test_predict_general_in_angstrom_bins_to_its_particle_size(data_dir: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    mic = read_micrograph(next((data_dir / "dose_020").glob("*.mrc")))
+    diameter_px = 54.0
+    angstrom = diameter_px * mic.pixel_size
+    code, out, err = run(["predict", "general", data_dir / "dose_020", "--out", tmp_path / "p",
+                          "--particle-diameter", f"{angstrom:.3f}A"], monkeypatch, capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "p" / "predict.json").read_text())
+    assert record["general_model"] and record["downsample"] == 1.5
+    assert record["particle_diameter_px_input"] == pytest.approx(diameter_px, rel=1e-3)
+    assert (tmp_path / "p" / "picks.star").exists()
+    denoised = read_micrograph(tmp_path / "p" / "denoised" / f"{mic.name}.mrc")
+    assert denoised.shape == (170, 170)
+    assert denoised.pixel_size == pytest.approx(mic.pixel_size * 1.5, rel=1e-4)
+
+
+def test_denoise_keeps_the_input_size_and_writes_no_picks(data_dir: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["denoise", data_dir / "dose_020", "--out", tmp_path / "d"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "2 micrograph(s) denoised" in out
+    for path in (data_dir / "dose_020").glob("*.mrc"):
+        assert read_micrograph(tmp_path / "d" / "denoised" / path.name).shape == read_micrograph(path).shape
+    assert not (tmp_path / "d" / "picks.star").exists()
+    assert json.loads((tmp_path / "d" / "predict.json").read_text())["picked"] is False
+
+
+def test_denoise_adapts_the_general_denoiser_without_labels(data_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["denoise", data_dir / "dose_020", "--out", tmp_path / "d", "--adapt-steps", "3"],
+                         monkeypatch, capsys)
+    assert code == 0, err
+    adapted = torch.load(tmp_path / "d" / "adapted" / "model.pt", map_location="cpu", weights_only=True)
+    assert adapted["meta"]["mode"] == "denoise-only" and adapted["meta"]["init"] == "general"
+    assert len(list((tmp_path / "d" / "denoised").glob("*.mrc"))) == 2
+
+
+def test_adaptation_is_for_shipped_models(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["denoise", data_dir / "dose_020", "--out", tmp_path / "d", "--adapt-steps", "3",
+                        "--model", tmp_path / "model.pt"], monkeypatch, capsys)
+    assert code == 2 and "shipped model" in err
+
+
+def test_train_init_general_fine_tunes_at_its_scale(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["train", data_dir / "dose_020", "--labels", data_dir / "labels.star", "--out",
+                          tmp_path / "run", "--steps", "3", "--init", "general", "--particle-diameter", "54"],
+                         monkeypatch, capsys)
+    assert code == 0, err
+    meta = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)["meta"]
+    assert meta["init"] == "general" and meta["downsample"] == 1.5
+    assert meta["particle_diameter_px"] == pytest.approx(36.0)
+
+
+def test_train_without_labels_is_only_for_denoise_only(data_dir: Path, tmp_path: Path) -> None:
+    from cryojoint.config import default_config
+    from cryojoint.errors import UserInputError
+    from cryojoint.io.coords import empty_table
+    from cryojoint.training import train
+
+    config = default_config()
+    config.data.particle_diameter_px = 34.0
+    config.train.steps = 2
+    with pytest.raises(UserInputError, match="no labels"):
+        train(sorted((data_dir / "dose_020").glob("*.mrc")), empty_table(), tmp_path / "run", config, progress=False)
