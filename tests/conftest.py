@@ -179,3 +179,23 @@ def cryojoint_main(monkeypatch: pytest.MonkeyPatch,
         return int(stopped.value.code or 0), captured.out, captured.err
 
     return run
+
+
+CliRunner = Callable[[Sequence[object]], tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> CliRunner:
+    """``cli_in_process(args) -> (exit code, stdout, stderr)``: ``cryojoint ARGS`` through ``cli.main`` (the console
+    entry point, which turns user errors into one line and exit code 2) in this process."""
+    from cryojoint import cli
+
+    def run(args: Sequence[object]) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["cryojoint", *map(str, args)])
+        with pytest.raises(SystemExit) as stopped:
+            cli.main()
+        captured = capsys.readouterr()
+        code = stopped.value.code
+        return (0 if code is None else int(code)), captured.out, captured.err
+
+    return run

@@ -101,6 +101,14 @@ def _train_config(
     return cfg
 
 
+def _exit_on_failures(failures: dict[str, str]) -> None:
+    """Micrographs that failed (the others were written): one error line each, then exit code 2."""
+    if failures:
+        for message in failures.values():
+            typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
 def _given(**options: object) -> dict[str, object]:
     return {k: v for k, v in options.items() if v is not None}
 
@@ -332,10 +340,7 @@ def predict(
     typer.echo(f"{summary.n_picks} picks in {summary.n_micrographs - len(summary.failures)} micrograph(s) "
                f"({summary.n_skipped} already done); {how} cut-off {summary.threshold:.3f}; "
                f"{summary.seconds_per_micrograph:.1f} s/micrograph; picks: {summary.out_dir / 'picks.star'}")
-    if summary.failures:
-        for message in summary.failures.values():
-            typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(EXIT_USER_ERROR)
+    _exit_on_failures(summary.failures)
 
 
 @app.command()
@@ -386,10 +391,7 @@ def denoise(
     typer.echo(f"{summary.n_micrographs - len(summary.failures) - summary.n_skipped} micrograph(s) denoised "
                f"({summary.n_skipped} already done); {summary.seconds_per_micrograph:.1f} s/micrograph; "
                f"images: {summary.out_dir / 'denoised'}")
-    if summary.failures:
-        for message in summary.failures.values():
-            typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(EXIT_USER_ERROR)
+    _exit_on_failures(summary.failures)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cryojoint import cli
 from cryojoint.io.coords import read_coordinates
 
 EXIT_USER_ERROR = 2
@@ -34,17 +33,6 @@ _rlnAutopickFigureOfMerit #4
 TOPAZ_PICKS = "image_name\tx_coord\ty_coord\tscore\nmic_001\t120\t80\t-1.5\nmic_002\t64\t32\t2.25\n"
 
 
-def run_in_process(args: Sequence[object], monkeypatch: pytest.MonkeyPatch,
-                   capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run ``cryojoint ARGS`` through ``cli.main`` (the console entry point) in this process."""
-    monkeypatch.setattr(sys, "argv", ["cryojoint", *map(str, args)])
-    with pytest.raises(SystemExit) as stopped:
-        cli.main()
-    captured = capsys.readouterr()
-    code = stopped.value.code
-    return (0 if code is None else int(code)), captured.out, captured.err
-
-
 def run_subprocess(args: Sequence[object], cwd: Path) -> tuple[int, str, str]:
     """Run ``python -m cryojoint.cli ARGS`` as its own process, warnings and all."""
     done = subprocess.run([sys.executable, "-m", "cryojoint.cli", *map(str, args)], cwd=cwd, capture_output=True,
@@ -52,17 +40,19 @@ def run_subprocess(args: Sequence[object], cwd: Path) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
+#: tests/conftest.py's ``cli_in_process``: ARGS -> (exit code, stdout, stderr).
+CliRunner = Callable[[Sequence[object]], tuple[int, str, str]]
+
 @pytest.fixture(params=["in-process", "subprocess"])
-def run_cli(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-            tmp_path: Path):
+def run_cli(request: pytest.FixtureRequest, cli_in_process: CliRunner, tmp_path: Path):
     if request.param == "subprocess":
         return lambda args: run_subprocess(args, tmp_path)
-    return lambda args: run_in_process(args, monkeypatch, capsys)
+    return cli_in_process
 
 
 @pytest.fixture
-def run_fast(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    return lambda args: run_in_process(args, monkeypatch, capsys)
+def run_fast(cli_in_process: CliRunner):
+    return cli_in_process
 
 
 def assert_one_line_error(result: tuple[int, str, str], source: Path | str, *fragments: str) -> str:

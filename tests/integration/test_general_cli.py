@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 import torch
 
-from cryojoint import cli
 from cryojoint.io.mrc import read_micrograph
 from cryojoint.simulation import simulate_to_folder
 
+#: tests/conftest.py's ``cli_in_process``: ARGS -> (exit code, stdout, stderr).
+CliRunner = Callable[[Sequence[object]], tuple[int, str, str]]
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -23,30 +23,19 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def run(args: Sequence[object], monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["cryojoint", *map(str, args)])
-    with pytest.raises(SystemExit) as stopped:
-        cli.main()
-    captured = capsys.readouterr()
-    return int(stopped.value.code or 0), captured.out, captured.err
-
-
-def test_predict_general_needs_the_particle_size(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["predict", "general", data_dir / "dose_020", "--out", tmp_path / "p"], monkeypatch, capsys)
+def test_predict_general_needs_the_particle_size(data_dir: Path, tmp_path: Path, cli_in_process: CliRunner) -> None:
+    code, _, err = cli_in_process(["predict", "general", data_dir / "dose_020", "--out", tmp_path / "p"])
     assert code == 2 and err.count("\n") == 1 and "--particle-diameter" in err
     assert not (tmp_path / "p" / "picks.star").exists()
 
 
 def test_predict_general_in_angstrom_bins_to_its_particle_size(data_dir: Path, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                                cli_in_process: CliRunner) -> None:
     mic = read_micrograph(next((data_dir / "dose_020").glob("*.mrc")))
     diameter_px = 54.0
     angstrom = diameter_px * mic.pixel_size
-    code, out, err = run(["predict", "general", data_dir / "dose_020", "--out", tmp_path / "p",
-                          "--particle-diameter", f"{angstrom:.3f}A"], monkeypatch, capsys)
+    code, out, err = cli_in_process(["predict", "general", data_dir / "dose_020", "--out", tmp_path / "p",
+                          "--particle-diameter", f"{angstrom:.3f}A"])
     assert code == 0, err
     record = json.loads((tmp_path / "p" / "predict.json").read_text())
     assert record["general_model"] and record["downsample"] == 1.5
@@ -58,9 +47,8 @@ def test_predict_general_in_angstrom_bins_to_its_particle_size(data_dir: Path, t
 
 
 def test_denoise_keeps_the_input_size_and_writes_no_picks(data_dir: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["denoise", data_dir / "dose_020", "--out", tmp_path / "d"], monkeypatch, capsys)
+                                                           cli_in_process: CliRunner) -> None:
+    code, out, err = cli_in_process(["denoise", data_dir / "dose_020", "--out", tmp_path / "d"])
     assert code == 0, err
     assert "2 micrograph(s) denoised" in out
     for path in (data_dir / "dose_020").glob("*.mrc"):
@@ -70,28 +58,23 @@ def test_denoise_keeps_the_input_size_and_writes_no_picks(data_dir: Path, tmp_pa
 
 
 def test_denoise_adapts_the_general_denoiser_without_labels(data_dir: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["denoise", data_dir / "dose_020", "--out", tmp_path / "d", "--adapt-steps", "3"],
-                         monkeypatch, capsys)
+                                                            cli_in_process: CliRunner) -> None:
+    code, out, err = cli_in_process(["denoise", data_dir / "dose_020", "--out", tmp_path / "d", "--adapt-steps", "3"])
     assert code == 0, err
     adapted = torch.load(tmp_path / "d" / "adapted" / "model.pt", map_location="cpu", weights_only=True)
     assert adapted["meta"]["mode"] == "denoise-only" and adapted["meta"]["init"] == "general"
     assert len(list((tmp_path / "d" / "denoised").glob("*.mrc"))) == 2
 
 
-def test_adaptation_is_for_shipped_models(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["denoise", data_dir / "dose_020", "--out", tmp_path / "d", "--adapt-steps", "3",
-                        "--model", tmp_path / "model.pt"], monkeypatch, capsys)
+def test_adaptation_is_for_shipped_models(data_dir: Path, tmp_path: Path, cli_in_process: CliRunner) -> None:
+    code, _, err = cli_in_process(["denoise", data_dir / "dose_020", "--out", tmp_path / "d", "--adapt-steps", "3",
+                        "--model", tmp_path / "model.pt"])
     assert code == 2 and "shipped model" in err
 
 
-def test_train_init_general_fine_tunes_at_its_scale(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["train", data_dir / "dose_020", "--labels", data_dir / "labels.star", "--out",
-                          tmp_path / "run", "--steps", "3", "--init", "general", "--particle-diameter", "54"],
-                         monkeypatch, capsys)
+def test_train_init_general_fine_tunes_at_its_scale(data_dir: Path, tmp_path: Path, cli_in_process: CliRunner) -> None:
+    code, out, err = cli_in_process(["train", data_dir / "dose_020", "--labels", data_dir / "labels.star", "--out",
+                          tmp_path / "run", "--steps", "3", "--init", "general", "--particle-diameter", "54"])
     assert code == 0, err
     meta = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)["meta"]
     assert meta["init"] == "general" and meta["downsample"] == 1.5
