@@ -280,8 +280,9 @@ def train(
     for note in result.notes:
         typer.echo(note)
     stop = "stopped early" if result.stopped_early else "finished"
-    typer.echo(f"{stop} after {result.steps_done} steps in {result.seconds:.0f} s; best {result.metric_name} "
-               f"{result.best_metric:.4f} at step {result.best_step}; model: {result.model_path}")
+    best = (f"best {result.metric_name} {result.best_metric:.4f} at step {result.best_step}"
+            if result.metric_name.startswith("validation") else "nothing held out to validate on: the last step kept")
+    typer.echo(f"{stop} after {result.steps_done} steps in {result.seconds:.0f} s; {best}; model: {result.model_path}")
 
 
 @app.command()

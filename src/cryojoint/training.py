@@ -254,6 +254,8 @@ def _train(
     meta = _model_meta(prepared, command_line, config, sampler.patch_size, network_dtype)
     has_detector = model_parts(config.train.mode)[1]
     metric_name = "validation_ap" if has_detector else "validation_neg_denoise_loss"
+    if not prepared.validation:
+        metric_name = "step"  # _stage_metric: with nothing held out the step is the metric, the last step is kept
     stopped_early = False
     choose_last = config.train.model_choice == "last"
     start = time.perf_counter() - state.seconds
