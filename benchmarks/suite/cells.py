@@ -95,7 +95,10 @@ def cryojoint_cell(method: CryojointMethod, data: DoseData, profile: Profile, wo
     denoised_dir = pred_dir / "denoised"
     if (method.mode != "detect-only" and data.has_denoising_truth
             and all((denoised_dir / f"{n}.mrc").exists() for n in data.test_names)):
-        record["denoising"] = score_denoised(data, _read_mrc_folder(denoised_dir, data.test_names))
+        try:
+            record["denoising"] = score_denoised(data, _read_mrc_folder(denoised_dir, data.test_names))
+        except ValueError as err:  # e.g. denoised at a fractional bin (fine-tuned from the general model)
+            record["denoising_not_scored"] = str(err)
     history = trained.get("history", [])
     meta = trained.get("meta", {})
     record["cost"] = {

@@ -102,7 +102,8 @@ def _binned(images: Mapping[str, np.ndarray], factor: int) -> dict[str, np.ndarr
 def _to_scale(image: np.ndarray, full_shape: tuple[int, ...], scale: int, name: str) -> np.ndarray:
     """A denoised image (full size, or binned by the network's downsample) binned to ``scale`` of the full size."""
     own = full_shape[0] // image.shape[0]
-    if own < 1 or scale % own or full_shape[1] // image.shape[1] != own:
+    if (own < 1 or scale % own or full_shape[1] // image.shape[1] != own
+            or (full_shape[0] // own, full_shape[1] // own) != tuple(image.shape)):
         raise ValueError(f"{name}: denoised image of shape {image.shape} is not the {full_shape} micrograph binned by "
                          f"a factor dividing the scoring scale {scale}")
     return bin_image(image, scale // own) if scale > own else image

@@ -127,3 +127,16 @@ def test_the_data_key_follows_every_simulation_setting_and_the_simulator_version
     assert bench._dataset_key("ribosome", changed) != before
     monkeypatch.setattr(datasets, "SIMULATOR_VERSION", datasets.SIMULATOR_VERSION + 1)
     assert bench._dataset_key("ribosome", standard) != before
+
+
+def test_a_fractionally_binned_denoised_image_is_refused_not_misread() -> None:
+    """A model fine-tuned from the general model denoises at a fractional bin (1024 / 1.33 = 768 px): no scoring
+    scale holds it, so it must be refused (the cell then leaves denoising unscored) rather than compared with
+    the full-size references."""
+    from benchmarks.suite.scoring import _to_scale
+
+    full = (1024, 1024)
+    assert _to_scale(np.zeros((512, 512), np.float32), full, 2, "m").shape == (512, 512)
+    assert _to_scale(np.zeros(full, np.float32), full, 2, "m").shape == (512, 512)
+    with pytest.raises(ValueError, match="not the"):
+        _to_scale(np.zeros((768, 768), np.float32), full, 1, "m")
