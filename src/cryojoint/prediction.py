@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel, load_model
 from cryojoint.errors import StopRequested, UserInputError
-from cryojoint.imaging import binned_shape
+from cryojoint.imaging import FILTERED_NEIGHBOUR_CORRELATION, bin_image, binned_shape, neighbour_correlation
 from cryojoint.inference import (
     MicrographPrediction,
     PickingSettings,
@@ -227,6 +228,8 @@ def predict_files(
 
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
+    if model.is_general and todo:
+        _warn_if_filtered(todo[0], settings.downsample)
     n_skipped = len(micrographs) - len(todo)
     started = time.perf_counter()
     if should_stop is not None and should_stop():
@@ -265,6 +268,17 @@ def predict_files(
                              elapsed / max(n_done, 1), written, picks)
     _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device, network_dtype)
     return summary
+
+
+def _warn_if_filtered(path: Path, factor: float) -> None:
+    """The general model learned from raw (unfiltered) micrographs, whose pixel noise is independent: say so when
+    the input looks low-pass filtered, where its denoiser cannot separate noise from signal and its picks suffer
+    (real-bgal's filtered copies: zero-shot AP 0.39 against a blob detector's 0.59; docs/general-model.md)."""
+    correlation = neighbour_correlation(bin_image(read_micrograph(path).data, factor))
+    if correlation > FILTERED_NEIGHBOUR_CORRELATION:
+        warnings.warn(f"{path}: neighbouring pixels correlate at {correlation:.2f}: the micrograph looks low-pass "
+                      "filtered; the general model expects raw micrographs (fine-tune it on labels with train "
+                      "--init general, or give unfiltered images)", UserWarning, stacklevel=3)
 
 
 def read_candidates(path: Path) -> pd.DataFrame:

@@ -207,3 +207,22 @@ def test_binning_targets_the_general_size_when_asked(blob_field: Callable[..., A
     factor, diameter = resolve_downsample(micrographs, labels, data, None, notes)
     assert factor == 1.5 and diameter == pytest.approx(36.0)
     assert "36 px the pretrained model works at" in notes[0]
+
+
+def test_filtered_input_is_flagged_for_the_general_model(tmp_path: Path) -> None:
+    import warnings
+
+    from cryojoint.imaging import FILTERED_NEIGHBOUR_CORRELATION, neighbour_correlation
+    from cryojoint.prediction import predict_files
+
+    rng = np.random.default_rng(0)
+    raw = rng.poisson(30.0, (128, 128)).astype(np.float32)
+    filtered = gaussian_filter(rng.standard_normal((128, 128)), 2.0).astype(np.float32)
+    assert neighbour_correlation(raw) < 0.1 < FILTERED_NEIGHBOUR_CORRELATION < neighbour_correlation(filtered)
+    write_mrc(tmp_path / "raw.mrc", raw)
+    write_mrc(tmp_path / "filtered.mrc", filtered)
+    with pytest.warns(UserWarning, match="looks low-pass filtered"):
+        predict_files("general", [tmp_path / "filtered.mrc"], tmp_path / "f", outputs=["denoised"], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        predict_files("general", [tmp_path / "raw.mrc"], tmp_path / "r", outputs=["denoised"], progress=False)
