@@ -592,6 +592,8 @@ def pretrain(
                                                   "range, disjoint from the benchmark's).")] = 0,
     simulations_per_structure: Annotated[int, typer.Option(help="Pixel sizes (simulations) per structure.")] = 4,
     micrographs_per_simulation: Annotated[int, typer.Option(help="Micrographs per simulation.")] = 3,
+    structures: Annotated[str | None, typer.Option(help="Comma-separated simulator presets (default: all shipped "
+                                                        "structures), e.g. to hold one out.")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads (default: all cores).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/run/checkpoint.pt.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
@@ -604,7 +606,8 @@ def pretrain(
     from cryojoint.pretraining import pretrain as pretrain_general
 
     corpus = CorpusConfig(pixel_sizes_per_structure=simulations_per_structure,
-                          micrographs_per_simulation=micrographs_per_simulation, seed=corpus_seed)
+                          micrographs_per_simulation=micrographs_per_simulation, seed=corpus_seed,
+                          **({"structures": tuple(_split(structures))} if structures else {}))
     path = pretrain_general(out, steps=steps, corpus_config=corpus, seed=seed, resume=resume, overwrite=overwrite,
                             threads=threads)
     typer.echo(f"general model: {path}")
