@@ -85,13 +85,7 @@ def cryojoint_cell(method: CryojointMethod, data: DoseData, profile: Profile, wo
     pred_dir = work / "pred"
     record: dict[str, Any] = {"picking": None, "denoising": None}
     if method.mode != "denoise-only":  # a denoise-only model has no detector: its candidate files are empty
-        candidate_files = [pred_dir / "candidates" / f"{n}.csv" for n in data.test_names]
-        tables = [read_coordinates(p, "csv") for p in candidate_files if p.exists() and p.stat().st_size > 0
-                  and len(p.read_text().splitlines()) > 1]
-        candidates = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-        if candidates.empty:
-            raise CellFailed("the detector produced no candidate peaks")
-        record["picking"] = score_picks(data, candidates, predicted.get("threshold"))
+        record["picking"] = score_picks(data, _candidates(pred_dir, data, "the detector"), predicted.get("threshold"))
     denoised_dir = pred_dir / "denoised"
     if (method.mode != "detect-only" and data.has_denoising_truth
             and all((denoised_dir / f"{n}.mrc").exists() for n in data.test_names)):
@@ -239,15 +233,9 @@ def general_zero_shot_cell(data: DoseData, profile: Profile, work: Path, joint_r
     predicted = _run_measured("predict", {"model_path": "general", "test_mrcs": [str(p) for p in data.test_mrcs],
                                           "pred_dir": str(work / "pred"), "outputs": ["picks"],
                                           "particle_diameter_px": data.true_diameter_px}, work, log)
-    tables = [read_coordinates(p, "csv") for p in (work / "pred" / "candidates" / f"{n}.csv" for n in data.test_names)
-              if p.exists() and len(p.read_text().splitlines()) > 1]
-    if not tables:
-        raise CellFailed("the general model produced no candidate peaks")
-    return {"picking": score_picks(data, pd.concat(tables, ignore_index=True), predicted.get("threshold")),
-            "denoising": None,
-            "cost": {"train_seconds": 0.0, "infer_seconds_per_micrograph": predicted.get("seconds_per_micrograph"),
-                     "infer_seconds_per_micrograph_with_startup": predicted["seconds"] / len(data.test_names),
-                     "infer_peak_rss_mb": predicted.get("peak_rss_mb")},
+    candidates = _candidates(work / "pred", data, "the general model")
+    return {"picking": score_picks(data, candidates, predicted.get("threshold")), "denoising": None,
+            "cost": _untrained_cost(predicted, data),
             "settings": {"model": "general", "particle_diameter_px": data.true_diameter_px,
                          "auto_threshold": predicted.get("threshold")}}
 
@@ -259,11 +247,25 @@ def general_denoise_cell(data: DoseData, profile: Profile, work: Path, joint_rec
     predicted = _run_measured("predict", {"model_path": "general", "test_mrcs": [str(p) for p in data.test_mrcs],
                                           "pred_dir": str(work / "pred"), "outputs": ["denoised"]}, work, log)
     denoised = _read_mrc_folder(work / "pred" / "denoised", data.test_names)
-    return {"picking": None, "denoising": score_denoised(data, denoised),
-            "cost": {"train_seconds": 0.0, "infer_seconds_per_micrograph": predicted.get("seconds_per_micrograph"),
-                     "infer_seconds_per_micrograph_with_startup": predicted["seconds"] / len(data.test_names),
-                     "infer_peak_rss_mb": predicted.get("peak_rss_mb")},
+    return {"picking": None, "denoising": score_denoised(data, denoised), "cost": _untrained_cost(predicted, data),
             "settings": {"model": "general", "command": "cryojoint denoise MICS --out DIR"}}
+
+
+def _candidates(pred_dir: Path, data: DoseData, source: str) -> pd.DataFrame:
+    """Every candidate peak a predict run wrote for the test micrographs (``pred_dir/candidates/*.csv``)."""
+    files = [pred_dir / "candidates" / f"{n}.csv" for n in data.test_names]
+    tables = [read_coordinates(p, "csv") for p in files if p.exists() and p.stat().st_size > 0
+              and len(p.read_text().splitlines()) > 1]
+    if not tables:
+        raise CellFailed(f"{source} produced no candidate peaks")
+    return pd.concat(tables, ignore_index=True)
+
+
+def _untrained_cost(predicted: dict[str, Any], data: DoseData) -> dict[str, Any]:
+    """The cost record of a row that only predicts (no training): time and memory of its predict process."""
+    return {"train_seconds": 0.0, "infer_seconds_per_micrograph": predicted.get("seconds_per_micrograph"),
+            "infer_seconds_per_micrograph_with_startup": predicted["seconds"] / len(data.test_names),
+            "infer_peak_rss_mb": predicted.get("peak_rss_mb")}
 
 
 def raw_cell(data: DoseData, profile: Profile, work: Path, joint_record: dict[str, Any] | None,
