@@ -150,7 +150,7 @@ def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | N
     Deterministic given ``corpus_config`` and ``seed``. The weights' metadata records the corpus (every
     micrograph's structure, seed, pixel size, dose and bin), steps, training time and the git revision.
     """
-    from cryojoint.checkpoint import read_model_file, save_model
+    from cryojoint.checkpoint import save_model
     from cryojoint.training import load_model, train
 
     corpus_config = corpus_config or CorpusConfig()
@@ -164,8 +164,7 @@ def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | N
     result = train(corpus.micrographs, corpus.labels, run_dir / "run", config, resume=resume, overwrite=overwrite,
                    progress=progress, command_line=f"cryojoint pretrain --out {run_dir} --steps {steps}")
     loaded = load_model(result.model_path)
-    payload = read_model_file(result.model_path)
-    meta = dict(payload["meta"])
+    meta = dict(loaded.meta)
     meta.update({
         "general": True,
         "general_particle_px": GENERAL_PARTICLE_PX,
@@ -195,15 +194,13 @@ def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, m
 
     if steps < 1:
         raise UserInputError(None, f"--adapt-steps must be >= 1, got {steps}")
-    if particle_diameter_px is not None:
-        factor = float(downsample) if downsample else network_factor(particle_diameter_px, GENERAL_PARTICLE_PX)
-        diameter = particle_diameter_px
-    else:
-        factor = float(downsample or 1.0)
-        diameter = GENERAL_PARTICLE_PX * factor  # sets the patch size and the flattening scale only
+    if particle_diameter_px is None:  # denoise at the given bin (default none); the size sets patch and flattening
+        downsample = float(downsample or 1.0)
+        particle_diameter_px = GENERAL_PARTICLE_PX * downsample
+    # Otherwise training from a shipped model bins to its particle size (data.network_particle_px), as predict would.
     config = default_config()
-    config.data = dataclasses.replace(config.data, particle_diameter_px=float(diameter), downsample=factor,
-                                      expected_particles=1.0, validation_fraction=0.0)
+    config.data = dataclasses.replace(config.data, particle_diameter_px=float(particle_diameter_px),
+                                      downsample=downsample, expected_particles=1.0, validation_fraction=0.0)
     config.train = dataclasses.replace(config.train, mode="denoise-only", init=model, steps=int(steps),
                                        seed=int(seed), eval_every=max(int(steps), 1),
                                        checkpoint_every=max(int(steps), 1))
