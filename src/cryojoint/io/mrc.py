@@ -60,8 +60,7 @@ def _open_checked(path: Path) -> tuple[np.ndarray, float | None]:
                 data = np.asarray(mrc.data)
                 if _holds_imod_unsigned_bytes(mrc.header):
                     data = data.view(np.uint8)
-                voxel_x = float(mrc.voxel_size.x)
-                pixel_size = voxel_x if np.isfinite(voxel_x) and voxel_x > 0 else None
+                pixel_size = _pixel_size_or_none(float(mrc.voxel_size.x))
     except ValueError as err:
         message = str(err)
         if any(marker in message.lower() for marker in _TRUNCATION_MARKERS):
@@ -146,7 +145,11 @@ def micrograph_shape(path: str | Path) -> tuple[int, int]:
 def micrograph_pixel_size(path: str | Path) -> float | None:
     """Å/px from the header alone (``None`` when the header gives none)."""
     header = _read_header(path)
-    voxel_x = float(header.cella.x) / max(int(header.mx), 1)
+    return _pixel_size_or_none(float(header.cella.x) / max(int(header.mx), 1))
+
+
+def _pixel_size_or_none(voxel_x: float) -> float | None:
+    """A header's Å/px, or ``None`` where it gives none (0, negative or not finite)."""
     return voxel_x if np.isfinite(voxel_x) and voxel_x > 0 else None
 
 
