@@ -63,12 +63,12 @@ UNFLATTENED = CryojointMethod("joint", "default", 3, (("data.background_sigma_di
 FULL_SIZE = CryojointMethod("joint", "default", 3, (("data.downsample", 1),), "full-size")
 
 
-#: The joint model fine-tuned from the shipped general model (train.init, issue 16): micrographs binned to its
-#: 36 px particle, the profile's steps; and the same stopped at 120 steps (the issue asks for the from-scratch
+#: Training starts from the shipped general model (train.init unset, issue 16, default since session 15): the
+#: default rows are fine-tuned, micrographs binned to its 36 px particle. SCRATCH is the joint model from random
+#: weights (the default before); DEFAULT_120 the default stopped at 120 steps (the issue asks for the from-scratch
 #: 600-step AP within 120).
-FINETUNED = CryojointMethod("joint", "default", 2, (("train.init", "general"),), "finetuned")
-FINETUNED_120 = CryojointMethod("joint", "default", 3, (("train.init", "general"), ("train.steps", 120),
-                                                        ("train.eval_every", 20)), "finetuned-120")
+SCRATCH = CryojointMethod("joint", "default", 2, (("train.init", "scratch"),), "scratch")
+DEFAULT_120 = CryojointMethod("joint", "default", 3, (("train.steps", 120), ("train.eval_every", 20)), "120")
 
 
 #: Seconds per joint training step at the standard profile's automatic 96² patch, on this 2-core box with
@@ -152,20 +152,20 @@ PROFILES: dict[str, Profile] = {
     "standard": Profile(
         "standard", ("ribosome",), 8, 4, 1024, DOSE_KEYS,
         (*_modes(["default"]), COUPLED, BFLOAT16, UNFLATTENED, paper_equal_time(600),
-         CryojointMethod("joint", "paper", 4), FINETUNED, FINETUNED_120),
+         CryojointMethod("joint", "paper", 4), SCRATCH, DEFAULT_120),
         600,
         100,
         300, 100,
         description="8+4 micrographs at 1024², ribosome among decoys (simulator version 2), three doses, five modes "
                     "+ joint with the paper's coupling + "
                     "joint with the "
-                    "paper preset at equal steps and at equal wall-clock, fine-tuned from the general model "
-                    "(600 and 120 steps), the general model untrained, 600 steps, training seeds 0, 1, 2",
+                    "paper preset at equal steps and at equal wall-clock, the default at 120 steps, from scratch "
+                    "(random weights), the general model untrained, 600 steps, training seeds 0, 1, 2",
         seeds=(0, 1, 2), general_rows=True,
     ),
     "second": Profile(
         "second", ("ruvb",), 6, 3, 1024, ("010", "060"),
-        (*_modes(["default"], ["joint", "denoise-only", "detect-only"]), BFLOAT16, FINETUNED), 600, 100, 300, 100,
+        (*_modes(["default"], ["joint", "denoise-only", "detect-only"]), BFLOAT16, SCRATCH), 600, 100, 300, 100,
         {"pixel_size_angstrom": 3.5}, intensity_map=(1.0 / 250.0, -3.0),
         description="a differently built dataset for checking defaults: 6+3 micrographs at 1024², RuvB (≈ 34 px "
                     "at 3.5 Å/px, denser fields), stored as x/250 − 3 in float32 (not counts), two doses, "
@@ -185,7 +185,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "real-bgal": Profile(
         "real-bgal", ("bgal",), 10, 10, 1024, (REAL_DOSE,),
-        (*_modes(["default"], ["joint", "detect-only"]), UNFLATTENED, FINETUNED, FINETUNED_120), 600, 100, 300, 100,
+        (*_modes(["default"], ["joint", "detect-only"]), UNFLATTENED, SCRATCH, DEFAULT_120), 600, 100, 300, 100,
         dataset="real-bgal", general_rows=True,
         description="real micrographs: 10+10 EMPIAR-10017 β-galactosidase micrographs (CryoSegNet's filtered "
                     "8-bit copies, binned 4× to 1024², 7.08 Å/px, particle ≈ 27 px), half of the particles "

@@ -257,10 +257,10 @@ def train(
     ignore_unknown_labels: Annotated[bool, typer.Option(
         "--ignore-unknown-labels", help="Skip labels naming micrographs that were not given (their count is "
                                         "printed) instead of stopping with an error.")] = False,
-    init: Annotated[str | None, typer.Option(help=f"Starting weights: scratch or general (fine-tune the shipped "
-                                                  f"pretrained model; micrographs are binned to its particle "
-                                                  f"size) (default: {_TRAIN_DEFAULTS.init}, or train.init of "
-                                                  "--config).")] = None,
+    init: Annotated[str | None, typer.Option(help="Starting weights: general (fine-tune the shipped pretrained "
+                                                  "model; micrographs are binned to its particle size) or scratch "
+                                                  "(random). Default: general for the default preset, scratch for "
+                                                  "another architecture, or train.init of --config.")] = None,
 ) -> None:
     """Train one network to denoise and pick, from micrographs and a few hand-picked particles.
 

@@ -128,7 +128,7 @@ def pretraining_config(corpus: Corpus, steps: int, seed: int = 0, threads: int |
         # per micrograph of the corpus's mean area (PreparedData.mean_area_px2)
         expected_particles=float(counts.sum() / areas.sum() * areas.mean()), label_completeness=1.0)
     # A fixed budget (no early stopping); ~20 validation passes: one costs as much as ~100 steps on this corpus.
-    config.train = dataclasses.replace(config.train, steps=int(steps), seed=int(seed), threads=threads,
+    config.train = dataclasses.replace(config.train, init="scratch", steps=int(steps), seed=int(seed), threads=threads,
                                        eval_every=max(config.train.eval_every, int(steps) // 20),
                                        early_stopping_patience=10**6)
     return config

@@ -40,7 +40,7 @@ import torch
 from cryojoint import distributed, losses
 from cryojoint._atomic import atomic_path, check_can_write
 from cryojoint.checkpoint import build_network, load_model, read_model_file, save_model
-from cryojoint.config import GENERAL_PARTICLE_PX, CryojointConfig, default_config
+from cryojoint.config import GENERAL_PARTICLE_PX, SHIPPED_MODEL_NAMES, CryojointConfig, ModelConfig, default_config
 from cryojoint.data import (
     LabelledImage,
     PatchSampler,
@@ -209,7 +209,13 @@ def _train(
             skipped_note = (f"skipped {n_rows} label(s) on {n_mics} micrograph(s) that were not given "
                             "(--ignore-unknown-labels)")
 
-    if config.train.init != "scratch" and config.data.network_particle_px is None:
+    init = starting_weights(config)
+    init_note = None
+    if init != config.train.init:
+        init_note = (f"fine-tuning the shipped {init} model (--init scratch starts from random weights)"
+                     if init != "scratch" else None)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, init=init))
+    if init != "scratch" and config.data.network_particle_px is None:
         # A pretrained model works at its own particle size: bin the micrographs to it.
         config = dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                       network_particle_px=GENERAL_PARTICLE_PX))
@@ -243,7 +249,7 @@ def _train(
     total = stage_ends[-1]
     average = WeightAverage(network, config.train.weight_averaging_half_life * stage_lengths[0])
     best_weights = average.weights()
-    notes = ([skipped_note] if skipped_note else []) + list(prepared.notes)
+    notes = [note for note in (skipped_note, init_note) if note] + list(prepared.notes)
     if resume:
         state, best_weights, resume_notes = _load_checkpoint(checkpoint_path, network, optimizer, sampler_rng,
                                                              device, stages, group, config.train.seed, average)
@@ -445,17 +451,30 @@ def _initialise(network: torch.nn.Module, prepared: PreparedData) -> None:
         network.denoiser.initialise_noise_std(prepared.noise_std)
 
 
+def _shipped_architecture(payload: dict[str, Any], name: str) -> ModelConfig:
+    return CryojointConfig.from_dict(payload["config"], source=name).model
+
+
+def starting_weights(config: CryojointConfig) -> str:
+    """``train.init`` as given; unset, the general model where this run's network is built as it is (the
+    default preset), scratch where it cannot be (another preset or architecture)."""
+    if config.train.init is not None:
+        return config.train.init
+    general = SHIPPED_MODEL_NAMES[0]
+    return general if _shipped_architecture(read_model_file(general), general) == config.model else "scratch"
+
+
 def _load_initial_weights(network: torch.nn.Module, config: CryojointConfig, prepared: PreparedData) -> None:
     """Start from a shipped model's weights (``train.init``), the parts this mode trains; the noise level stays
     the one measured on these micrographs (the pretrained sigma is a mean over its corpus's doses)."""
     name = config.train.init
     payload = read_model_file(name)
-    source = CryojointConfig.from_dict(payload["config"], source=name)
-    if source.model != config.model:
-        changed = [f.name for f in dataclasses.fields(source.model)
-                   if getattr(source.model, f.name) != getattr(config.model, f.name)]
+    source = _shipped_architecture(payload, name)
+    if source != config.model:
+        changed = [f.name for f in dataclasses.fields(source)
+                   if getattr(source, f.name) != getattr(config.model, f.name)]
         raise UserInputError(None, f"--init {name}: its architecture differs from this run's in model."
-                             f"{', model.'.join(changed)} (it is the '{source.model.preset}' preset)")
+                             f"{', model.'.join(changed)} (it is the '{source.preset}' preset)")
     weights = payload["state_dict"]
     own = network.state_dict()
     missing = sorted(set(own) - set(weights))

@@ -81,6 +81,19 @@ def test_train_init_general_fine_tunes_at_its_scale(data_dir: Path, tmp_path: Pa
     assert meta["particle_diameter_px"] == pytest.approx(36.0)
 
 
+@pytest.mark.parametrize("init", [None, "scratch"])
+def test_train_fine_tunes_by_default(data_dir: Path, tmp_path: Path, cli_in_process: CliRunner,
+                                     init: str | None) -> None:
+    args = ["train", data_dir / "dose_020", "--labels", data_dir / "labels.star", "--out", tmp_path / "run",
+            "--steps", "3", "--particle-diameter", "54"] + (["--init", init] if init else [])
+    code, out, err = cli_in_process(args)
+    assert code == 0, err
+    meta = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)["meta"]
+    assert meta["init"] == (init or "general")
+    assert meta["downsample"] == (1.5 if init is None else 1.0)  # scratch keeps 54 px (< the 63 px limit)
+    assert ("fine-tuning the shipped general model" in out + err) == (init is None)
+
+
 def test_train_without_labels_is_only_for_denoise_only(data_dir: Path, tmp_path: Path) -> None:
     from cryojoint.config import default_config
     from cryojoint.errors import UserInputError

@@ -190,6 +190,21 @@ def test_init_general_refuses_another_architecture() -> None:
         _load_initial_weights(build_network(config), config, type("P", (), {"noise_std": 1.0})())  # type: ignore
 
 
+def test_unset_init_fine_tunes_where_the_architecture_allows() -> None:
+    from cryojoint.training import starting_weights
+
+    assert default_config().train.init is None
+    assert starting_weights(default_config()) == "general"
+    assert starting_weights(default_config("paper")) == "scratch"  # no pretrained weights of its shape
+    deeper = default_config()
+    deeper.model = dataclasses.replace(deeper.model, unet_depth=deeper.model.unet_depth - 1)
+    assert starting_weights(deeper) == "scratch"
+    for given_init in ("scratch", "general"):
+        config = default_config("paper")
+        config.train = dataclasses.replace(config.train, init=given_init)
+        assert starting_weights(config) == given_init  # what the user says stands (general then fails loudly)
+
+
 def test_init_must_name_a_shipped_model() -> None:
     with pytest.raises(UserInputError, match="train.init"):
         CryojointConfig.from_dict({"train": {"init": "nonsense"}})
