@@ -10,7 +10,7 @@ from pathlib import Path
 C = Path(__file__).resolve().parents[1] / ".cache"
 NOTE = "session 15: computed as the default before training started from the general model (train.init scratch)"
 STALE_PREFIXES = ("cryojoint-joint-default", "cryojoint-joint-no-consistency-default", "cryojoint-sequential-default",
-                  "cryojoint-denoise-only-default", "cryojoint-detect-only-default")
+                  "cryojoint-denoise-only-default")  # detect-only still starts from scratch
 
 
 def move(src: Path, dst: Path) -> None:

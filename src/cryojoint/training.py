@@ -40,7 +40,7 @@ import torch
 from cryojoint import distributed, losses
 from cryojoint._atomic import atomic_path, check_can_write
 from cryojoint.checkpoint import build_network, load_model, read_model_file, save_model
-from cryojoint.config import GENERAL_PARTICLE_PX, SHIPPED_MODEL_NAMES, CryojointConfig, ModelConfig, default_config
+from cryojoint.config import GENERAL_PARTICLE_PX, SHIPPED_MODEL_NAMES, CryojointConfig, default_config
 from cryojoint.data import (
     LabelledImage,
     PatchSampler,
@@ -451,17 +451,32 @@ def _initialise(network: torch.nn.Module, prepared: PreparedData) -> None:
         network.denoiser.initialise_noise_std(prepared.noise_std)
 
 
-def _shipped_architecture(payload: dict[str, Any], name: str) -> ModelConfig:
-    return CryojointConfig.from_dict(payload["config"], source=name).model
+def _mismatch(payload: dict[str, Any], name: str, config: CryojointConfig) -> str | None:
+    """Why a shipped model's weights cannot start this run's network (None: they can)."""
+    source = CryojointConfig.from_dict(payload["config"], source=name).model
+    if source != config.model:
+        changed = [f.name for f in dataclasses.fields(source)
+                   if getattr(source, f.name) != getattr(config.model, f.name)]
+        return (f"its architecture differs from this run's in model.{', model.'.join(changed)} (it is the "
+                f"'{source.preset}' preset)")
+    weights = payload["state_dict"]
+    for key, value in build_network(config).state_dict().items():
+        if key not in weights:
+            return f"its weights lack {key}"
+        if tuple(weights[key].shape) != tuple(value.shape):
+            # detect-only's detector reads the raw micrograph alone; the general model's also reads the denoised one
+            return (f"its {key} has shape {tuple(weights[key].shape)}, this {config.train.mode} network's "
+                    f"{tuple(value.shape)}")
+    return None
 
 
 def starting_weights(config: CryojointConfig) -> str:
-    """``train.init`` as given; unset, the general model where this run's network is built as it is (the
-    default preset), scratch where it cannot be (another preset or architecture)."""
+    """``train.init`` as given; unset, the general model where its weights fit this run's network (the default
+    preset, a mode with the denoiser), scratch where they cannot (another preset, detect-only)."""
     if config.train.init is not None:
         return config.train.init
     general = SHIPPED_MODEL_NAMES[0]
-    return general if _shipped_architecture(read_model_file(general), general) == config.model else "scratch"
+    return general if _mismatch(read_model_file(general), general, config) is None else "scratch"
 
 
 def _load_initial_weights(network: torch.nn.Module, config: CryojointConfig, prepared: PreparedData) -> None:
@@ -469,18 +484,11 @@ def _load_initial_weights(network: torch.nn.Module, config: CryojointConfig, pre
     the one measured on these micrographs (the pretrained sigma is a mean over its corpus's doses)."""
     name = config.train.init
     payload = read_model_file(name)
-    source = _shipped_architecture(payload, name)
-    if source != config.model:
-        changed = [f.name for f in dataclasses.fields(source)
-                   if getattr(source, f.name) != getattr(config.model, f.name)]
-        raise UserInputError(None, f"--init {name}: its architecture differs from this run's in model."
-                             f"{', model.'.join(changed)} (it is the '{source.preset}' preset)")
+    problem = _mismatch(payload, name, config)
+    if problem:
+        raise UserInputError(None, f"--init {name}: {problem} (--init scratch trains from random weights)")
     weights = payload["state_dict"]
-    own = network.state_dict()
-    missing = sorted(set(own) - set(weights))
-    if missing:
-        raise UserInputError(None, f"--init {name}: its weights lack {missing[0]} (and {len(missing) - 1} more)")
-    network.load_state_dict({key: weights[key] for key in own})
+    network.load_state_dict({key: weights[key] for key in network.state_dict()})
     if getattr(network, "denoiser", None) is not None:
         network.denoiser.initialise_noise_std(prepared.noise_std)
 

@@ -181,12 +181,14 @@ def test_init_general_starts_from_its_weights_with_the_datas_noise_level() -> No
     assert differing == ["denoiser.noise_std_raw"]
 
 
-def test_init_general_refuses_another_architecture() -> None:
+@pytest.mark.parametrize(("preset", "mode", "message"), [("paper", "joint", "architecture differs"),
+                                                        ("default", "detect-only", "detect-only network")])
+def test_init_general_refuses_a_network_it_cannot_start(preset: str, mode: str, message: str) -> None:
     from cryojoint.training import _load_initial_weights
 
-    config = default_config("paper")
-    config.train = dataclasses.replace(config.train, init="general")
-    with pytest.raises(UserInputError, match="architecture differs"):
+    config = default_config(preset)
+    config.train = dataclasses.replace(config.train, init="general", mode=mode)
+    with pytest.raises(UserInputError, match=message):
         _load_initial_weights(build_network(config), config, type("P", (), {"noise_std": 1.0})())  # type: ignore
 
 
@@ -199,6 +201,10 @@ def test_unset_init_fine_tunes_where_the_architecture_allows() -> None:
     deeper = default_config()
     deeper.model = dataclasses.replace(deeper.model, unet_depth=deeper.model.unet_depth - 1)
     assert starting_weights(deeper) == "scratch"
+    for mode, expected in (("denoise-only", "general"), ("sequential", "general"), ("detect-only", "scratch")):
+        config = default_config()
+        config.train = dataclasses.replace(config.train, mode=mode)
+        assert starting_weights(config) == expected  # detect-only's detector reads one channel, the general's two
     for given_init in ("scratch", "general"):
         config = default_config("paper")
         config.train = dataclasses.replace(config.train, init=given_init)
