@@ -590,8 +590,10 @@ def pretrain(
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     corpus_seed: Annotated[int, typer.Option(help="Seed of the simulated corpus (offset within its own seed "
                                                   "range, disjoint from the benchmark's).")] = 0,
-    simulations_per_structure: Annotated[int, typer.Option(help="Pixel sizes (simulations) per structure.")] = 4,
-    micrographs_per_simulation: Annotated[int, typer.Option(help="Micrographs per simulation.")] = 3,
+    simulations_per_structure: Annotated[int | None, typer.Option(
+        help="Pixel sizes (simulations) per structure (default: the corpus's, 4).")] = None,
+    micrographs_per_simulation: Annotated[int | None, typer.Option(
+        help="Micrographs per simulation (default: the corpus's, 3).")] = None,
     structures: Annotated[str | None, typer.Option(help="Comma-separated simulator presets (default: all shipped "
                                                         "structures), e.g. to hold one out.")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads (default: all cores).")] = None,
@@ -605,9 +607,9 @@ def pretrain(
     from cryojoint.pretraining import CorpusConfig
     from cryojoint.pretraining import pretrain as pretrain_general
 
-    corpus = CorpusConfig(pixel_sizes_per_structure=simulations_per_structure,
-                          micrographs_per_simulation=micrographs_per_simulation, seed=corpus_seed,
-                          **({"structures": tuple(_split(structures))} if structures else {}))
+    corpus = CorpusConfig(seed=corpus_seed, **_given(pixel_sizes_per_structure=simulations_per_structure,
+                                                     micrographs_per_simulation=micrographs_per_simulation,
+                                                     structures=tuple(_split(structures)) if structures else None))
     path = pretrain_general(out, steps=steps, corpus_config=corpus, seed=seed, resume=resume, overwrite=overwrite,
                             threads=threads)
     typer.echo(f"general model: {path}")

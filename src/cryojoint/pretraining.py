@@ -42,12 +42,16 @@ class CorpusConfig:
     """What the pretraining corpus holds (units in the names; px are the simulated micrograph's)."""
 
     structures: tuple[str, ...] = ("barrel", "dengue-e", "glua3-ntd", "ribosome", "ruvb")
-    pixel_sizes_per_structure: int = 3  # simulations per structure, each at its own pixel size
+    pixel_sizes_per_structure: int = 4  # simulations per structure, each at its own pixel size
     micrographs_per_simulation: int = 3
     size_px: int = 1024
     # The particle's diameter as simulated, drawn log-uniformly; the pixel size follows from the structure's
     # size. Above GENERAL_PARTICLE_PX the micrograph is binned to it (about half the draws), below it stays.
     particle_diameter_range_px: tuple[float, float] = (18.0, 90.0)
+    # Share of the field's area the particles cover, drawn log-uniformly per simulation: from sparse fields to
+    # packed, touching ones (real beta-galactosidase micrographs, benchmarks' real-bgal: ~0.38; the presets'
+    # counts: 0.02-0.2, falling as the particle shrinks). The count follows from it and the particle's size.
+    particle_area_fraction_range: tuple[float, float] = (0.03, 0.4)
     # Each micrograph enters at one dose drawn from these (fractions of the full exposure); the simulator makes
     # them from the same scene, so one scene at two doses would be two views of the same particles.
     dose_fractions: tuple[float, ...] = (0.1, 0.2, 0.4, 0.6, 1.0)
@@ -77,7 +81,7 @@ def corpus_seed(config: CorpusConfig) -> int:
 def build_corpus(config: CorpusConfig | None = None, progress: bool = True) -> Corpus:
     """Simulate the corpus (deterministic in ``config``) and bring every micrograph to the general model's scale."""
     from cryojoint.progress import counted_progress
-    from cryojoint.simulation import SimulationConfig, list_presets, load_structure, simulate
+    from cryojoint.simulation import REFERENCE_FIELD_PX, SimulationConfig, list_presets, load_structure, simulate
 
     config = config or CorpusConfig()
     unknown = sorted(set(config.structures) - set(list_presets()))
@@ -88,15 +92,21 @@ def build_corpus(config: CorpusConfig | None = None, progress: bool = True) -> C
     diameters = {name: float(load_structure(name)[2]["diameter_angstrom"]) for name in config.structures}
     jobs = [(structure, diameters[structure] / float(math.exp(rng.uniform(low, high))), int(rng.integers(2**31)))
             for structure in config.structures for _ in range(config.pixel_sizes_per_structure)]
+    # Drawn after the jobs so that each simulation keeps the pixel size and seed it had before packing was drawn.
+    fraction_low, fraction_high = (math.log(v) for v in config.particle_area_fraction_range)
+    area_fractions = [float(math.exp(rng.uniform(fraction_low, fraction_high))) for _ in jobs]
     micrographs: list[Micrograph] = []
     tables: list[pd.DataFrame] = []
     manifest: list[dict[str, Any]] = []
     with counted_progress(len(jobs), progress, "simulating the pretraining corpus") as advance:
-        for structure, pixel_size, seed in jobs:
+        for (structure, pixel_size, seed), area_fraction in zip(jobs, area_fractions):
+            particle_px = diameters[structure] / pixel_size
+            count = max(1, round(area_fraction * REFERENCE_FIELD_PX**2 / (math.pi * particle_px**2 / 4)))
             sim_config = SimulationConfig.for_preset(
                 structure, seed=corpus_seed(config) + seed, n_micrographs=config.micrographs_per_simulation,
                 size_px=(config.size_px, config.size_px), pixel_size_angstrom=pixel_size,
-                dose_fractions=tuple(sorted(set(config.dose_fractions) | {1.0})), label_region_px=None)
+                dose_fractions=tuple(sorted(set(config.dose_fractions) | {1.0})), label_region_px=None,
+                particles_per_micrograph=(count, count))
             dataset = simulate(config=sim_config)
             factor = network_factor(dataset.particle_diameter_px, GENERAL_PARTICLE_PX)
             for index, clean in enumerate(dataset.clean):
@@ -112,6 +122,7 @@ def build_corpus(config: CorpusConfig | None = None, progress: bool = True) -> C
                 tables.append(pd.DataFrame({"micrograph": name, "x": xy[:, 0], "y": xy[:, 1]}))
                 manifest.append({"micrograph": name, "structure": structure, "simulation_seed": sim_config.seed,
                                  "pixel_size_angstrom": pixel_size, "dose_fraction": dose, "bin_factor": factor,
+                                 "particle_area_fraction_asked": area_fraction,
                                  "network_particle_px": dataset.particle_diameter_px / factor,
                                  "particles": int(len(xy))})
             advance()

@@ -33,6 +33,20 @@ def test_corpus_is_at_the_general_scale_with_labels_inside(tiny_corpus) -> None:
     assert {entry["structure"] for entry in tiny_corpus.manifest} == {"ruvb", "ribosome"}
 
 
+def test_corpus_spans_sparse_to_packed_fields() -> None:
+    import math
+
+    packed = CorpusConfig(structures=("ruvb",), pixel_sizes_per_structure=3, micrographs_per_simulation=1,
+                          size_px=256, particle_diameter_range_px=(20.0, 30.0),
+                          particle_area_fraction_range=(0.05, 0.35))
+    corpus = build_corpus(packed, progress=False)
+    for entry, micrograph in zip(corpus.manifest, corpus.micrographs, strict=True):
+        particles = len(corpus.labels[corpus.labels["micrograph"] == micrograph.name])
+        covered = particles * math.pi * entry["network_particle_px"] ** 2 / 4 / micrograph.data.size
+        assert 0.05 * 0.6 <= entry["particle_area_fraction_asked"] * 0.6 <= covered  # edges and bins lose a few
+        assert covered <= entry["particle_area_fraction_asked"] * 1.5
+
+
 def test_corpus_is_deterministic(tiny_corpus) -> None:  # noqa: ANN001
     again = build_corpus(TINY, progress=False)
     for first, second in zip(tiny_corpus.micrographs, again.micrographs, strict=True):
