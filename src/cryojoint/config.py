@@ -218,6 +218,13 @@ class PredictConfig:
 #: the 32-40 px at which the detector's 63 px receptive field sees a particle whole with its surroundings, and
 #: coarse enough that a binned micrograph holds many.
 GENERAL_PARTICLE_PX = 36.0
+#: The general model, picking on a micrograph that looks low-pass filtered (imaging.looks_filtered), first flattens
+#: its spectrum beyond this many cycles per particle diameter (imaging.flatten_spectrum_beyond): the filter took out
+#: the white shot noise the model learned beside the particles. Zero-shot AP (docs/general-model.md, session 15):
+#: real-bgal's filtered 8-bit copies 0.40 -> 0.80; simulated standard 20 % dose low-passed (Gaussian, sigma 2 px)
+#: and stored in 8 bits 0.31 -> 0.75 (raw 0.87). Full whitening (every frequency) did no better on real-bgal with
+#: the first general model (0.640 vs 0.642) and 2 cycles per diameter did worse (0.616).
+FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER = 1.0
 #: Names of the shipped pretrained models (files: cryojoint.checkpoint.SHIPPED_MODELS).
 SHIPPED_MODEL_NAMES: tuple[str, ...] = ("general",)
 #: How inference feeds the network (see PredictConfig.context).

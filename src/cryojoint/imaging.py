@@ -129,6 +129,34 @@ def smooth_background(image: np.ndarray, sigma_px: float) -> np.ndarray:
 FILTERED_NEIGHBOUR_CORRELATION = 0.8
 
 
+def looks_filtered(image: np.ndarray) -> bool:
+    """Neighbouring pixels correlate as in a low-pass filtered image, not as in a raw (shot-noise) micrograph."""
+    return neighbour_correlation(image) > FILTERED_NEIGHBOUR_CORRELATION
+
+
+def flatten_spectrum_beyond(image: np.ndarray, cutoff_cycles_per_px: float) -> np.ndarray:
+    """Give every frequency above ``cutoff_cycles_per_px`` the radially averaged amplitude found at the cut-off,
+    keeping phases and everything below it: a low-pass filtered micrograph's high frequencies then look like a raw
+    one's white shot noise again (what the general model learned from), while the particle's own band, below
+    about one cycle per diameter, keeps its contrast. On a raw micrograph, whose spectrum is already flat there,
+    it changes little."""
+    values = np.asarray(image, dtype=np.float64)
+    mean = float(values.mean())
+    spectrum = np.fft.rfft2(values - mean)
+    ny, nx = values.shape
+    radius = np.hypot(np.fft.fftfreq(ny)[:, None], np.fft.rfftfreq(nx)[None, :])
+    step = 1.0 / max(ny, nx)  # one ring per frequency step along the longer side
+    rings = np.rint(radius / step).astype(np.int64)
+    counts = np.bincount(rings.ravel())
+    amplitude = np.sqrt(np.bincount(rings.ravel(), (np.abs(spectrum) ** 2).ravel()) / np.maximum(counts, 1))
+    cutoff_ring = min(int(round(cutoff_cycles_per_px / step)), len(amplitude) - 1)
+    reference = amplitude[cutoff_ring]
+    gain = np.ones_like(amplitude)
+    beyond = np.arange(len(amplitude)) > cutoff_ring
+    gain[beyond] = reference / np.maximum(amplitude[beyond], reference * 1e-6)
+    return (np.fft.irfft2(spectrum * gain[rings], s=values.shape) + mean).astype(np.float32)
+
+
 def neighbour_correlation(image: np.ndarray) -> float:
     """Mean correlation of horizontally and vertically adjacent pixels (0 for white noise, near 1 when smooth)."""
     values = np.asarray(image, dtype=np.float64)

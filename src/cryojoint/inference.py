@@ -22,10 +22,23 @@ import torch
 
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel
-from cryojoint.config import GENERAL_PARTICLE_PX, PRECISIONS, CryojointConfig
+from cryojoint.config import (
+    FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER,
+    GENERAL_PARTICLE_PX,
+    PRECISIONS,
+    CryojointConfig,
+)
 from cryojoint.data import estimate_noise_std, flatten_ice, network_factor
 from cryojoint.errors import UserInputError
-from cryojoint.imaging import bin_image, from_binned_coordinates, normalise, robust_centre_spread, snap_factor
+from cryojoint.imaging import (
+    bin_image,
+    flatten_spectrum_beyond,
+    from_binned_coordinates,
+    looks_filtered,
+    normalise,
+    robust_centre_spread,
+    snap_factor,
+)
 from cryojoint.io.coords import FILE_NAME_COLUMN, empty_table, make_table, write_coordinates
 from cryojoint.io.mrc import Micrograph, write_mrc
 from cryojoint.models.unet import posterior_mean
@@ -415,6 +428,9 @@ class PickingSettings:
     precision: str | None = None  # overrides the model config's predict.precision (runtime.autocast_dtype)
     particle_diameter_px: float | None = None  # network px; None: the model's (the general model is told it)
     pick: bool = True  # False: denoise only (the detector does not run)
+    # Flatten the spectrum of micrographs that look low-pass filtered before the network (the general model
+    # picking: it learned from raw micrographs; config.FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER).
+    flatten_filtered_spectrum: bool = False
 
     @property
     def automatic_rule(self) -> str:
@@ -472,7 +488,8 @@ class PickingSettings:
                    threshold if threshold is not None else predict_config.threshold,
                    predict_config.auto_threshold_top_fraction, rule,
                    None if expected is None else float(expected), None if density is None else float(density),
-                   tile_size_px, detector_window_stride_fraction, precision, float(diameter_net), pick)
+                   tile_size_px, detector_window_stride_fraction, precision, float(diameter_net), pick,
+                   model.is_general and pick)
 
 
 def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
@@ -484,10 +501,12 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     if min(binned.shape) < 2 ** model.config.model.unet_depth:
         raise UserInputError(micrograph.path or micrograph.name,
                              f"image of {binned.shape[1]}x{binned.shape[0]} px (binned by {factor}) is too small")
+    diameter = settings.particle_diameter_px or model.particle_diameter_px
+    if settings.flatten_filtered_spectrum and looks_filtered(binned):
+        binned = flatten_spectrum_beyond(binned, FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER / diameter)
     centre, scale = robust_centre_spread(binned)
     normalised = normalise(binned)
     config = model.config
-    diameter = settings.particle_diameter_px or model.particle_diameter_px
     normalised, flattening = flatten_ice(normalised, config.data, diameter)
     overrides = {key: value for key, value in (("tile_size_px", settings.tile_size_px),
                                                ("detector_window_stride_fraction",

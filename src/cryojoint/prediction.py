@@ -229,7 +229,7 @@ def predict_files(
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
     if model.is_general and todo:
-        _warn_if_filtered(todo[0], settings.downsample)
+        _warn_if_filtered(todo[0], settings)
     n_skipped = len(micrographs) - len(todo)
     started = time.perf_counter()
     if should_stop is not None and should_stop():
@@ -270,15 +270,17 @@ def predict_files(
     return summary
 
 
-def _warn_if_filtered(path: Path, factor: float) -> None:
+def _warn_if_filtered(path: Path, settings: PickingSettings) -> None:
     """The general model learned from raw (unfiltered) micrographs, whose pixel noise is independent: say so when
-    the input looks low-pass filtered, where its denoiser cannot separate noise from signal and its picks suffer
-    (real-bgal's filtered copies: zero-shot AP 0.39 against a blob detector's 0.59; docs/general-model.md)."""
-    correlation = neighbour_correlation(bin_image(read_micrograph(path).data, factor))
+    the first input looks low-pass filtered, and what is done about it (docs/general-model.md)."""
+    correlation = neighbour_correlation(bin_image(read_micrograph(path).data, settings.downsample))
     if correlation > FILTERED_NEIGHBOUR_CORRELATION:
+        remedy = ("its spectrum is flattened beyond the particle's band before picking (so are the denoised images "
+                  "written); `cryojoint denoise` keeps it" if settings.flatten_filtered_spectrum else
+                  "its denoiser cannot tell noise from signal there")
         warnings.warn(f"{path}: neighbouring pixels correlate at {correlation:.2f}: the micrograph looks low-pass "
-                      "filtered; the general model expects raw micrographs (fine-tune it on labels with train "
-                      "--init general, or give unfiltered images)", UserWarning, stacklevel=3)
+                      f"filtered, the general model learned from raw micrographs: {remedy} (fine-tuning on some "
+                      "labels with cryojoint train does better)", UserWarning, stacklevel=3)
 
 
 def read_candidates(path: Path) -> pd.DataFrame:
@@ -348,6 +350,7 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "network_dtype": dtype_name(network_dtype),
         "particle_diameter_px_input": settings.particle_diameter_px * settings.downsample,
         "general_model": model.is_general,
+        "flatten_filtered_spectrum": settings.flatten_filtered_spectrum,
         "picked": settings.pick,
         "n_micrographs": summary.n_micrographs,
         "n_picks": summary.n_picks,

@@ -247,3 +247,44 @@ def test_filtered_input_is_flagged_for_the_general_model(tmp_path: Path) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         predict_files("general", [tmp_path / "raw.mrc"], tmp_path / "r", outputs=["denoised"], progress=False)
+
+
+def _radial_amplitude(image: np.ndarray) -> np.ndarray:
+    spectrum = np.abs(np.fft.rfft2(image - image.mean())) ** 2
+    ny, nx = image.shape
+    rings = np.rint(np.hypot(np.fft.fftfreq(ny)[:, None], np.fft.rfftfreq(nx)[None, :]) * max(ny, nx)).astype(int)
+    return np.sqrt(np.bincount(rings.ravel(), spectrum.ravel()) / np.maximum(np.bincount(rings.ravel()), 1))
+
+
+def test_spectrum_flattening_restores_white_high_frequencies_and_keeps_the_band_below() -> None:
+    from cryojoint.imaging import flatten_spectrum_beyond
+
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal((192, 256))
+    filtered = (5.0 + gaussian_filter(noise, 2.0)).astype(np.float32)
+    flattened = flatten_spectrum_beyond(filtered, 1 / 36)
+    assert flattened.shape == filtered.shape and flattened.mean() == pytest.approx(filtered.mean(), abs=1e-4)
+    before, after = _radial_amplitude(filtered), _radial_amplitude(flattened)
+    cutoff = round(256 / 36)
+    np.testing.assert_allclose(after[1:cutoff + 1], before[1:cutoff + 1], rtol=1e-4)  # the particle's band kept
+    beyond = after[cutoff + 1:128]  # up to Nyquist along the longer side: the ring average is flat at the cut-off's
+    np.testing.assert_allclose(beyond, before[cutoff], rtol=1e-3)
+    assert before[100] < 0.05 * before[cutoff]  # the filter had taken that out (float32 rounding is left)
+    white = rng.standard_normal((192, 256)).astype(np.float32)  # a raw micrograph's shot noise: almost unchanged
+    assert np.corrcoef(white.ravel(), flatten_spectrum_beyond(white, 1 / 36).ravel())[0, 1] > 0.95
+
+
+def test_the_general_model_flattens_a_filtered_micrographs_spectrum_before_picking() -> None:
+    from cryojoint.inference import predict_micrograph
+
+    model = _general()
+    rng = np.random.default_rng(2)
+    raw = Micrograph(rng.poisson(30.0, (160, 160)).astype(np.float32), None, "raw")
+    filtered = Micrograph(gaussian_filter(raw.data, 2.0), None, "filtered")
+    picking = PickingSettings.resolve(model, particle_diameter_px=30.0)
+    assert picking.flatten_filtered_spectrum
+    assert not PickingSettings.resolve(model, particle_diameter_px=30.0, pick=False).flatten_filtered_spectrum
+    plain = dataclasses.replace(picking, flatten_filtered_spectrum=False)
+    for micrograph, changed in ((raw, False), (filtered, True)):
+        flattened, kept = predict_micrograph(model, micrograph, picking), predict_micrograph(model, micrograph, plain)
+        assert (not np.array_equal(flattened.denoised, kept.denoised)) == changed
