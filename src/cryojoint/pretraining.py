@@ -48,10 +48,12 @@ class CorpusConfig:
     # The particle's diameter as simulated, drawn log-uniformly; the pixel size follows from the structure's
     # size. Above GENERAL_PARTICLE_PX the micrograph is binned to it (about half the draws), below it stays.
     particle_diameter_range_px: tuple[float, float] = (18.0, 90.0)
-    # Share of the field's area the particles cover, drawn log-uniformly per simulation: from sparse fields to
-    # packed, touching ones (real beta-galactosidase micrographs, benchmarks' real-bgal: ~0.38; the presets'
-    # counts: 0.02-0.2, falling as the particle shrinks). The count follows from it and the particle's size.
-    particle_area_fraction_range: tuple[float, float] = (0.03, 0.4)
+    # Share of the field's area the particles cover, drawn log-uniformly per simulation (the count follows from it
+    # and the particle's size), e.g. (0.03, 0.4): sparse to packed, touching fields like real beta-galactosidase's
+    # (~0.38). None: each preset's own count per 1024² field (what the shipped model learned from). Tried in session
+    # 15 (benchmarks/README.md): zero-shot real-bgal 0.731 -> 0.749, but standard 10 % 0.835 -> 0.785 and second
+    # 60 % 0.724 -> 0.528; not shipped.
+    particle_area_fraction_range: tuple[float, float] | None = None
     # Each micrograph enters at one dose drawn from these (fractions of the full exposure); the simulator makes
     # them from the same scene, so one scene at two doses would be two views of the same particles.
     dose_fractions: tuple[float, ...] = (0.1, 0.2, 0.4, 0.6, 1.0)
@@ -92,21 +94,25 @@ def build_corpus(config: CorpusConfig | None = None, progress: bool = True) -> C
     diameters = {name: float(load_structure(name)[2]["diameter_angstrom"]) for name in config.structures}
     jobs = [(structure, diameters[structure] / float(math.exp(rng.uniform(low, high))), int(rng.integers(2**31)))
             for structure in config.structures for _ in range(config.pixel_sizes_per_structure)]
-    # Drawn after the jobs so that each simulation keeps the pixel size and seed it had before packing was drawn.
-    fraction_low, fraction_high = (math.log(v) for v in config.particle_area_fraction_range)
-    area_fractions = [float(math.exp(rng.uniform(fraction_low, fraction_high))) for _ in jobs]
+    # Drawn after the jobs so that each simulation keeps its pixel size and seed whether packing is drawn or not.
+    area_fractions: list[float | None] = [None] * len(jobs)
+    if config.particle_area_fraction_range is not None:
+        fraction_low, fraction_high = (math.log(v) for v in config.particle_area_fraction_range)
+        area_fractions = [float(math.exp(rng.uniform(fraction_low, fraction_high))) for _ in jobs]
     micrographs: list[Micrograph] = []
     tables: list[pd.DataFrame] = []
     manifest: list[dict[str, Any]] = []
     with counted_progress(len(jobs), progress, "simulating the pretraining corpus") as advance:
         for (structure, pixel_size, seed), area_fraction in zip(jobs, area_fractions):
-            particle_px = diameters[structure] / pixel_size
-            count = max(1, round(area_fraction * REFERENCE_FIELD_PX**2 / (math.pi * particle_px**2 / 4)))
+            packing = {}
+            if area_fraction is not None:
+                particle_area_px = math.pi * (diameters[structure] / pixel_size) ** 2 / 4
+                count = max(1, round(area_fraction * REFERENCE_FIELD_PX**2 / particle_area_px))
+                packing = {"particles_per_micrograph": (count, count)}
             sim_config = SimulationConfig.for_preset(
                 structure, seed=corpus_seed(config) + seed, n_micrographs=config.micrographs_per_simulation,
                 size_px=(config.size_px, config.size_px), pixel_size_angstrom=pixel_size,
-                dose_fractions=tuple(sorted(set(config.dose_fractions) | {1.0})), label_region_px=None,
-                particles_per_micrograph=(count, count))
+                dose_fractions=tuple(sorted(set(config.dose_fractions) | {1.0})), label_region_px=None, **packing)
             dataset = simulate(config=sim_config)
             factor = network_factor(dataset.particle_diameter_px, GENERAL_PARTICLE_PX)
             for index, clean in enumerate(dataset.clean):
