@@ -91,7 +91,7 @@ def cryojoint_cell(method: CryojointMethod, data: DoseData, profile: Profile, wo
             and all((denoised_dir / f"{n}.mrc").exists() for n in data.test_names)):
         try:
             record["denoising"] = score_denoised(data, _read_mrc_folder(denoised_dir, data.test_names))
-        except ValueError as err:  # e.g. denoised at a fractional bin (fine-tuned from the general model)
+        except ValueError as err:  # a denoised image at no scale of the micrograph
             record["denoising_not_scored"] = str(err)
     history = trained.get("history", [])
     meta = trained.get("meta", {})

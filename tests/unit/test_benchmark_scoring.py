@@ -129,14 +129,24 @@ def test_the_data_key_follows_every_simulation_setting_and_the_simulator_version
     assert bench._dataset_key("ribosome", standard) != before
 
 
-def test_a_fractionally_binned_denoised_image_is_refused_not_misread() -> None:
-    """A model fine-tuned from the general model denoises at a fractional bin (1024 / 1.33 = 768 px): no scoring
-    scale holds it, so it must be refused (the cell then leaves denoising unscored) rather than compared with
-    the full-size references."""
+def test_a_fractionally_binned_denoised_image_is_scored_at_full_size() -> None:
+    """A model fine-tuned from the general model denoises at a fractional bin (1024 / 1.44 -> 711 px): it is
+    resampled back to the full grid, where a band-limited image comes back as it was (same place, same contrast);
+    a shape no bin makes is refused rather than misread."""
     from benchmarks.suite.scoring import _to_scale
+    from scipy.ndimage import gaussian_filter
 
-    full = (1024, 1024)
-    assert _to_scale(np.zeros((512, 512), np.float32), full, 2, "m").shape == (512, 512)
-    assert _to_scale(np.zeros(full, np.float32), full, 2, "m").shape == (512, 512)
+    from cryojoint.imaging import bin_image, snap_factor
+
+    full = (1024, 1000)
+    assert _to_scale(np.zeros((512, 500), np.float32), full, 2, "m").shape == (512, 500)
+    assert _to_scale(np.zeros(full, np.float32), full, 2, "m").shape == (512, 500)
+    smooth = gaussian_filter(np.random.default_rng(0).standard_normal(full), 4.0).astype(np.float32)
+    factor = snap_factor(52 / 36)
+    back = _to_scale(bin_image(smooth, factor), full, 1, "m")
+    assert back.shape == full
+    inner = (slice(16, -16), slice(16, -16))
+    assert np.corrcoef(back[inner].ravel(), smooth[inner].ravel())[0, 1] > 0.99
+    assert np.std(back[inner]) == pytest.approx(np.std(smooth[inner]), rel=0.05)
     with pytest.raises(ValueError, match="not the"):
-        _to_scale(np.zeros((768, 768), np.float32), full, 1, "m")
+        _to_scale(np.zeros((700, 768), np.float32), full, 1, "m")
