@@ -15,7 +15,7 @@ import pandas as pd
 from benchmarks.suite.datasets import DoseData
 
 from cryojoint.evaluation import denoising_metrics, picking_metrics, psnr
-from cryojoint.imaging import bin_image, binned_shape, rational_factor, snap_factor
+from cryojoint.imaging import bin_factor_between, bin_image, unbin_image
 from cryojoint.io.mrc import read_micrograph
 
 #: Low-pass cut-off (Å) of the "PSNR vs low-passed full dose" reference: at 5.3 Å/px a 20 Å period is 3.8 px,
@@ -106,30 +106,15 @@ def _to_scale(image: np.ndarray, full_shape: tuple[int, ...], scale: int, name: 
     resampled back to full size by the inverse of :func:`cryojoint.imaging.bin_image`'s polyphase filter: its
     Nyquist lies above the FRC band's top (0.25 cycles/px) for any bin below 2, so the band is scored in full; the
     rows and columns the bin dropped are filled with the edge's values."""
-    own = full_shape[0] / image.shape[0]
-    if own > 1 and not float(own).is_integer():
-        factor = snap_factor(own)
-        if binned_shape(full_shape, factor) != tuple(image.shape):
-            raise ValueError(f"{name}: denoised image of shape {image.shape} is not the {full_shape} micrograph binned "
-                             f"by {factor:g}")
-        image = _unbin(image, factor, full_shape)
+    factor = bin_factor_between(full_shape, image.shape)
+    if factor is not None and not float(factor).is_integer():
+        image = unbin_image(image, factor, full_shape)
     own = full_shape[0] // image.shape[0]
     if (own < 1 or scale % own or full_shape[1] // image.shape[1] != own
             or (full_shape[0] // own, full_shape[1] // own) != tuple(image.shape)):
         raise ValueError(f"{name}: denoised image of shape {image.shape} is not the {full_shape} micrograph binned by "
                          f"a factor dividing the scoring scale {scale}")
     return bin_image(image, scale // own) if scale > own else image
-
-
-def _unbin(image: np.ndarray, factor: float, full_shape: tuple[int, ...]) -> np.ndarray:
-    from scipy.signal import resample_poly
-
-    ratio = rational_factor(factor)
-    for axis in (0, 1):
-        image = resample_poly(image, ratio.numerator, ratio.denominator, axis=axis, padtype="line")
-    image = image[: full_shape[0], : full_shape[1]]
-    pad = [(0, full_shape[0] - image.shape[0]), (0, full_shape[1] - image.shape[1])]
-    return np.pad(image, pad, mode="edge").astype(np.float32)
 
 
 def refresh_denoising_scores(cell: dict[str, Any], data: DoseData, work: Path) -> bool:

@@ -89,6 +89,32 @@ def bin_image(image: np.ndarray, factor: float) -> np.ndarray:
     return np.ascontiguousarray(resampled[: out_shape[0], : out_shape[1]], dtype=np.float32)
 
 
+def unbin_image(image: np.ndarray, factor: float, shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of :func:`bin_image` onto the original grid ``shape`` (rows/columns the bin dropped take the edge's
+    values): to compare a network-scale image (denoised at the general model's scale) with full-size references.
+    Polyphase up-sampling; for integer factors shifted by (factor - 1) / 2 px, where the block means sat."""
+    from scipy.ndimage import shift as shift_image
+    from scipy.signal import resample_poly
+
+    ratio = rational_factor(factor)
+    values = np.asarray(image, dtype=np.float64)
+    for axis in (0, 1):
+        values = resample_poly(values, ratio.numerator, ratio.denominator, axis=axis, padtype="line")
+    if ratio.denominator == 1 and ratio.numerator > 1:
+        values = shift_image(values, (ratio.numerator - 1) / 2, order=3, mode="nearest")
+    values = values[: shape[0], : shape[1]]
+    pad = [(0, shape[0] - values.shape[0]), (0, shape[1] - values.shape[1])]
+    return np.pad(values, pad, mode="edge").astype(np.float32)
+
+
+def bin_factor_between(shape: tuple[int, ...], binned: tuple[int, ...]) -> float | None:
+    """The factor :func:`bin_image` turns ``shape`` into ``binned`` with (snapped as it snaps), or None."""
+    if binned[0] <= 0 or binned[0] > shape[0]:
+        return None
+    factor = snap_factor(shape[0] / binned[0])
+    return factor if binned_shape(shape, factor) == tuple(binned[:2]) else None
+
+
 def binned_shape(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
     """(rows, columns) of :func:`bin_image`'s output for an image of ``shape``."""
     return int(shape[0] // factor), int(shape[1] // factor)

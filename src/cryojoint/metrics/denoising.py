@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import ndimage
 
 from cryojoint.errors import UserInputError
+from cryojoint.imaging import bin_factor_between, unbin_image
 from cryojoint.metrics._numbers import format_cell, json_number
 
 if TYPE_CHECKING:
@@ -241,6 +242,9 @@ def denoising_metrics(
             raise UserInputError(name, "denoised image has no full-dose reference of the same name")
         image = np.asarray(image, dtype=np.float64)
         reference = np.asarray(references[name], dtype=np.float64)
+        factor = bin_factor_between(reference.shape, image.shape) if image.shape != reference.shape else None
+        if factor is not None and factor > 1:  # denoised at the network's scale (binned): back onto the reference grid
+            image = unbin_image(image, factor, reference.shape).astype(np.float64)
         _check_same_shape(name, image, reference, "reference")
         row: dict[str, Any] = {"micrograph": name}
         row["psnr_full_dose"] = psnr(image, reference)
