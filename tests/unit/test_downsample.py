@@ -113,6 +113,27 @@ def test_the_size_is_read_again_at_the_networks_scale(blob_field, monkeypatch: p
     assert factor == 2 and diameter == pytest.approx(50.0, rel=0.15)
 
 
+def test_a_reading_within_the_limit_stands_when_binning_to_the_general_scale(
+        blob_field, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fine-tuning bins a 50 px particle to the general model's 36 px; the full-size reading is reliable there and is
+    not replaced by one on the binned copy (which could misread it, as on the demo's data)."""
+    import cryojoint.data as data_module
+
+    shapes: list[int] = []
+    real = data_module.estimate_particle_diameter
+
+    def misread_when_binned(images, coords, *args, **kwargs):
+        shapes.append(np.shape(images[0])[0])
+        value = real(images, coords, *args, **kwargs)
+        return value if shapes[-1] == 512 else 0.7 * value
+
+    monkeypatch.setattr(data_module, "estimate_particle_diameter", misread_when_binned)
+    micrographs, labels = _field(blob_field, 50.0, size=512)
+    factor, diameter = resolve_downsample(micrographs, labels, DataConfig(network_particle_px=36.0), None, [])
+    assert shapes == [512]
+    assert factor > 1.2 and diameter == pytest.approx(36.0, rel=0.15)
+
+
 def test_a_particle_beyond_the_search_range_is_measured_on_a_binned_copy(blob_field) -> None:
     """No pixel size, a particle wider than the 160 px the size search reaches: bin until it is in range."""
     micrographs, labels = _field(blob_field, 200.0, size=1536, n=2)
