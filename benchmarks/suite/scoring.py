@@ -108,10 +108,9 @@ def _to_scale(image: np.ndarray, full_shape: tuple[int, ...], scale: int, name: 
     rows and columns the bin dropped are filled with the edge's values."""
     factor = bin_factor_between(full_shape, image.shape)
     if factor is not None and not float(factor).is_integer():
-        image = unbin_image(image, factor, full_shape)
-    own = full_shape[0] // image.shape[0]
-    if (own < 1 or scale % own or full_shape[1] // image.shape[1] != own
-            or (full_shape[0] // own, full_shape[1] // own) != tuple(image.shape)):
+        image, factor = unbin_image(image, factor, full_shape), 1.0
+    own = int(factor or 0)
+    if own < 1 or scale % own:
         raise ValueError(f"{name}: denoised image of shape {image.shape} is not the {full_shape} micrograph binned by "
                          f"a factor dividing the scoring scale {scale}")
     return bin_image(image, scale // own) if scale > own else image

@@ -242,7 +242,7 @@ def denoising_metrics(
             raise UserInputError(name, "denoised image has no full-dose reference of the same name")
         image = np.asarray(image, dtype=np.float64)
         reference = np.asarray(references[name], dtype=np.float64)
-        factor = bin_factor_between(reference.shape, image.shape) if image.shape != reference.shape else None
+        factor = bin_factor_between(reference.shape, image.shape)
         if factor is not None and factor > 1:  # denoised at the network's scale (binned): back onto the reference grid
             image = unbin_image(image, factor, reference.shape).astype(np.float64)
         _check_same_shape(name, image, reference, "reference")
