@@ -210,11 +210,9 @@ def _train(
                             "(--ignore-unknown-labels)")
 
     init = starting_weights(config)
-    init_note = None
-    if init != config.train.init:
-        init_note = (f"fine-tuning the shipped {init} model (--init scratch starts from random weights)"
-                     if init != "scratch" else None)
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, init=init))
+    init_note = (f"fine-tuning the shipped {init} model (--init scratch starts from random weights)"
+                 if config.train.init is None and init != "scratch" else None)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, init=init))
     if init != "scratch" and config.data.network_particle_px is None:
         # A pretrained model works at its own particle size: bin the micrographs to it.
         config = dataclasses.replace(config, data=dataclasses.replace(config.data,
