@@ -313,15 +313,16 @@ def split_names(names: Sequence[str], n_train: int = N_TRAIN) -> tuple[list[str]
     return ordered[:n_train], ordered[n_train:]
 
 
-def partial_labels(xy: np.ndarray, shape: tuple[int, int], seed: int, index: int
-                   ) -> tuple[np.ndarray, tuple[float, float, float]]:
+def partial_labels(xy: np.ndarray, shape: tuple[int, int], seed: int, index: int,
+                   region_fraction: float = LABEL_REGION_FRACTION) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Which particles a user labels: half of those inside one square region, drawn from ``(seed, index)``.
 
-    Returns a boolean array over ``xy`` and the region ``(x0, y0, side)`` in the same pixels. The region is
-    placed uniformly; a user labels some particles of one area and leaves the rest of the field unlabelled.
+    Returns a boolean array over ``xy`` and the region ``(x0, y0, side)`` in the same pixels. The region (of
+    ``region_fraction`` of the field's shorter side) is placed uniformly; a user labels some particles of one
+    area and leaves the rest of the field unlabelled.
     """
     ny, nx = shape
-    side = LABEL_REGION_FRACTION * min(ny, nx)
+    side = region_fraction * min(ny, nx)
     rng = np.random.default_rng([seed, index])
     x0 = float(rng.uniform(0.0, nx - side))
     y0 = float(rng.uniform(0.0, ny - side))

@@ -138,7 +138,16 @@ def _simulation_config(structure: str, profile: Profile) -> SimulationConfig:
 def ensure_dataset(structure: str, profile: Profile, cache_dir: Path, log: Callable[[str], None]) -> Path:
     """Simulate once per (structure, size, count, seed, overrides) and cache; returns the data folder.
 
-    Real data is prepared once from its source instead (:func:`benchmarks.real_bgal.prepare`)."""
+    Real data is prepared once from its source instead (:func:`benchmarks.real_bgal.prepare`), ASPIRE's micrographs
+    once by ASPIRE (:func:`benchmarks.aspire_sim.prepare`, the same layout as ours)."""
+    if profile.dataset == "aspire":
+        from benchmarks.aspire_sim import AspireError
+        from benchmarks.aspire_sim import prepare as prepare_aspire
+
+        try:
+            return prepare_aspire(cache_dir, profile, log=log)
+        except AspireError as err:
+            raise SystemExit(f"error: {err}") from None
     if profile.dataset == "real-bgal":
         from benchmarks.real_bgal import SnapshotMissing, prepare
 

@@ -123,8 +123,9 @@ class Profile:
     #: ``(scale, offset)`` applied to every stored image (all doses, reference, clean) as float32: data whose
     #: units are not the simulator's counts, as a pipeline that normalises or rescales would hand it over.
     intensity_map: tuple[float, float] | None = None
-    #: Where the micrographs come from: ``"simulated"`` (our simulator, every truth known) or ``"real-bgal"``
-    #: (real micrographs with reference picks, :mod:`benchmarks.real_bgal`: picking only, no clean image).
+    #: Where the micrographs come from: ``"simulated"`` (our simulator, every truth known), ``"aspire"`` (another
+    #: simulator, :mod:`benchmarks.aspire_sim`, every truth known) or ``"real-bgal"`` (real micrographs with
+    #: reference picks, :mod:`benchmarks.real_bgal`: picking only, no clean image).
     dataset: str = "simulated"
     #: Denoising is scored on images binned by this factor (DoseData.denoising_bin): the scale of the coarsest row.
     denoising_bin: int = 1
@@ -134,7 +135,7 @@ class Profile:
     @property
     def has_denoising_truth(self) -> bool:
         """Clean and full-dose images exist, so denoising can be scored."""
-        return self.dataset == "simulated"
+        return self.dataset in ("simulated", "aspire")
 
 
 PROFILES: dict[str, Profile] = {
@@ -192,6 +193,16 @@ PROFILES: dict[str, Profile] = {
                     "inside one region of each training micrograph labelled; picking only; 600 steps, training "
                     "seeds 0, 1, 2",
         seeds=(0, 1, 2),
+    ),
+    "aspire": Profile(
+        "aspire", ("aspire-blobs",), 8, 4, 1024, ("010", "020"),
+        (*_modes(["default"], ["joint", "detect-only"]), SCRATCH), 600, 100, 300, 100,
+        dataset="aspire", general_rows=True, seeds=(0, 1, 2),
+        description="another simulator: 8+4 micrographs at 1024² made by ASPIRE (`benchmarks/aspire_sim.py`): one "
+                    "of its synthetic particles (≈ 68 px) and as many decoys of another shape and the same size, "
+                    "ASPIRE's CTF and white noise in its own units (mean ≈ 0), per-pixel SNR 0.01 at 10 % dose; "
+                    "half of the particles inside one region (half the side) of each training micrograph "
+                    "labelled; 600 steps, training seeds 0, 1, 2",
     ),
     "full": Profile(
         "full", ("ribosome", "ruvb"), 16, 8, 1024, DOSE_KEYS, _modes(["default", "paper"]), 3000, 100, 2000,
