@@ -24,10 +24,15 @@ SHIPPED_MODELS: dict[str, str] = {"general": "general-v1.pt"}
 assert set(SHIPPED_MODELS) == set(SHIPPED_MODEL_NAMES)
 
 
+def is_shipped_model(path: str | Path) -> bool:
+    """``path`` names a shipped model (and no file of that name is here, which would take precedence)."""
+    return str(path) in SHIPPED_MODELS and not Path(path).exists()
+
+
 def resolve_model_path(path: str | Path) -> Path:
     """A shipped model's file for its name (unless a file of that name exists here), else ``path`` itself."""
     path = Path(path)
-    if str(path) in SHIPPED_MODELS and not path.exists():
+    if is_shipped_model(path):
         from importlib import resources
 
         shipped = Path(str(resources.files("cryojoint") / "weights" / SHIPPED_MODELS[str(path)]))

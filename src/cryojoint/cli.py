@@ -407,10 +407,11 @@ def relion(
                                                   "(with or instead of --in_coords).")] = None,
     task: Annotated[str, typer.Option("--task", help="train, predict, or train,predict.")] = "train,predict",
     model: Annotated[Path | None, typer.Option("--model", help="model.pt to predict with when --task is "
-                                               "predict (e.g. External/job010/train/model.pt).")] = None,
+                                               "predict (e.g. External/job010/train/model.pt), or 'general': "
+                                               "the shipped model, no training (give the diameter).")] = None,
     particle_diameter: Annotated[float | None, typer.Option(
         "--particle_diameter", help="Particle diameter in micrograph pixels (default: estimated from the "
-                                    "picks).")] = None,
+                                    "picks; required with --model general).")] = None,
     particle_diameter_angstrom: Annotated[float | None, typer.Option(
         "--particle_diameter_angstrom", help="Particle diameter in Å, converted with the optics block's "
                                              "_rlnMicrographPixelSize (instead of --particle_diameter).")] = None,

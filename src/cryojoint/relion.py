@@ -39,6 +39,7 @@ import pandas as pd
 import starfile
 
 from cryojoint._atomic import atomic_path
+from cryojoint.checkpoint import is_shipped_model
 from cryojoint.config import CryojointConfig
 from cryojoint.errors import StopRequested, UserInputError
 from cryojoint.io.coords import read_coordinates
@@ -77,7 +78,7 @@ class ExternalJob:
     in_coords: Path | None = None
     in_parts: Path | None = None
     tasks: tuple[str, ...] = TASKS
-    model: Path | None = None  # for --task predict alone: a model.pt from an earlier job
+    model: Path | None = None  # for --task predict alone: a model.pt from an earlier job, or a shipped model's name
     particle_diameter_angstrom: float | None = None  # converted with the optics block's pixel size
     threshold: float | str | None = None
     threads: int = 1
@@ -167,10 +168,12 @@ def _run(job: ExternalJob, config: CryojointConfig, echo: Callable[[str], None])
     should_stop = (job.out_dir / ABORT_NOW).exists
     run_dir = job.out_dir / TRAIN_DIR
     model_path = job.model if job.model is not None else run_dir / MODEL_NAME
+    # A shipped model by name picks with no training at all; the diameter is then the only thing it is told.
+    shipped = "train" not in job.tasks and job.model is not None and is_shipped_model(job.model)
     labels = _read_labels(job) if "train" in job.tasks else None
-    if "train" not in job.tasks and not model_path.is_file():
-        raise UserInputError(model_path, "model not found (--task predict needs --model RUN/model.pt, or a job "
-                             "that trained one)")
+    if "train" not in job.tasks and not shipped and not model_path.is_file():
+        raise UserInputError(model_path, "model not found (--task predict needs --model RUN/model.pt, --model "
+                             "general with the particle diameter, or a job that trained one)")
 
     fresh = True
     if labels is not None:
@@ -190,7 +193,8 @@ def _run(job: ExternalJob, config: CryojointConfig, echo: Callable[[str], None])
         return
     summary = predict_files(model_path, mics.paths, job.out_dir, threshold=job.threshold, formats=(),
                             outputs=("picks", "denoised"), overwrite=fresh, device=config.train.device,
-                            should_stop=should_stop)
+                            should_stop=should_stop,
+                            particle_diameter_px=config.data.particle_diameter_px if shipped else None)
     if summary.failures:
         first = next(iter(summary.failures.values()))
         raise UserInputError(None, f"{len(summary.failures)} micrograph(s) failed, e.g. {first}")

@@ -174,3 +174,35 @@ def test_train_only_with_the_diameter_in_angstrom_from_the_optics_block(
     assert meta["particle_diameter_px"] == pytest.approx(22.0)
     assert (Path(JOB) / relion.EXIT_SUCCESS).is_file()
     assert not (Path(JOB) / relion.OUTPUT_NODES).exists() and not (Path(JOB) / "autopick.star").exists()
+
+
+def test_predict_with_the_shipped_general_model_needs_no_training(
+        relion_project: dict[str, Path], tiny_config: Path) -> None:
+    """``--task predict --model general``: zero-shot picks and denoised micrographs, every file RELION reads."""
+    import json
+
+    result = _relion(relion_project, tiny_config, "--task", "predict", "--model", "general")
+    assert result.exit_code == 0, result.output + str(result.exception)
+    job = Path(JOB)
+    assert (job / relion.EXIT_SUCCESS).is_file() and not (job / relion.TRAIN_DIR).exists()
+    record = json.loads((job / "predict.json").read_text())
+    assert record["model"] == "general" or record["model"].endswith(".pt")
+    nodes = _star(job / relion.OUTPUT_NODES)["output_nodes"]
+    assert list(nodes["rlnPipeLineNodeName"]) == [f"{JOB}autopick.star", f"{JOB}micrographs_denoised.star"]
+    index = _star(job / "autopick.star")["coordinate_files"]
+    assert len(index) == 3
+    total = sum(len(next(iter(_star(Path(f)).values()))) for f in index["rlnMicrographCoordinates"])
+    assert total > 0
+
+
+def test_the_general_model_without_a_diameter_is_one_error_line(
+        relion_project: dict[str, Path], tiny_config: Path) -> None:
+    no_diameter = tiny_config.with_name("no_diameter.yaml")
+    no_diameter.write_text(tiny_config.read_text().replace("data:\n  particle_diameter_px: 22.0\n", ""))
+    args = ["relion", "--o", JOB, "--in_mics", str(relion_project["mics_star"]), "--task", "predict",
+            "--model", "general", "--config", str(no_diameter)]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == relion.EXIT_CODE_FAILURE, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "diameter" in errors[0], result.output
+    assert (Path(JOB) / relion.EXIT_FAILURE).is_file() and not (Path(JOB) / relion.EXIT_SUCCESS).exists()
