@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from cryojoint.checkpoint import LoadedModel
 from cryojoint.config import CryojointConfig
@@ -250,7 +251,7 @@ def test_a_good_prior_keeps_its_gain() -> None:
     mu = clean + rng.normal(scale=0.3, size=clean.shape).astype(np.float32)
     a2 = np.full_like(y, 0.3**2)
     bayes = posterior_mean(*(torch.from_numpy(a) for a in (y, mu, a2)), torch.tensor(0.25)).numpy()
-    checked = calibrated_posterior_mean(y, mu, a2, 0.25, noise_var_ceiling=0.3)
+    checked = calibrated_posterior_mean(y, mu, a2, 0.25)
 
     def mse(image: np.ndarray) -> float:
         return float(np.mean((image - clean) ** 2))
@@ -258,9 +259,46 @@ def test_a_good_prior_keeps_its_gain() -> None:
     assert mse(checked) <= 1.02 * mse(bayes) < 0.5 * mse(y)
 
 
-@pytest.mark.parametrize("slice_px", [97, 1 << 20])
-def test_the_calibrated_posterior_mean_in_slices_is_the_whole_image_formula(monkeypatch, slice_px: int) -> None:
-    """Summing SURE over slices (bounded memory) picks the inflation the whole-image formula picks."""
+def test_an_underconfident_prior_is_trusted_more() -> None:
+    """A prior mean far better than its variance says (the general model on data unlike its corpus): the check
+    scales A^2 down and keeps the prior mean's gain, which the network's own posterior mean throws away."""
+    from cryojoint.inference import calibrated_posterior_mean
+    from cryojoint.models.unet import posterior_mean
+
+    rng = np.random.default_rng(4)
+    clean = rng.normal(scale=0.2, size=(128, 128)).astype(np.float32)
+    y = clean + rng.normal(scale=1.0, size=clean.shape).astype(np.float32)
+    mu = clean + rng.normal(scale=0.05, size=clean.shape).astype(np.float32)
+    a2 = np.full_like(y, 0.35)  # the network's claim; the prior mean's real error variance is 0.0025
+    bayes = posterior_mean(*(torch.from_numpy(a) for a in (y, mu, a2)), torch.tensor(1.0)).numpy()
+    checked = calibrated_posterior_mean(y, mu, a2, 1.0)
+
+    def mse(image: np.ndarray) -> float:
+        return float(np.mean((image - clean) ** 2))
+
+    assert mse(checked) < 0.1 * mse(bayes)
+    assert mse(checked) < 2 * mse(mu)
+
+
+def test_the_noise_is_measured_on_the_image_not_taken_from_the_network() -> None:
+    """A network whose learned noise level is far off (0.01 or 100x the truth) denoises the same image alike."""
+    rng = np.random.default_rng(6)
+    clean = ndimage.gaussian_filter(rng.normal(size=(96, 96)), 3).astype(np.float32) * 10
+    raw = (clean + rng.normal(size=clean.shape)).astype(np.float32)
+    model = _narrow_model()
+    results = []
+    for noise_std in (0.1, 10.0):
+        model.network.denoiser.initialise_noise_std(noise_std)
+        results.append(run_network_on_image(model.network, raw, model.config).denoised)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("slice_px", "sample_px"), [(97, 1 << 18), (1 << 20, 1 << 18), (1 << 20, 100)])
+def test_the_calibrated_posterior_mean_is_the_sure_choice_over_the_grid(monkeypatch, slice_px: int,
+                                                                        sample_px: int) -> None:
+    """The whole-image formula, written out: SURE over every (scale, inflation) of the grids on the evaluated
+    pixels (all of them, or every k-th of a larger image), then the chosen posterior mean on every pixel, in
+    slices or not."""
     import cryojoint.inference as inference
 
     rng = np.random.default_rng(5)
@@ -268,15 +306,19 @@ def test_the_calibrated_posterior_mean_in_slices_is_the_whole_image_formula(monk
     mu = (0.4 * y + rng.normal(scale=0.5, size=y.shape)).astype(np.float32)
     a2 = np.abs(rng.normal(scale=0.4, size=y.shape)).astype(np.float32)
     s2 = 0.8
-    unit = float(np.mean(a2.astype(np.float64))) + s2
-    risks = []
-    for factor in inference.PRIOR_INFLATION_GRID:
-        shrink = s2 / (a2.astype(np.float64) + factor * unit + s2)
-        risks.append(float(np.mean(shrink**2 * np.square(y - mu, dtype=np.float64))) - s2
-                     + 2 * s2 * float(np.mean(1 - shrink)))
-    best = inference.PRIOR_INFLATION_GRID[int(np.argmin(risks))] * unit
-    expected = y - (s2 / (a2.astype(np.float64) + best + s2)).astype(np.float32) * (y - mu)
+    step = -(-y.size // sample_px)
+    seen = [np.ravel(a)[::step].astype(np.float64) for a in (y, mu, a2)]
+    unit = float(np.mean(seen[2])) + s2
+    best = (np.inf, 0.0, 0.0)
+    for scale in inference.PRIOR_SCALE_GRID:
+        for factor in inference.PRIOR_INFLATION_GRID:
+            shrink = s2 / (scale * seen[2] + factor * unit + s2)
+            risk = float(np.mean(shrink**2 * (seen[0] - seen[1]) ** 2)) - s2 + 2 * s2 * float(np.mean(1 - shrink))
+            best = min(best, (risk, scale, factor * unit))
+    _, scale, inflation = best
+    expected = y - (s2 / (scale * a2.astype(np.float64) + inflation + s2)).astype(np.float32) * (y - mu)
     monkeypatch.setattr(inference, "SURE_SLICE_PX", slice_px)
+    monkeypatch.setattr(inference, "SURE_SAMPLE_PX", sample_px)
     result = inference.calibrated_posterior_mean(y, mu, a2, s2)
     assert result.shape == y.shape and result.dtype == np.float32
     np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
