@@ -28,6 +28,7 @@ from benchmarks.suite.scoring import _finite, _read_mrc_folder, score_denoised, 
 from cryojoint.baselines import best_lowpass_sigma, blob_pick, gaussian_lowpass
 from cryojoint.io.coords import read_coordinates
 from cryojoint.io.mrc import read_micrograph
+from cryojoint.training import MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MEASURE_SCRIPT = REPO_ROOT / "benchmarks" / "_measure.py"
@@ -69,8 +70,11 @@ def cryojoint_cell(method: CryojointMethod, data: DoseData, profile: Profile, wo
     """Train (partial labels of the training micrographs), predict the test micrographs, score both heads."""
     train_result_path = work / "train_result.json"
     previous = json.loads(train_result_path.read_text()) if train_result_path.exists() else None
-    if previous and previous.get("ok") and Path(previous["model_path"]).exists():
-        trained = previous
+    # The model this cell trained is always in its own folder; the recorded path goes stale when a migration
+    # renames cells' folders (and may then name another cell's model).
+    own_model = work / "run" / MODEL_NAME
+    if previous and previous.get("ok") and own_model.exists():
+        trained = {**previous, "model_path": str(own_model)}
         log("  reusing the trained model of an interrupted run")
     else:
         spec = {"model_preset": method.model_preset, "mode": method.mode, "steps": profile.steps,
