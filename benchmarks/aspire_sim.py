@@ -157,8 +157,9 @@ def _simulate(spec: AspireSpec, python: Path, log: Callable[[str], None]) -> dic
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.npz"
         spec_path.write_text(json.dumps(spec.to_dict()))
         log(f"simulating {spec.n_micrographs} × {spec.size_px}² micrographs with ASPIRE {ASPIRE_VERSION}")
+        # In the temporary folder: ASPIRE writes a log file into ./logs of its working directory.
         run = subprocess.run([str(python), str(GENERATOR), str(spec_path), str(out_path)], capture_output=True,
-                             text=True, env={**os.environ, "PYTHONPATH": ""})
+                             text=True, env={**os.environ, "PYTHONPATH": ""}, cwd=tmp)
         if run.returncode != 0:
             raise AspireError(f"ASPIRE's simulation failed:\n{run.stderr[-3000:]}")
         with np.load(out_path) as npz:
