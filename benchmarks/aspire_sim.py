@@ -26,9 +26,9 @@ The choices, and why:
   fraction: per-pixel SNR 0.01 at 10 % dose. Not matched to our simulator; lower than that the particles'
   shapes, which are all that tells them from the decoys, would be below anything a picker could learn from ~50
   labels.
-- **Size**: a 96 px box, in which ASPIRE's blobs make a particle ≈ 68 px across (its mean projection without CTF
-  falls to 5 % of its peak 34 px from the centre: :data:`DIAMETER_PROFILE_FRACTION`), larger than our profiles'
-  particles (27-52 px), so the general model bins fractionally (68/36).
+- **Size**: a 96 px box, in which ASPIRE's blobs make a particle ≈ 72 px across (the benchmark's volume: its mean
+  projection without CTF falls to 5 % of its peak 36 px from the centre, :data:`DIAMETER_PROFILE_FRACTION`),
+  larger than our profiles' particles (27-52 px), so the general model bins its input 2×.
 - **Labels**: as a user gives them, half of the particles inside one square of half the field's side on each
   training micrograph (:func:`benchmarks.real_bgal.partial_labels` with a larger region: the particles are fewer
   and larger than β-galactosidase's), ≈ 50 labels over the 8 training micrographs.

@@ -199,7 +199,7 @@ PROFILES: dict[str, Profile] = {
         (*_modes(["default"], ["joint", "detect-only"]), SCRATCH), 600, 100, 300, 100,
         dataset="aspire", general_rows=True, seeds=(0, 1, 2),
         description="another simulator: 8+4 micrographs at 1024² made by ASPIRE (`benchmarks/aspire_sim.py`): one "
-                    "of its synthetic particles (≈ 68 px) and as many decoys of another shape and the same size, "
+                    "of its synthetic particles (≈ 72 px) and as many decoys of another shape and the same size, "
                     "ASPIRE's CTF and white noise in its own units (mean ≈ 0), per-pixel SNR 0.01 at 10 % dose; "
                     "half of the particles inside one region (half the side) of each training micrograph "
                     "labelled; 600 steps, training seeds 0, 1, 2",
