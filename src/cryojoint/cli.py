@@ -597,20 +597,24 @@ def pretrain(
         help="Micrographs per simulation (default: the corpus's, 3).")] = None,
     structures: Annotated[str | None, typer.Option(help="Comma-separated simulator presets (default: all shipped "
                                                         "structures), e.g. to hold one out.")] = None,
+    real: Annotated[list[Path] | None, typer.Option(
+        "--real", help="A real micrograph (MRC with its pixel size in the header) for the denoiser: no labels, "
+                       "the detector is not trained on it. Repeat for several.")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads (default: all cores).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/run/checkpoint.pt.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,
 ) -> None:
     """Pretrain the general model on a simulated corpus of every shipped structure; writes OUT/general.pt.
 
-    Example: cryojoint pretrain --out runs/general --steps 6000
+    Example: cryojoint pretrain --out runs/general --steps 6000 --real exposure1.mrc --real exposure2.mrc
     """
     from cryojoint.pretraining import CorpusConfig
     from cryojoint.pretraining import pretrain as pretrain_general
 
     corpus = CorpusConfig(seed=corpus_seed, **_given(pixel_sizes_per_structure=simulations_per_structure,
                                                      micrographs_per_simulation=micrographs_per_simulation,
-                                                     structures=tuple(_split(structures)) if structures else None))
+                                                     structures=tuple(_split(structures)) if structures else None,
+                                                     real_micrographs=tuple(str(p) for p in real) if real else None))
     path = pretrain_general(out, steps=steps, corpus_config=corpus, seed=seed, resume=resume, overwrite=overwrite,
                             threads=threads)
     typer.echo(f"general model: {path}")

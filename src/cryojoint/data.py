@@ -7,7 +7,7 @@ arrays into tensors.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +136,8 @@ def unlabelled_positive_fraction(targets: np.ndarray, centred_on_label: np.ndarr
     pixels_per_positive
         Mass (px^2) of one particle's soft label.
     """
+    scored = ~np.isnan(targets.reshape(len(targets), -1)).any(axis=1)  # denoiser-only patches: not scored
+    targets, centred_on_label = targets[scored], centred_on_label[scored]
     per_patch_area = float(np.prod(targets.shape[-2:]))
     labelled_mass = targets.reshape(len(targets), -1).sum(axis=1, dtype=np.float64)
     expected_mass = pixels_per_positive * (density_per_px2 * per_patch_area + centred_on_label.astype(float))
@@ -154,7 +156,7 @@ class LabelledImage:
     name: str
     image: np.ndarray  # float32 (ny, nx), normalised
     picks_xy: np.ndarray  # (n, 2) x, y at network scale
-    target: np.ndarray | None = None  # soft labels, float32 (ny, nx)
+    target: np.ndarray | None = None  # soft labels, float32 (ny, nx); NaN where the detector is not scored
     pixel_size: float | None = None  # Å/px at network scale
 
 
@@ -199,8 +201,22 @@ def prepare_data(
     data_config: DataConfig,
     loss_config: LossConfig,
     labels_source: str | Path | None = None,
+    denoiser_only: Collection[str] = (),
 ) -> PreparedData:
-    """Bin, normalise, check labels against images, derive particle size / count / pi, split validation."""
+    """Bin, normalise, check labels against images, derive particle size / count / pi, split validation.
+
+    ``denoiser_only`` names micrographs that teach the denoiser alone: nothing is known of their particles (not
+    even how many there are, as on a real micrograph in the pretraining corpus), so the detection loss does not
+    score them (their target is NaN) and they are never held out for validation. A micrograph given with no labels
+    otherwise counts as holding the expected particles, none of them labelled (the PU prior covers it).
+    """
+    unknown = sorted(set(denoiser_only) - {m.name for m in micrographs})
+    if unknown:
+        raise ValueError(f"denoiser_only names micrographs not given: {', '.join(unknown)}")
+    denoiser_only_labelled = sorted(set(labels["micrograph"].astype(str)) & set(denoiser_only))
+    if denoiser_only_labelled:
+        raise UserInputError(labels_source, f"micrograph '{denoiser_only_labelled[0]}' has labels but is given for "
+                             "the denoiser alone")
     check_names_match(labels, [m.name for m in micrographs], labels_source)
     check_inside(labels, {m.name: m.shape for m in micrographs}, labels_source)
     notes: list[str] = []
@@ -228,8 +244,11 @@ def prepare_data(
         im.image, _ = flatten_ice(im.image, data_config, diameter)
     label_sigma = max(loss_config.label_sigma_fraction * diameter / 2, 1.0)
     for im in images:
-        im.target = soft_label_map(im.image.shape, im.picks_xy, label_sigma)
-    mean_area = float(np.mean([im.image.size for im in images]))
+        im.target = (np.full(im.image.shape, np.nan, np.float32) if im.name in denoiser_only
+                     else soft_label_map(im.image.shape, im.picks_xy, label_sigma))
+    # expected_particles is per micrograph of this area; micrographs the detector never scores do not count
+    mean_area = float(np.mean([im.image.size for im in images if im.name not in denoiser_only] or
+                              [im.image.size for im in images]))
     # One particle's share of positive pixels is the mass of its soft label, 2 pi sigma^2.
     pixels_per_positive = 2 * np.pi * label_sigma**2
     pi = positive_fraction(expected, mean_area, float(np.sqrt(pixels_per_positive / np.pi)))

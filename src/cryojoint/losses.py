@@ -98,7 +98,9 @@ def pu_loss(logits: Tensor, soft_targets: Tensor, pi: float, slack: float = 1.0,
     logits
         Detector output (any shape, e.g. [B,1,1,1] per patch or [B,1,H,W] dense).
     soft_targets
-        Same shape, values in [0, 1]: 1 at labelled particle centres, a bump around them, 0 elsewhere.
+        Same shape, values in [0, 1]: 1 at labelled particle centres, a bump around them, 0 elsewhere; NaN
+        where the detector is not scored (micrographs given to the denoiser alone): neither labelled nor
+        unlabelled there.
     pi
         Expected fraction of positive pixels among the unlabelled ones.
     slack
@@ -121,8 +123,9 @@ def pu_loss(logits: Tensor, soft_targets: Tensor, pi: float, slack: float = 1.0,
         raise ValueError(f"pi must be in (0, 1), got {pi}")
     if logits.shape != soft_targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(soft_targets.shape)} differ in shape")
-    labelled = soft_targets.clamp(0.0, 1.0)
-    unlabelled = 1.0 - labelled
+    scored = ~torch.isnan(soft_targets)
+    labelled = torch.where(scored, soft_targets.clamp(0.0, 1.0), 0.0)
+    unlabelled = torch.where(scored, 1.0 - labelled, 0.0)
 
     labelled_weight = labelled.sum()
     positive_nll = (labelled * F.softplus(-logits)).sum() / labelled_weight.clamp_min(torch.finfo(logits.dtype).eps)

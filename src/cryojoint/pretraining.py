@@ -5,7 +5,9 @@ micrographs are binned (fractionally when needed, :func:`cryojoint.imaging.bin_i
 has that diameter, and smaller particles are left at their own size (up-sampling would correlate the pixel noise
 the blind-spot denoiser relies on being independent). The corpus therefore spans particles from about half that
 size up to it, over every shipped structure, pixel sizes, doses, ice, carbon, gold, contamination and decoys
-(simulator version 2), with complete labels from the simulation's truth.
+(simulator version 2), with complete labels from the simulation's truth. Real micrographs, when given, join it
+for the denoiser alone (no labels needed, none assumed: the detection loss does not score them), each binned to
+pixel sizes a user's micrographs reach at the general scale.
 
 Test sets stay out: the corpus is simulated from seeds at :data:`CORPUS_SEED_BASE` and above, the benchmark's
 from seed 0 (``benchmarks/suite/datasets.py``), so no benchmark micrograph, nor any simulated instance of a
@@ -15,6 +17,7 @@ benchmark particle, is in it (a test checks the seeds are disjoint).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import platform
@@ -31,7 +34,7 @@ from cryojoint.config import GENERAL_PARTICLE_PX, CryojointConfig, default_confi
 from cryojoint.data import network_factor
 from cryojoint.errors import UserInputError
 from cryojoint.imaging import bin_image, to_binned_coordinates
-from cryojoint.io.mrc import Micrograph
+from cryojoint.io.mrc import Micrograph, read_micrograph
 
 #: Root of the corpus's simulation seeds; the benchmark simulates from seed 0 (a test keeps them disjoint).
 CORPUS_SEED_BASE = 1_000_000
@@ -58,6 +61,12 @@ class CorpusConfig:
     # them from the same scene, so one scene at two doses would be two views of the same particles.
     dose_fractions: tuple[float, ...] = (0.1, 0.2, 0.4, 0.6, 1.0)
     seed: int = 0  # offset within the corpus's seed range (CORPUS_SEED_BASE + seed)
+    # Real micrographs (MRC paths) for the denoiser: nothing is known of their particles, so the detector is not
+    # scored on them. Each enters once per pixel size below (Å/px, integer block bins of its header's pixel size:
+    # block means keep the pixel noise independent). Particles of 100-300 Å at the general scale's 36 px put a
+    # user's micrographs at about 3-8 Å/px.
+    real_micrographs: tuple[str, ...] = ()
+    real_pixel_sizes_angstrom: tuple[float, ...] = (3.0, 6.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -72,8 +81,18 @@ class Corpus:
     manifest: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def simulated(self) -> list[dict[str, Any]]:
+        """Manifest entries of the simulated micrographs (complete labels, known particle size)."""
+        return [entry for entry in self.manifest if entry.get("source", "simulated") == "simulated"]
+
+    @property
+    def denoiser_only(self) -> list[str]:
+        """Names of the micrographs the detection loss does not score (the real ones)."""
+        return [entry["micrograph"] for entry in self.manifest if entry.get("source", "simulated") != "simulated"]
+
+    @property
     def particle_diameters_px(self) -> np.ndarray:
-        return np.array([entry["network_particle_px"] for entry in self.manifest])
+        return np.array([entry["network_particle_px"] for entry in self.simulated])
 
 
 def corpus_seed(config: CorpusConfig) -> int:
@@ -89,6 +108,7 @@ def build_corpus(config: CorpusConfig | None = None, progress: bool = True) -> C
     unknown = sorted(set(config.structures) - set(list_presets()))
     if unknown:
         raise UserInputError(None, f"unknown structure(s) {', '.join(unknown)} (known: {', '.join(list_presets())})")
+    real_micrographs, real_manifest = real_corpus_micrographs(config)  # read first: a bad file fails at once
     rng = np.random.default_rng(corpus_seed(config))
     low, high = (math.log(v) for v in config.particle_diameter_range_px)
     diameters = {name: float(load_structure(name)[2]["diameter_angstrom"]) for name in config.structures}
@@ -132,14 +152,36 @@ def build_corpus(config: CorpusConfig | None = None, progress: bool = True) -> C
                                  "network_particle_px": dataset.particle_diameter_px / factor,
                                  "particles": int(len(xy))})
             advance()
-    return Corpus(micrographs, pd.concat(tables, ignore_index=True), manifest)
+    return Corpus(micrographs + real_micrographs, pd.concat(tables, ignore_index=True), manifest + real_manifest)
+
+
+def real_corpus_micrographs(config: CorpusConfig) -> tuple[list[Micrograph], list[dict[str, Any]]]:
+    """``config.real_micrographs`` binned to each of ``config.real_pixel_sizes_angstrom``, and their manifest."""
+    micrographs: list[Micrograph] = []
+    manifest: list[dict[str, Any]] = []
+    for path in map(Path, config.real_micrographs):
+        micrograph = read_micrograph(path)
+        if micrograph.pixel_size is None:
+            raise UserInputError(path, "no pixel size in the header: a real micrograph joins the corpus at pixel "
+                                       "sizes in Å")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        factors = sorted({max(1, round(target / micrograph.pixel_size))
+                          for target in config.real_pixel_sizes_angstrom})
+        for factor in factors:
+            name = f"real-{micrograph.name}-bin{factor}"
+            micrographs.append(Micrograph(bin_image(micrograph.data, factor), micrograph.pixel_size * factor, name))
+            manifest.append({"micrograph": name, "source": "real", "file": path.name, "sha256": digest,
+                             "pixel_size_angstrom": micrograph.pixel_size, "bin_factor": factor,
+                             "shape_px": list(micrographs[-1].shape), "labels": "none: denoiser only"})
+    return micrographs, manifest
 
 
 def pretraining_config(corpus: Corpus, steps: int, seed: int = 0, threads: int | None = None) -> CryojointConfig:
     """The joint default, told what the corpus is (complete labels, known size and count), at network scale."""
     config = default_config()
-    areas = np.array([m.data.size for m in corpus.micrographs], dtype=float)
-    counts = np.array([entry["particles"] for entry in corpus.manifest], dtype=float)
+    simulated = {entry["micrograph"] for entry in corpus.simulated}
+    areas = np.array([m.data.size for m in corpus.micrographs if m.name in simulated], dtype=float)
+    counts = np.array([entry["particles"] for entry in corpus.simulated], dtype=float)
     config.data = dataclasses.replace(
         config.data, downsample=1.0, particle_diameter_px=float(np.median(corpus.particle_diameters_px)),
         # per micrograph of the corpus's mean area (PreparedData.mean_area_px2)
@@ -179,7 +221,8 @@ def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | N
     (run_dir / "corpus.json").write_text(json.dumps({"config": corpus_config.to_dict(),
                                                     "micrographs": corpus.manifest}, indent=1))
     result = train(corpus.micrographs, corpus.labels, run_dir / "run", config, resume=resume, overwrite=overwrite,
-                   progress=progress, command_line=f"cryojoint pretrain --out {run_dir} --steps {steps}")
+                   progress=progress, command_line=f"cryojoint pretrain --out {run_dir} --steps {steps}",
+                   denoiser_only=corpus.denoiser_only)
     loaded = load_model(result.model_path)
     meta = dict(loaded.meta)
     meta.update({
@@ -189,7 +232,9 @@ def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | N
         "expected_density_per_px2": None,
         "pretraining": {
             "corpus": {"config": corpus_config.to_dict(), "micrographs": len(corpus.micrographs),
-                       "particles": int(sum(e["particles"] for e in corpus.manifest)),
+                       "real_micrographs": [{k: e[k] for k in ("micrograph", "file", "sha256", "bin_factor")}
+                                            for e in corpus.manifest if e.get("source") == "real"],
+                       "particles": int(sum(e["particles"] for e in corpus.simulated)),
                        "network_particle_px_range": [float(corpus.particle_diameters_px.min()),
                                                      float(corpus.particle_diameters_px.max())]},
             "steps": result.steps_done, "training_seconds": result.seconds,

@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,7 @@ def train(
     command_line: str | None = None,
     ignore_unknown_labels: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    denoiser_only: Collection[str] = (),
 ) -> TrainResult:
     """Train a joint model on micrographs and sparse labels; write ``out/model.pt`` (the best validation step).
 
@@ -149,6 +150,10 @@ def train(
         Asked after every step (by rank 0 under torchrun); when it returns true the run saves its checkpoint
         and raises :class:`~cryojoint.errors.StopRequested` (``resume=True`` continues it). A hook, so that
         callers such as the RELION job (abort file) or a notebook can stop training without killing it.
+    denoiser_only
+        Names of micrographs that teach the denoiser alone: the detection loss does not score them, as nothing
+        is known of their particles (pretraining's real micrographs). Micrographs merely without labels are
+        different: they count as holding the expected particles, none labelled.
 
     Notes
     -----
@@ -175,7 +180,7 @@ def train(
             torch.set_num_threads(threads_per_worker(group.local_world_size))
         return _train(micrographs, labels, run_dir, config, group, resume=resume, progress=progress,
                       command_line=command_line, ignore_unknown_labels=ignore_unknown_labels,
-                      should_stop=should_stop)
+                      should_stop=should_stop, denoiser_only=denoiser_only)
 
 
 def _train(
@@ -190,6 +195,7 @@ def _train(
     command_line: str,
     ignore_unknown_labels: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    denoiser_only: Collection[str] = (),
 ) -> TrainResult:
     """The loop of :func:`train`, run by every process of ``group`` in lockstep."""
     device = group.device
@@ -223,7 +229,7 @@ def _train(
     torch.manual_seed(config.train.seed)
     rng = np.random.default_rng(config.train.seed)
     # The split does not depend on the seed or the rank: every run and every process holds out the same data.
-    prepared = prepare_data(mics, label_table, config.data, config.loss, labels_source)
+    prepared = prepare_data(mics, label_table, config.data, config.loss, labels_source, denoiser_only)
     sampler_rng = rng if group.rank == 0 else _rank_generator(config.train.seed, group.rank)
     patch_size = config.data.patch_size_px or training_patch_size(
         prepared.particle_diameter_px, 2 ** config.model.unet_depth,

@@ -105,3 +105,16 @@ def test_train_without_labels_is_only_for_denoise_only(data_dir: Path, tmp_path:
     config.train.steps = 2
     with pytest.raises(UserInputError, match="no labels"):
         train(sorted((data_dir / "dose_020").glob("*.mrc")), empty_table(), tmp_path / "run", config, progress=False)
+
+
+def test_pretrain_with_a_real_micrograph_lacking_its_pixel_size_fails_in_one_line(tmp_path: Path,
+                                                                                 cli_in_process: CliRunner) -> None:
+    import numpy as np
+
+    from cryojoint.io.mrc import write_mrc
+
+    bare = write_mrc(tmp_path / "bare.mrc", np.ones((64, 64), np.float32))
+    code, _, err = cli_in_process(["pretrain", "--out", tmp_path / "general", "--steps", "1", "--structures", "ruvb",
+                                   "--real", bare])
+    assert code == 2 and err.count("\n") == 1 and "bare.mrc" in err and "pixel size" in err
+    assert not (tmp_path / "general" / "general.pt").exists()

@@ -61,6 +61,34 @@ def test_corpus_seeds_are_apart_from_the_benchmarks(tiny_corpus) -> None:  # noq
     assert min(seeds) >= CORPUS_SEED_BASE > DATASET_SEED + 1000
 
 
+def test_real_micrographs_join_the_corpus_for_the_denoiser_at_user_pixel_sizes(tmp_path: Path) -> None:
+    import dataclasses
+    import hashlib
+
+    from cryojoint.errors import UserInputError
+    from cryojoint.io.mrc import write_mrc
+
+    counts = np.random.default_rng(7).poisson(12.0, (768, 770)).astype(np.float32)
+    exposure = write_mrc(tmp_path / "exposure.mrc", counts, pixel_size=1.0)
+    config = dataclasses.replace(TINY, structures=("ruvb",), real_micrographs=(str(exposure),))
+    corpus = build_corpus(config, progress=False)
+    real = [entry for entry in corpus.manifest if entry.get("source") == "real"]
+    assert [entry["bin_factor"] for entry in real] == [3, 6]  # 3 and 6 Å/px from 1 Å/px
+    assert corpus.denoiser_only == ["real-exposure-bin3", "real-exposure-bin6"]
+    assert {m.name: m.shape for m in corpus.micrographs}["real-exposure-bin3"] == (256, 256)
+    assert real[0]["sha256"] == hashlib.sha256(exposure.read_bytes()).hexdigest()
+    assert not corpus.labels["micrograph"].isin(corpus.denoiser_only).any()
+    assert len(corpus.particle_diameters_px) == len(corpus.simulated) == 2  # the simulated ones only
+
+    path = pretrain(tmp_path / "general", steps=2, corpus_config=config, threads=1, progress=False)
+    recorded = torch.load(path, map_location="cpu", weights_only=True)["meta"]["pretraining"]["corpus"]
+    assert [entry["micrograph"] for entry in recorded["real_micrographs"]] == corpus.denoiser_only
+
+    no_pixel_size = write_mrc(tmp_path / "bare.mrc", counts)
+    with pytest.raises(UserInputError, match="bare.mrc.*pixel size"):
+        build_corpus(dataclasses.replace(config, real_micrographs=(str(no_pixel_size),)), progress=False)
+
+
 def test_pretraining_writes_a_general_model_that_records_its_making(tmp_path: Path) -> None:
     path = pretrain(tmp_path / "general", steps=4, corpus_config=TINY, threads=1, progress=False)
     payload = torch.load(path, map_location="cpu", weights_only=True)

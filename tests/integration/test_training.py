@@ -439,3 +439,33 @@ def test_a_bfloat16_step_trains_like_a_float32_step(prepared) -> None:
                                                        dim=0)
         assert cosine > (0.7 if name.endswith("bias") and ".bn" in name else 0.8), (name, float(cosine))
     assert terms["loss"] == pytest.approx(exact_terms["loss"], rel=0.05)
+
+
+def test_micrographs_given_for_the_denoiser_alone_are_never_scored_by_the_detector(dataset, tmp_path: Path) -> None:
+    """Real micrographs in the pretraining corpus: nothing is known of their particles, so they teach the denoiser
+    and nothing else (NaN targets), are never held out, and leave the expected count and pi as they were."""
+    from cryojoint.data import prepare_data
+    from cryojoint.io.mrc import Micrograph
+
+    config = _config()
+    micrographs = list(dataset.micrographs["dose_060"])
+    extra = Micrograph(np.random.default_rng(4).poisson(30.0, (300, 280)).astype(np.float32), 2.0, "unlabelled")
+    without = prepare_data(micrographs, dataset.labels, config.data, config.loss)
+    with_extra = prepare_data(micrographs + [extra], dataset.labels, config.data, config.loss,
+                              denoiser_only=["unlabelled"])
+    target = {im.name: im.target for im in with_extra.train}["unlabelled"]
+    assert target is not None and np.isnan(target).all()
+    assert "unlabelled" not in {im.name for im in with_extra.validation}
+    assert with_extra.expected_particles == pytest.approx(without.expected_particles)
+    assert with_extra.pi == pytest.approx(without.pi)
+    assert all(not np.isnan(im.target).any() for im in with_extra.train + with_extra.validation
+               if im.name != "unlabelled")
+
+    result = training.train(micrographs + [extra], dataset.labels, tmp_path / "run", _config(steps=6, eval_every=3),
+                            progress=False, denoiser_only=["unlabelled"])
+    assert np.isfinite(result.history[["loss_denoise", "loss_detect", "validation_ap"]].to_numpy()).all()
+
+    named = dataset.labels.iloc[:1].assign(micrograph="unlabelled")
+    with pytest.raises(UserInputError, match="unlabelled.*denoiser alone"):
+        prepare_data(micrographs + [extra], pd.concat([dataset.labels, named]), config.data, config.loss,
+                     denoiser_only=["unlabelled"])

@@ -144,6 +144,16 @@ def test_pi_counts_only_the_unlabelled_positives() -> None:
         2 * density * 2500 * mass / (2 * 2500 - 2 * 20))
 
 
+def test_pi_leaves_out_patches_the_detector_does_not_score() -> None:
+    density, mass = 1e-3, 20.0
+    scored = np.zeros((2, 1, 50, 50), np.float32)
+    scored[0, 0, 20:24, 20:25] = 1.0
+    centred = np.array([True, False])
+    with_unscored = np.concatenate([scored, np.full_like(scored, np.nan)])
+    assert unlabelled_positive_fraction(with_unscored, np.concatenate([centred, [False, False]]), density, mass) \
+        == pytest.approx(unlabelled_positive_fraction(scored, centred, density, mass))
+
+
 def test_label_completeness_scales_the_expected_count() -> None:
     xy = np.random.default_rng(1).uniform(100, 300, size=(30, 2))
     complete = estimate_expected_particles([xy], [(1000, 1000)], particle_diameter_px=10)

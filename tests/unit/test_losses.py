@@ -155,6 +155,27 @@ def test_pu_loss_all_labelled_has_no_ge_term() -> None:
     assert pu_loss(logits, torch.ones(2), 0.1).item() == pytest.approx(F.softplus(-logits).mean().item())
 
 
+def test_pu_loss_leaves_unscored_pixels_out() -> None:
+    """NaN targets (micrographs given to the denoiser alone) count neither as labelled nor as unlabelled: the loss
+    equals the loss of the scored patches alone, and no gradient reaches the unscored logits."""
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 1, 8, 8, generator=generator, requires_grad=True)
+    targets = torch.zeros(4, 1, 8, 8)
+    targets[0, 0, 3, 4] = 1.0
+    targets[1, 0, 2:4, 2:4] = 0.5
+    targets[2:] = float("nan")
+    for ge_form in ("kl", "cross-entropy"):
+        loss = pu_loss(logits, targets, 0.05, pixels_per_positive=3.0, ge_form=ge_form)
+        alone = pu_loss(logits[:2], targets[:2], 0.05, pixels_per_positive=3.0, ge_form=ge_form)
+        assert torch.isfinite(loss) and loss.item() == pytest.approx(alone.item(), rel=1e-6)
+        (gradient,) = torch.autograd.grad(loss, logits)
+        assert torch.isfinite(gradient).all() and (gradient[2:] == 0).all() and (gradient[:2] != 0).any()
+    nothing_scored = pu_loss(logits[2:], targets[2:], 0.05)
+    assert nothing_scored.item() == 0.0
+    (gradient,) = torch.autograd.grad(nothing_scored, logits)
+    assert (gradient == 0).all()
+
+
 # --- consistency -----------------------------------------------------------------------------------------
 
 
