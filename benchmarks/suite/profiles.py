@@ -40,7 +40,9 @@ class CryojointMethod:
     @property
     def label(self) -> str:
         variant = f", {self.variant}" if self.variant else ""
-        return f"cryojoint {self.mode} ({self.model_preset}{variant})"
+        # each stage runs the full step budget (issue 14's fair sequential), so it trains twice the steps
+        cost = "; 2 stages × the steps" if self.mode == "sequential" else ""
+        return f"cryojoint {self.mode} ({self.model_preset}{variant}{cost})"
 
 
 #: The joint model with the paper's coupling (the detection loss trains the denoiser through the denoised image).
