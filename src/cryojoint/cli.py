@@ -599,7 +599,7 @@ def pretrain(
                                                         "structures), e.g. to hold one out.")] = None,
     real: Annotated[list[Path] | None, typer.Option(
         "--real", help="A real micrograph (MRC with its pixel size in the header) for the denoiser: no labels, "
-                       "the detector is not trained on it. Repeat for several.")] = None,
+                       "the detection loss does not score it (its particles are unknown). Repeat for several.")] = None,
     threads: Annotated[int | None, typer.Option(help="Torch threads (default: all cores).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/run/checkpoint.pt.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run.")] = False,

@@ -205,9 +205,10 @@ def prepare_data(
 ) -> PreparedData:
     """Bin, normalise, check labels against images, derive particle size / count / pi, split validation.
 
-    ``denoiser_only`` names micrographs that teach the denoiser alone: nothing is known of their particles (not
-    even how many there are, as on a real micrograph in the pretraining corpus), so the detection loss does not
-    score them (their target is NaN) and they are never held out for validation. A micrograph given with no labels
+    ``denoiser_only`` names micrographs for the denoiser: nothing is known of their particles (not even how many
+    there are, as on a real micrograph in the pretraining corpus), so the detection loss does not score them (their
+    target is NaN) and they are never held out for validation. Label-free terms (denoising, flip consistency) still
+    use them. A micrograph given with no labels
     otherwise counts as holding the expected particles, none of them labelled (the PU prior covers it).
     """
     unknown = sorted(set(denoiser_only) - {m.name for m in micrographs})
@@ -216,7 +217,7 @@ def prepare_data(
     denoiser_only_labelled = sorted(set(labels["micrograph"].astype(str)) & set(denoiser_only))
     if denoiser_only_labelled:
         raise UserInputError(labels_source, f"micrograph '{denoiser_only_labelled[0]}' has labels but is given for "
-                             "the denoiser alone")
+                             "the denoiser only")
     check_names_match(labels, [m.name for m in micrographs], labels_source)
     check_inside(labels, {m.name: m.shape for m in micrographs}, labels_source)
     notes: list[str] = []

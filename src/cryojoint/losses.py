@@ -99,7 +99,7 @@ def pu_loss(logits: Tensor, soft_targets: Tensor, pi: float, slack: float = 1.0,
         Detector output (any shape, e.g. [B,1,1,1] per patch or [B,1,H,W] dense).
     soft_targets
         Same shape, values in [0, 1]: 1 at labelled particle centres, a bump around them, 0 elsewhere; NaN
-        where the detector is not scored (micrographs given to the denoiser alone): neither labelled nor
+        where the detector is not scored (micrographs given for the denoiser only): neither labelled nor
         unlabelled there.
     pi
         Expected fraction of positive pixels among the unlabelled ones.

@@ -6,7 +6,8 @@ has that diameter, and smaller particles are left at their own size (up-sampling
 the blind-spot denoiser relies on being independent). The corpus therefore spans particles from about half that
 size up to it, over every shipped structure, pixel sizes, doses, ice, carbon, gold, contamination and decoys
 (simulator version 2), with complete labels from the simulation's truth. Real micrographs, when given, join it
-for the denoiser alone (no labels needed, none assumed: the detection loss does not score them), each binned to
+for the denoiser (no labels needed, none assumed: the detection loss does not score them; the label-free flip
+consistency still sees them), each binned to
 pixel sizes a user's micrographs reach at the general scale.
 
 Test sets stay out: the corpus is simulated from seeds at :data:`CORPUS_SEED_BASE` and above, the benchmark's
@@ -34,7 +35,7 @@ from cryojoint.config import GENERAL_PARTICLE_PX, CryojointConfig, default_confi
 from cryojoint.data import network_factor
 from cryojoint.errors import UserInputError
 from cryojoint.imaging import bin_image, to_binned_coordinates
-from cryojoint.io.mrc import Micrograph, read_micrograph
+from cryojoint.io.mrc import Micrograph, micrograph_name, read_micrograph
 
 #: Root of the corpus's simulation seeds; the benchmark simulates from seed 0 (a test keeps them disjoint).
 CORPUS_SEED_BASE = 1_000_000
@@ -159,6 +160,10 @@ def real_corpus_micrographs(config: CorpusConfig) -> tuple[list[Micrograph], lis
     """``config.real_micrographs`` binned to each of ``config.real_pixel_sizes_angstrom``, and their manifest."""
     micrographs: list[Micrograph] = []
     manifest: list[dict[str, Any]] = []
+    stems = [micrograph_name(path) for path in config.real_micrographs]
+    repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if repeated:
+        raise UserInputError(None, f"--real: several micrographs are named '{repeated[0]}' (names must be unique)")
     for path in map(Path, config.real_micrographs):
         micrograph = read_micrograph(path)
         if micrograph.pixel_size is None:
@@ -217,9 +222,15 @@ def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | N
     started = time.perf_counter()
     corpus = build_corpus(corpus_config, progress=progress)
     config = pretraining_config(corpus, steps, seed, threads)
+    manifest_path = run_dir / "corpus.json"
+    if resume and manifest_path.is_file():
+        # a resumed run must see the corpus it started on (simulated seeds, the same real files, byte for byte)
+        recorded = json.loads(manifest_path.read_text()).get("micrographs")
+        if recorded != json.loads(json.dumps(corpus.manifest)):
+            raise UserInputError(manifest_path, "the corpus differs from the one this run started on (other "
+                                 "structures, seeds or --real files): resume with the same options")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "corpus.json").write_text(json.dumps({"config": corpus_config.to_dict(),
-                                                    "micrographs": corpus.manifest}, indent=1))
+    manifest_path.write_text(json.dumps({"config": corpus_config.to_dict(), "micrographs": corpus.manifest}, indent=1))
     result = train(corpus.micrographs, corpus.labels, run_dir / "run", config, resume=resume, overwrite=overwrite,
                    progress=progress, command_line=f"cryojoint pretrain --out {run_dir} --steps {steps}",
                    denoiser_only=corpus.denoiser_only)

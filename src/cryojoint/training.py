@@ -151,9 +151,9 @@ def train(
         and raises :class:`~cryojoint.errors.StopRequested` (``resume=True`` continues it). A hook, so that
         callers such as the RELION job (abort file) or a notebook can stop training without killing it.
     denoiser_only
-        Names of micrographs that teach the denoiser alone: the detection loss does not score them, as nothing
-        is known of their particles (pretraining's real micrographs). Micrographs merely without labels are
-        different: they count as holding the expected particles, none labelled.
+        Names of micrographs whose particles are unknown (pretraining's real micrographs): the detection loss
+        does not score them; the label-free terms (denoising, flip consistency) use them. Micrographs merely
+        without labels are different: they count as holding the expected particles, none labelled.
 
     Notes
     -----
@@ -231,9 +231,9 @@ def _train(
     # The split does not depend on the seed or the rank: every run and every process holds out the same data.
     prepared = prepare_data(mics, label_table, config.data, config.loss, labels_source, denoiser_only)
     sampler_rng = rng if group.rank == 0 else _rank_generator(config.train.seed, group.rank)
-    patch_size = config.data.patch_size_px or training_patch_size(
-        prepared.particle_diameter_px, 2 ** config.model.unet_depth,
-        min(min(im.image.shape) for im in prepared.train))
+    scored = [im for im in prepared.train if im.name not in denoiser_only] or prepared.train
+    patch_size = config.data.patch_size_px or training_patch_size(  # sized for the micrographs the detector learns on
+        prepared.particle_diameter_px, 2 ** config.model.unet_depth, min(min(im.image.shape) for im in scored))
     sampler = PatchSampler(prepared.train, patch_size, config.data.labelled_centre_fraction,
                            sampler_rng)
 

@@ -81,8 +81,24 @@ def test_real_micrographs_join_the_corpus_for_the_denoiser_at_user_pixel_sizes(t
     assert len(corpus.particle_diameters_px) == len(corpus.simulated) == 2  # the simulated ones only
 
     path = pretrain(tmp_path / "general", steps=2, corpus_config=config, threads=1, progress=False)
-    recorded = torch.load(path, map_location="cpu", weights_only=True)["meta"]["pretraining"]["corpus"]
+    meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
+    recorded = meta["pretraining"]["corpus"]
     assert [entry["micrograph"] for entry in recorded["real_micrographs"]] == corpus.denoiser_only
+    # the real micrographs reached training as denoiser-only: pi as without them, not as for labelless micrographs
+    from cryojoint.data import prepare_data
+    from cryojoint.pretraining import pretraining_config
+
+    settings = pretraining_config(corpus, 2)
+    scored = prepare_data(corpus.micrographs, corpus.labels, settings.data, settings.loss,
+                          denoiser_only=corpus.denoiser_only)
+    counted = prepare_data(corpus.micrographs, corpus.labels, settings.data, settings.loss)
+    assert meta["pi"] == pytest.approx(scored.pi) and counted.pi != pytest.approx(scored.pi)
+
+    with pytest.raises(UserInputError, match="corpus differs"):  # resuming with other real files
+        pretrain(tmp_path / "general", steps=2, corpus_config=dataclasses.replace(config, real_micrographs=()),
+                 threads=1, progress=False, resume=True)
+    with pytest.raises(UserInputError, match="several micrographs are named 'exposure'"):
+        build_corpus(dataclasses.replace(config, real_micrographs=(str(exposure), str(exposure))), progress=False)
 
     no_pixel_size = write_mrc(tmp_path / "bare.mrc", counts)
     with pytest.raises(UserInputError, match="bare.mrc.*pixel size"):

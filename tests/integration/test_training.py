@@ -461,11 +461,15 @@ def test_micrographs_given_for_the_denoiser_alone_are_never_scored_by_the_detect
     assert all(not np.isnan(im.target).any() for im in with_extra.train + with_extra.validation
                if im.name != "unlabelled")
 
+    counted = prepare_data(micrographs + [extra], dataset.labels, config.data, config.loss)  # as a labelless one
+    assert counted.pi != pytest.approx(with_extra.pi)
+
     result = training.train(micrographs + [extra], dataset.labels, tmp_path / "run", _config(steps=6, eval_every=3),
                             progress=False, denoiser_only=["unlabelled"])
     assert np.isfinite(result.history[["loss_denoise", "loss_detect", "validation_ap"]].to_numpy()).all()
+    assert read_model_file(result.model_path)["meta"]["pi"] == pytest.approx(with_extra.pi)  # reached training
 
     named = dataset.labels.iloc[:1].assign(micrograph="unlabelled")
-    with pytest.raises(UserInputError, match="unlabelled.*denoiser alone"):
+    with pytest.raises(UserInputError, match="unlabelled.*denoiser only"):
         prepare_data(micrographs + [extra], pd.concat([dataset.labels, named]), config.data, config.loss,
                      denoiser_only=["unlabelled"])
