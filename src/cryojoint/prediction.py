@@ -23,7 +23,12 @@ import torch
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel, load_model
 from cryojoint.errors import StopRequested, UserInputError
-from cryojoint.imaging import FILTERED_NEIGHBOUR_CORRELATION, bin_image, binned_shape, neighbour_correlation
+from cryojoint.imaging import (
+    FILTERED_NEIGHBOUR_CORRELATION,
+    bin_image,
+    binned_shape,
+    fine_scale_neighbour_correlation,
+)
 from cryojoint.inference import (
     MicrographPrediction,
     PickingSettings,
@@ -273,12 +278,13 @@ def predict_files(
 def _warn_if_filtered(path: Path, settings: PickingSettings) -> None:
     """The general model learned from raw (unfiltered) micrographs, whose pixel noise is independent: say so when
     the first input looks low-pass filtered, and what is done about it (docs/general-model.md)."""
-    correlation = neighbour_correlation(bin_image(read_micrograph(path).data, settings.downsample))
+    correlation = fine_scale_neighbour_correlation(bin_image(read_micrograph(path).data, settings.downsample))
     if correlation > FILTERED_NEIGHBOUR_CORRELATION:
         remedy = ("its spectrum is flattened beyond the particle's band before picking (so are the denoised images "
                   "written); `cryojoint denoise` keeps it" if settings.flatten_filtered_spectrum else
                   "its denoiser cannot tell noise from signal there")
-        warnings.warn(f"{path}: neighbouring pixels correlate at {correlation:.2f}: the micrograph looks low-pass "
+        warnings.warn(f"{path}: neighbouring pixels correlate at {correlation:.2f} at fine scales: the micrograph "
+                      "looks low-pass "
                       f"filtered, the general model learned from raw micrographs: {remedy} (fine-tuning on some "
                       "labels with cryojoint train does better)", UserWarning, stacklevel=3)
 

@@ -233,13 +233,14 @@ def test_binning_targets_the_general_size_when_asked(blob_field: Callable[..., A
 def test_filtered_input_is_flagged_for_the_general_model(tmp_path: Path) -> None:
     import warnings
 
-    from cryojoint.imaging import FILTERED_NEIGHBOUR_CORRELATION, neighbour_correlation
+    from cryojoint.imaging import FILTERED_NEIGHBOUR_CORRELATION, fine_scale_neighbour_correlation
     from cryojoint.prediction import predict_files
 
     rng = np.random.default_rng(0)
     raw = rng.poisson(30.0, (128, 128)).astype(np.float32)
     filtered = gaussian_filter(rng.standard_normal((128, 128)), 2.0).astype(np.float32)
-    assert neighbour_correlation(raw) < 0.1 < FILTERED_NEIGHBOUR_CORRELATION < neighbour_correlation(filtered)
+    assert fine_scale_neighbour_correlation(raw) < 0.1 < FILTERED_NEIGHBOUR_CORRELATION
+    assert fine_scale_neighbour_correlation(filtered) > FILTERED_NEIGHBOUR_CORRELATION
     write_mrc(tmp_path / "raw.mrc", raw)
     write_mrc(tmp_path / "filtered.mrc", filtered)
     with pytest.warns(UserWarning, match="looks low-pass filtered"):
@@ -247,6 +248,20 @@ def test_filtered_input_is_flagged_for_the_general_model(tmp_path: Path) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         predict_files("general", [tmp_path / "raw.mrc"], tmp_path / "r", outputs=["denoised"], progress=False)
+
+
+def test_a_raw_micrograph_with_gradients_and_an_edge_is_not_taken_for_a_filtered_one() -> None:
+    """Ice gradients and a carbon edge correlate a raw micrograph's neighbouring pixels over the whole image (the
+    session-16 gate flattened one of `second`'s 60 % dose micrographs); its fine-scale part is still white."""
+    from cryojoint.imaging import looks_filtered, neighbour_correlation
+
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:256, 0:256]
+    expected = 40.0 + 0.2 * x + 30.0 * (y > 170)  # gradient across the hole, a thicker region past an edge
+    raw = rng.poisson(expected).astype(np.float32)
+    assert neighbour_correlation(raw) > 0.8  # what the whole-image test read as filtered
+    assert not looks_filtered(raw)
+    assert looks_filtered(gaussian_filter(raw, 2.0))
 
 
 def _radial_amplitude(image: np.ndarray) -> np.ndarray:
