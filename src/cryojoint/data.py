@@ -188,11 +188,15 @@ def load_micrographs(paths: Sequence[str | Path]) -> list[Micrograph]:
     if not paths:
         raise UserInputError(None, "no micrographs given")
     micrographs = [read_micrograph(p) for p in paths]
-    names = [m.name for m in micrographs]
+    check_unique_names([m.name for m in micrographs])
+    return micrographs
+
+
+def check_unique_names(names: Sequence[str]) -> None:
+    """Micrographs are joined to their labels and outputs by name: two with one name is a user error."""
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise UserInputError(None, f"several micrographs share the name '{duplicates[0]}' (names must be unique)")
-    return micrographs
 
 
 def prepare_data(
@@ -208,8 +212,8 @@ def prepare_data(
     ``denoiser_only`` names micrographs for the denoiser: nothing is known of their particles (not even how many
     there are, as on a real micrograph in the pretraining corpus), so the detection loss does not score them (their
     target is NaN) and they are never held out for validation. Label-free terms (denoising, flip consistency) still
-    use them. A micrograph given with no labels
-    otherwise counts as holding the expected particles, none of them labelled (the PU prior covers it).
+    use them. A micrograph given with no labels otherwise counts as holding the expected particles, none of them
+    labelled (the PU prior covers it).
     """
     unknown = sorted(set(denoiser_only) - {m.name for m in micrographs})
     if unknown:

@@ -284,9 +284,8 @@ def _warn_if_filtered(path: Path, settings: PickingSettings) -> None:
                   "written); `cryojoint denoise` keeps it" if settings.flatten_filtered_spectrum else
                   "its denoiser cannot tell noise from signal there")
         warnings.warn(f"{path}: neighbouring pixels correlate at {correlation:.2f} at fine scales: the micrograph "
-                      "looks low-pass "
-                      f"filtered, the general model learned from raw micrographs: {remedy} (fine-tuning on some "
-                      "labels with cryojoint train does better)", UserWarning, stacklevel=3)
+                      f"looks low-pass filtered, the general model learned from raw micrographs: {remedy} "
+                      "(fine-tuning on some labels with cryojoint train does better)", UserWarning, stacklevel=3)
 
 
 def read_candidates(path: Path) -> pd.DataFrame:

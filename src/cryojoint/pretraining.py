@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from cryojoint.config import GENERAL_PARTICLE_PX, CryojointConfig, default_config
-from cryojoint.data import network_factor
+from cryojoint.data import check_unique_names, network_factor
 from cryojoint.errors import UserInputError
 from cryojoint.imaging import bin_image, to_binned_coordinates
 from cryojoint.io.mrc import Micrograph, micrograph_name, read_micrograph
@@ -160,10 +160,7 @@ def real_corpus_micrographs(config: CorpusConfig) -> tuple[list[Micrograph], lis
     """``config.real_micrographs`` binned to each of ``config.real_pixel_sizes_angstrom``, and their manifest."""
     micrographs: list[Micrograph] = []
     manifest: list[dict[str, Any]] = []
-    stems = [micrograph_name(path) for path in config.real_micrographs]
-    repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
-    if repeated:
-        raise UserInputError(None, f"--real: several micrographs are named '{repeated[0]}' (names must be unique)")
+    check_unique_names([micrograph_name(path) for path in config.real_micrographs])  # before reading any
     for path in map(Path, config.real_micrographs):
         micrograph = read_micrograph(path)
         if micrograph.pixel_size is None:
