@@ -69,7 +69,7 @@ FIGURE_SMOOTHING_PX = 1.5
 
 
 def log(message: str) -> None:
-    print(f"[{dt.datetime.now():%H:%M:%S}] {message}", flush=True)
+    print(f"[{dt.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)  # stdout: --fetch-only's answer
 
 
 def fetch_micrographs(cache: Path) -> tuple[Path, dict[str, Any]]:
@@ -267,7 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="suffix of the run folder and the tables, e.g. 'flat'")
     parser.add_argument("--skip-topaz", action="store_true")
     parser.add_argument("--topaz-venv", type=Path, default=REPO_ROOT / "benchmarks" / ".venv-topaz")
+    parser.add_argument("--fetch-only", action="store_true", help="fetch and cache the two exposures, print their "
+                        "folder and stop (e.g. for cryojoint pretrain --real)")
     args = parser.parse_args(argv)
+    if args.fetch_only:
+        print(fetch_micrographs(args.cache)[0])
+        return 0
 
     import torch
 

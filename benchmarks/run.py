@@ -50,6 +50,8 @@ from benchmarks.suite.cells import (  # noqa: E402
     cryojoint_cell,
     method_specs,
     seed_replicates,
+    shipped_model_sha256,
+    starting_model,
 )
 from benchmarks.suite.datasets import DoseData, _dataset_key, _map_intensities, ensure_dataset, load_dose_data  # noqa: E402
 from benchmarks.suite.profiles import (  # noqa: E402
@@ -184,19 +186,30 @@ def run_benchmark(
     data_dirs = {s: ensure_dataset(s, profile, Path(cache_dir), log) for s in profile.structures}
     cells: dict[str, dict[str, Any]] = {}
     stale: list[str] = []
+    stale_model: list[str] = []
+    shipped_sha: dict[str, str] = {}
     for structure in profile.structures:
         for dose in profile.doses:  # every dose: the tables show cached cells of doses not computed now
             for spec in specs:
                 path = cells_dir / structure / dose / f"{spec.method_id}.json"
                 if path.exists() and not force:
                     cell = json.loads(path.read_text())
-                    # A cell computed on other data (the simulator changed) is recomputed, never shown.
+                    model = starting_model(cell)
+                    if model is not None and model not in shipped_sha:
+                        shipped_sha[model] = shipped_model_sha256(model)
+                    # A cell computed on other data (the simulator changed) is recomputed, never shown ...
                     if cell.get("dataset", data_dirs[structure].name) != data_dirs[structure].name:
                         stale.append(f"{structure}/{dose}/{spec.method_id}")
+                    # ... and so is one made from another version of a shipped model than this checkout's
+                    elif model is not None and cell.get("starting_model_sha256") != shipped_sha[model]:
+                        stale_model.append(f"{structure}/{dose}/{spec.method_id}")
                     elif cell.get("status") == "ok":
                         cells[_cell_key(structure, dose, spec.method_id)] = cell
     if stale:
         log(f"{len(stale)} cached cells were computed on other data and are recomputed (e.g. {stale[0]})")
+    if stale_model:
+        log(f"{len(stale_model)} cached cells started from another version of a shipped model and are recomputed "
+            f"(e.g. {stale_model[0]})")
     dose_data = {(s, d): load_dose_data(data_dirs[s], d, profile) for s in profile.structures for d in doses}
     for (s, d), data in dose_data.items():
         facts: dict[str, Any] = {"true_diameter_px": data.true_diameter_px, "n_labels": len(data.train_labels),
@@ -251,6 +264,9 @@ def run_benchmark(
         record["cell_seconds"] = time.perf_counter() - started
         record["code"] = code
         record["dataset"] = data_dirs[structure].name
+        model = starting_model(record)
+        if model is not None:  # the weights' own hash: "general" names another file from version to version
+            record["starting_model_sha256"] = shipped_model_sha256(model)
         cells[key] = record
         path = cells_dir / structure / dose / f"{spec.method_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

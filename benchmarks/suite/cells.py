@@ -9,6 +9,7 @@ driver (``benchmarks/run.py``) keeps each record in ``<cache>/<profile>/cells/<s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import subprocess
@@ -26,6 +27,8 @@ from benchmarks.suite.profiles import TRAIN_SEED, CryojointMethod, Profile
 from benchmarks.suite.scoring import _finite, _read_mrc_folder, score_denoised, score_picks
 
 from cryojoint.baselines import best_lowpass_sigma, blob_pick, gaussian_lowpass
+from cryojoint.checkpoint import resolve_model_path
+from cryojoint.config import SHIPPED_MODEL_NAMES
 from cryojoint.io.coords import read_coordinates
 from cryojoint.io.mrc import read_micrograph
 from cryojoint.training import MODEL_NAME
@@ -109,7 +112,7 @@ def cryojoint_cell(method: CryojointMethod, data: DoseData, profile: Profile, wo
     }
     record["settings"] = {
         "mode": method.mode, "model_preset": method.model_preset, "overrides": dict(method.overrides),
-        "steps": profile.steps, "eval_every": profile.eval_every, "seed": seed,
+        "steps": profile.steps, "eval_every": profile.eval_every, "seed": seed, "init": meta.get("init"),
         "auto_threshold": predicted.get("threshold"),
         "estimated_particle_diameter_px": meta.get("particle_diameter_px"),
         "estimated_expected_particles": meta.get("expected_particles"), "notes": trained.get("notes"),
@@ -345,6 +348,20 @@ def seed_replicates(specs: Sequence[MethodSpec], seeds: Sequence[int]) -> list[M
                                                   label=f"{spec.label}, seed {seed}", run=run, seed=seed,
                                                   base_id=spec.method_id))
     return replicates
+
+
+def starting_model(record: dict[str, Any]) -> str | None:
+    """The shipped model a cell's method started from (fine-tuned) or ran as it is; None: random weights, a peer,
+    a floor, or a cell recorded before cells said so."""
+    settings = record.get("settings") or {}
+    name = settings.get("init") or settings.get("model")
+    return name if name in SHIPPED_MODEL_NAMES else None
+
+
+def shipped_model_sha256(name: str) -> str:
+    """The SHA-256 of the weights a shipped model's name gives in this checkout: ``general`` moves on from version
+    to version, and a cell made from another version is stale."""
+    return hashlib.sha256(resolve_model_path(name).read_bytes()).hexdigest()
 
 
 def _cell_key(structure: str, dose: str, method_id: str) -> str:

@@ -19,8 +19,9 @@ from cryojoint.errors import UserInputError
 MODEL_FORMAT_VERSION = 1
 MODEL_KIND = "cryojoint-model"
 #: Models shipped in the package, by the name users give instead of a path (``cryojoint predict general ...``),
-#: each a versioned file in ``cryojoint/weights/`` made by ``cryojoint pretrain``.
-SHIPPED_MODELS: dict[str, str] = {"general": "general-v1.pt"}
+#: each a versioned file in ``cryojoint/weights/`` made by ``cryojoint pretrain``. ``general`` is the current version;
+#: earlier ones stay loadable by their own name, so that a run started from one can be repeated.
+SHIPPED_MODELS: dict[str, str] = {"general": "general-v2.pt", "general-v1": "general-v1.pt"}
 assert set(SHIPPED_MODELS) == set(SHIPPED_MODEL_NAMES)
 
 

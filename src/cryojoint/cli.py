@@ -258,7 +258,8 @@ def train(
         "--ignore-unknown-labels", help="Skip labels naming micrographs that were not given (their count is "
                                         "printed) instead of stopping with an error.")] = False,
     init: Annotated[str | None, typer.Option(help="Starting weights: general (fine-tune the shipped pretrained "
-                                                  "model; micrographs are binned to its particle size) or scratch "
+                                                  "model, its current version; micrographs are binned to its "
+                                                  "particle size), general-v1 (the earlier version) or scratch "
                                                   "(random). Default: general for the default preset, scratch for "
                                                   "another architecture, or train.init of --config.")] = None,
 ) -> None:

@@ -225,8 +225,9 @@ GENERAL_PARTICLE_PX = 36.0
 #: and stored in 8 bits 0.31 -> 0.75 (raw 0.87). Full whitening (every frequency) did no better on real-bgal with
 #: the first general model (0.640 vs 0.642) and 2 cycles per diameter did worse (0.616).
 FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER = 1.0
-#: Names of the shipped pretrained models (files: cryojoint.checkpoint.SHIPPED_MODELS).
-SHIPPED_MODEL_NAMES: tuple[str, ...] = ("general",)
+#: Names of the shipped pretrained models (files: cryojoint.checkpoint.SHIPPED_MODELS); the first is the current
+#: general model, the one training starts from by default (docs/general-model.md).
+SHIPPED_MODEL_NAMES: tuple[str, ...] = ("general", "general-v1")
 #: How inference feeds the network (see PredictConfig.context).
 PREDICT_CONTEXTS = ("training-patch", "whole-image")
 #: Arithmetic inference may run in (see PredictConfig.precision and cryojoint.runtime.autocast_dtype).

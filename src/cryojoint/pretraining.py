@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shlex
 import json
 import math
 import platform
@@ -229,7 +230,9 @@ def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | N
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path.write_text(json.dumps({"config": corpus_config.to_dict(), "micrographs": corpus.manifest}, indent=1))
     result = train(corpus.micrographs, corpus.labels, run_dir / "run", config, resume=resume, overwrite=overwrite,
-                   progress=progress, command_line=f"cryojoint pretrain --out {run_dir} --steps {steps}",
+                   progress=progress, command_line=" ".join(
+                       [f"cryojoint pretrain --out {run_dir} --steps {steps}"]
+                       + [f"--real {shlex.quote(str(path))}" for path in corpus_config.real_micrographs]),
                    denoiser_only=corpus.denoiser_only)
     loaded = load_model(result.model_path)
     meta = dict(loaded.meta)

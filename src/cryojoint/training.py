@@ -39,7 +39,7 @@ import torch
 
 from cryojoint import distributed, losses
 from cryojoint._atomic import atomic_path, check_can_write
-from cryojoint.checkpoint import build_network, load_model, read_model_file, save_model
+from cryojoint.checkpoint import build_network, load_model, read_model_file, resolve_model_path, save_model
 from cryojoint.config import GENERAL_PARTICLE_PX, SHIPPED_MODEL_NAMES, CryojointConfig, default_config
 from cryojoint.data import (
     LabelledImage,
@@ -262,6 +262,8 @@ def _train(
         config.save_yaml(run_dir / CONFIG_NAME)
 
     meta = _model_meta(prepared, command_line, config, sampler.patch_size, network_dtype)
+    if config.train.init != "scratch":  # which version of a shipped model ("general" moves on), to repeat the run
+        meta["init_weights"] = resolve_model_path(config.train.init).name
     has_detector = model_parts(config.train.mode)[1]
     metric_name = "validation_ap" if has_detector else "validation_neg_denoise_loss"
     if not prepared.validation:

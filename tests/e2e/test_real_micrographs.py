@@ -71,3 +71,13 @@ def test_train_on_hand_picks_and_predict_full_size_raw_micrographs(tmp_path: Pat
         assert len(picks) > 0
         assert picks["x"].between(0, source.shape[1] - 1).all() and picks["y"].between(0, source.shape[0] - 1).all()
         assert picks["x"].max() > source.shape[1] / 2 and picks["y"].max() > source.shape[0] / 2
+
+
+def test_fetch_only_prints_the_folder_of_the_exposures_and_nothing_else(mrcfile_micrographs: Path) -> None:
+    """What `cryojoint pretrain --real` is given in docs/general-model.md: `M=$(python -m benchmarks.real_mrcfile
+    --fetch-only)`; log lines must not reach stdout, or the folder would be wrong."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.real_mrcfile", "--fetch-only", "--cache", str(CACHE)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()) == mrcfile_micrographs
+    assert {p.name for p in mrcfile_micrographs.glob("*.mrc")} >= set(DOWNSAMPLE)

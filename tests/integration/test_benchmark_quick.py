@@ -14,6 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import run as bench  # noqa: E402
+from benchmarks.suite.cells import shipped_model_sha256  # noqa: E402
 
 
 @pytest.mark.slow
@@ -77,6 +78,20 @@ def test_tiny_profile_writes_tables_with_every_method_and_resumes(tmp_path: Path
                                  only=["floor-blob"])
     assert redone["cells"]["ribosome/020/floor-blob"]["picking"] == blob["picking"]
     assert any("computed on other data" in note for note in notes)
+
+    # So is a cell made from another version of a shipped model ("general" names a new file when it moves on).
+    joint_path = cache / "tiny" / "cells" / "ribosome" / "020" / "cryojoint-joint-default.json"
+    made = json.loads(joint_path.read_text())
+    assert made["settings"]["init"] == "general"
+    assert made["starting_model_sha256"] == shipped_model_sha256("general")
+    joint_path.write_text(json.dumps({**made, "starting_model_sha256": "0" * 64}))
+    notes.clear()
+    redone = bench.run_benchmark("tiny", out, cache, skip_topaz=True, write_html=False, log=notes.append,
+                                 only=["cryojoint-joint-default"])
+    assert any("another version of a shipped model" in note for note in notes)
+    assert redone["cells"]["ribosome/020/cryojoint-joint-default"]["starting_model_sha256"] == \
+        shipped_model_sha256("general")
+    assert json.loads(joint_path.read_text())["starting_model_sha256"] == shipped_model_sha256("general")
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cryojoint.checkpoint import SHIPPED_MODELS
 from cryojoint.io.mrc import read_micrograph
 from cryojoint.simulation import simulate_to_folder
 
@@ -78,6 +79,7 @@ def test_train_init_general_fine_tunes_at_its_scale(data_dir: Path, tmp_path: Pa
     assert code == 0, err
     meta = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)["meta"]
     assert meta["init"] == "general" and meta["downsample"] == 1.5
+    assert meta["init_weights"] == SHIPPED_MODELS["general"]  # the version "general" named when it trained
     assert meta["particle_diameter_px"] == pytest.approx(36.0)
 
 
