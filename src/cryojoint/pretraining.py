@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import shlex
 import json
 import math
 import platform
+import shlex
 import subprocess
 import time
 from dataclasses import dataclass, field
