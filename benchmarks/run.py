@@ -187,7 +187,6 @@ def run_benchmark(
     cells: dict[str, dict[str, Any]] = {}
     stale: list[str] = []
     stale_model: list[str] = []
-    shipped_sha: dict[str, str] = {}
     for structure in profile.structures:
         for dose in profile.doses:  # every dose: the tables show cached cells of doses not computed now
             for spec in specs:
@@ -195,13 +194,11 @@ def run_benchmark(
                 if path.exists() and not force:
                     cell = json.loads(path.read_text())
                     model = starting_model(cell)
-                    if model is not None and model not in shipped_sha:
-                        shipped_sha[model] = shipped_model_sha256(model)
                     # A cell computed on other data (the simulator changed) is recomputed, never shown ...
                     if cell.get("dataset", data_dirs[structure].name) != data_dirs[structure].name:
                         stale.append(f"{structure}/{dose}/{spec.method_id}")
                     # ... and so is one made from another version of a shipped model than this checkout's
-                    elif model is not None and cell.get("starting_model_sha256") != shipped_sha[model]:
+                    elif model is not None and cell.get("starting_model_sha256") != shipped_model_sha256(model):
                         stale_model.append(f"{structure}/{dose}/{spec.method_id}")
                     elif cell.get("status") == "ok":
                         cells[_cell_key(structure, dose, spec.method_id)] = cell

@@ -9,6 +9,7 @@ driver (``benchmarks/run.py``) keeps each record in ``<cache>/<profile>/cells/<s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -358,6 +359,7 @@ def starting_model(record: dict[str, Any]) -> str | None:
     return name if name in SHIPPED_MODEL_NAMES else None
 
 
+@functools.cache  # read once per run: a checkout's weights do not change under it
 def shipped_model_sha256(name: str) -> str:
     """The SHA-256 of the weights a shipped model's name gives in this checkout: ``general`` moves on from version
     to version, and a cell made from another version is stale."""
