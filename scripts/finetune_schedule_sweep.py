@@ -32,6 +32,11 @@ VARIANTS: dict[str, tuple[tuple[str, object], ...]] = {
     "ema25": (("train.weight_averaging_half_life", 0.25),),
     "ramp30": (("train.rampup_fraction", 0.3),),
     "detlr1e-4": (("train.detector_learning_rate", 1e-4),),
+    "detlr1e-3": (("train.detector_learning_rate", 1e-3),),
+    "detlr2e-3": (("train.detector_learning_rate", 2e-3),),
+    # `standard`'s ribosome (52 px) at the diameter its core alone reads on 4 of 6 dataset draws, when the mean
+    # particle shows no CTF fringe (scripts/blob_floor_over_draws.py): what that estimate costs fine-tuning.
+    "diameter34": (("data.particle_diameter_px", 34.5),),
 }
 #: The column each profile's 120-step row is measured at (the lowest dose; real data has one).
 COLUMNS = {"standard": "010", "real-bgal": "real", "aspire": "010", "second": "010"}

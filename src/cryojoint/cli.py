@@ -231,9 +231,11 @@ def train(
                                                     "--config sets apply on top of the preset.")] = None,
     steps: Annotated[int | None, typer.Option(help=f"Training steps (minibatches) (default: {_TRAIN_DEFAULTS.steps}, "
                                                    "or train.steps of --config).")] = None,
-    particle_diameter: Annotated[float | None, typer.Option(
-        "--particle-diameter", help="Particle diameter in input pixels (default: data.particle_diameter_px of "
-                                    "--config, else estimated from the labels).")] = None,
+    particle_diameter: Annotated[str | None, typer.Option(
+        "--particle-diameter", help="Particle diameter: 250A (Ångström, with the pixel size from the MRC headers) or "
+                                    "48px / 48 (input pixels). Default: data.particle_diameter_px of --config, else "
+                                    "estimated from the labels (at low dose with few picks often only the "
+                                    "particle's core: give it if you know it).")] = None,
     expected_particles: Annotated[float | None, typer.Option(
         help="Particles per micrograph (default: data.expected_particles of --config, else estimated from the "
              "label density and --label-completeness).")] = None,
@@ -267,14 +269,17 @@ def train(
 
     Example: cryojoint train data/dose_010/*.mrc --labels data/labels.star --out runs/m1 --steps 2000
     """
+    from cryojoint.data import particle_diameter_in_pixels
     from cryojoint.training import train as train_model
 
+    paths = _micrograph_paths(micrographs)
+    diameter = None if particle_diameter is None else particle_diameter_in_pixels(particle_diameter, paths)
     cfg = _train_config(config, preset=preset, mode=mode, steps=steps, seed=seed, device=device,
-                        particle_diameter=particle_diameter, expected_particles=expected_particles,
+                        particle_diameter=diameter, expected_particles=expected_particles,
                         downsample=downsample, label_completeness=label_completeness, init=init)
     from cryojoint.distributed import is_main_process
 
-    result = train_model(_micrograph_paths(micrographs), labels, out, cfg, resume=resume, overwrite=overwrite,
+    result = train_model(paths, labels, out, cfg, resume=resume, overwrite=overwrite,
                          command_line=_command_line(), ignore_unknown_labels=ignore_unknown_labels)
     if not is_main_process():  # under torchrun, one summary is enough
         return

@@ -10,12 +10,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from cryojoint import cli
 from cryojoint.config import CryojointConfig, ModelConfig, default_config, model_config_for_preset
 from cryojoint.errors import UserInputError
+from cryojoint.io.mrc import write_mrc
 
 
 def _yaml(folder: Path, text: str, name: str = "config.yaml") -> Path:
@@ -170,6 +172,29 @@ def test_cli_keeps_yaml_mode_and_model_keys(tmp_path: Path, train_stub) -> None:
     assert (cfg.train.mode, cfg.train.steps) == ("joint", 9)
     assert cfg.model.preset == "paper" and cfg.model.unet_encoder_channels == 16
     assert cfg.model.unet_decoder_channels == model_config_for_preset("paper").unet_decoder_channels
+
+
+@pytest.mark.parametrize(("given", "expected_px"), [("265A", 53.0), ("265 Å", 53.0), ("48px", 48.0), ("48", 48.0)])
+def test_train_particle_diameter_in_angstrom_or_pixels(tmp_path: Path, train_stub, given: str,
+                                                       expected_px: float) -> None:
+    """As predict and denoise read it: Ångström through the MRC header's pixel size (5 Å/px here), else pixels."""
+    write_mrc(tmp_path / "m.mrc", np.zeros((64, 64), np.float32), pixel_size=5.0)
+    cfg = train_stub("--particle-diameter", given)
+    assert cfg.data.particle_diameter_px == pytest.approx(expected_px)
+
+
+def test_train_particle_diameter_in_angstrom_needs_a_pixel_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys) -> None:
+    write_mrc(tmp_path / "m.mrc", np.zeros((64, 64), np.float32), pixel_size=None)
+    monkeypatch.setattr(sys, "argv", ["cryojoint", "train", str(tmp_path / "m.mrc"), "--labels",
+                                      str(tmp_path / "l.star"), "--out", str(tmp_path / "run"),
+                                      "--particle-diameter", "265A"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code != 0
+    error = capsys.readouterr().err
+    assert "m.mrc" in error and "no pixel size" in error and "Traceback" not in error
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_help_still_names_the_defaults(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
