@@ -233,8 +233,8 @@ def predict_files(
 
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
-    if model.is_general and todo:
-        _warn_if_filtered(todo[0], settings)
+    if model.is_general:
+        _warn_if_filtered(todo, settings)
     n_skipped = len(micrographs) - len(todo)
     started = time.perf_counter()
     if should_stop is not None and should_stop():
@@ -275,10 +275,21 @@ def predict_files(
     return summary
 
 
-def _warn_if_filtered(path: Path, settings: PickingSettings) -> None:
+def _warn_if_filtered(paths: Sequence[Path], settings: PickingSettings) -> None:
     """The general model learned from raw (unfiltered) micrographs, whose pixel noise is independent: say so when
-    the first input looks low-pass filtered, and what is done about it (docs/general-model.md)."""
-    correlation = fine_scale_neighbour_correlation(bin_image(read_micrograph(path).data, settings.downsample))
+    the first readable input looks low-pass filtered, and what is done about it (docs/general-model.md).
+
+    Files that cannot be read are passed over here: the prediction reports each of them and goes on with the rest.
+    """
+    for path in paths:
+        try:
+            image = read_micrograph(path).data
+        except UserInputError:
+            continue
+        break
+    else:
+        return
+    correlation = fine_scale_neighbour_correlation(bin_image(image, settings.downsample))
     if correlation > FILTERED_NEIGHBOUR_CORRELATION:
         remedy = ("its spectrum is flattened beyond the particle's band before picking (so are the denoised images "
                   "written); `cryojoint denoise` keeps it" if settings.flatten_filtered_spectrum else

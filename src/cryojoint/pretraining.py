@@ -204,6 +204,22 @@ def git_revision() -> str | None:
         return None
 
 
+def pretrain_command_line(run_dir: Path, steps: int, seed: int, corpus_config: CorpusConfig) -> str:
+    """The ``cryojoint pretrain`` command that repeats this run: every option that differs from its default."""
+    default = CorpusConfig()
+    options = [f"--out {shlex.quote(str(run_dir))}", f"--steps {steps}"]
+    options += [f"--seed {seed}"] if seed else []
+    options += [f"--corpus-seed {corpus_config.seed}"] if corpus_config.seed != default.seed else []
+    if corpus_config.pixel_sizes_per_structure != default.pixel_sizes_per_structure:
+        options.append(f"--simulations-per-structure {corpus_config.pixel_sizes_per_structure}")
+    if corpus_config.micrographs_per_simulation != default.micrographs_per_simulation:
+        options.append(f"--micrographs-per-simulation {corpus_config.micrographs_per_simulation}")
+    if tuple(corpus_config.structures) != default.structures:
+        options.append(f"--structures {','.join(corpus_config.structures)}")
+    options += [f"--real {shlex.quote(str(path))}" for path in corpus_config.real_micrographs]
+    return " ".join(["cryojoint pretrain", *options])
+
+
 def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | None = None, seed: int = 0,
              resume: bool = False, overwrite: bool = False, threads: int | None = None,
              progress: bool = True) -> Path:
@@ -229,10 +245,9 @@ def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | N
                                  "structures, seeds or --real files): resume with the same options")
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest_path.write_text(json.dumps({"config": corpus_config.to_dict(), "micrographs": corpus.manifest}, indent=1))
+    corpus_seconds = time.perf_counter() - started
     result = train(corpus.micrographs, corpus.labels, run_dir / "run", config, resume=resume, overwrite=overwrite,
-                   progress=progress, command_line=" ".join(
-                       [f"cryojoint pretrain --out {run_dir} --steps {steps}"]
-                       + [f"--real {shlex.quote(str(path))}" for path in corpus_config.real_micrographs]),
+                   progress=progress, command_line=pretrain_command_line(run_dir, steps, seed, corpus_config),
                    denoiser_only=corpus.denoiser_only)
     loaded = load_model(result.model_path)
     meta = dict(loaded.meta)
@@ -248,8 +263,11 @@ def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | N
                        "particles": int(sum(e["particles"] for e in corpus.simulated)),
                        "network_particle_px_range": [float(corpus.particle_diameters_px.min()),
                                                      float(corpus.particle_diameters_px.max())]},
-            "steps": result.steps_done, "training_seconds": result.seconds,
-            "wall_seconds": time.perf_counter() - started, "seed": seed, "git_revision": git_revision(),
+            # training_seconds runs on across resumes (the checkpoint keeps it); the corpus is rebuilt each time,
+            # so wall_seconds = this invocation's corpus build + all training, not the time of the last invocation.
+            "steps": result.steps_done, "training_seconds": result.seconds, "corpus_seconds": corpus_seconds,
+            "wall_seconds": corpus_seconds + result.seconds, "resumed": bool(resume), "seed": seed,
+            "git_revision": git_revision(),
             "machine": platform.processor() or platform.machine(),
         },
     })

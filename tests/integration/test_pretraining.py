@@ -84,7 +84,13 @@ def test_real_micrographs_join_the_corpus_for_the_denoiser_at_user_pixel_sizes(t
     meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
     recorded = meta["pretraining"]["corpus"]
     assert [entry["micrograph"] for entry in recorded["real_micrographs"]] == corpus.denoiser_only
-    assert meta["command_line"].endswith(f"--steps 2 --real {exposure}")  # the command repeats the run
+    # the command repeats the run: every option that differs from its default
+    assert meta["command_line"] == (f"cryojoint pretrain --out {tmp_path / 'general'} --steps 2 "
+                                    f"--simulations-per-structure 1 --micrographs-per-simulation 2 --structures ruvb "
+                                    f"--real {exposure}")
+    timing = meta["pretraining"]
+    assert timing["wall_seconds"] == pytest.approx(timing["corpus_seconds"] + timing["training_seconds"])
+    assert timing["resumed"] is False
     # the real micrographs reached training as denoiser-only: pi as without them, not as for labelless micrographs
     from cryojoint.data import prepare_data
     from cryojoint.pretraining import pretraining_config

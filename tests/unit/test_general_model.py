@@ -262,6 +262,19 @@ def test_filtered_input_is_flagged_for_the_general_model(tmp_path: Path) -> None
         predict_files("general", [tmp_path / "raw.mrc"], tmp_path / "r", outputs=["denoised"], progress=False)
 
 
+def test_a_corrupt_first_micrograph_does_not_stop_the_general_model_on_the_others(tmp_path: Path) -> None:
+    """The filtered-input check reads the first input before prediction starts; a file it cannot read is reported
+    by the prediction like any bad file, and the rest are denoised."""
+    from cryojoint.prediction import predict_files
+
+    (tmp_path / "broken.mrc").write_bytes(b"\x00" * 100)
+    write_mrc(tmp_path / "raw.mrc", np.random.default_rng(0).poisson(30.0, (128, 128)).astype(np.float32))
+    summary = predict_files("general", [tmp_path / "broken.mrc", tmp_path / "raw.mrc"], tmp_path / "out",
+                            outputs=["denoised"], progress=False)
+    assert set(summary.failures) == {"broken"} and "broken.mrc" in summary.failures["broken"]
+    assert (tmp_path / "out" / "denoised" / "raw.mrc").is_file()
+
+
 def test_a_raw_micrograph_with_gradients_and_an_edge_is_not_taken_for_a_filtered_one() -> None:
     """Ice gradients and a carbon edge correlate a raw micrograph's neighbouring pixels over the whole image (the
     session-16 gate flattened one of `second`'s 60 % dose micrographs); its fine-scale part is still white."""
