@@ -28,7 +28,7 @@ from cryojoint.imaging import (
 )
 from cryojoint.io.coords import check_inside, check_names_match
 from cryojoint.io.mrc import Micrograph, read_micrograph
-from cryojoint.picking import ParticleSizeAtSearchLimit, estimate_particle_diameter
+from cryojoint.picking import DiameterReading, ParticleSizeAtSearchLimit, measure_particle_diameter
 
 #: Smallest labelled region (px^2 at network scale) we trust for a density estimate; below it, use the image.
 MIN_REGION_AREA_PX2 = 64.0**2
@@ -347,12 +347,23 @@ def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, 
     if not labelled and data_config.particle_diameter_px is None:
         raise UserInputError(labels_source, "no label matches any given micrograph")
 
+    readings: list[DiameterReading] = []  # the last one is the reading used
+
     def measured_at(factor: float) -> float:
-        return float(estimate_particle_diameter([bin_image(m.data, factor) for m, _ in labelled],
-                                                [to_binned_coordinates(xy, factor) for _, xy in labelled]))
+        readings.append(measure_particle_diameter([bin_image(m.data, factor) for m, _ in labelled],
+                                                  [to_binned_coordinates(xy, factor) for _, xy in labelled]))
+        return readings[-1].diameter_px
+
+    def note_a_core_reading() -> None:
+        if readings and readings[-1].read_at == "core":
+            picks = sum(len(xy) for _, xy in labelled)
+            notes.append(f"the particle size was read at the core of the mean particle of {picks} picks (no CTF "
+                         "fringe along its edge stood out of their noise): under phase contrast a core reads short of "
+                         "the edge (0.58-0.87 of the diameter, measured); if you know the size, give "
+                         "--particle-diameter (e.g. 250A)")
 
     def user_error(err: ValueError) -> UserInputError:
-        return UserInputError(labels_source, f"{err} (--particle-diameter PX, in input pixels)")
+        return UserInputError(labels_source, f"{err} (--particle-diameter 250A, or 48px in input pixels)")
 
     limit = data_config.max_network_particle_px
     given = data_config.particle_diameter_px
@@ -375,9 +386,11 @@ def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, 
         return factor, given / factor
     if given_factor is not None:
         try:
-            return given_factor, measured_at(given_factor)
+            measured = measured_at(given_factor)
         except ValueError as err:
             raise user_error(err) from None
+        note_a_core_reading()
+        return given_factor, measured
     sizes = [m.pixel_size for m, _ in labelled if m.pixel_size]
     scale = max(1, round(ESTIMATE_PIXEL_SIZE_ANGSTROM / min(sizes))) if sizes else 1
     smallest_side = min(min(m.shape) for m, _ in labelled)
@@ -407,6 +420,7 @@ def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, 
         factor = max(factor, automatic(measured * scale))
     if factor > 1:
         notes.append(binning_note(factor, measured * scale, "measures"))
+    note_a_core_reading()
     return factor, measured * scale / factor
 
 

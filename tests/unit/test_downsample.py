@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def test_a_given_factor_stands(blob_field) -> None:
     assert factor == 1 and diameter == pytest.approx(90.0, rel=0.2)  # measured at the factor given
     assert resolve_downsample(micrographs, labels, DataConfig(downsample=3, particle_diameter_px=90.0), None,
                               notes) == (3, 30.0)
-    assert notes == []
+    assert not any("binned" in note for note in notes)  # a factor given is not explained back to the user
 
 
 def test_a_given_diameter_sets_the_factor(blob_field) -> None:
@@ -81,13 +82,13 @@ def test_a_fine_pixel_size_is_measured_binned(blob_field, monkeypatch: pytest.Mo
     import cryojoint.data as data_module
 
     seen: list[tuple[int, int]] = []
-    real = data_module.estimate_particle_diameter
+    real = data_module.measure_particle_diameter
 
     def spy(images, coords, *args, **kwargs):
         seen.append(np.shape(images[0]))
         return real(images, coords, *args, **kwargs)
 
-    monkeypatch.setattr(data_module, "estimate_particle_diameter", spy)
+    monkeypatch.setattr(data_module, "measure_particle_diameter", spy)
     micrographs, labels = _field(blob_field, 100.0, size=1024, pixel_size=1.25, n=1)
     factor, diameter = resolve_downsample(micrographs, labels, DataConfig(), None, [])
     assert seen == [(256, 256)]
@@ -99,14 +100,16 @@ def test_the_size_is_read_again_at_the_networks_scale(blob_field, monkeypatch: p
     import cryojoint.data as data_module
 
     scales: list[int] = []
-    real = data_module.estimate_particle_diameter
+    real = data_module.measure_particle_diameter
 
     def underestimate_at_full_size(images, coords, *args, **kwargs):
         scales.append(512 // np.shape(images[0])[0])
-        value = real(images, coords, *args, **kwargs)
-        return 0.75 * value if scales[-1] == 1 else value  # a CTF fringe misread at fine pixels
+        reading = real(images, coords, *args, **kwargs)
+        if scales[-1] == 1:  # a CTF fringe misread at fine pixels
+            return dataclasses.replace(reading, diameter_px=0.75 * reading.diameter_px)
+        return reading
 
-    monkeypatch.setattr(data_module, "estimate_particle_diameter", underestimate_at_full_size)
+    monkeypatch.setattr(data_module, "measure_particle_diameter", underestimate_at_full_size)
     micrographs, labels = _field(blob_field, 100.0, size=512)
     factor, diameter = resolve_downsample(micrographs, labels, DataConfig(), None, [])
     assert scales == [1, 2]
@@ -120,14 +123,14 @@ def test_a_reading_within_the_limit_stands_when_binning_to_the_general_scale(
     import cryojoint.data as data_module
 
     shapes: list[int] = []
-    real = data_module.estimate_particle_diameter
+    real = data_module.measure_particle_diameter
 
     def misread_when_binned(images, coords, *args, **kwargs):
         shapes.append(np.shape(images[0])[0])
-        value = real(images, coords, *args, **kwargs)
-        return value if shapes[-1] == 512 else 0.7 * value
+        reading = real(images, coords, *args, **kwargs)
+        return reading if shapes[-1] == 512 else dataclasses.replace(reading, diameter_px=0.7 * reading.diameter_px)
 
-    monkeypatch.setattr(data_module, "estimate_particle_diameter", misread_when_binned)
+    monkeypatch.setattr(data_module, "measure_particle_diameter", misread_when_binned)
     micrographs, labels = _field(blob_field, 50.0, size=512)
     factor, diameter = resolve_downsample(micrographs, labels, DataConfig(network_particle_px=36.0), None, [])
     assert shapes == [512]
@@ -147,3 +150,15 @@ def test_picks_on_noise_are_a_user_error() -> None:
     labels = pd.DataFrame({"micrograph": "mic", "x": rng.uniform(20, 236, 6), "y": rng.uniform(20, 236, 6)})
     with pytest.raises(UserInputError, match="--particle-diameter"):
         resolve_downsample(micrographs, labels, DataConfig(), None, [])
+
+
+def test_a_size_read_at_the_core_is_flagged_and_a_given_one_is_not(blob_field) -> None:
+    """Blobs without a CTF fringe are read at their core: training says so and how to give the size instead."""
+    micrographs, labels = _field(blob_field, 30.0, size=512)
+    notes: list[str] = []
+    resolve_downsample(micrographs, labels, DataConfig(), None, notes)
+    assert any("read at the core" in note and "--particle-diameter" in note for note in notes)
+    notes = []
+    resolve_downsample(micrographs, labels, DataConfig(particle_diameter_px=30.0), None, notes)
+    assert not any("read at the core" in note for note in notes)
+

@@ -11,6 +11,7 @@ from scipy import ndimage
 from cryojoint.picking import (
     auto_threshold,
     estimate_particle_diameter,
+    measure_particle_diameter,
     nms_peaks,
 )
 
@@ -241,5 +242,14 @@ def test_particle_diameter_under_a_ctf_is_read_at_its_fringe(diameter_angstrom: 
     rng = np.random.default_rng(0)
     images, coords = zip(*[_ctf_filtered_particles(rng, diameter_angstrom, pixel_angstrom, defocus_um * 1e4, 1.6,
                                                    3.0) for _ in range(2)], strict=True)
-    estimate = estimate_particle_diameter(list(images), list(coords))
-    assert estimate == pytest.approx(diameter_angstrom / pixel_angstrom, rel=0.1)
+    reading = measure_particle_diameter(list(images), list(coords))
+    assert reading.read_at == "fringe"
+    assert reading.diameter_px == pytest.approx(diameter_angstrom / pixel_angstrom, rel=0.1)
+    assert estimate_particle_diameter(list(images), list(coords)) == reading.diameter_px
+
+
+def test_a_particle_without_a_ctf_fringe_is_read_at_its_core(blob_field) -> None:
+    """Blobs seen without phase contrast have no fringe: the reading says it came from the core."""
+    image, xy = blob_field(np.random.default_rng(3), (512, 512), 30.0, "sphere", -1.0, noise=1.0)
+    reading = measure_particle_diameter([image], [xy])
+    assert reading.read_at == "core" and reading.diameter_px == pytest.approx(30.0, rel=0.2)
