@@ -24,7 +24,7 @@ import pandas as pd
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
-from cryojoint.baselines import blob_pick  # noqa: E402
+from cryojoint.baselines import blob_pick, choose_polarity  # noqa: E402
 from cryojoint.imaging import normalise  # noqa: E402
 from cryojoint.metrics.picking import picking_metrics  # noqa: E402
 from cryojoint.picking import estimate_particle_diameter  # noqa: E402
@@ -52,14 +52,18 @@ def one_draw(preset: str, dose: str, seed: int) -> dict[str, float]:
     train, test = micrographs[:N_TRAIN], micrographs[N_TRAIN:]
     labels = [data.labels.loc[data.labels["micrograph"] == m.name, ["x", "y"]].to_numpy(float) for m in train]
     labelled = [i for i, xy in enumerate(labels) if len(xy)]
-    estimated = float(estimate_particle_diameter([normalise(train[i].data) for i in labelled],
-                                                 [labels[i] for i in labelled]))
+    normalised = [normalise(train[i].data) for i in labelled]
+    estimated = float(estimate_particle_diameter(normalised, [labels[i] for i in labelled]))
+    # the polarity as the benchmark's floor decides it: a vote of the labelled micrographs
+    votes = [choose_polarity(image, estimated, labels[i]) for image, i in zip(normalised, labelled, strict=True)]
+    polarity = max(set(votes), key=votes.count)
     truth = data.truth[data.truth["micrograph"].isin([m.name for m in test])]
     radius = data.particle_diameter_px / 2.0
     return {"seed": seed, "true_diameter_px": data.particle_diameter_px, "estimated_diameter_px": estimated,
             "labels": int(sum(len(xy) for xy in labels)),
-            "ap_true_diameter": floor_ap(test, truth, data.particle_diameter_px, radius, "dark"),
-            "ap_estimated_diameter": floor_ap(test, truth, estimated, radius, "dark")}
+            "polarity": polarity,
+            "ap_true_diameter": floor_ap(test, truth, data.particle_diameter_px, radius, polarity),
+            "ap_estimated_diameter": floor_ap(test, truth, estimated, radius, polarity)}
 
 
 def spread(values: list[float]) -> str:

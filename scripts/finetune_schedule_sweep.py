@@ -38,6 +38,8 @@ VARIANTS: dict[str, tuple[tuple[str, object], ...]] = {
     # particle shows no CTF fringe (scripts/blob_floor_over_draws.py): what that estimate costs fine-tuning.
     "diameter34": (("data.particle_diameter_px", 34.5),),
 }
+#: Variants that only make sense on `standard` (a diameter in its micrographs' pixels).
+STANDARD_ONLY = ("diameter34",)
 #: The column each profile's 120-step row is measured at (the lowest dose; real data has one).
 COLUMNS = {"standard": "010", "real-bgal": "real", "aspire": "010", "second": "010"}
 #: Validation passes per short run, as in the benchmark's 120-step row.
@@ -61,6 +63,9 @@ def main() -> None:
         data = load_dose_data(ensure_dataset(profile.structures[0], profile, args.cache, print), COLUMNS[name],
                               profile)
         for variant in args.variants.split(","):
+            if variant in STANDARD_ONLY and name != "standard":
+                print(f"{variant} is for the standard profile's ribosome; skipped on {name}", flush=True)
+                continue
             overrides = (("train.steps", args.steps), ("train.eval_every", min(SHORT_RUN_EVAL_EVERY, args.steps)),
                          *VARIANTS[variant])
             method = CryojointMethod("joint", "default", 3, overrides, variant)

@@ -52,29 +52,36 @@ def measure(model: str, profile_name: str, column: str, cache: Path) -> dict[str
         summary = predict_files(model, paths, picks_dir, outputs=["picks"], particle_diameter_px=data.true_diameter_px)
         threshold = json.loads((picks_dir / "predict.json").read_text()).get("threshold")
         picking = score_picks(data, _candidates(picks_dir, data, model), threshold)
-        predict_files(model, paths, denoised_dir, outputs=["denoised"])
-        denoising = score_denoised(data, _read_mrc_folder(denoised_dir / "denoised", data.test_names))
+        frc = None
+        if profile.has_denoising_truth:  # real micrographs have no clean image to score a denoiser against
+            predict_files(model, paths, denoised_dir, outputs=["denoised"])
+            frc = score_denoised(data, _read_mrc_folder(denoised_dir / "denoised", data.test_names)).get("frc_clean")
     return {"ap": picking["average_precision"], "best_f1": picking["best_f1"], "f1_at_own": picking.get("f1_at_own"),
-            "frc_clean": denoising.get("frc_clean"), "seconds_per_micrograph": summary.seconds_per_micrograph}
+            "frc_clean": frc, "seconds_per_micrograph": summary.seconds_per_micrograph}
+
+
+def _figure(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def markdown(results: dict[str, Any], columns: list[str]) -> str:
     lines = ["# Untrained general-model rows per pretrained file", "",
-             "`scripts/general_model_rows.py`: zero-shot AP (true diameter, no labels) / denoising FRC vs clean on "
-             "each profile's test micrographs, as the benchmark's `cryojoint-general-zero-shot` and "
+             "`scripts/general_model_rows.py`: zero-shot AP (true diameter, no labels) / denoising FRC vs clean "
+             "(– on real data: no clean image) on each profile's test micrographs, as the benchmark's "
+             "`cryojoint-general-zero-shot` and "
              "`cryojoint-general-denoise` cells.", "",
              "| model (sha256) | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for model, entry in results.items():
         cells = []
         for column in columns:
             row = entry["columns"].get(column)
-            frc = "–" if row is None or row["frc_clean"] is None else f"{row['frc_clean']:.3f}"
-            cells.append("–" if row is None else f"{row['ap']:.3f} / {frc}")
+            cells.append("–" if row is None else f"{_figure(row['ap'])} / {_figure(row['frc_clean'])}")
         lines.append(f"| {model} ({entry['sha256'][:12]}) | " + " | ".join(cells) + " |")
     if len(results) > 1:
         cells = []
         for column in columns:
-            aps = [e["columns"][column]["ap"] for e in results.values() if column in e["columns"]]
+            aps = [e["columns"][column]["ap"] for e in results.values()
+                   if column in e["columns"] and e["columns"][column]["ap"] is not None]
             cells.append(f"{statistics.mean(aps):.3f} ± {statistics.stdev(aps):.3f}" if len(aps) > 1 else "–")
         lines.append("| AP mean ± sd over the files | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -52,8 +52,8 @@ def main() -> None:
                                 for name, prediction in zip(data.test_names, predictions, strict=True)],
                                ignore_index=True)
         scores = score_picks(data, candidates, None)
-        print(json.dumps({"diameter_px": diameter, "ap": round(scores["average_precision"], 3),
-                          "best_f1": round(scores["best_f1"], 3)}), flush=True)
+        print(json.dumps({"diameter_px": diameter, "ap": scores["average_precision"], "best_f1": scores["best_f1"]}),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -333,6 +333,10 @@ def particle_diameter_in_pixels(text: str, paths: Sequence[str | Path]) -> float
     return value / distinct[0]
 
 
+#: How a user gives the particle size, from the command line or a RELION job.
+GIVE_SIZE = "train --particle-diameter 250A or 48px; a RELION job: --particle_diameter_angstrom 250"
+
+
 def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, data_config: DataConfig,
                        labels_source: str | Path | None, notes: list[str]) -> tuple[float, float]:
     """The bin factor training uses and the particle diameter at that scale (px), given or measured on the labels.
@@ -359,11 +363,10 @@ def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, 
             picks = sum(len(xy) for _, xy in labelled)
             notes.append(f"the particle size was read at the core of the mean particle of {picks} picks (no CTF "
                          "fringe along its edge stood out of their noise): under phase contrast a core reads short of "
-                         "the edge (0.58-0.87 of the diameter, measured); if you know the size, give "
-                         "--particle-diameter (e.g. 250A)")
+                         f"the edge (0.58-0.87 of the diameter, measured); if you know the size, give it ({GIVE_SIZE})")
 
     def user_error(err: ValueError) -> UserInputError:
-        return UserInputError(labels_source, f"{err} (--particle-diameter 250A, or 48px in input pixels)")
+        return UserInputError(labels_source, f"{err} ({GIVE_SIZE})")
 
     limit = data_config.max_network_particle_px
     given = data_config.particle_diameter_px

@@ -205,7 +205,10 @@ def git_revision() -> str | None:
 
 
 def pretrain_command_line(run_dir: Path, steps: int, seed: int, corpus_config: CorpusConfig) -> str:
-    """The ``cryojoint pretrain`` command that repeats this run: every option that differs from its default."""
+    """The ``cryojoint pretrain`` command for this run: every command-line option that differs from its default.
+
+    Corpus settings the command line has no option for (``size_px``, ``particle_diameter_range_px``, ...) are not
+    in it; the weights' metadata keeps the whole corpus config beside it."""
     default = CorpusConfig()
     options = [f"--out {shlex.quote(str(run_dir))}", f"--steps {steps}"]
     options += [f"--seed {seed}"] if seed else []
@@ -263,11 +266,10 @@ def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | N
                        "particles": int(sum(e["particles"] for e in corpus.simulated)),
                        "network_particle_px_range": [float(corpus.particle_diameters_px.min()),
                                                      float(corpus.particle_diameters_px.max())]},
-            # training_seconds runs on across resumes (the checkpoint keeps it); the corpus is rebuilt each time,
-            # so wall_seconds = this invocation's corpus build + all training, not the time of the last invocation.
+            # training_seconds runs on across resumes (the checkpoint keeps it); the two others are this invocation's
+            # only (the corpus is rebuilt on every invocation).
             "steps": result.steps_done, "training_seconds": result.seconds, "corpus_seconds": corpus_seconds,
-            "wall_seconds": corpus_seconds + result.seconds, "resumed": bool(resume), "seed": seed,
-            "git_revision": git_revision(),
+            "invocation_wall_seconds": time.perf_counter() - started, "seed": seed, "git_revision": git_revision(),
             "machine": platform.processor() or platform.machine(),
         },
     })

@@ -47,7 +47,8 @@ def test_a_given_factor_stands(blob_field) -> None:
     assert factor == 1 and diameter == pytest.approx(90.0, rel=0.2)  # measured at the factor given
     assert resolve_downsample(micrographs, labels, DataConfig(downsample=3, particle_diameter_px=90.0), None,
                               notes) == (3, 30.0)
-    assert not any("binned" in note for note in notes)  # a factor given is not explained back to the user
+    # a factor given is not explained back to the user; the only note is that these blobs were read at their core
+    assert len(notes) == 1 and "read at the core" in notes[0]
 
 
 def test_a_given_diameter_sets_the_factor(blob_field) -> None:
@@ -152,13 +153,27 @@ def test_picks_on_noise_are_a_user_error() -> None:
         resolve_downsample(micrographs, labels, DataConfig(), None, [])
 
 
-def test_a_size_read_at_the_core_is_flagged_and_a_given_one_is_not(blob_field) -> None:
+@pytest.mark.parametrize("config", [DataConfig(), DataConfig(downsample=1)], ids=["automatic", "factor-given"])
+def test_a_size_read_at_the_core_is_flagged(blob_field, config: DataConfig) -> None:
     """Blobs without a CTF fringe are read at their core: training says so and how to give the size instead."""
     micrographs, labels = _field(blob_field, 30.0, size=512)
     notes: list[str] = []
+    resolve_downsample(micrographs, labels, config, None, notes)
+    core_notes = [note for note in notes if "read at the core" in note]
+    assert len(core_notes) == 1 and "--particle-diameter 250A" in core_notes[0]
+
+
+def test_a_size_read_at_the_fringe_is_not_flagged(blob_field, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cryojoint.data as data_module
+
+    real = data_module.measure_particle_diameter
+
+    def at_the_fringe(images, coords, *args, **kwargs):
+        return dataclasses.replace(real(images, coords, *args, **kwargs), read_at="fringe")
+
+    monkeypatch.setattr(data_module, "measure_particle_diameter", at_the_fringe)
+    micrographs, labels = _field(blob_field, 30.0, size=512)
+    notes: list[str] = []
     resolve_downsample(micrographs, labels, DataConfig(), None, notes)
-    assert any("read at the core" in note and "--particle-diameter" in note for note in notes)
-    notes = []
-    resolve_downsample(micrographs, labels, DataConfig(particle_diameter_px=30.0), None, notes)
-    assert not any("read at the core" in note for note in notes)
+    assert notes == []
 

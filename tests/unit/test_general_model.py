@@ -273,6 +273,12 @@ def test_a_corrupt_first_micrograph_does_not_stop_the_general_model_on_the_other
                             outputs=["denoised"], progress=False)
     assert set(summary.failures) == {"broken"} and "broken.mrc" in summary.failures["broken"]
     assert (tmp_path / "out" / "denoised" / "raw.mrc").is_file()
+    # ... and the check itself goes on to the first readable file
+    write_mrc(tmp_path / "filtered.mrc", gaussian_filter(np.random.default_rng(1).standard_normal((128, 128)),
+                                                         2.0).astype(np.float32))
+    with pytest.warns(UserWarning, match="filtered.mrc: .* looks low-pass filtered"):
+        predict_files("general", [tmp_path / "broken.mrc", tmp_path / "filtered.mrc"], tmp_path / "out2",
+                      outputs=["denoised"], progress=False)
 
 
 def test_a_raw_micrograph_with_gradients_and_an_edge_is_not_taken_for_a_filtered_one() -> None:
