@@ -183,30 +183,29 @@ def test_train_particle_diameter_in_angstrom_or_pixels(tmp_path: Path, train_stu
     assert cfg.data.particle_diameter_px == pytest.approx(expected_px)
 
 
-def test_train_particle_diameter_that_is_no_size_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                     capsys) -> None:
+def _train_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, diameter: str) -> str:
+    """``cryojoint train ... --particle-diameter DIAMETER`` must stop with a non-zero code: its stderr."""
     monkeypatch.setattr(sys, "argv", ["cryojoint", "train", str(tmp_path / "m.mrc"), "--labels",
                                       str(tmp_path / "l.star"), "--out", str(tmp_path / "run"),
-                                      "--particle-diameter", "abc"])
+                                      "--particle-diameter", diameter])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     assert exit_info.value.code != 0
-    error = capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    return capsys.readouterr().err
+
+
+def test_train_particle_diameter_that_is_no_size_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys) -> None:
+    error = _train_error(tmp_path, monkeypatch, capsys, "abc")
     assert "'abc' is not a size" in error and len(error.strip().splitlines()) == 1
 
 
 def test_train_particle_diameter_in_angstrom_needs_a_pixel_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 capsys) -> None:
     write_mrc(tmp_path / "m.mrc", np.zeros((64, 64), np.float32), pixel_size=None)
-    monkeypatch.setattr(sys, "argv", ["cryojoint", "train", str(tmp_path / "m.mrc"), "--labels",
-                                      str(tmp_path / "l.star"), "--out", str(tmp_path / "run"),
-                                      "--particle-diameter", "265A"])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    assert exit_info.value.code != 0
-    error = capsys.readouterr().err
+    error = _train_error(tmp_path, monkeypatch, capsys, "265A")
     assert "m.mrc" in error and "no pixel size" in error and "Traceback" not in error
-    assert not (tmp_path / "run").exists()
 
 
 def test_cli_help_still_names_the_defaults(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
