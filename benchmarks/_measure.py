@@ -66,7 +66,8 @@ def _predict(spec: dict[str, Any]) -> dict[str, Any]:
     summary = predict_files(spec["model_path"], spec["test_mrcs"], spec["pred_dir"], formats=("star",),
                             overwrite=True, progress=False,
                             outputs=spec.get("outputs", ("picks", "denoised", "heatmap")),
-                            particle_diameter_px=spec.get("particle_diameter_px"))
+                            particle_diameter_px=spec.get("particle_diameter_px"),
+                            denoise_at_input_size=bool(spec.get("denoise_at_input_size", False)))
     if summary.failures:
         raise RuntimeError(f"prediction failed on {summary.failures}")
     return {

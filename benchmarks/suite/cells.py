@@ -42,7 +42,8 @@ MEASURE_SCRIPT = REPO_ROOT / "benchmarks" / "_measure.py"
 #: gave Topaz a quarter of our time).
 TOPAZ_SECONDS_PER_MINIBATCH_PLAN = 0.4
 PICKING_METHODS = ("floor-blob", "topaz-picker")
-DENOISING_METHODS = ("raw", "floor-lowpass", "topaz-denoise", "cryojoint-general-denoise")
+DENOISING_METHODS = ("raw", "floor-lowpass", "topaz-denoise", "cryojoint-general-denoise",
+                     "cryojoint-general-denoise-sized")
 
 
 class CellFailed(RuntimeError):
@@ -252,11 +253,28 @@ def general_denoise_cell(data: DoseData, profile: Profile, work: Path, joint_rec
                          log: Callable[[str], None]) -> dict[str, Any]:
     """``cryojoint denoise``: the shipped general model's denoiser alone, no training, at the input's pixel size
     (the detector does not run), like Topaz-Denoise's pretrained model beside it."""
+    return _general_denoise(data, work, log, None)
+
+
+def general_denoise_sized_cell(data: DoseData, profile: Profile, work: Path, joint_record: dict[str, Any] | None,
+                               log: Callable[[str], None]) -> dict[str, Any]:
+    """``cryojoint denoise --particle-diameter``: told the diameter (the true one, as the zero-shot row), it
+    denoises at the scale the model learned and writes at the input's size (mean over the binning phases)."""
+    return _general_denoise(data, work, log, data.true_diameter_px)
+
+
+def _general_denoise(data: DoseData, work: Path, log: Callable[[str], None],
+                     particle_diameter_px: float | None) -> dict[str, Any]:
+    sized = particle_diameter_px is not None
     predicted = _run_measured("predict", {"model_path": "general", "test_mrcs": [str(p) for p in data.test_mrcs],
-                                          "pred_dir": str(work / "pred"), "outputs": ["denoised"]}, work, log)
+                                          "pred_dir": str(work / "pred"), "outputs": ["denoised"],
+                                          "particle_diameter_px": particle_diameter_px,
+                                          "denoise_at_input_size": sized}, work, log)
     denoised = _read_mrc_folder(work / "pred" / "denoised", data.test_names)
+    command = "cryojoint denoise MICS --out DIR" + (f" --particle-diameter {particle_diameter_px:g}px" if sized else "")
     return {"picking": None, "denoising": score_denoised(data, denoised), "cost": _untrained_cost(predicted, data),
-            "settings": {"model": "general", "command": "cryojoint denoise MICS --out DIR"}}
+            "settings": {"model": "general", "command": command,
+                         **({"particle_diameter_px": particle_diameter_px} if sized else {})}}
 
 
 def _candidates(pred_dir: Path, data: DoseData, source: str) -> pd.DataFrame:
@@ -318,7 +336,9 @@ def method_specs(profile: Profile) -> list[MethodSpec]:
         specs += [MethodSpec("cryojoint-general-zero-shot", "cryojoint general model, zero-shot (no labels, given "
                              "the diameter)", 2, False, general_zero_shot_cell),
                   MethodSpec("cryojoint-general-denoise", "cryojoint denoise (general model, no training)", 2, False,
-                             general_denoise_cell)]
+                             general_denoise_cell),
+                  MethodSpec("cryojoint-general-denoise-sized", "cryojoint denoise --particle-diameter (general "
+                             "model, no training, at the model's scale)", 2, False, general_denoise_sized_cell)]
     if not profile.has_denoising_truth:  # nothing to score a denoiser against
         specs = [spec for spec in specs if spec.row_id not in DENOISING_METHODS]
     for method in profile.methods:

@@ -357,11 +357,13 @@ def denoise(
     model: Annotated[Path, typer.Option(help="'general' (the shipped pretrained model) or a trained model.pt.")] =
     Path("general"),
     particle_diameter: Annotated[str | None, typer.Option(
-        "--particle-diameter", help="Optional for denoising: bins the micrographs as the general model would "
-                                    "for picking (250A or 48px). Default: denoise at the input's own pixel size "
-                                    "(or as the trained model was trained).")] = None,
-    downsample: Annotated[float | None, typer.Option(help="Bin input by N before denoising (default: 1 for the "
-                                                          "general model, as in training for a trained one).")] = None,
+        "--particle-diameter", help="Optional (250A or 48px): denoise at the scale the general model learned "
+                                    "(particle of 36 px), averaged over the binning grid's phases, and write at "
+                                    "the input's size. Default: denoise at the input's own pixel size (or as the "
+                                    "trained model was trained).")] = None,
+    downsample: Annotated[float | None, typer.Option(help="Bin input by N before denoising and write the binned "
+                                                          "images (default: 1 for the general model, as in "
+                                                          "training for a trained one).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
     precision: Annotated[str | None, typer.Option(help="auto | float32 | bfloat16 | float16 (default: the "
                                                        "model's).")] = None,
@@ -383,6 +385,7 @@ def denoise(
 
     paths = _micrograph_paths(micrographs)
     diameter = None if particle_diameter is None else particle_diameter_in_pixels(particle_diameter, paths)
+    at_input_size = diameter is not None and downsample is None
     if adapt_steps:
         from cryojoint.config import SHIPPED_MODEL_NAMES
         from cryojoint.pretraining import adapt_denoiser
@@ -394,7 +397,7 @@ def denoise(
         diameter, downsample = None, None  # the adapted model bins as it was adapted
     summary = predict_files(model, paths, out, downsample=downsample, outputs=["denoised"], overwrite=overwrite,
                             device=device, workers=workers, scheduler=scheduler, command_line=_command_line(),
-                            precision=precision, particle_diameter_px=diameter)
+                            precision=precision, particle_diameter_px=diameter, denoise_at_input_size=at_input_size)
     typer.echo(f"{summary.n_micrographs - len(summary.failures) - summary.n_skipped} micrograph(s) denoised "
                f"({summary.n_skipped} already done); {summary.seconds_per_micrograph:.1f} s/micrograph; "
                f"images: {summary.out_dir / 'denoised'}")

@@ -38,6 +38,7 @@ from cryojoint.imaging import (
     normalise,
     robust_centre_spread,
     snap_factor,
+    unbin_image,
 )
 from cryojoint.io.coords import FILE_NAME_COLUMN, empty_table, make_table, write_coordinates
 from cryojoint.io.mrc import Micrograph, write_mrc
@@ -400,7 +401,8 @@ class MicrographPrediction:
     """What prediction makes of one micrograph. Coordinates are in the input's pixels."""
 
     name: str
-    denoised: np.ndarray | None  # network scale (binned when downsample > 1), in the input's intensity units
+    # Network scale (binned when downsample > 1; the input's with settings.denoise_at_input_size), input's units.
+    denoised: np.ndarray | None
     soft_segmentation: np.ndarray | None  # network scale
     candidates: pd.DataFrame  # every NMS peak with its score, input pixels
     pixel_size: float | None  # Å/px of the arrays above
@@ -428,6 +430,9 @@ class PickingSettings:
     # Flatten the spectrum of micrographs that look low-pass filtered before the network (the general model
     # picking: it learned from raw micrographs; config.FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER).
     flatten_filtered_spectrum: bool = False
+    # Denoise-only runs: the denoised image returned to the input's grid (the mean over the binning grid's
+    # phases, _denoise_across_bin_phases) instead of written at the network's scale.
+    denoise_at_input_size: bool = False
 
     @property
     def automatic_rule(self) -> str:
@@ -442,11 +447,12 @@ class PickingSettings:
                 tile_size_px: int | None = None,
                 detector_window_stride_fraction: float | None = None,
                 precision: str | None = None, particle_diameter_px: float | None = None,
-                pick: bool = True) -> PickingSettings:
+                pick: bool = True, denoise_at_input_size: bool = False) -> PickingSettings:
         """Options given in input pixels (as users think of them) become network pixels here.
 
         ``particle_diameter_px`` (input px) tells the general model the particle's size: the input is binned so
         that it measures GENERAL_PARTICLE_PX (``downsample``, when given, stands). Trained models know theirs.
+        ``denoise_at_input_size`` (denoise-only runs) returns the denoised image to the input's grid.
         """
         if downsample is not None and downsample < 1:
             raise UserInputError(None, "--downsample must be >= 1")
@@ -486,13 +492,40 @@ class PickingSettings:
                    predict_config.auto_threshold_top_fraction, rule,
                    None if expected is None else float(expected), None if density is None else float(density),
                    tile_size_px, detector_window_stride_fraction, precision, float(diameter_net), pick,
-                   model.is_general and pick)
+                   model.is_general and pick, denoise_at_input_size and not pick)
 
 
 def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
                        device: torch.device | str = "cpu") -> MicrographPrediction:
     """Denoise one micrograph, map it, and find every candidate peak (no cut-off yet)."""
     start = time.perf_counter()
+    factor = settings.downsample
+    if settings.denoise_at_input_size and not settings.pick and factor > 1:
+        denoised = _denoise_across_bin_phases(model, micrograph, settings, device)
+        return MicrographPrediction(micrograph.name, denoised, None, _named_table(empty_table(), micrograph),
+                                    micrograph.pixel_size, time.perf_counter() - start)
+    denoised, result = _network_pass(model, micrograph, settings, device)
+    candidates = empty_table()
+    if result.logits is not None:
+        xy, scores = candidate_peaks(result.logits, settings.nms_radius_px, model.config.model.sigmoid_clamp,
+                                     settings.border_px)
+        xy_input = from_binned_coordinates(xy, factor) if len(xy) else xy.reshape(0, 2)
+        candidates = make_table(micrograph.name, xy_input[:, 0], xy_input[:, 1], scores)
+    pixel_size = None if micrograph.pixel_size is None else micrograph.pixel_size * factor
+    return MicrographPrediction(micrograph.name, denoised, result.soft_segmentation,
+                                _named_table(candidates, micrograph), pixel_size, time.perf_counter() - start)
+
+
+def _named_table(candidates: pd.DataFrame, micrograph: Micrograph) -> pd.DataFrame:
+    if micrograph.path is not None:
+        candidates[FILE_NAME_COLUMN] = Path(micrograph.path).name
+    return candidates
+
+
+def _network_pass(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
+                  device: torch.device | str) -> tuple[np.ndarray | None, NetworkResult]:
+    """The micrograph binned by ``settings.downsample`` through the network: the denoised image (network scale, the
+    input's intensity units) and the network's other outputs."""
     factor = settings.downsample
     binned = bin_image(micrograph.data, factor)
     if min(binned.shape) < 2 ** model.config.model.unet_depth:
@@ -520,18 +553,37 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     if result.denoised is not None:
         restored = result.denoised if flattening is None else flattening.restore(result.denoised)
         denoised = (restored * scale + centre).astype(np.float32)
-    del flattening
-    candidates = empty_table()
-    if result.logits is not None:
-        xy, scores = candidate_peaks(result.logits, settings.nms_radius_px, model.config.model.sigmoid_clamp,
-                                     settings.border_px)
-        xy_input = from_binned_coordinates(xy, factor) if len(xy) else xy.reshape(0, 2)
-        candidates = make_table(micrograph.name, xy_input[:, 0], xy_input[:, 1], scores)
-    if micrograph.path is not None:
-        candidates[FILE_NAME_COLUMN] = Path(micrograph.path).name
-    pixel_size = None if micrograph.pixel_size is None else micrograph.pixel_size * factor
-    return MicrographPrediction(micrograph.name, denoised, result.soft_segmentation, candidates, pixel_size,
-                                time.perf_counter() - start)
+    return denoised, result
+
+
+def bin_phase_offsets(factor: float) -> list[tuple[int, int]]:
+    """Where the binning grid starts, (row, column) in input pixels, for each pass of a denoising returned to the
+    input's size: every whole-pixel phase of a ``factor``-wide bin (``round(factor)`` per axis). Together the
+    passes cost about as much as one pass at the input's size (``round(factor)²`` passes on ``factor²`` times
+    fewer pixels)."""
+    per_axis = range(max(1, round(factor)))
+    return [(row, column) for row in per_axis for column in per_axis]
+
+
+def _denoise_across_bin_phases(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
+                               device: torch.device | str) -> np.ndarray:
+    """Denoised at the network's scale, returned to the input's grid, averaged over the binning grid's phases.
+
+    Binning is not shift-invariant: each phase of the grid pools other pixels, so the passes' errors are partly
+    independent and their mean is closer to the clean image than any one of them (cycle spinning, as for
+    shift-variant wavelet denoisers). Each pass drops the rows/columns before its phase; the mean at a pixel is
+    over the passes that cover it.
+    """
+    data = micrograph.data
+    total = np.zeros(data.shape, np.float64)
+    covered = np.zeros(data.shape, np.float64)
+    for row, column in bin_phase_offsets(settings.downsample):
+        part = dataclasses.replace(micrograph, data=data[row:, column:])
+        denoised, _ = _network_pass(model, part, settings, device)
+        assert denoised is not None  # noqa: S101 - the denoiser always runs in this pass
+        total[row:, column:] += unbin_image(denoised, settings.downsample, part.shape)
+        covered[row:, column:] += 1.0
+    return (total / covered).astype(np.float32)
 
 
 def candidate_peaks(logits: np.ndarray, radius_px: float, clamp: float,

@@ -32,6 +32,7 @@ from cryojoint.imaging import (
 from cryojoint.inference import (
     MicrographPrediction,
     PickingSettings,
+    bin_phase_offsets,
     output_paths,
     predict_micrograph,
     write_micrograph_outputs,
@@ -195,6 +196,7 @@ def predict_files(
     detector_window_stride_fraction: float | None = None,
     precision: str | None = None,
     particle_diameter_px: float | None = None,
+    denoise_at_input_size: bool = False,
 ) -> PredictSummary:
     """Predict a set of micrograph files into ``out_dir`` (see the module docstring for the layout).
 
@@ -203,7 +205,8 @@ def predict_files(
     micrograph (sequential runs; with Dask workers, once before the start): when true, the run raises
     :class:`~cryojoint.errors.StopRequested`, leaving the micrographs done so far for a rerun to skip.
     ``model_path`` may name a shipped model (``"general"``: give ``particle_diameter_px``, input pixels). Without
-    ``"picks"`` and ``"heatmap"`` in ``outputs`` the detector does not run and no pick files are written.
+    ``"picks"`` and ``"heatmap"`` in ``outputs`` the detector does not run and no pick files are written; then
+    ``denoise_at_input_size`` writes the denoised images at the input's size even when the network bins.
     """
     out_dir = Path(out_dir)
     unknown_formats = [f for f in formats if f not in WRITERS]
@@ -223,7 +226,8 @@ def predict_files(
     model = load_model(model_path, resolved_device)
     pick = bool({"picks", "heatmap"} & set(outputs))
     settings = PickingSettings.resolve(model, threshold, nms_radius_px, border_px, downsample, tile_size_px,
-                                       detector_window_stride_fraction, precision, particle_diameter_px, pick)
+                                       detector_window_stride_fraction, precision, particle_diameter_px, pick,
+                                       denoise_at_input_size)
     # Checked before any work; recorded in predict.json.
     network_dtype = autocast_dtype(resolved_device, settings.precision or model.config.predict.precision)
     try:
@@ -368,6 +372,9 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "general_model": model.is_general,
         "flatten_filtered_spectrum": settings.flatten_filtered_spectrum,
         "picked": settings.pick,
+        "denoised_at_input_size": settings.denoise_at_input_size and settings.downsample > 1,
+        "denoising_bin_phases": (len(bin_phase_offsets(settings.downsample)) if settings.denoise_at_input_size
+                                 and settings.downsample > 1 else 1),
         "n_micrographs": summary.n_micrographs,
         "n_picks": summary.n_picks,
         "failures": summary.failures,

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,6 +57,22 @@ def test_denoise_keeps_the_input_size_and_writes_no_picks(data_dir: Path, tmp_pa
         assert read_micrograph(tmp_path / "d" / "denoised" / path.name).shape == read_micrograph(path).shape
     assert not (tmp_path / "d" / "picks.star").exists()
     assert json.loads((tmp_path / "d" / "predict.json").read_text())["picked"] is False
+
+
+@pytest.mark.parametrize("extra, size, phases", [(["--particle-diameter", "72px"], 256, 4),
+                                                  (["--particle-diameter", "72px", "--downsample", "2"], 128, 1)])
+def test_denoise_told_the_size_works_at_the_models_scale_and_writes_at_the_inputs(
+        data_dir: Path, tmp_path: Path, cli_in_process: CliRunner, extra: list[str], size: int, phases: int) -> None:
+    code, out, err = cli_in_process(["denoise", data_dir / "dose_020", "--out", tmp_path / "d", *extra])
+    assert code == 0, err
+    record = json.loads((tmp_path / "d" / "predict.json").read_text())
+    assert record["downsample"] == 2.0 and record["denoising_bin_phases"] == phases
+    assert record["denoised_at_input_size"] is (phases > 1)
+    for path in (data_dir / "dose_020").glob("*.mrc"):
+        mic, denoised = read_micrograph(path), read_micrograph(tmp_path / "d" / "denoised" / path.name)
+        assert denoised.shape == (size, size)
+        assert denoised.pixel_size == pytest.approx(mic.pixel_size * 256 / size, rel=1e-4)
+        assert np.isfinite(denoised.data).all()
 
 
 def test_denoise_adapts_the_general_denoiser_without_labels(data_dir: Path, tmp_path: Path,

@@ -12,7 +12,9 @@ from scipy import ndimage
 from cryojoint.checkpoint import LoadedModel
 from cryojoint.config import CryojointConfig
 from cryojoint.errors import UserInputError
-from cryojoint.inference import PickingSettings, _blocks, run_network_on_image
+from cryojoint.imaging import bin_image, unbin_image
+from cryojoint.inference import PickingSettings, _blocks, bin_phase_offsets, run_network_on_image
+from cryojoint.io.mrc import Micrograph
 from cryojoint.models.joint import JointModel
 from cryojoint.models.unet import BlindSpotUNet
 from cryojoint.prediction import choose_threshold, predict
@@ -322,3 +324,31 @@ def test_the_calibrated_posterior_mean_is_the_sure_choice_over_the_grid(monkeypa
     result = inference.calibrated_posterior_mean(y, mu, a2, s2)
     assert result.shape == y.shape and result.dtype == np.float32
     np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("factor, passes", [(1.0, 1), (10 / 7, 1), (5 / 3, 4), (2.0, 4), (23 / 8, 9)])
+def test_a_bin_has_one_denoising_pass_per_whole_pixel_phase(factor: float, passes: int) -> None:
+    offsets = bin_phase_offsets(factor)
+    assert len(offsets) == len(set(offsets)) == passes and (0, 0) in offsets
+    assert all(0 <= o < max(1, round(factor)) for pair in offsets for o in pair)
+
+
+def test_the_mean_over_bin_phases_stays_on_the_inputs_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a pass that only bins (an identity denoiser), every phase returns the smooth image in place: a phase
+    put back one pixel off would shift its share of the mean and show as an error at the image's edges of
+    intensity."""
+    from cryojoint import inference
+
+    rng = np.random.default_rng(3)
+    smooth = ndimage.gaussian_filter(rng.normal(size=(96, 96)), 4.0).astype(np.float32)
+    settings = PickingSettings.resolve(_model(), downsample=2.0, pick=False, denoise_at_input_size=True)
+    assert settings.denoise_at_input_size
+    monkeypatch.setattr(inference, "_network_pass",
+                        lambda model, mic, s, device: (bin_image(mic.data, s.downsample), None))
+    averaged = inference._denoise_across_bin_phases(None, Micrograph(smooth), settings, "cpu")
+    single = unbin_image(bin_image(smooth, 2.0), 2.0, smooth.shape)
+    inner = (slice(4, -4), slice(4, -4))
+    assert averaged.shape == smooth.shape
+    error_averaged = np.abs(averaged - smooth)[inner].max()
+    assert error_averaged < 0.05 * np.abs(smooth).max()
+    assert error_averaged <= np.abs(single - smooth)[inner].max() + 1e-6
