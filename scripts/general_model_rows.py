@@ -4,7 +4,7 @@ The benchmark's `cryojoint-general-zero-shot` and `cryojoint-general-denoise` ce
 say how much of a zero-shot figure is the pretraining run itself (its seed) rather than its corpus, the same two
 measurements are needed for candidate files (`cryojoint pretrain --seed N` outputs). This runs exactly what those
 cells run (`predict_files` on the profile's test micrographs; zero-shot told the true diameter, scored at the
-automatic cut-off; denoising at the input's pixel size, FRC vs clean) for each model given::
+automatic cut-off; denoising at the input's pixel size, and told the diameter, FRC vs clean) for each model given::
 
     PYTHONPATH=src python scripts/general_model_rows.py general runs/pretrain-seed1/general.pt \
         --columns standard/010,standard/020,standard/060,second/010,second/060,aspire/010,aspire/020,real-bgal/real
@@ -52,12 +52,16 @@ def measure(model: str, profile_name: str, column: str, cache: Path) -> dict[str
         summary = predict_files(model, paths, picks_dir, outputs=["picks"], particle_diameter_px=data.true_diameter_px)
         threshold = json.loads((picks_dir / "predict.json").read_text()).get("threshold")
         picking = score_picks(data, _candidates(picks_dir, data, model), threshold)
-        frc = None
+        frc: dict[str, float | None] = {"frc_clean": None, "frc_clean_sized": None}
         if profile.has_denoising_truth:  # real micrographs have no clean image to score a denoiser against
-            predict_files(model, paths, denoised_dir, outputs=["denoised"])
-            frc = score_denoised(data, _read_mrc_folder(denoised_dir / "denoised", data.test_names)).get("frc_clean")
+            for key, sized in (("frc_clean", False), ("frc_clean_sized", True)):
+                folder = denoised_dir / key
+                predict_files(model, paths, folder, outputs=["denoised"],
+                              particle_diameter_px=data.true_diameter_px if sized else None,
+                              denoise_at_input_size=sized)
+                frc[key] = score_denoised(data, _read_mrc_folder(folder / "denoised", data.test_names))["frc_clean"]
     return {"ap": picking["average_precision"], "best_f1": picking["best_f1"], "f1_at_own": picking.get("f1_at_own"),
-            "frc_clean": frc, "seconds_per_micrograph": summary.seconds_per_micrograph}
+            **frc, "seconds_per_micrograph": summary.seconds_per_micrograph}
 
 
 def _figure(value: float | None) -> str:
@@ -66,16 +70,18 @@ def _figure(value: float | None) -> str:
 
 def markdown(results: dict[str, Any], columns: list[str]) -> str:
     lines = ["# Untrained general-model rows per pretrained file", "",
-             "`scripts/general_model_rows.py`: zero-shot AP (true diameter, no labels) / denoising FRC vs clean "
-             "(– on real data: no clean image) on each profile's test micrographs, as the benchmark's "
-             "`cryojoint-general-zero-shot` and "
-             "`cryojoint-general-denoise` cells.", "",
+             "`scripts/general_model_rows.py`: zero-shot AP (true diameter, no labels) / denoising FRC vs clean at "
+             "the input's size / the same told the diameter (`denoise --particle-diameter`; – on real data: no "
+             "clean image, or not measured) on each profile's test micrographs, as the benchmark's "
+             "`cryojoint-general-zero-shot`, `cryojoint-general-denoise` and `cryojoint-general-denoise-sized` "
+             "cells.", "",
              "| model (sha256) | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for model, entry in results.items():
         cells = []
         for column in columns:
             row = entry["columns"].get(column)
-            cells.append("–" if row is None else f"{_figure(row['ap'])} / {_figure(row['frc_clean'])}")
+            cells.append("–" if row is None else f"{_figure(row['ap'])} / {_figure(row['frc_clean'])} / "
+                                                 f"{_figure(row.get('frc_clean_sized'))}")
         lines.append(f"| {model} ({entry['sha256'][:12]}) | " + " | ".join(cells) + " |")
     if len(results) > 1:
         cells = []
