@@ -116,6 +116,12 @@ class DataConfig:
     # without it the model picked almost nothing on the brighter ice and its denoised image showed the gradient,
     # with it the picks cover the micrograph. None: off (the paper's input).
     background_sigma_diameters: float | None = 3.0
+    # Flatten the spectrum of training micrographs that look low-pass filtered (imaging.looks_filtered) beyond
+    # FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER, as the general model does before picking on them, and do the same
+    # whenever the trained model predicts. None: on when fine-tuning a shipped model (it learned from raw
+    # micrographs' white shot noise; filtered input is new to it), off from scratch. Measured (session 21):
+    # real-bgal's filtered 8-bit copies, 120 steps from `general`, seeds 0-2 — see docs/general-model.md.
+    flatten_filtered_spectrum: bool | None = None
 
 
 @dataclass

@@ -15,13 +15,15 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import ConvexHull, QhullError
 
-from cryojoint.config import DataConfig, LossConfig
+from cryojoint.config import FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER, DataConfig, LossConfig
 from cryojoint.errors import UserInputError
 from cryojoint.imaging import (
     MAD_TO_STD,
     Flattening,
     bin_image,
     flatten_background,
+    flatten_spectrum_beyond,
+    looks_filtered,
     normalise,
     snap_factor,
     to_binned_coordinates,
@@ -199,6 +201,15 @@ def check_unique_names(names: Sequence[str]) -> None:
         raise UserInputError(None, f"several micrographs share the name '{duplicates[0]}' (names must be unique)")
 
 
+def flatten_if_filtered(image: np.ndarray, particle_diameter_px: float) -> tuple[np.ndarray, bool]:
+    """``image`` with its spectrum flattened beyond the particle's band when it looks low-pass filtered
+    (config.FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER; docs/general-model.md "Filtered micrographs"), and whether
+    it was. Raw micrographs pass unchanged."""
+    if not looks_filtered(image):
+        return image, False
+    return flatten_spectrum_beyond(image, FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER / particle_diameter_px), True
+
+
 def prepare_data(
     micrographs: Sequence[Micrograph],
     labels: pd.DataFrame,
@@ -230,11 +241,20 @@ def prepare_data(
     if diameter_estimated:
         notes.append(f"particle diameter estimated from the labels: {diameter:.1f} px (network scale)")
     images: list[LabelledImage] = []
+    flattened = 0
     for mic in micrographs:
         rows = labels[labels["micrograph"].astype(str) == mic.name]
         xy = to_binned_coordinates(rows[["x", "y"]].to_numpy(float), factor)
         pixel_size = None if mic.pixel_size is None else mic.pixel_size * factor
-        images.append(LabelledImage(mic.name, normalise(bin_image(mic.data, factor)), xy, None, pixel_size))
+        binned = bin_image(mic.data, factor)
+        if data_config.flatten_filtered_spectrum:
+            binned, was_filtered = flatten_if_filtered(binned, diameter)
+            flattened += was_filtered
+        images.append(LabelledImage(mic.name, normalise(binned), xy, None, pixel_size))
+    if flattened:
+        notes.append(f"{flattened} of {len(micrographs)} micrograph(s) look low-pass filtered: their spectrum is "
+                     "flattened beyond the particle's band (the pretrained model learned from raw micrographs), "
+                     "here and whenever this model predicts")
     labelled = [im for im in images if len(im.picks_xy)]
     expected = data_config.expected_particles
     expected_estimated = expected is None

@@ -23,18 +23,15 @@ import torch
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel
 from cryojoint.config import (
-    FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER,
     GENERAL_PARTICLE_PX,
     PRECISIONS,
     CryojointConfig,
 )
-from cryojoint.data import estimate_noise_std, flatten_ice, network_factor
+from cryojoint.data import estimate_noise_std, flatten_ice, flatten_if_filtered, network_factor
 from cryojoint.errors import UserInputError
 from cryojoint.imaging import (
     bin_image,
-    flatten_spectrum_beyond,
     from_binned_coordinates,
-    looks_filtered,
     normalise,
     robust_centre_spread,
     snap_factor,
@@ -428,7 +425,8 @@ class PickingSettings:
     particle_diameter_px: float | None = None  # network px; None: the model's (the general model is told it)
     pick: bool = True  # False: denoise only (the detector does not run)
     # Flatten the spectrum of micrographs that look low-pass filtered before the network (the general model
-    # picking: it learned from raw micrographs; config.FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER).
+    # picking: it learned from raw micrographs; config.FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER), and always for
+    # a model trained that way (data.flatten_filtered_spectrum).
     flatten_filtered_spectrum: bool = False
     # Denoise-only runs: the denoised image returned to the input's grid (the mean over the binning grid's
     # phases, _denoise_across_bin_phases) instead of written at the network's scale.
@@ -492,7 +490,8 @@ class PickingSettings:
                    predict_config.auto_threshold_top_fraction, rule,
                    None if expected is None else float(expected), None if density is None else float(density),
                    tile_size_px, detector_window_stride_fraction, precision, float(diameter_net), pick,
-                   model.is_general and pick, denoise_at_input_size and not pick)
+                   (model.is_general and pick) or bool(model.config.data.flatten_filtered_spectrum),
+                   denoise_at_input_size and not pick)
 
 
 def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
@@ -532,8 +531,8 @@ def _network_pass(model: LoadedModel, micrograph: Micrograph, settings: PickingS
         raise UserInputError(micrograph.path or micrograph.name,
                              f"image of {binned.shape[1]}x{binned.shape[0]} px (binned by {factor}) is too small")
     diameter = settings.particle_diameter_px or model.particle_diameter_px
-    if settings.flatten_filtered_spectrum and looks_filtered(binned):
-        binned = flatten_spectrum_beyond(binned, FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER / diameter)
+    if settings.flatten_filtered_spectrum:
+        binned, _ = flatten_if_filtered(binned, diameter)
     centre, scale = robust_centre_spread(binned)
     normalised = normalise(binned)
     config = model.config

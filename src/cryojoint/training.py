@@ -223,6 +223,10 @@ def _train(
         # A pretrained model works at its own particle size: bin the micrographs to it.
         config = dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                       network_particle_px=GENERAL_PARTICLE_PX))
+    if config.data.flatten_filtered_spectrum is None:
+        # A pretrained model learned raw micrographs' white shot noise: filtered ones are flattened for it.
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                      flatten_filtered_spectrum=init != "scratch"))
     if model_parts(config.train.mode)[1] and not len(label_table):
         raise UserInputError(labels_source, "no labels: picking is learned from some labelled particles (only "
                              "--mode denoise-only trains without them)")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryojoint.checkpoint import SHIPPED_MODELS
+from cryojoint.checkpoint import SHIPPED_MODELS, load_model
 from cryojoint.io.mrc import read_micrograph
 from cryojoint.simulation import simulate_to_folder
 
@@ -111,6 +111,8 @@ def test_train_fine_tunes_by_default(data_dir: Path, tmp_path: Path, cli_in_proc
     assert meta["init"] == (init or "general")
     assert meta["downsample"] == (1.5 if init is None else 1.0)  # scratch keeps 54 px (< the 63 px limit)
     assert ("fine-tuning the shipped general model" in out + err) == (init is None)
+    # a pretrained start flattens filtered micrographs' spectrum as its picking does; scratch learns them as they are
+    assert load_model(tmp_path / "run" / "model.pt").config.data.flatten_filtered_spectrum is (init is None)
 
 
 def test_train_without_labels_is_only_for_denoise_only(data_dir: Path, tmp_path: Path) -> None:

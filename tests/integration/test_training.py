@@ -473,3 +473,40 @@ def test_micrographs_given_for_the_denoiser_alone_are_never_scored_by_the_detect
     with pytest.raises(UserInputError, match="unlabelled.*denoiser only"):
         prepare_data(micrographs + [extra], pd.concat([dataset.labels, named]), config.data, config.loss,
                      denoiser_only=["unlabelled"])
+
+
+def test_filtered_micrographs_are_flattened_only_when_asked_and_raw_ones_never(dataset, tmp_path: Path) -> None:
+    """Fine-tuning a pretrained model on low-pass filtered micrographs flattens their spectrum as its picking does
+    (it learned raw shot noise); raw micrographs pass unchanged, and a model trained so predicts so."""
+    import dataclasses
+
+    from scipy.ndimage import gaussian_filter
+
+    from cryojoint.data import prepare_data
+    from cryojoint.imaging import looks_filtered
+    from cryojoint.inference import PickingSettings
+    from cryojoint.io.mrc import Micrograph
+
+    raw = list(dataset.micrographs["dose_060"])
+    filtered = [Micrograph(gaussian_filter(m.data, 2.0), m.pixel_size, m.name) for m in raw]
+    config = _config()
+    on = dataclasses.replace(config.data, flatten_filtered_spectrum=True)
+    kept = prepare_data(filtered, dataset.labels, config.data, config.loss)
+    flattened = prepare_data(filtered, dataset.labels, on, config.loss)
+    assert all(looks_filtered(im.image) for im in kept.train + kept.validation)
+    assert not any(looks_filtered(im.image) for im in flattened.train + flattened.validation)
+    assert any("3 of 3 micrograph(s) look low-pass filtered" in note for note in flattened.notes)
+    assert not any("low-pass" in note for note in kept.notes)
+    raw_off = prepare_data(raw, dataset.labels, config.data, config.loss)
+    raw_on = prepare_data(raw, dataset.labels, on, config.loss)
+    for a, b in zip(raw_off.train + raw_off.validation, raw_on.train + raw_on.validation, strict=True):
+        np.testing.assert_array_equal(a.image, b.image)
+
+    result = training.train(filtered, dataset.labels, tmp_path / "run",
+                            dataclasses.replace(_config(steps=2, eval_every=2), data=on), progress=False)
+    model = load_model(result.model_path)
+    assert model.config.data.flatten_filtered_spectrum
+    assert PickingSettings.resolve(model, pick=False).flatten_filtered_spectrum
+    assert not PickingSettings.resolve(load_model(training.train(
+        raw, dataset.labels, tmp_path / "scratch", _config(steps=2, eval_every=2), progress=False).model_path),
+        pick=False).flatten_filtered_spectrum
