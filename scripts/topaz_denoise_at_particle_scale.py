@@ -3,7 +3,7 @@
 Told the diameter, `cryojoint denoise` bins the micrographs to the general model's particle scale (36 px), denoises,
 returns each pass to the input's grid and averages over the binning grid's phases. If that gain came from binning
 and averaging alone, Topaz-Denoise would earn it too. This gives Topaz-Denoise's pretrained unet the same treatment
-(bin by the same factor; one phase, then the mean over every phase, `cryojoint.inference.bin_phase_offsets`;
+(bin by the same factor; one phase, then the mean over the phases `cryojoint.inference.bin_phase_offsets` gives;
 unbinned with `cryojoint.imaging.unbin_image`) on one profile's test micrographs and scores FRC vs clean as the
 benchmark does::
 
@@ -87,7 +87,7 @@ def main() -> None:
     lines = [f"# Topaz-Denoise at the general model's particle scale ({args.profile})", "",
              "`scripts/topaz_denoise_at_particle_scale.py`: Topaz-Denoise's pretrained unet on the test micrographs "
              "binned to a 36 px particle, back on the input's grid; FRC vs clean (0.015-0.25 cycles/px at the "
-             "input's size), time per micrograph (every phase).", "",
+             "input's size), time per micrograph (all its passes).", "",
              "| dose | bin | phases | FRC vs clean | s / micrograph |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['dose']} | {r['bin']:g} | {r['phases']} | {r['frc_clean']:.3f} | "
               f"{r['seconds_per_micrograph']:.1f} |" for r in rows]

@@ -557,10 +557,13 @@ def _network_pass(model: LoadedModel, micrograph: Micrograph, settings: PickingS
 
 def bin_phase_offsets(factor: float) -> list[tuple[int, int]]:
     """Where the binning grid starts, (row, column) in input pixels, for each pass of a denoising returned to the
-    input's size: every whole-pixel phase of a ``factor``-wide bin (``round(factor)`` per axis). Together the
-    passes cost about as much as one pass at the input's size (``round(factor)²`` passes on ``factor²`` times
-    fewer pixels)."""
-    per_axis = range(max(1, round(factor)))
+    input's size: no shift and half a bin along each axis (4 passes) once a bin spans 2 or more pixels, else one
+    pass. Each pass runs on ``factor²`` fewer pixels than the input. Only two offsets per axis, because every pass
+    also resamples the whole micrograph twice (bin, unbin): with every whole-pixel phase (``round(factor)²``
+    passes) a 4k micrograph binned 6.25× took 110 s against 50 s at its own size (session 21)."""
+    if round(factor) < 2:
+        return [(0, 0)]
+    per_axis = (0, round(factor / 2))
     return [(row, column) for row in per_axis for column in per_axis]
 
 

@@ -326,11 +326,13 @@ def test_the_calibrated_posterior_mean_is_the_sure_choice_over_the_grid(monkeypa
     np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("factor, passes", [(1.0, 1), (10 / 7, 1), (5 / 3, 4), (2.0, 4), (23 / 8, 9)])
-def test_a_bin_has_one_denoising_pass_per_whole_pixel_phase(factor: float, passes: int) -> None:
+@pytest.mark.parametrize("factor, passes", [(1.0, 1), (10 / 7, 1), (5 / 3, 4), (2.0, 4), (23 / 8, 4), (6.25, 4)])
+def test_a_bin_is_denoised_unshifted_and_shifted_by_half_a_bin(factor: float, passes: int) -> None:
     offsets = bin_phase_offsets(factor)
     assert len(offsets) == len(set(offsets)) == passes and (0, 0) in offsets
     assert all(0 <= o < max(1, round(factor)) for pair in offsets for o in pair)
+    if passes > 1:
+        assert max(o for pair in offsets for o in pair) == round(factor / 2)
 
 
 def test_the_mean_over_bin_phases_stays_on_the_inputs_grid(monkeypatch: pytest.MonkeyPatch) -> None:
