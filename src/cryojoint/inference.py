@@ -557,10 +557,11 @@ def _network_pass(model: LoadedModel, micrograph: Micrograph, settings: PickingS
 
 def bin_phase_offsets(factor: float) -> list[tuple[int, int]]:
     """Where the binning grid starts, (row, column) in input pixels, for each pass of a denoising returned to the
-    input's size: no shift and half a bin along each axis (4 passes) once a bin spans 2 or more pixels, else one
-    pass. Each pass runs on ``factor²`` fewer pixels than the input. Only two offsets per axis, because every pass
-    also resamples the whole micrograph twice (bin, unbin): with every whole-pixel phase (``round(factor)²``
-    passes) a 4k micrograph binned 6.25× took 110 s against 50 s at its own size (session 21)."""
+    input's size: no shift and half a bin (rounded) along each axis — 4 passes — from a 1.5-pixel bin up (it rounds
+    to 2; the half bin to 1 px), else one pass. Each pass runs on ``factor²`` fewer pixels than the input. Only
+    two offsets per axis, because every pass also resamples the whole micrograph twice (bin, unbin): with every
+    whole-pixel phase (``round(factor)²`` passes) a 4k micrograph binned 6.25× took 110 s against 50 s at its own
+    size (session 21)."""
     if round(factor) < 2:
         return [(0, 0)]
     per_axis = (0, round(factor / 2))
@@ -569,22 +570,37 @@ def bin_phase_offsets(factor: float) -> list[tuple[int, int]]:
 
 def _denoise_across_bin_phases(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
                                device: torch.device | str) -> np.ndarray:
-    """Denoised at the network's scale, returned to the input's grid, averaged over the binning grid's phases.
+    """Denoised at the network's scale, returned to the input's grid, averaged over shifts of the binning grid.
 
     Binning is not shift-invariant: each phase of the grid pools other pixels, so the passes' errors are partly
     independent and their mean is closer to the clean image than any one of them (cycle spinning, as for
-    shift-variant wavelet denoisers). Each pass drops the rows/columns before its phase; the mean at a pixel is
-    over the passes that cover it.
+    shift-variant wavelet denoisers). Each pass counts where its bins reached, a shifted pass not within a bin of
+    the edges its shift moved into the image (resampling and the network's padding see no context there); the
+    unshifted pass alone fills what none counts.
     """
     data = micrograph.data
+    factor = settings.downsample
+    margin = math.ceil(factor)
     total = np.zeros(data.shape, np.float64)
     covered = np.zeros(data.shape, np.float64)
-    for row, column in bin_phase_offsets(settings.downsample):
+    unshifted: np.ndarray | None = None
+    for row, column in bin_phase_offsets(factor):
         part = dataclasses.replace(micrograph, data=data[row:, column:])
         denoised, _ = _network_pass(model, part, settings, device)
         assert denoised is not None  # noqa: S101 - the denoiser always runs in this pass
-        total[row:, column:] += unbin_image(denoised, settings.downsample, part.shape)
-        covered[row:, column:] += 1.0
+        restored = unbin_image(denoised, factor, part.shape)
+        if row == column == 0:
+            unshifted = restored
+        # Rows/columns its bins covered (the rest unbin_image fills by repetition), less one bin inside each edge the
+        # shift moved into the image.
+        top, left = (margin if row else 0), (margin if column else 0)
+        bottom = min(int(denoised.shape[0] * factor), part.shape[0]) - top
+        right = min(int(denoised.shape[1] * factor), part.shape[1]) - left
+        total[row + top:row + bottom, column + left:column + right] += restored[top:bottom, left:right]
+        covered[row + top:row + bottom, column + left:column + right] += 1.0
+    assert unshifted is not None  # noqa: S101 - (0, 0) is always among the offsets
+    uncovered = covered == 0  # the last rows/columns no pass's bins reached
+    total[uncovered], covered[uncovered] = unshifted[uncovered], 1.0
     return (total / covered).astype(np.float32)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cryojoint.checkpoint import is_shipped_model
 from cryojoint.errors import UserInputError
 from cryojoint.runtime import threads_per_worker
 
@@ -97,8 +98,10 @@ def predict_distributed(
         n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
         # Local workers share this machine's cores; a remote worker decides on its own machine (0 = ask it).
         threads = threads_per_worker(n_workers) if scheduler in (None, "local") else 0
+        # A shipped model's name stays a name: each worker finds the weights in its own installation.
+        model = str(model_path) if is_shipped_model(Path(model_path)) else str(Path(model_path).resolve())
         futures = {
-            client.submit(predict_task, str(Path(model_path).resolve()), str(Path(p).resolve()),
+            client.submit(predict_task, model, str(Path(p).resolve()),
                           str(out_dir.resolve()), settings, list(outputs), threads,
                           retries=TASK_RETRIES, pure=False): p
             for p in paths

@@ -287,13 +287,17 @@ def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, m
 
     if steps < 1:
         raise UserInputError(None, f"--adapt-steps must be >= 1, got {steps}")
-    if particle_diameter_px is None:  # denoise at the given bin (default none); the size sets patch and flattening
+    # Filtered micrographs' spectrum is flattened beyond the particle's band (data.flatten_filtered_spectrum), so
+    # only when the particle's size is known: an assumed one could cut into a smaller particle's band.
+    size_known = particle_diameter_px is not None
+    if particle_diameter_px is None:  # denoise at the given bin (default none); the size sets the patch
         downsample = float(downsample or 1.0)
         particle_diameter_px = GENERAL_PARTICLE_PX * downsample
     # Otherwise training from a shipped model bins to its particle size (data.network_particle_px), as predict would.
     config = default_config()
     config.data = dataclasses.replace(config.data, particle_diameter_px=float(particle_diameter_px),
-                                      downsample=downsample, expected_particles=1.0, validation_fraction=0.0)
+                                      downsample=downsample, expected_particles=1.0, validation_fraction=0.0,
+                                      flatten_filtered_spectrum=size_known)
     config.train = dataclasses.replace(config.train, mode="denoise-only", init=model, steps=int(steps),
                                        seed=int(seed), eval_every=max(int(steps), 1),
                                        checkpoint_every=max(int(steps), 1))

@@ -75,12 +75,21 @@ def test_denoise_told_the_size_works_at_the_models_scale_and_writes_at_the_input
         assert np.isfinite(denoised.data).all()
 
 
+@pytest.mark.parametrize("sized", [False, True])
 def test_denoise_adapts_the_general_denoiser_without_labels(data_dir: Path, tmp_path: Path,
-                                                            cli_in_process: CliRunner) -> None:
-    code, out, err = cli_in_process(["denoise", data_dir / "dose_020", "--out", tmp_path / "d", "--adapt-steps", "3"])
+                                                            cli_in_process: CliRunner, sized: bool) -> None:
+    extra = ["--particle-diameter", "72px"] if sized else []
+    code, out, err = cli_in_process(["denoise", data_dir / "dose_020", "--out", tmp_path / "d", "--adapt-steps", "3",
+                                     *extra])
     assert code == 0, err
     adapted = torch.load(tmp_path / "d" / "adapted" / "model.pt", map_location="cpu", weights_only=True)
     assert adapted["meta"]["mode"] == "denoise-only" and adapted["meta"]["init"] == "general"
+    # filtered input is flattened beyond the particle's band only when the band is known
+    assert load_model(tmp_path / "d" / "adapted" / "model.pt").config.data.flatten_filtered_spectrum is sized
+    record = json.loads((tmp_path / "d" / "predict.json").read_text())
+    assert record["downsample"] == (2.0 if sized else 1.0) and record["denoised_at_input_size"]
+    for path in (data_dir / "dose_020").glob("*.mrc"):
+        assert read_micrograph(tmp_path / "d" / "denoised" / path.name).shape == read_micrograph(path).shape
     assert len(list((tmp_path / "d" / "denoised").glob("*.mrc"))) == 2
 
 

@@ -65,3 +65,22 @@ def test_local_cluster_matches_in_process_and_survives_a_corrupt_file(
     rerun = predict_files(model, [*mics, corrupt], tmp_path / "dask", threshold=-100.0, progress=False,
                           workers=2, scheduler="local")
     assert rerun.n_skipped == len(mics) and set(rerun.failures) == {"broken"}
+
+
+@pytest.mark.slow
+def test_a_shipped_model_is_found_by_name_on_every_worker(trained: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    """`cryojoint denoise --workers 2` runs the shipped model by name: each worker finds it in its installation (a
+    resolved path of the name pointed into the current folder and failed every micrograph)."""
+    from cryojoint.io.mrc import read_micrograph
+
+    _, mics = trained
+    options = {"outputs": ["denoised"], "particle_diameter_px": 72.0, "denoise_at_input_size": True,
+               "progress": False}
+    serial = predict_files("general", mics, tmp_path / "serial", **options)
+    parallel = predict_files("general", mics, tmp_path / "dask", workers=2, scheduler="local", **options)
+    assert serial.failures == parallel.failures == {}
+    for mic in mics:
+        a = read_micrograph(tmp_path / "serial" / "denoised" / mic.name).data
+        b = read_micrograph(tmp_path / "dask" / "denoised" / mic.name).data
+        assert a.shape == read_micrograph(mic).shape
+        np.testing.assert_allclose(a, b, atol=1e-4)
