@@ -433,6 +433,11 @@ class PickingSettings:
     denoise_at_input_size: bool = False
 
     @property
+    def averages_bin_phases(self) -> bool:
+        """Denoise-only, back to the input's grid as the mean of binned passes (only when the network bins)."""
+        return self.denoise_at_input_size and not self.pick and self.downsample > 1
+
+    @property
     def automatic_rule(self) -> str:
         """The automatic rule that applies: expected-count needs an expected count, else the quantile rule."""
         if self.threshold_rule == "expected-count" and self.expected_per_micrograph:
@@ -499,7 +504,7 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     """Denoise one micrograph, map it, and find every candidate peak (no cut-off yet)."""
     start = time.perf_counter()
     factor = settings.downsample
-    if settings.denoise_at_input_size and not settings.pick and factor > 1:
+    if settings.averages_bin_phases:
         denoised = _denoise_across_bin_phases(model, micrograph, settings, device)
         return MicrographPrediction(micrograph.name, denoised, None, _named_table(empty_table(), micrograph),
                                     micrograph.pixel_size, time.perf_counter() - start)

@@ -373,8 +373,7 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "flatten_filtered_spectrum": settings.flatten_filtered_spectrum,
         "picked": settings.pick,
         "denoised_at_input_size": settings.denoise_at_input_size or settings.downsample == 1,
-        "denoising_bin_phases": (len(bin_phase_offsets(settings.downsample)) if settings.denoise_at_input_size
-                                 and settings.downsample > 1 else 1),
+        "denoising_bin_phases": len(bin_phase_offsets(settings.downsample)) if settings.averages_bin_phases else 1,
         "n_micrographs": summary.n_micrographs,
         "n_picks": summary.n_picks,
         "failures": summary.failures,
