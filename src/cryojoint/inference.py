@@ -417,7 +417,7 @@ class PickingSettings:
     top_fraction: float
     threshold_rule: str  # "expected-count" or "quantile" (used when threshold is None)
     expected_per_micrograph: float | None  # for a micrograph of the training micrographs' mean area
-    expected_density_per_px2: float | None = None  # particles per network px^2 (scales to any image size)
+    expected_density_per_px2: float | None = None  # particles per network px^2 at this run's bin (any image size)
     tile_size_px: int | None = None  # overrides the model config's predict.tile_size_px (memory vs speed)
     # Overrides the model config's predict.detector_window_stride_fraction (picks vs time).
     detector_window_stride_fraction: float | None = None
@@ -471,7 +471,8 @@ class PickingSettings:
                                  "(Ångström, pixel size from the MRC header) or 48px (input pixels)")
         else:
             factor = snap_factor(downsample or model.downsample)
-            diameter_net = model.particle_diameter_px
+            # A trained model knows its particle at its training bin; another --downsample rescales it.
+            diameter_net = model.particle_diameter_px * model.downsample / factor
         predict_config = model.config.predict
         radius = nms_radius_px if nms_radius_px is not None else predict_config.nms_radius_px
         radius_net = radius / factor if radius is not None else diameter_net / 2
@@ -489,7 +490,9 @@ class PickingSettings:
         if precision is not None and precision not in PRECISIONS:
             raise UserInputError(None, f"unknown precision '{precision}' ({', '.join(PRECISIONS)})")
         expected = model.meta.get("expected_particles")
-        density = model.meta.get("expected_density_per_px2")
+        density = model.meta.get("expected_density_per_px2")  # per network px^2 at the model's own bin
+        if density is not None:
+            density = float(density) * (factor / model.downsample) ** 2
         return cls(factor, float(radius_net), float(border) / factor,
                    threshold if threshold is not None else predict_config.threshold,
                    predict_config.auto_threshold_top_fraction, rule,

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from cryojoint._atomic import atomic_path
-from cryojoint.checkpoint import LoadedModel, load_model
+from cryojoint.checkpoint import LoadedModel, load_model, resolve_model_path
 from cryojoint.errors import StopRequested, UserInputError
 from cryojoint.imaging import (
     FILTERED_NEIGHBOUR_CORRELATION,
@@ -237,6 +237,8 @@ def predict_files(
 
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
+    if len(todo) < len(micrographs):
+        _check_same_outputs_as_before(out_dir, _output_settings(model_path, settings))
     if model.is_general:
         _warn_if_filtered(todo, settings)
     n_skipped = len(micrographs) - len(todo)
@@ -344,6 +346,38 @@ def _write_picks(picks: pd.DataFrame, out_dir: Path, formats: Sequence[str], mic
     return written
 
 
+def _output_settings(model_path: str | Path, settings: PickingSettings) -> dict[str, Any]:
+    """What shapes a micrograph's output files (recorded in predict.json): a rerun into the same folder skips the
+    micrographs done before only when these are the same."""
+    return {
+        "model_file": str(Path(resolve_model_path(model_path)).resolve()),
+        "downsample": settings.downsample,
+        "particle_diameter_px_input": settings.particle_diameter_px * settings.downsample,
+        "flatten_filtered_spectrum": settings.flatten_filtered_spectrum,
+        "picked": settings.pick,
+        "denoised_at_input_size": settings.denoise_at_input_size or settings.downsample == 1,
+    }
+
+
+def _check_same_outputs_as_before(out_dir: Path, now: dict[str, Any]) -> None:
+    """Refuse to skip the micrographs of an earlier run made with other settings: the folder would mix the two."""
+    record = out_dir / "predict.json"
+    try:
+        before = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return  # an interrupted run (the record is written last) or none: nothing to compare with
+    for key, value in now.items():
+        earlier = before.get(key) if isinstance(before, dict) else None
+        if earlier is None:
+            continue  # a record from a version that did not write this key
+        same = (np.isclose(float(earlier), float(value), rtol=1e-6) if isinstance(value, float)
+                and not isinstance(value, bool) else earlier == value)
+        if not same:
+            raise UserInputError(out_dir, f"holds the outputs of another run ({key} {earlier} there, {value} now), "
+                                 "which this one would skip and mix with its own: --overwrite replaces them, or "
+                                 "choose another --out")
+
+
 def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettings, summary: PredictSummary,
                       model_path: str | Path, command_line: str | None, device: torch.device,
                       network_dtype: torch.dtype | None) -> None:
@@ -361,18 +395,14 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "expected_particles_per_micrograph": settings.expected_per_micrograph,
         "nms_radius_px_input": settings.nms_radius_px * settings.downsample,
         "border_px_input": settings.border_px * settings.downsample,
-        "downsample": settings.downsample,
         "window_stride_fraction": model.config.predict.window_stride_fraction,
         "detector_window_stride_fraction": (settings.detector_window_stride_fraction
                                             or model.config.predict.detector_window_stride_fraction),
         "device": str(device),
         "precision": settings.precision or model.config.predict.precision,
         "network_dtype": dtype_name(network_dtype),
-        "particle_diameter_px_input": settings.particle_diameter_px * settings.downsample,
         "general_model": model.is_general,
-        "flatten_filtered_spectrum": settings.flatten_filtered_spectrum,
-        "picked": settings.pick,
-        "denoised_at_input_size": settings.denoise_at_input_size or settings.downsample == 1,
+        **_output_settings(model_path, settings),
         "denoising_bin_phases": len(bin_phase_offsets(settings.downsample)) if settings.averages_bin_phases else 1,
         "n_micrographs": summary.n_micrographs,
         "n_picks": summary.n_picks,

@@ -40,7 +40,13 @@ import torch
 from cryojoint import distributed, losses
 from cryojoint._atomic import atomic_path, check_can_write
 from cryojoint.checkpoint import build_network, load_model, read_model_file, resolve_model_path, save_model
-from cryojoint.config import GENERAL_PARTICLE_PX, SHIPPED_MODEL_NAMES, CryojointConfig, default_config
+from cryojoint.config import (
+    GENERAL_PARTICLE_PX,
+    SHIPPED_MODEL_NAMES,
+    CryojointConfig,
+    default_config,
+    flattening_a_run_began_with,
+)
 from cryojoint.data import (
     LabelledImage,
     PatchSampler,
@@ -224,9 +230,11 @@ def _train(
         config = dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                       network_particle_px=GENERAL_PARTICLE_PX))
     if config.data.flatten_filtered_spectrum is None:
-        # A pretrained model learned raw micrographs' white shot noise: filtered ones are flattened for it.
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data,
-                                                                      flatten_filtered_spectrum=init != "scratch"))
+        # A pretrained model learned raw micrographs' white shot noise: filtered ones are flattened for it. A
+        # resumed run keeps what it began with (runs begun before the option existed did not flatten).
+        flatten = (flattening_a_run_began_with(run_dir / CONFIG_NAME) if resume else None)
+        config = dataclasses.replace(config, data=dataclasses.replace(
+            config.data, flatten_filtered_spectrum=init != "scratch" if flatten is None else flatten))
     if model_parts(config.train.mode)[1] and not len(label_table):
         raise UserInputError(labels_source, "no labels: picking is learned from some labelled particles (only "
                              "--mode denoise-only trains without them)")

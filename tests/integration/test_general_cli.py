@@ -75,6 +75,27 @@ def test_denoise_told_the_size_works_at_the_models_scale_and_writes_at_the_input
         assert np.isfinite(denoised.data).all()
 
 
+def test_a_rerun_into_a_folder_of_other_outputs_refuses_to_mix_them(data_dir: Path, tmp_path: Path,
+                                                                   cli_in_process: CliRunner) -> None:
+    """A rerun skips the micrographs done before; with settings that shape the files otherwise (binned vs input
+    size, denoise vs pick) the folder would mix both runs' files, so it stops unless told --overwrite."""
+    out = tmp_path / "d"
+    binned = ["denoise", data_dir / "dose_020", "--out", out, "--particle-diameter", "72px", "--downsample", "2"]
+    assert cli_in_process(binned)[0] == 0
+    code, stdout, err = cli_in_process(binned)  # the same run again: everything skipped, nothing refused
+    assert code == 0, err
+    written = {p.name: p.stat().st_mtime_ns for p in (out / "denoised").glob("*.mrc")}
+    for other in (["denoise", data_dir / "dose_020", "--out", out, "--particle-diameter", "72px"],
+                  ["predict", "general", data_dir / "dose_020", "--out", out, "--particle-diameter", "72px"]):
+        code, _, err = cli_in_process(other)
+        assert code == 2 and err.count("\n") == 1 and "another run" in err and "--overwrite" in err, err
+        assert {p.name: p.stat().st_mtime_ns for p in (out / "denoised").glob("*.mrc")} == written
+        assert not (out / "picks.star").exists()
+    code, _, err = cli_in_process([*binned[:-2], "--overwrite"])
+    assert code == 0, err
+    assert all(read_micrograph(p).shape == (256, 256) for p in (out / "denoised").glob("*.mrc"))
+
+
 @pytest.mark.parametrize("sized", [False, True])
 def test_denoise_adapts_the_general_denoiser_without_labels(data_dir: Path, tmp_path: Path,
                                                             cli_in_process: CliRunner, sized: bool) -> None:

@@ -58,19 +58,7 @@ def test_resume_after_an_interruption_is_bit_exact(dataset, tmp_path: Path, monk
     training.train(dataset.micrographs["dose_060"], dataset.labels, straight, _config(), progress=False)
 
     interrupted = tmp_path / "interrupted"
-    real_step = training._train_step
-    calls = {"n": 0}
-
-    def dies_at_step_13(*args: object, **kwargs: object) -> dict[str, float]:
-        calls["n"] += 1
-        if calls["n"] == 13:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(training, "_train_step", dies_at_step_13)
-    with pytest.raises(KeyboardInterrupt):
-        training.train(dataset.micrographs["dose_060"], dataset.labels, interrupted, _config(), progress=False)
-    monkeypatch.setattr(training, "_train_step", real_step)
+    _interrupted_at_step_13(dataset, interrupted, monkeypatch)
     training.train(dataset.micrographs["dose_060"], dataset.labels, interrupted, _config(), resume=True,
                    progress=False)
 
@@ -83,6 +71,45 @@ def test_resume_after_an_interruption_is_bit_exact(dataset, tmp_path: Path, monk
         assert torch.equal(value, b["best_weights"][key]), key
     validation = [{k: v for k, v in r.items() if k.startswith("validation")} for r in a["state"]["history"]]
     assert validation == [{k: v for k, v in r.items() if k.startswith("validation")} for r in b["state"]["history"]]
+
+
+def _interrupted_at_step_13(dataset, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A run killed after its step-10 checkpoint."""
+    real_step = training._train_step
+    calls = {"n": 0}
+
+    def dies_at_step_13(*args: object, **kwargs: object) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_step", dies_at_step_13)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(dataset.micrographs["dose_060"], dataset.labels, run_dir, _config(), progress=False)
+    monkeypatch.setattr(training, "_train_step", real_step)
+
+
+@pytest.mark.parametrize("began_with", [True, False, "absent"])
+def test_a_resumed_run_keeps_the_spectrum_flattening_it_began_with(dataset, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   began_with: bool | str) -> None:
+    """data.flatten_filtered_spectrum left to its default is resolved once, when the run begins: a resume (whose
+    default might now resolve otherwise) keeps it, and a run begun before the option existed kept flattening off."""
+    import yaml
+
+    run_dir = tmp_path / "run"
+    _interrupted_at_step_13(dataset, run_dir, monkeypatch)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["flatten_filtered_spectrum"] is False  # this run starts from scratch
+    if began_with == "absent":
+        del saved["data"]["flatten_filtered_spectrum"]
+    else:
+        saved["data"]["flatten_filtered_spectrum"] = began_with
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    result = training.train(dataset.micrographs["dose_060"], dataset.labels, run_dir, _config(), resume=True,
+                            progress=False)
+    assert load_model(result.model_path).config.data.flatten_filtered_spectrum is (began_with is True)
 
 
 @pytest.mark.slow
