@@ -34,6 +34,10 @@ VARIANTS: dict[str, tuple[tuple[str, object], ...]] = {
     "detlr1e-4": (("train.detector_learning_rate", 1e-4),),
     "detlr1e-3": (("train.detector_learning_rate", 1e-3),),
     "detlr2e-3": (("train.detector_learning_rate", 2e-3),),
+    # Both rates doubled (the whole network adapts faster).
+    "lr1e-3": (("train.learning_rate", 1e-3), ("train.detector_learning_rate", 1e-3)),
+    # The denoiser all but frozen: the detector learns on a denoised input that does not move under it.
+    "denoiserlr1e-6": (("train.learning_rate", 1e-6),),
     # `standard`'s ribosome (52 px) at the diameter its core alone reads on 4 of 6 dataset draws, when the mean
     # particle shows no CTF fringe (scripts/blob_floor_over_draws.py): what that estimate costs fine-tuning.
     "diameter34": (("data.particle_diameter_px", 34.5),),

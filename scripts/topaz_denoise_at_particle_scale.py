@@ -36,19 +36,18 @@ from benchmarks.suite.scoring import score_denoised  # noqa: E402
 
 from cryojoint.config import GENERAL_PARTICLE_PX  # noqa: E402
 from cryojoint.data import network_factor  # noqa: E402
-from cryojoint.imaging import bin_image, unbin_image  # noqa: E402
-from cryojoint.inference import bin_phase_offsets  # noqa: E402
+from cryojoint.imaging import bin_image  # noqa: E402
+from cryojoint.inference import BinPhaseMean, bin_phase_offsets  # noqa: E402
 from cryojoint.io.mrc import read_micrograph, write_mrc  # noqa: E402
 
 
 def binned_topaz_denoise(data: DoseData, factor: float, offsets: list[tuple[int, int]],
                          launcher: Path) -> tuple[dict[str, np.ndarray], float]:
-    """Topaz-Denoise on each phase's binned crop, back on the input's grid, averaged where the phases cover."""
+    """Topaz-Denoise on each phase's binned crop, back on the input's grid, averaged as `cryojoint denoise` does."""
     images = data.test_images()
-    total = {n: np.zeros(image.shape) for n, image in images.items()}
-    covered = {n: np.zeros(image.shape) for n, image in images.items()}
+    phases = {n: BinPhaseMean(image.shape, factor) for n, image in images.items()}
     started = time.perf_counter()
-    for row, column in offsets:
+    for row, column in offsets:  # one Topaz process per phase, over every micrograph
         with tempfile.TemporaryDirectory() as work:
             inputs = []
             (Path(work) / "in").mkdir()
@@ -56,13 +55,10 @@ def binned_topaz_denoise(data: DoseData, factor: float, offsets: list[tuple[int,
                 inputs.append(write_mrc(Path(work) / "in" / f"{name}.mrc",
                                         bin_image(image[row:, column:], factor), pixel_size=data.pixel_size * factor))
             result = topaz_denoise(inputs, Path(work) / "out", launcher=launcher)
-            for name, image in images.items():
-                crop_shape = image[row:, column:].shape
-                total[name][row:, column:] += unbin_image(read_micrograph(result.paths[name]).data, factor,
-                                                          crop_shape)
-                covered[name][row:, column:] += 1.0
+            for name in images:
+                phases[name].add(read_micrograph(result.paths[name]).data, row, column)
     seconds = (time.perf_counter() - started) / len(images)
-    return {n: (total[n] / covered[n]).astype(np.float32) for n in images}, seconds
+    return {n: phase.mean() for n, phase in phases.items()}, seconds
 
 
 def main() -> None:

@@ -576,40 +576,61 @@ def bin_phase_offsets(factor: float) -> list[tuple[int, int]]:
     return [(row, column) for row in per_axis for column in per_axis]
 
 
+class BinPhaseMean:
+    """The mean of passes over shifted binning grids, on the input's grid (cycle spinning).
+
+    Each pass counts where its bins reached, a shifted pass not within a bin of its crop's edges (resampling and
+    the network's padding see no context at the edge its shift moved into the image); the unshifted pass alone
+    fills what none counts. Shared by :func:`_denoise_across_bin_phases` and the benchmark's fairness check, which
+    gives Topaz-Denoise the same treatment.
+    """
+
+    def __init__(self, shape: tuple[int, int], factor: float) -> None:
+        self.factor = factor
+        self._margin = math.ceil(factor)
+        self._total = np.zeros(shape, np.float64)
+        self._covered = np.zeros(shape, np.float64)
+        self._unshifted: np.ndarray | None = None
+
+    def add(self, binned: np.ndarray, row: int, column: int) -> None:
+        """One pass: ``binned`` made from the input's ``[row:, column:]`` crop binned by ``factor``."""
+        crop_shape = (self._total.shape[0] - row, self._total.shape[1] - column)
+        restored = unbin_image(binned, self.factor, crop_shape)
+        if row == column == 0:
+            self._unshifted = restored
+        # Rows/columns its bins covered (the rest unbin_image fills by repetition), less one bin inside the crop's
+        # edges when shifted.
+        top, left = (self._margin if row else 0), (self._margin if column else 0)
+        bottom = min(int(binned.shape[0] * self.factor), crop_shape[0]) - top
+        right = min(int(binned.shape[1] * self.factor), crop_shape[1]) - left
+        self._total[row + top:row + bottom, column + left:column + right] += restored[top:bottom, left:right]
+        self._covered[row + top:row + bottom, column + left:column + right] += 1.0
+
+    def mean(self) -> np.ndarray:
+        if self._unshifted is None:
+            raise ValueError("the unshifted pass (offset 0, 0) is needed to fill what no pass covers")
+        total, covered = self._total.copy(), self._covered.copy()
+        uncovered = covered == 0  # the last rows/columns no pass's bins reached
+        total[uncovered], covered[uncovered] = self._unshifted[uncovered], 1.0
+        return (total / covered).astype(np.float32)
+
+
 def _denoise_across_bin_phases(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
                                device: torch.device | str) -> np.ndarray:
     """Denoised at the network's scale, returned to the input's grid, averaged over shifts of the binning grid.
 
     Binning is not shift-invariant: each phase of the grid pools other pixels, so the passes' errors are partly
     independent and their mean is closer to the clean image than any one of them (cycle spinning, as for
-    shift-variant wavelet denoisers). Each pass counts where its bins reached, a shifted pass not within a bin of
-    the edges its shift moved into the image (resampling and the network's padding see no context there); the
-    unshifted pass alone fills what none counts.
+    shift-variant wavelet denoisers; :class:`BinPhaseMean`).
     """
     data = micrograph.data
-    factor = settings.downsample
-    margin = math.ceil(factor)
-    total = np.zeros(data.shape, np.float64)
-    covered = np.zeros(data.shape, np.float64)
-    unshifted: np.ndarray | None = None
-    for row, column in bin_phase_offsets(factor):
-        part = dataclasses.replace(micrograph, data=data[row:, column:])
-        denoised, _ = _network_pass(model, part, settings, device)
+    phases = BinPhaseMean(data.shape, settings.downsample)
+    for row, column in bin_phase_offsets(settings.downsample):
+        denoised, _ = _network_pass(model, dataclasses.replace(micrograph, data=data[row:, column:]), settings,
+                                    device)
         assert denoised is not None  # noqa: S101 - the denoiser always runs in this pass
-        restored = unbin_image(denoised, factor, part.shape)
-        if row == column == 0:
-            unshifted = restored
-        # Rows/columns its bins covered (the rest unbin_image fills by repetition), less one bin inside each edge the
-        # shift moved into the image.
-        top, left = (margin if row else 0), (margin if column else 0)
-        bottom = min(int(denoised.shape[0] * factor), part.shape[0]) - top
-        right = min(int(denoised.shape[1] * factor), part.shape[1]) - left
-        total[row + top:row + bottom, column + left:column + right] += restored[top:bottom, left:right]
-        covered[row + top:row + bottom, column + left:column + right] += 1.0
-    assert unshifted is not None  # noqa: S101 - (0, 0) is always among the offsets
-    uncovered = covered == 0  # the last rows/columns no pass's bins reached
-    total[uncovered], covered[uncovered] = unshifted[uncovered], 1.0
-    return (total / covered).astype(np.float32)
+        phases.add(denoised, row, column)
+    return phases.mean()
 
 
 def candidate_peaks(logits: np.ndarray, radius_px: float, clamp: float,
@@ -662,6 +683,6 @@ def _write_thumbnail(path: Path, image: np.ndarray, max_side: int = 512) -> None
         plt.imsave(tmp, image[::step, ::step], cmap="magma", vmin=0.0, vmax=1.0, format="png")
 
 
-__all__ = ["CANDIDATE_DIR", "DENOISED_DIR", "HEATMAP_DIR", "MicrographPrediction", "NetworkResult", "PickingSettings",
-           "calibrated_posterior_mean", "candidate_peaks", "network_context_px", "output_paths", "predict_micrograph",
-           "run_network_on_image", "write_micrograph_outputs"]
+__all__ = ["BinPhaseMean", "CANDIDATE_DIR", "DENOISED_DIR", "HEATMAP_DIR", "MicrographPrediction", "NetworkResult",
+           "PickingSettings", "calibrated_posterior_mean", "candidate_peaks", "network_context_px", "output_paths",
+           "predict_micrograph", "run_network_on_image", "write_micrograph_outputs"]
