@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import subprocess
@@ -28,7 +27,7 @@ from benchmarks.suite.profiles import TRAIN_SEED, CryojointMethod, Profile
 from benchmarks.suite.scoring import _finite, _read_mrc_folder, score_denoised, score_picks
 
 from cryojoint.baselines import best_lowpass_sigma, blob_pick, gaussian_lowpass
-from cryojoint.checkpoint import resolve_model_path
+from cryojoint.checkpoint import model_file_sha256
 from cryojoint.config import SHIPPED_MODEL_NAMES
 from cryojoint.io.coords import read_coordinates
 from cryojoint.io.mrc import read_micrograph
@@ -383,7 +382,7 @@ def starting_model(record: dict[str, Any]) -> str | None:
 def shipped_model_sha256(name: str) -> str:
     """The SHA-256 of the weights a shipped model's name gives in this checkout: ``general`` moves on from version
     to version, and a cell made from another version is stale."""
-    return hashlib.sha256(resolve_model_path(name).read_bytes()).hexdigest()
+    return model_file_sha256(name)
 
 
 def _cell_key(structure: str, dose: str, method_id: str) -> str:

@@ -43,6 +43,14 @@ def resolve_model_path(path: str | Path) -> Path:
     return path
 
 
+def model_file_sha256(path: str | Path) -> str:
+    """SHA-256 of a model's file (a shipped model's by its name): which weights made some outputs, wherever the file
+    lies (a moved installation keeps it, a retrained model.pt at the same path changes it)."""
+    import hashlib
+
+    return hashlib.sha256(resolve_model_path(path).read_bytes()).hexdigest()
+
+
 @dataclass
 class LoadedModel:
     """A ready-to-run network with everything prediction needs to know about its training data."""

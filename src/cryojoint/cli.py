@@ -308,7 +308,10 @@ def predict(
     formats: Annotated[str, typer.Option(help="Pick files: any of star,box,cbox,csv,topaz (one file per micrograph "
                                               "in picks/<format>/) and cs (one cryoSPARC picks.cs).")] = "star",
     outputs: Annotated[str, typer.Option(help="Any of picks,denoised,heatmap.")] = "picks,denoised,heatmap",
-    downsample: Annotated[float | None, typer.Option(help="Bin input by N (default: as in training). "
+    downsample: Annotated[float | None, typer.Option(help="Bin input by N (default: as in training). For "
+                                                   "micrographs at another pixel size than the training ones: the "
+                                                   "N that makes the particle measure as it did in training "
+                                                   "(a trained model keeps its particle size in network pixels). "
                                                    "Coordinates are written in input pixels.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
     workers: Annotated[int, typer.Option(help="Parallel workers (Dask).")] = 1,
@@ -353,7 +356,7 @@ def predict(
 @app.command()
 def denoise(
     micrographs: Annotated[list[str], typer.Argument(help=MICROGRAPHS_HELP)],
-    out: Annotated[Path, typer.Option(help="Output folder: denoised/<name>.mrc and predict.json.")],
+    out: Annotated[Path, typer.Option(help="Output folder: denoised/<name>.mrc, predict.json, output_settings.json.")],
     model: Annotated[Path, typer.Option(help="'general' (the shipped pretrained model) or a trained model.pt.")] =
     Path("general"),
     particle_diameter: Annotated[str | None, typer.Option(

@@ -417,7 +417,7 @@ class PickingSettings:
     top_fraction: float
     threshold_rule: str  # "expected-count" or "quantile" (used when threshold is None)
     expected_per_micrograph: float | None  # for a micrograph of the training micrographs' mean area
-    expected_density_per_px2: float | None = None  # particles per network px^2 at this run's bin (any image size)
+    expected_density_per_px2: float | None = None  # particles per network px^2 (scales to any image size)
     tile_size_px: int | None = None  # overrides the model config's predict.tile_size_px (memory vs speed)
     # Overrides the model config's predict.detector_window_stride_fraction (picks vs time).
     detector_window_stride_fraction: float | None = None
@@ -470,9 +470,10 @@ class PickingSettings:
             raise UserInputError(None, "the general model needs the particle's size: --particle-diameter 250A "
                                  "(Ångström, pixel size from the MRC header) or 48px (input pixels)")
         else:
+            # A trained model works at the particle size it learned, in network px: another --downsample is for
+            # micrographs at another pixel size, chosen so that the particle measures as it did in training.
             factor = snap_factor(downsample or model.downsample)
-            # A trained model knows its particle at its training bin; another --downsample rescales it.
-            diameter_net = model.particle_diameter_px * model.downsample / factor
+            diameter_net = model.particle_diameter_px
         predict_config = model.config.predict
         radius = nms_radius_px if nms_radius_px is not None else predict_config.nms_radius_px
         radius_net = radius / factor if radius is not None else diameter_net / 2
@@ -490,9 +491,7 @@ class PickingSettings:
         if precision is not None and precision not in PRECISIONS:
             raise UserInputError(None, f"unknown precision '{precision}' ({', '.join(PRECISIONS)})")
         expected = model.meta.get("expected_particles")
-        density = model.meta.get("expected_density_per_px2")  # per network px^2 at the model's own bin
-        if density is not None:
-            density = float(density) * (factor / model.downsample) ** 2
+        density = model.meta.get("expected_density_per_px2")
         return cls(factor, float(radius_net), float(border) / factor,
                    threshold if threshold is not None else predict_config.threshold,
                    predict_config.auto_threshold_top_fraction, rule,

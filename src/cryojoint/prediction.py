@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from cryojoint._atomic import atomic_path
-from cryojoint.checkpoint import LoadedModel, load_model, resolve_model_path
+from cryojoint.checkpoint import LoadedModel, load_model, model_file_sha256
 from cryojoint.errors import StopRequested, UserInputError
 from cryojoint.imaging import (
     FILTERED_NEIGHBOUR_CORRELATION,
@@ -237,8 +237,14 @@ def predict_files(
 
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
+    output_settings = _output_settings(model_path, settings)
     if len(todo) < len(micrographs):
-        _check_same_outputs_as_before(out_dir, _output_settings(model_path, settings))
+        _check_same_outputs_as_before(out_dir, output_settings)
+    if overwrite:  # unmark the earlier run's micrographs first: stopped part-way, this run resumes its own alone
+        for name in names:
+            output_paths(out_dir, name)["candidates"].unlink(missing_ok=True)
+    with atomic_path(out_dir / OUTPUT_SETTINGS) as tmp:  # before the first micrograph: an interrupted run has it
+        tmp.write_text(json.dumps(output_settings, indent=2))
     if model.is_general:
         _warn_if_filtered(todo, settings)
     n_skipped = len(micrographs) - len(todo)
@@ -346,36 +352,64 @@ def _write_picks(picks: pd.DataFrame, out_dir: Path, formats: Sequence[str], mic
     return written
 
 
+#: What shaped the per-micrograph files of an output folder, written before its first micrograph.
+OUTPUT_SETTINGS = "output_settings.json"
+
+
 def _output_settings(model_path: str | Path, settings: PickingSettings) -> dict[str, Any]:
-    """What shapes a micrograph's output files (recorded in predict.json): a rerun into the same folder skips the
-    micrographs done before only when these are the same."""
+    """What shapes a micrograph's output files: a rerun into the same folder skips the micrographs done before
+    only when these are the same (the cut-off is not among them: it is applied over all candidates at the end)."""
     return {
-        "model_file": str(Path(resolve_model_path(model_path)).resolve()),
+        "picked": settings.pick,
+        "model_sha256": model_file_sha256(model_path),
         "downsample": settings.downsample,
         "particle_diameter_px_input": settings.particle_diameter_px * settings.downsample,
-        "flatten_filtered_spectrum": settings.flatten_filtered_spectrum,
-        "picked": settings.pick,
+        "nms_radius_px_input": settings.nms_radius_px * settings.downsample,
+        "border_px_input": settings.border_px * settings.downsample,
         "denoised_at_input_size": settings.denoise_at_input_size or settings.downsample == 1,
+        "flatten_filtered_spectrum": settings.flatten_filtered_spectrum,
     }
+
+
+#: How each output setting reads in the refusal, by value (in the order _output_settings lists them).
+_SETTING_WORDS: dict[str, Callable[[Any], str]] = {
+    "picked": lambda v: "picked" if v else "denoised only",
+    "model_sha256": lambda v: f"model {str(v)[:12]}",
+    "downsample": lambda v: f"binned {float(v):g}x",
+    "particle_diameter_px_input": lambda v: f"particle diameter {float(v):.4g} px",
+    "nms_radius_px_input": lambda v: f"NMS radius {float(v):.4g} px",
+    "border_px_input": lambda v: f"border {float(v):.4g} px",
+    "denoised_at_input_size": lambda v: "denoised at the input's size" if v else "denoised binned",
+    "flatten_filtered_spectrum": lambda v: f"spectrum flattening {'on' if v else 'off'}",
+}
 
 
 def _check_same_outputs_as_before(out_dir: Path, now: dict[str, Any]) -> None:
     """Refuse to skip the micrographs of an earlier run made with other settings: the folder would mix the two."""
-    record = out_dir / "predict.json"
     try:
-        before = json.loads(record.read_text())
+        before = json.loads((out_dir / OUTPUT_SETTINGS).read_text())
     except (OSError, ValueError):
-        return  # an interrupted run (the record is written last) or none: nothing to compare with
+        return  # a folder from before this record existed, or an unreadable record: nothing to compare with
+    if not isinstance(before, dict):
+        return
     for key, value in now.items():
-        earlier = before.get(key) if isinstance(before, dict) else None
-        if earlier is None:
-            continue  # a record from a version that did not write this key
-        same = (np.isclose(float(earlier), float(value), rtol=1e-6) if isinstance(value, float)
-                and not isinstance(value, bool) else earlier == value)
-        if not same:
-            raise UserInputError(out_dir, f"holds the outputs of another run ({key} {earlier} there, {value} now), "
-                                 "which this one would skip and mix with its own: --overwrite replaces them, or "
-                                 "choose another --out")
+        earlier = before.get(key)
+        if earlier is None or _same_setting(earlier, value):
+            continue
+        words = _SETTING_WORDS[key]
+        try:
+            there = words(earlier)
+        except (TypeError, ValueError):
+            there = repr(earlier)
+        raise UserInputError(out_dir, f"holds the outputs of another run ({there} there, {words(value)} now), which "
+                             "this one would skip and mix with its own: rerun with --overwrite to replace them, or "
+                             "write to another folder")
+
+
+def _same_setting(earlier: Any, value: Any) -> bool:
+    if isinstance(value, float) and not isinstance(earlier, bool) and isinstance(earlier, (int, float)):
+        return bool(np.isclose(float(earlier), value, rtol=1e-6))
+    return earlier == value
 
 
 def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettings, summary: PredictSummary,
@@ -393,8 +427,6 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "auto_threshold_rule_used": settings.automatic_rule,
         "auto_threshold_top_fraction": settings.top_fraction,
         "expected_particles_per_micrograph": settings.expected_per_micrograph,
-        "nms_radius_px_input": settings.nms_radius_px * settings.downsample,
-        "border_px_input": settings.border_px * settings.downsample,
         "window_stride_fraction": model.config.predict.window_stride_fraction,
         "detector_window_stride_fraction": (settings.detector_window_stride_fraction
                                             or model.config.predict.detector_window_stride_fraction),

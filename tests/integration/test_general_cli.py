@@ -85,15 +85,38 @@ def test_a_rerun_into_a_folder_of_other_outputs_refuses_to_mix_them(data_dir: Pa
     code, stdout, err = cli_in_process(binned)  # the same run again: everything skipped, nothing refused
     assert code == 0, err
     written = {p.name: p.stat().st_mtime_ns for p in (out / "denoised").glob("*.mrc")}
-    for other in (["denoise", data_dir / "dose_020", "--out", out, "--particle-diameter", "72px"],
-                  ["predict", "general", data_dir / "dose_020", "--out", out, "--particle-diameter", "72px"]):
+    for other, reason in (
+            (["denoise", data_dir / "dose_020", "--out", out, "--particle-diameter", "72px"],
+             "denoised binned there, denoised at the input's size now"),
+            (["predict", "general", data_dir / "dose_020", "--out", out, "--particle-diameter", "72px"],
+             "denoised only there, picked now")):
         code, _, err = cli_in_process(other)
-        assert code == 2 and err.count("\n") == 1 and "another run" in err and "--overwrite" in err, err
+        assert code == 2 and err.count("\n") == 1 and reason in err and "--overwrite" in err, err
         assert {p.name: p.stat().st_mtime_ns for p in (out / "denoised").glob("*.mrc")} == written
         assert not (out / "picks.star").exists()
     code, _, err = cli_in_process([*binned[:-2], "--overwrite"])
     assert code == 0, err
     assert all(read_micrograph(p).shape == (256, 256) for p in (out / "denoised").glob("*.mrc"))
+
+
+def test_a_run_stopped_part_way_resumes_with_the_settings_it_began_with(data_dir: Path, tmp_path: Path) -> None:
+    """The settings are recorded before the first micrograph: a run stopped after one (an --overwrite run over an
+    older folder, say) resumes without --overwrite, and the finished record is what a later run compares with."""
+    from cryojoint.errors import StopRequested, UserInputError
+    from cryojoint.prediction import predict_files
+
+    mics = sorted((data_dir / "dose_020").glob("*.mrc"))
+    out = tmp_path / "d"
+    predict_files("general", mics, out, outputs=["denoised"], progress=False)  # an older run at the input's size
+    asked = iter([False, False, True])  # before the start, before each micrograph
+    with pytest.raises(StopRequested):
+        predict_files("general", mics, out, outputs=["denoised"], particle_diameter_px=72.0, downsample=2,
+                      overwrite=True, progress=False, should_stop=lambda: next(asked))
+    resumed = predict_files("general", mics, out, outputs=["denoised"], particle_diameter_px=72.0, downsample=2,
+                            progress=False)
+    assert resumed.n_skipped == 1 and resumed.n_done == 1
+    with pytest.raises(UserInputError, match="binned 2x there, binned 1x now"):
+        predict_files("general", mics, out, outputs=["denoised"], progress=False)
 
 
 @pytest.mark.parametrize("sized", [False, True])
