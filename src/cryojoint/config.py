@@ -461,7 +461,7 @@ def _plain(value: Any) -> Any:
 
 def flattening_a_run_began_with(saved_config: str | Path) -> bool | None:
     """data.flatten_filtered_spectrum as a run's saved config.yaml resolved it, so that resuming keeps it: False
-    for a config from before the option existed, None when there is no readable config to go by."""
+    for a config from before the option existed, None when there is no readable config or value to go by."""
     try:
         values = yaml.safe_load(Path(saved_config).read_text())
     except (OSError, yaml.YAMLError):
@@ -469,4 +469,5 @@ def flattening_a_run_began_with(saved_config: str | Path) -> bool | None:
     data = values.get("data") if isinstance(values, dict) else None
     if not isinstance(data, dict):
         return None
-    return bool(data.get("flatten_filtered_spectrum", False))
+    value = data.get("flatten_filtered_spectrum", False)
+    return None if value is None else bool(value)

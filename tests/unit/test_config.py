@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from cryojoint.config import CryojointConfig, default_config
 from cryojoint.errors import UserInputError
@@ -57,3 +60,21 @@ def test_a_saved_config_loads_back_unchanged(tmp_path) -> None:
 def test_an_unknown_precision_is_refused(section: str) -> None:
     with pytest.raises(UserInputError, match=f"{section}.precision must be one of auto, float32"):
         CryojointConfig.from_dict({section: {"precision": "half"}})
+
+
+def test_a_resume_reads_the_flattening_its_run_began_with(tmp_path: Path) -> None:
+    from cryojoint.config import flattening_a_run_began_with
+
+    saved = tmp_path / "config.yaml"
+    assert flattening_a_run_began_with(saved) is None  # no saved config: the default resolves as for a new run
+    default_config().save_yaml(saved)
+    assert flattening_a_run_began_with(saved) is None  # unresolved (train saves it resolved): nothing to go by
+    values = default_config().to_dict()
+    values["data"]["flatten_filtered_spectrum"] = True
+    saved.write_text(yaml.safe_dump(values))
+    assert flattening_a_run_began_with(saved) is True
+    del values["data"]["flatten_filtered_spectrum"]  # a run begun before the option existed
+    saved.write_text(yaml.safe_dump(values))
+    assert flattening_a_run_began_with(saved) is False
+    saved.write_text("data: [unclosed")
+    assert flattening_a_run_began_with(saved) is None
