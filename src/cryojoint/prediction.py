@@ -30,6 +30,7 @@ from cryojoint.imaging import (
     fine_scale_neighbour_correlation,
 )
 from cryojoint.inference import (
+    CANDIDATE_DIR,
     MicrographPrediction,
     PickingSettings,
     bin_phase_offsets,
@@ -237,8 +238,9 @@ def predict_files(
 
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
-    output_settings = _output_settings(model_path, settings)
-    if len(todo) < len(micrographs):
+    output_settings = _output_settings(model_path, settings, outputs)
+    if not overwrite and any((out_dir / CANDIDATE_DIR).glob("*.csv")):
+        # Skipped micrographs would mix with this run's, and recut/candidates read every micrograph of the folder.
         _check_same_outputs_as_before(out_dir, output_settings)
     if overwrite:  # unmark the earlier run's micrographs first: stopped part-way, this run resumes its own alone
         for name in names:
@@ -263,7 +265,8 @@ def predict_files(
     if not pick:
         summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, None, False, 0,
                                  elapsed / max(n_done, 1), [], None)
-        _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device, network_dtype)
+        _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device, network_dtype,
+                          output_settings)
         return summary
 
     candidate_tables, areas = [], []
@@ -283,7 +286,8 @@ def predict_files(
     written += _write_picks(picks, out_dir, formats, done, settings.particle_diameter_px * settings.downsample)
     summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, cut, automatic, len(picks),
                              elapsed / max(n_done, 1), written, picks)
-    _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device, network_dtype)
+    _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device, network_dtype,
+                          output_settings)
     return summary
 
 
@@ -356,11 +360,13 @@ def _write_picks(picks: pd.DataFrame, out_dir: Path, formats: Sequence[str], mic
 OUTPUT_SETTINGS = "output_settings.json"
 
 
-def _output_settings(model_path: str | Path, settings: PickingSettings) -> dict[str, Any]:
-    """What shapes a micrograph's output files: a rerun into the same folder skips the micrographs done before
-    only when these are the same (the cut-off is not among them: it is applied over all candidates at the end)."""
+def _output_settings(model_path: str | Path, settings: PickingSettings, outputs: Sequence[str]) -> dict[str, Any]:
+    """What shapes a micrograph's output files: a rerun into a folder of earlier outputs goes on (skipping the
+    micrographs done) only when these are the same (the cut-off is not among them: it is applied over all
+    candidates at the end)."""
     return {
         "picked": settings.pick,
+        "outputs": sorted(outputs),
         "model_sha256": model_file_sha256(model_path),
         "downsample": settings.downsample,
         "particle_diameter_px_input": settings.particle_diameter_px * settings.downsample,
@@ -374,6 +380,7 @@ def _output_settings(model_path: str | Path, settings: PickingSettings) -> dict[
 #: How each output setting reads in the refusal, by value (in the order _output_settings lists them).
 _SETTING_WORDS: dict[str, Callable[[Any], str]] = {
     "picked": lambda v: "picked" if v else "denoised only",
+    "outputs": lambda v: "outputs " + ",".join(map(str, v)),
     "model_sha256": lambda v: f"model {str(v)[:12]}",
     "downsample": lambda v: f"binned {float(v):g}x",
     "particle_diameter_px_input": lambda v: f"particle diameter {float(v):.4g} px",
@@ -414,7 +421,7 @@ def _same_setting(earlier: Any, value: Any) -> bool:
 
 def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettings, summary: PredictSummary,
                       model_path: str | Path, command_line: str | None, device: torch.device,
-                      network_dtype: torch.dtype | None) -> None:
+                      network_dtype: torch.dtype | None, output_settings: dict[str, Any]) -> None:
     from cryojoint import __version__
 
     record: dict[str, Any] = {
@@ -434,7 +441,7 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "precision": settings.precision or model.config.predict.precision,
         "network_dtype": dtype_name(network_dtype),
         "general_model": model.is_general,
-        **_output_settings(model_path, settings),
+        **output_settings,
         "denoising_bin_phases": len(bin_phase_offsets(settings.downsample)) if settings.averages_bin_phases else 1,
         "n_micrographs": summary.n_micrographs,
         "n_picks": summary.n_picks,

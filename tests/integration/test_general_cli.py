@@ -117,6 +117,12 @@ def test_a_run_stopped_part_way_resumes_with_the_settings_it_began_with(data_dir
     assert resumed.n_skipped == 1 and resumed.n_done == 1
     with pytest.raises(UserInputError, match="binned 2x there, binned 1x now"):
         predict_files("general", mics, out, outputs=["denoised"], progress=False)
+    # Other micrographs into the same folder: nothing would be skipped, but the folder would hold two runs.
+    first = tmp_path / "first"
+    predict_files("general", mics[:1], first, outputs=["picks"], particle_diameter_px=72.0, progress=False)
+    with pytest.raises(UserInputError, match="outputs picks there, outputs denoised,picks now"):
+        predict_files("general", mics[1:], first, outputs=["picks", "denoised"], particle_diameter_px=72.0,
+                      progress=False)
 
 
 @pytest.mark.parametrize("sized", [False, True])
