@@ -384,7 +384,7 @@ def denoise(
     Example: cryojoint denoise data/*.mrc --out denoised --adapt-steps 200
     """
     from cryojoint.data import particle_diameter_in_pixels
-    from cryojoint.prediction import predict_files
+    from cryojoint.prediction import holds_earlier_outputs, predict_files
 
     paths = _micrograph_paths(micrographs)
     diameter = None if particle_diameter is None else particle_diameter_in_pixels(particle_diameter, paths)
@@ -395,6 +395,9 @@ def denoise(
 
         if str(model) not in SHIPPED_MODEL_NAMES:
             _fail(f"--adapt-steps adapts a shipped model ({', '.join(SHIPPED_MODEL_NAMES)}), not {model}")
+        if not overwrite and holds_earlier_outputs(out):  # said before minutes of adapting, not after
+            _fail(f"{out}: holds the outputs of another run, and --adapt-steps makes new weights whose outputs "
+                  "would mix with them: rerun with --overwrite to replace them, or write to another folder")
         model = adapt_denoiser(paths, out / "adapted", adapt_steps, str(model), diameter, downsample, seed,
                                overwrite=overwrite)
         diameter, downsample = None, None  # the adapted model bins as it was adapted

@@ -239,7 +239,7 @@ def predict_files(
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
     output_settings = _output_settings(model_path, settings, outputs)
-    if not overwrite and any((out_dir / CANDIDATE_DIR).glob("*.csv")):
+    if not overwrite and holds_earlier_outputs(out_dir):
         # Skipped micrographs would mix with this run's, and recut/candidates read every micrograph of the folder.
         _check_same_outputs_as_before(out_dir, output_settings)
     if overwrite:  # unmark the earlier run's micrographs first: stopped part-way, this run resumes its own alone
@@ -391,6 +391,11 @@ _SETTING_WORDS: dict[str, Callable[[Any], str]] = {
 }
 
 
+def holds_earlier_outputs(out_dir: str | Path) -> bool:
+    """Whether a prediction folder holds micrographs done by an earlier run (their candidates files)."""
+    return any((Path(out_dir) / CANDIDATE_DIR).glob("*.csv"))
+
+
 def _check_same_outputs_as_before(out_dir: Path, now: dict[str, Any]) -> None:
     """Refuse to skip the micrographs of an earlier run made with other settings: the folder would mix the two."""
     try:
@@ -453,4 +458,5 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         tmp.write_text(json.dumps(record, indent=2))
 
 
-__all__ = ["Predictions", "PredictSummary", "predict", "predict_files", "SUFFIX_OF_FORMAT"]
+__all__ = ["Predictions", "PredictSummary", "holds_earlier_outputs", "predict", "predict_files",
+           "SUFFIX_OF_FORMAT"]

@@ -94,6 +94,10 @@ def test_a_rerun_into_a_folder_of_other_outputs_refuses_to_mix_them(data_dir: Pa
         assert code == 2 and err.count("\n") == 1 and reason in err and "--overwrite" in err, err
         assert {p.name: p.stat().st_mtime_ns for p in (out / "denoised").glob("*.mrc")} == written
         assert not (out / "picks.star").exists()
+    # Adapting makes new weights: refused before the minutes of adapting, not after them.
+    code, _, err = cli_in_process([*binned, "--adapt-steps", "3"])
+    assert code == 2 and err.count("\n") == 1 and "--adapt-steps" in err and "--overwrite" in err, err
+    assert not (out / "adapted").exists()
     code, _, err = cli_in_process([*binned[:-2], "--overwrite"])
     assert code == 0, err
     assert all(read_micrograph(p).shape == (256, 256) for p in (out / "denoised").glob("*.mrc"))
