@@ -119,6 +119,9 @@ class _State:
     history: list[dict[str, float]] = field(default_factory=list)
     running: dict[str, float] = field(default_factory=dict)  # smoothed loss terms (shown and logged)
     stage_metrics: list[float] = field(default_factory=list)  # this stage's validation figures, in order
+    # The shipped weights' file fine-tuning started from, fixed when the run begins ("general" moves on from version
+    # to version: a run resumed after an upgrade still records what it started from). None: from scratch.
+    init_weights: str | None = None
 
 
 def train(
@@ -257,7 +260,8 @@ def _train(
     if group.rank != 0:  # own torch stream per rank (rank 0 keeps the single-process one)
         torch.manual_seed(int(_rank_seed_sequence(config.train.seed, group.rank).generate_state(1)[0]))
     optimizer = torch.optim.Adam(_parameter_groups(network, config), betas=config.train.adam_betas)
-    state = _State()
+    state = _State(init_weights=None if config.train.init == "scratch" else
+                   resolve_model_path(config.train.init).name)
     stages = training_stages(config.train.mode)
     plans = [stage_plan(stage, config) for stage in stages]
     stage_lengths = [max(int(round(s.step_budget * config.train.steps)), 1) for s in stages]
@@ -267,15 +271,17 @@ def _train(
     best_weights = average.weights()
     notes = [note for note in (skipped_note, init_note) if note] + list(prepared.notes)
     if resume:
+        began_from = state.init_weights
         state, best_weights, resume_notes = _load_checkpoint(checkpoint_path, network, optimizer, sampler_rng,
                                                              device, stages, group, config.train.seed, average)
+        state.init_weights = state.init_weights or began_from  # checkpoints from before it was kept: the current file
         notes += resume_notes
     if group.is_main:
         config.save_yaml(run_dir / CONFIG_NAME)
 
     meta = _model_meta(prepared, command_line, config, sampler.patch_size, network_dtype)
-    if config.train.init != "scratch":  # which version of a shipped model ("general" moves on), to repeat the run
-        meta["init_weights"] = resolve_model_path(config.train.init).name
+    if state.init_weights is not None:  # which version of a shipped model ("general" moves on), to repeat the run
+        meta["init_weights"] = state.init_weights
     has_detector = model_parts(config.train.mode)[1]
     metric_name = "validation_ap" if has_detector else "validation_neg_denoise_loss"
     if not prepared.validation:

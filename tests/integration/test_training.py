@@ -112,6 +112,21 @@ def test_a_resumed_run_keeps_the_spectrum_flattening_it_began_with(dataset, tmp_
     assert load_model(result.model_path).config.data.flatten_filtered_spectrum is (began_with is True)
 
 
+def test_a_resumed_run_records_the_starting_weights_it_began_with(dataset, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint keeps which shipped file fine-tuning started from: resumed after an upgrade moved "general" to
+    another file, the model still names the one it began with (here a stand-in name in a scratch run's checkpoint)."""
+    run_dir = tmp_path / "run"
+    _interrupted_at_step_13(dataset, run_dir, monkeypatch)
+    payload = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert payload["state"]["init_weights"] is None  # from scratch
+    payload["state"]["init_weights"] = "general-v0.pt"
+    torch.save(payload, run_dir / "checkpoint.pt")
+    result = training.train(dataset.micrographs["dose_060"], dataset.labels, run_dir, _config(), resume=True,
+                            progress=False)
+    assert read_model_file(result.model_path)["meta"]["init_weights"] == "general-v0.pt"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", [m for m in TRAINING_MODES if m != "joint"])
 def test_every_mode_trains_and_predicts(dataset, tmp_path: Path, mode: str) -> None:
