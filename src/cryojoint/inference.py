@@ -586,7 +586,7 @@ class BinPhaseMean:
 
     def __init__(self, shape: tuple[int, int], factor: float) -> None:
         self.factor = snap_factor(factor)  # the factor bin_image applied
-        self._margin = math.ceil(factor)
+        self._margin = math.ceil(self.factor)
         self._total = np.zeros(shape, np.float64)
         self._covered = np.zeros(shape, np.float64)
         self._unshifted: np.ndarray | None = None

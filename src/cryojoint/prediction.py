@@ -287,7 +287,7 @@ def predict_files(
     summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, cut, automatic, len(picks),
                              elapsed / max(n_done, 1), written, picks)
     _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device, network_dtype,
-                          output_settings)
+                      output_settings)
     return summary
 
 

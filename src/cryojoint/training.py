@@ -235,7 +235,7 @@ def _train(
     if config.data.flatten_filtered_spectrum is None:
         # A pretrained model learned raw micrographs' white shot noise: filtered ones are flattened for it. A
         # resumed run keeps what it began with (runs begun before the option existed did not flatten).
-        flatten = (flattening_a_run_began_with(run_dir / CONFIG_NAME) if resume else None)
+        flatten = flattening_a_run_began_with(run_dir / CONFIG_NAME) if resume else None
         config = dataclasses.replace(config, data=dataclasses.replace(
             config.data, flatten_filtered_spectrum=init != "scratch" if flatten is None else flatten))
     if model_parts(config.train.mode)[1] and not len(label_table):
