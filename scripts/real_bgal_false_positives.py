@@ -33,6 +33,7 @@ from benchmarks.suite.profiles import PROFILES  # noqa: E402
 from benchmarks.suite.scoring import score_picks  # noqa: E402
 
 from cryojoint.io.mrc import read_micrograph  # noqa: E402
+from cryojoint.metrics.picking import picks_matching_truth  # noqa: E402
 
 #: No reference particle lies this close to an edge (binned px; benchmarks/README.md, real-bgal caveats).
 EDGE_BAND_PX = 32
@@ -40,28 +41,21 @@ EDGE_BAND_PX = 32
 DISTANCE_EDGES_DIAMETERS = (0.5, 0.75, 1.0, 1.5)
 
 
-def ranked_candidates(pred_dir: Path, data: DoseData) -> pd.DataFrame:
-    """Every candidate, best first, with whether it matches a reference particle (greedy by score, within the true
-    radius, as the benchmark scores) and its distance to the nearest reference centre."""
-    radius = data.true_diameter_px / 2.0
-    tables = []
-    for name in data.test_names:
-        table = pd.read_csv(pred_dir / "candidates" / f"{name}.csv").sort_values("score", ascending=False)
-        table = table.reset_index(drop=True).assign(micrograph=name)
+def top_candidates(pred_dir: Path, data: DoseData) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every candidate (best first), and the top ones, as many as reference particles, with whether each matches a
+    reference particle (the benchmark's maximum one-to-one matching within the true radius) and its distance to the
+    nearest reference centre."""
+    ranked = pd.concat([pd.read_csv(pred_dir / "candidates" / f"{name}.csv").assign(micrograph=name)
+                        for name in data.test_names], ignore_index=True)
+    ranked = ranked.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    top = ranked.head(len(data.test_truth)).copy()
+    top["matched"] = picks_matching_truth(top, data.test_truth, data.true_diameter_px / 2.0)
+    nearest = np.zeros(len(top))
+    for name, rows in top.groupby("micrograph").groups.items():
         truth = data.test_truth.loc[data.test_truth["micrograph"] == name, ["x", "y"]].to_numpy()
-        tree, used, matched = cKDTree(truth), set(), []
-        xy = table[["x", "y"]].to_numpy()
-        for point in xy:
-            distances, indices = tree.query(point, k=8, distance_upper_bound=radius)
-            hit = next((int(i) for d, i in zip(np.atleast_1d(distances), np.atleast_1d(indices))
-                        if np.isfinite(d) and int(i) not in used), None)
-            if hit is not None:
-                used.add(hit)
-            matched.append(hit is not None)
-        table["matched"] = matched
-        table["nearest_reference_px"] = tree.query(xy)[0] if len(xy) else []
-        tables.append(table)
-    return pd.concat(tables, ignore_index=True).sort_values("score", ascending=False).reset_index(drop=True)
+        nearest[top.index.get_indexer(rows)] = cKDTree(truth).query(top.loc[rows, ["x", "y"]].to_numpy())[0]
+    top["nearest_reference_px"] = nearest
+    return ranked, top
 
 
 def in_edge_band(table: pd.DataFrame, shape: tuple[int, int]) -> pd.Series:
@@ -104,10 +98,9 @@ def main() -> None:
     args = parser.parse_args()
     profile = PROFILES["real-bgal"]
     data = load_dose_data(ensure_dataset(profile.structures[0], profile, args.cache, print), "real", profile)
-    ranked = ranked_candidates(args.pred_dir, data)
+    ranked, top = top_candidates(args.pred_dir, data)
     shape = read_micrograph(data.test_mrcs[0]).data.shape
     edge = in_edge_band(ranked, shape)
-    top = ranked.head(len(data.test_truth))
     unmatched = top[~top["matched"]]
     diameter = data.true_diameter_px
     bands = [0.0, *DISTANCE_EDGES_DIAMETERS, np.inf]
