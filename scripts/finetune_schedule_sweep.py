@@ -38,6 +38,9 @@ VARIANTS: dict[str, tuple[tuple[str, object], ...]] = {
     "lr1e-3": (("train.learning_rate", 1e-3), ("train.detector_learning_rate", 1e-3)),
     # The denoiser all but frozen: the detector learns on a denoised input that does not move under it.
     "denoiserlr1e-6": (("train.learning_rate", 1e-6),),
+    # Nothing held out: the labelled micrographs validation would keep (20 %) are trained on instead. The default
+    # keeps the last weights and 600 steps never reach early stopping's patience, so validation only draws curves.
+    "noval": (("data.validation_fraction", 0.0),),
     # `standard`'s ribosome (52 px) at the diameter its core alone reads on 4 of 6 dataset draws, when the mean
     # particle shows no CTF fringe (scripts/blob_floor_over_draws.py): what that estimate costs fine-tuning.
     "diameter34": (("data.particle_diameter_px", 34.5),),

@@ -238,7 +238,7 @@ def predict_files(
 
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
-    output_settings = _output_settings(model_path, settings, outputs)
+    output_settings = _output_settings(model_path, model, settings, outputs, network_dtype)
     if not overwrite and holds_earlier_outputs(out_dir):
         # Skipped micrographs would mix with this run's, and recut/candidates read every micrograph of the folder.
         _check_same_outputs_as_before(out_dir, output_settings)
@@ -360,10 +360,11 @@ def _write_picks(picks: pd.DataFrame, out_dir: Path, formats: Sequence[str], mic
 OUTPUT_SETTINGS = "output_settings.json"
 
 
-def _output_settings(model_path: str | Path, settings: PickingSettings, outputs: Sequence[str]) -> dict[str, Any]:
+def _output_settings(model_path: str | Path, model: LoadedModel, settings: PickingSettings, outputs: Sequence[str],
+                     network_dtype: torch.dtype | None) -> dict[str, Any]:
     """What shapes a micrograph's output files: a rerun into a folder of earlier outputs goes on (skipping the
     micrographs done) only when these are the same (the cut-off is not among them: it is applied over all
-    candidates at the end)."""
+    candidates at the end; nor the tile size, which batches the same windows)."""
     return {
         "picked": settings.pick,
         "outputs": sorted(outputs),
@@ -374,6 +375,11 @@ def _output_settings(model_path: str | Path, settings: PickingSettings, outputs:
         "border_px_input": settings.border_px * settings.downsample,
         "denoised_at_input_size": settings.denoise_at_input_size or settings.downsample == 1,
         "flatten_filtered_spectrum": settings.flatten_filtered_spectrum,
+        # The windows' overlap moves scores (picks vs time); bfloat16 vs float32 moves them within rounding, which
+        # a user asking for the exact float32 pass does not want mixed with a bfloat16 run's files.
+        "detector_window_stride_fraction": (settings.detector_window_stride_fraction
+                                            or model.config.predict.detector_window_stride_fraction),
+        "network_dtype": dtype_name(network_dtype),
     }
 
 
@@ -388,6 +394,8 @@ _SETTING_WORDS: dict[str, Callable[[Any], str]] = {
     "border_px_input": lambda v: f"border {float(v):.4g} px",
     "denoised_at_input_size": lambda v: "denoised at the input's size" if v else "denoised binned",
     "flatten_filtered_spectrum": lambda v: f"spectrum flattening {'on' if v else 'off'}",
+    "detector_window_stride_fraction": lambda v: f"detector windows every {float(v):g} of a window",
+    "network_dtype": lambda v: f"network in {v}",
 }
 
 
@@ -440,11 +448,8 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "auto_threshold_top_fraction": settings.top_fraction,
         "expected_particles_per_micrograph": settings.expected_per_micrograph,
         "window_stride_fraction": model.config.predict.window_stride_fraction,
-        "detector_window_stride_fraction": (settings.detector_window_stride_fraction
-                                            or model.config.predict.detector_window_stride_fraction),
         "device": str(device),
         "precision": settings.precision or model.config.predict.precision,
-        "network_dtype": dtype_name(network_dtype),
         "general_model": model.is_general,
         **output_settings,
         "denoising_bin_phases": len(bin_phase_offsets(settings.downsample)) if settings.averages_bin_phases else 1,

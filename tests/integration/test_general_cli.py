@@ -129,6 +129,29 @@ def test_a_run_stopped_part_way_resumes_with_the_settings_it_began_with(data_dir
                       progress=False)
 
 
+def test_a_rerun_with_other_detector_windows_or_precision_refuses_to_mix(data_dir: Path, tmp_path: Path) -> None:
+    """The windows' overlap and the network's precision move the scores: recorded, and compared on a rerun."""
+    from cryojoint.errors import UserInputError
+    from cryojoint.prediction import predict_files
+    from cryojoint.runtime import autocast_dtype, dtype_name
+
+    mics = sorted((data_dir / "dose_020").glob("*.mrc"))[:1]
+    out = tmp_path / "p"
+    predict_files("general", mics, out, outputs=["picks"], particle_diameter_px=72.0, progress=False,
+                  detector_window_stride_fraction=0.5)
+    recorded = json.loads((out / "output_settings.json").read_text())
+    assert recorded["detector_window_stride_fraction"] == 0.5
+    assert recorded["network_dtype"] == dtype_name(autocast_dtype("cpu", "auto"))
+    with pytest.raises(UserInputError, match="detector windows every 0.5 of a window there, detector windows "
+                                             "every 0.25 of a window now"):
+        predict_files("general", mics, out, outputs=["picks"], particle_diameter_px=72.0, progress=False,
+                      detector_window_stride_fraction=0.25)
+    if recorded["network_dtype"] != "float32":  # a CPU with bfloat16: the exact float32 pass is another run
+        with pytest.raises(UserInputError, match="network in bfloat16 there, network in float32 now"):
+            predict_files("general", mics, out, outputs=["picks"], particle_diameter_px=72.0, progress=False,
+                          detector_window_stride_fraction=0.5, precision="float32")
+
+
 @pytest.mark.parametrize("sized", [False, True])
 def test_denoise_adapts_the_general_denoiser_without_labels(data_dir: Path, tmp_path: Path,
                                                             cli_in_process: CliRunner, sized: bool) -> None:
