@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 
 EXIT_USER_ERROR = 2
+#: Widest a table may grow when stdout is not a terminal (a log file has no width; rich assumes 80).
+PIPED_TABLE_WIDTH = 400
 _TRAIN_DEFAULTS, _DATA_DEFAULTS = TrainConfig(), DataConfig()
 
 
@@ -134,7 +136,8 @@ def _root(
 
 @app.command()
 def convert(
-    inputs: Annotated[list[Path], typer.Argument(help="Coordinate file(s) or a folder of them.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Coordinate file(s) or a folder of them (a predict output "
+                                                      "folder: its picks.star).")],
     output: Annotated[Path, typer.Argument(help="Output file, or folder for one file per micrograph.")],
     in_fmt: Annotated[str | None, typer.Option("--from", help="star|box|cbox|csv|topaz|imod|cs (default: "
                                                                  "by suffix)")] = None,
@@ -153,7 +156,11 @@ def convert(
     Example: cryojoint convert picks.star picks.cs --micrographs 'Movies/*.mrc'
     """
     from cryojoint.io.coords import convert_coordinates
+    from cryojoint.prediction import COMBINED_STAR
+    from cryojoint.recut import is_prediction_folder
 
+    if len(inputs) == 1 and is_prediction_folder(inputs[0]):  # its picks, not picks + candidates + picks.cs
+        inputs = [inputs[0] / COMBINED_STAR]
     paths = _micrograph_paths(micrographs) if micrographs else None
     written = convert_coordinates(inputs, output, in_fmt, out_fmt, box_size, overwrite, paths)
     typer.echo(f"wrote {len(written)} file(s): {written[0]}{' ...' if len(written) > 1 else ''}")
@@ -347,9 +354,10 @@ def predict(
                             detector_window_stride_fraction=detector_window_stride, precision=precision,
                             particle_diameter_px=diameter)
     how = "automatic" if summary.threshold_was_automatic else "fixed"
-    typer.echo(f"{summary.n_picks} picks in {summary.n_micrographs - len(summary.failures)} micrograph(s) "
+    if len(summary.failures) < summary.n_micrographs:  # when every micrograph failed, only their errors say so
+        typer.echo(f"{summary.n_picks} picks in {summary.n_micrographs - len(summary.failures)} micrograph(s) "
                f"({summary.n_skipped} already done); {how} cut-off {summary.threshold:.3f}; "
-               f"{summary.seconds_per_micrograph:.1f} s/micrograph; picks: {summary.out_dir / 'picks.star'}")
+                   f"{summary.seconds_per_micrograph:.1f} s/micrograph; picks: {summary.out_dir / 'picks.star'}")
     _exit_on_failures(summary.failures)
 
 
@@ -404,9 +412,10 @@ def denoise(
     summary = predict_files(model, paths, out, downsample=downsample, outputs=["denoised"], overwrite=overwrite,
                             device=device, workers=workers, scheduler=scheduler, command_line=_command_line(),
                             precision=precision, particle_diameter_px=diameter, denoise_at_input_size=at_input_size)
-    typer.echo(f"{summary.n_micrographs - len(summary.failures) - summary.n_skipped} micrograph(s) denoised "
-               f"({summary.n_skipped} already done); {summary.seconds_per_micrograph:.1f} s/micrograph; "
-               f"images: {summary.out_dir / 'denoised'}")
+    if len(summary.failures) < summary.n_micrographs:
+        typer.echo(f"{summary.n_micrographs - len(summary.failures) - summary.n_skipped} micrograph(s) denoised "
+                   f"({summary.n_skipped} already done); {summary.seconds_per_micrograph:.1f} s/micrograph; "
+                   f"images: {summary.out_dir / 'denoised'}")
     _exit_on_failures(summary.failures)
 
 
@@ -527,7 +536,9 @@ def threshold_command(
 
 @app.command()
 def evaluate(
-    picks: Annotated[Path | None, typer.Option(help="Predicted picks (STAR/CSV/Topaz/folder).")] = None,
+    picks: Annotated[Path | None, typer.Option(help="Predicted picks (STAR/CSV/Topaz/folder), or a predict output "
+                                                    "folder: AP over all its candidates, P/R/F1 at its cut-off "
+                                                    "(or --threshold).")] = None,
     truth: Annotated[Path | None, typer.Option(help="True particle coordinates.")] = None,
     match_radius: Annotated[float | None, typer.Option(help="Match distance in px (default: the true particle "
                                                        "radius, from simulation.yaml beside the truth as "
@@ -552,11 +563,16 @@ def evaluate(
     from rich.console import Console
 
     from cryojoint.evaluation import PickingReport, evaluate_files
+    from cryojoint.recut import is_prediction_folder
 
+    if picks is not None and is_prediction_folder(picks):
+        cut = "--threshold" if threshold is not None else "the run's own cut-off"
+        typer.echo(f"picks: every candidate of the predict folder {picks} (precision, recall, F1 at {cut})")
     results = evaluate_files(picks=picks, truth=truth, match_radius=match_radius, threshold=threshold,
                              mask_dir=masks, denoised_dir=denoised, reference_dir=reference, clean_dir=clean,
                              lowpass_angstrom=lowpass_angstrom, json_path=json_out)
-    console = Console()
+    # Piped or logged, rich would cut the table to 80 columns; the table is as wide as its contents need.
+    console = Console() if sys.stdout.isatty() else Console(width=PIPED_TABLE_WIDTH)
     for report in results.values():
         console.print(report.to_rich_table())
     picking = results.get("picking")

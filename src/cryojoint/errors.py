@@ -27,3 +27,17 @@ class StopRequested(Exception):
 
     Whatever the run had finished is on disk (training: its checkpoint; prediction: the micrographs done).
     """
+
+
+def check_number(value: float | None, option: str, *, at_least: float | None = None,
+                 above: float | None = None) -> None:
+    """A numeric option the user gave: finite (NaN passes every comparison silently), and within its range."""
+    import math
+
+    if value is None:
+        return
+    bound = "" if at_least is None and above is None else \
+        f" >= {at_least:g}" if at_least is not None else f" > {above:g}"
+    if (not math.isfinite(value) or (at_least is not None and value < at_least)
+            or (above is not None and value <= above)):
+        raise UserInputError(None, f"{option} must be a finite number{bound}, got {value:g}")

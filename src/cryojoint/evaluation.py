@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cryojoint.errors import UserInputError
+from cryojoint.errors import UserInputError, check_number
 from cryojoint.metrics._numbers import json_number
 from cryojoint.metrics.denoising import (
     DEFAULT_FRC_BAND,
@@ -325,6 +325,16 @@ def evaluate_files(
     beside it, see :func:`resolve_match_radius`), the same for every method scored against that truth; without
     one, ``match_radius`` is required. The JSON holds ``match_radius_px`` and ``match_radius_source``.
     """
+    check_number(match_radius, "--match-radius", above=0)
+    check_number(threshold, "--threshold")
+    check_number(lowpass_angstrom, "--lowpass-angstrom", above=0)
+    if picks is not None and not isinstance(picks, pd.DataFrame):
+        from cryojoint.recut import is_prediction_folder, read_prediction_folder
+
+        if is_prediction_folder(picks):  # every peak ranked (AP), P/R/F1 at the run's own cut-off unless told one
+            run = read_prediction_folder(picks)
+            picks = run.candidates
+            threshold = run.threshold if threshold is None else threshold
     reports = evaluate(picks=picks, truth=truth, denoised=denoised_dir, reference=reference_dir, clean=clean_dir,
                        masks=mask_dir,
                        match_radius=match_radius, threshold=threshold, exclude_mask_values=exclude_mask_values,

@@ -28,7 +28,7 @@ from cryojoint.config import (
     CryojointConfig,
 )
 from cryojoint.data import estimate_noise_std, flatten_ice, flatten_if_filtered, network_factor
-from cryojoint.errors import UserInputError
+from cryojoint.errors import UserInputError, check_number
 from cryojoint.imaging import (
     bin_image,
     from_binned_coordinates,
@@ -457,8 +457,11 @@ class PickingSettings:
         that it measures GENERAL_PARTICLE_PX (``downsample``, when given, stands). Trained models know theirs.
         ``denoise_at_input_size`` (denoise-only runs) returns the denoised image to the input's grid.
         """
-        if downsample is not None and downsample < 1:
-            raise UserInputError(None, "--downsample must be >= 1")
+        check_number(downsample, "--downsample", at_least=1)
+        check_number(nms_radius_px, "--nms-radius", at_least=0)
+        check_number(border_px, "--border", at_least=0)
+        if not isinstance(threshold, str):
+            check_number(threshold, "--threshold")
         if particle_diameter_px is not None:
             if not model.is_general:
                 raise UserInputError(None, "--particle-diameter is for the general model; a trained model works at "
@@ -533,10 +536,15 @@ def _network_pass(model: LoadedModel, micrograph: Micrograph, settings: PickingS
     """The micrograph binned by ``settings.downsample`` through the network: the denoised image (network scale, the
     input's intensity units) and the network's other outputs."""
     factor = settings.downsample
-    binned = bin_image(micrograph.data, factor)
-    if min(binned.shape) < 2 ** model.config.model.unet_depth:
+    smallest = 2 ** model.config.model.unet_depth
+    ny, nx = micrograph.data.shape
+    if min(ny, nx) / factor < smallest:  # checked before binning: binned to nothing, numpy only warns
+        binned_by = "" if factor == 1 else f", {int(nx // factor)}x{int(ny // factor)} px binned by {factor:g}"
         raise UserInputError(micrograph.path or micrograph.name,
-                             f"image of {binned.shape[1]}x{binned.shape[0]} px (binned by {factor}) is too small")
+                             f"image of {nx}x{ny} px{binned_by} is smaller than the network's {smallest} px "
+                             "minimum side" + (" (a smaller --downsample or particle diameter bins it less)"
+                                               if factor > 1 else ""))
+    binned = bin_image(micrograph.data, factor)
     diameter = settings.particle_diameter_px or model.particle_diameter_px
     if settings.flatten_filtered_spectrum:
         binned, _ = flatten_if_filtered(binned, diameter)

@@ -216,8 +216,15 @@ def predict_files(
     unknown_outputs = [o for o in outputs if o not in OUTPUT_KINDS]
     if unknown_outputs:
         raise UserInputError(None, f"unknown output '{unknown_outputs[0]}' (known: {', '.join(OUTPUT_KINDS)})")
+    if not outputs:
+        raise UserInputError(None, f"no outputs asked for (any of {', '.join(OUTPUT_KINDS)})")
     if not micrographs:
         raise UserInputError(None, "no micrographs given")
+    if workers < 1:
+        raise UserInputError(None, f"--workers must be at least 1, got {workers}")
+    missing = next((Path(p) for p in micrographs if not Path(p).is_file()), None)
+    if missing is not None:  # before the model loads and the first micrographs run, not after them
+        raise UserInputError(missing, "file not found" if not missing.exists() else "not a file")
     names = [micrograph_name(p) for p in micrographs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -242,6 +249,8 @@ def predict_files(
     if not overwrite and holds_earlier_outputs(out_dir):
         # Skipped micrographs would mix with this run's, and recut/candidates read every micrograph of the folder.
         _check_same_outputs_as_before(out_dir, output_settings)
+    if pick:
+        _check_no_other_micrographs(out_dir, names)
     if overwrite:  # unmark the earlier run's micrographs first: stopped part-way, this run resumes its own alone
         for name in names:
             output_paths(out_dir, name)["candidates"].unlink(missing_ok=True)
@@ -423,6 +432,19 @@ def _check_same_outputs_as_before(out_dir: Path, now: dict[str, Any]) -> None:
             there = repr(earlier)
         raise UserInputError(out_dir, f"holds the outputs of another run ({there} there, {words(value)} now), which "
                              "this one would skip and mix with its own: rerun with --overwrite to replace them, or "
+                             "write to another folder")
+
+
+def _check_no_other_micrographs(out_dir: Path, names: Sequence[str]) -> None:
+    """Refuse a picking run into a folder holding micrographs it was not given: its picks.star and cut-off would
+    cover this run's micrographs alone while the folder (and recut) holds the others too."""
+    given = set(names)
+    others = sorted(p.stem for p in (out_dir / CANDIDATE_DIR).glob("*.csv") if p.stem not in given)
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UserInputError(out_dir, f"holds the picks of {len(others)} micrograph(s) this run was not given "
+                             f"({listed}); picks.star and the cut-off cover the micrographs a run is given: give "
+                             "them all (those done are skipped, so rerun with all of them as more arrive) or "
                              "write to another folder")
 
 

@@ -286,7 +286,7 @@ def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, m
     from cryojoint.training import train
 
     if steps < 1:
-        raise UserInputError(None, f"--adapt-steps must be >= 1, got {steps}")
+        raise UserInputError(None, f"--adapt-steps must be >= 1 (or 0: no adapting), got {steps}")
     # Filtered micrographs' spectrum is flattened beyond the particle's band (data.flatten_filtered_spectrum), so
     # only when the particle's size is known: an assumed one could cut into a smaller particle's band.
     size_known = particle_diameter_px is not None

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cryojoint._atomic import atomic_path, check_can_write
-from cryojoint.errors import UserInputError
+from cryojoint.errors import UserInputError, check_number
 from cryojoint.inference import CANDIDATE_DIR
 from cryojoint.io.coords import (
     SUFFIX_OF_FORMAT,
@@ -48,6 +48,13 @@ class PredictionFolder:
     micrographs: list[str]  # every micrograph predicted, those without candidates too
     threshold: float | None
     particle_diameter_px: float | None
+
+
+def is_prediction_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a ``predict`` output folder. Read as a folder of coordinate files it would give the same
+    picks several times (``picks.star``, ``candidates.star``, ``picks.cs``): its readers take the file they mean."""
+    path = Path(path)
+    return path.is_dir() and (path / CANDIDATE_DIR).is_dir() and (path / CANDIDATES_STAR).is_file()
 
 
 def read_prediction_folder(folder: str | Path) -> PredictionFolder:
@@ -122,6 +129,7 @@ def pick_files(prediction: str | Path, out: str | Path, threshold: float | None 
                 if "cs" in unknown else "")
         raise UserInputError(None, f"--formats: cannot write '{unknown[0]}' here (star, box, cbox, csv, "
                              f"topaz){hint}")
+    check_number(threshold, "--threshold")
     run = read_prediction_folder(prediction)
     picks = recut(run.candidates, threshold, count)
     out = Path(out)
@@ -174,6 +182,8 @@ def threshold_summary(prediction: str | Path, cutoffs: Sequence[float] | None = 
     (default: ``PRED_DIR/score_histogram.png``), the run's cut-off marked."""
     from cryojoint.report.figures import FIGURE_DPI, score_histogram_figure
 
+    for cutoff in cutoffs or ():
+        check_number(cutoff, "--cutoffs")
     run = read_prediction_folder(prediction)
     scores = run.candidates["score"].to_numpy(float)
     chosen = list(cutoffs) if cutoffs else default_cutoffs(scores, run.threshold)

@@ -178,3 +178,96 @@ def test_predict_precision_is_recorded_and_checked(prediction: Path, tmp_path: P
     code, _, err = cryojoint_main(["predict", model, *mics, "--out", tmp_path / "bad", "--precision", "half"])
     assert code == 2 and "unknown precision 'half'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--threshold", "nan"], "--threshold must be a finite number, got nan"),
+    (["--downsample", "nan"], "--downsample must be a finite number >= 1, got nan"),
+    (["--downsample", "inf"], "--downsample must be a finite number >= 1, got inf"),
+    (["--nms-radius=-3"], "--nms-radius must be a finite number >= 0, got -3"),
+    (["--border=-10"], "--border must be a finite number >= 0, got -10"),
+    (["--outputs", ""], "no outputs asked for"),
+    (["--workers", "0"], "--workers must be at least 1"),
+])
+def test_predict_option_mistakes_are_one_line_errors_before_any_work(
+        args: list[str], fragment: str, prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    model = prediction.parent / "run" / "model.pt"
+    mics = sorted(str(p) for p in prediction.parent.glob("mic_*.mrc"))[:1]
+    code, _, err = cryojoint_main(["predict", model, *mics, "--out", tmp_path / "p", *args])
+    lines = err.strip().splitlines()
+    assert code == EXIT_USER_ERROR and len(lines) == 1 and fragment in lines[0], err
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_missing_micrograph_stops_predict_before_the_others_run(
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    model = prediction.parent / "run" / "model.pt"
+    mics = sorted(str(p) for p in prediction.parent.glob("mic_*.mrc"))[:1]
+    missing = tmp_path / "nosuch.mrc"
+    code, out, err = cryojoint_main(["predict", model, *mics, missing, "--out", tmp_path / "p"])
+    assert code == EXIT_USER_ERROR and err.strip() == f"error: {missing}: file not found", err
+    assert not (tmp_path / "p").exists() and not out
+
+
+def test_predicting_in_batches_into_one_folder_asks_for_all_micrographs(
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    """picks.star and the cut-off cover the micrographs a run is given: a second batch alone would drop the first
+    batch's picks from them while candidates/ (and recut) still hold them."""
+    model = prediction.parent / "run" / "model.pt"
+    mics = sorted(str(p) for p in prediction.parent.glob("mic_*.mrc"))
+    out = tmp_path / "p"
+    assert cryojoint_main(["predict", model, *mics[:2], "--out", out, "--outputs", "picks"])[0] == 0
+    code, _, err = cryojoint_main(["predict", model, mics[2], "--out", out, "--outputs", "picks"])
+    lines = err.strip().splitlines()
+    assert code == EXIT_USER_ERROR and len(lines) == 1, err
+    assert "holds the picks of 2 micrograph(s) this run was not given (mic_0000, mic_0001)" in lines[0]
+    assert not (out / "candidates" / "mic_0002.csv").exists()
+    code, stdout, err = cryojoint_main(["predict", model, *mics, "--out", out, "--outputs", "picks"])
+    assert code == 0 and "(2 already done)" in stdout, err
+    assert set(read_coordinates(out / "candidates.star")["micrograph"]) == {"mic_0000", "mic_0001", "mic_0002"}
+
+
+def test_evaluate_and_convert_read_a_predict_folder_as_its_own_files(
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    """The folder holds picks.star, candidates.star and the per-micrograph files: read as a folder of coordinate
+    files it would count every pick several times."""
+    from cryojoint.evaluation import evaluate_files
+
+    truth = prediction.parent / "truth.csv"
+    picks = read_coordinates(prediction / "picks.star")
+    half = pd.concat([picks.iloc[::2], picks.groupby("micrograph").head(1)]).drop_duplicates()
+    half[["micrograph", "x", "y"]].to_csv(truth, index=False)  # a truth the picks half match, on every micrograph
+    cut = json.loads((prediction / "predict.json").read_text())["threshold"]
+    from_folder = evaluate_files(picks=prediction, truth=truth, match_radius=5)["picking"].overall
+    # candidates.star keeps 6 decimals; the folder's reader the CSVs' 10 digits predict cut on (recut.py)
+    by_hand = evaluate_files(picks=prediction / "candidates.star", truth=truth, match_radius=5,
+                             threshold=cut - 1e-6)["picking"].overall
+    assert from_folder.n_picks == len(picks) == by_hand.n_picks
+    assert from_folder.average_precision == pytest.approx(by_hand.average_precision, abs=2e-3)  # ties of 6 decimals
+    code, stdout, err = cryojoint_main(["evaluate", "--picks", prediction, "--truth", truth, "--match-radius", "5"])
+    assert code == 0 and "every candidate of the predict folder" in stdout, err
+    assert "…" not in stdout  # not a terminal: the table is not cut to 80 columns
+    code, _, err = cryojoint_main(["convert", prediction, tmp_path / "all.csv"])
+    assert code == 0, err
+    assert len(read_coordinates(tmp_path / "all.csv")) == len(picks)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["pick", "PRED", "--threshold", "nan", "--out", "OUT"], "--threshold must be a finite number, got nan"),
+    (["threshold", "PRED", "--cutoffs", "0,nan", "--png", "OUT/h.png"], "--cutoffs must be a finite number"),
+    (["convert", "PRED/picks.star", "OUT", "--to", "box", "--box-size", "nan"],
+     "--box-size must be a finite number > 0, got nan"),
+    (["convert", "PRED/picks.star", "OUT", "--to", "box", "--box-size", "0"], "--box-size must be a finite number > 0"),
+    (["evaluate", "--picks", "PRED/picks.star", "--truth", "PRED/picks.star", "--match-radius", "5",
+      "--threshold", "nan"], "--threshold must be a finite number, got nan"),
+    (["evaluate", "--denoised", "OUT", "--reference", "OUT", "--lowpass-angstrom", "0"],
+     "--lowpass-angstrom must be a finite number > 0, got 0"),
+])
+def test_numbers_that_are_not_numbers_are_one_line_errors(
+        args: list[str], fragment: str, prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    out = tmp_path / "out"
+    filled = [a.replace("PRED", str(prediction)).replace("OUT", str(out)) for a in args]
+    code, _, err = cryojoint_main(filled)
+    lines = err.strip().splitlines()
+    assert code == EXIT_USER_ERROR and len(lines) == 1 and fragment in lines[0], err
+    assert not out.exists()

@@ -31,7 +31,7 @@ import pandas as pd
 import starfile
 
 from cryojoint._atomic import atomic_path, check_can_write
-from cryojoint.errors import UserInputError
+from cryojoint.errors import UserInputError, check_number
 from cryojoint.io.inputs import expand_paths, read_star_tables
 from cryojoint.io.mrc import micrograph_name
 
@@ -693,6 +693,7 @@ def convert_coordinates(
     A folder is used when ``output`` has no suffix or is an existing folder; then ``out_fmt`` is required.
     ``micrographs`` (paths) give each micrograph's path and size, which cryoSPARC ``.cs`` files need.
     """
+    check_number(box_size, "--box-size", above=0)
     table = read_coordinates(inputs, in_fmt)
     if micrographs:
         table = attach_micrographs(table, micrographs, inputs if isinstance(inputs, (str, Path)) else None)
