@@ -543,7 +543,7 @@ def _network_pass(model: LoadedModel, micrograph: Micrograph, settings: PickingS
         raise UserInputError(micrograph.path or micrograph.name,
                              f"image of {nx}x{ny} px{binned_by} is smaller than the network's {smallest} px "
                              "minimum side" + (" (a smaller --downsample or particle diameter bins it less)"
-                                               if factor > 1 else ""))
+                                               if min(ny, nx) >= smallest else ""))
     binned = bin_image(micrograph.data, factor)
     diameter = settings.particle_diameter_px or model.particle_diameter_px
     if settings.flatten_filtered_spectrum:

@@ -300,18 +300,24 @@ def predict_files(
     return summary
 
 
+#: Smallest binned side the filtered-input check reads a micrograph at (a few pixels give no correlation).
+MIN_CORRELATION_SIDE_PX = 16
+
+
 def _warn_if_filtered(paths: Sequence[Path], settings: PickingSettings) -> None:
     """The general model learned from raw (unfiltered) micrographs, whose pixel noise is independent: say so when
     the first readable input looks low-pass filtered, and what is done about it (docs/general-model.md).
 
-    Files that cannot be read are passed over here: the prediction reports each of them and goes on with the rest.
+    Files that cannot be read, or too small to bin, are passed over here: the prediction reports each of them and
+    goes on with the rest.
     """
     for path in paths:
         try:
             image = read_micrograph(path).data
         except UserInputError:
             continue
-        break
+        if min(image.shape) / settings.downsample >= MIN_CORRELATION_SIDE_PX:
+            break
     else:
         return
     correlation = fine_scale_neighbour_correlation(bin_image(image, settings.downsample))

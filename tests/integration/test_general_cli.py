@@ -225,3 +225,17 @@ def test_pretrain_with_a_real_micrograph_lacking_its_pixel_size_fails_in_one_lin
                                    "--real", bare])
     assert code == 2 and err.count("\n") == 1 and "bare.mrc" in err and "pixel size" in err
     assert not (tmp_path / "general" / "general.pt").exists()
+
+
+def test_a_diameter_that_bins_the_image_to_nothing_is_one_clear_error(data_dir: Path, tmp_path: Path,
+                                                                     cli_in_process: CliRunner) -> None:
+    import warnings
+
+    mic = sorted((data_dir / "dose_020").glob("*.mrc"))[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's empty-slice warnings before the error were the defect
+        code, _, err = cli_in_process(["predict", "general", mic, "--out", tmp_path / "p",
+                                       "--particle-diameter", "100000px"])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "is smaller than the network's" in lines[0], err
+    assert "a smaller --downsample or particle diameter bins it less" in lines[0]
