@@ -657,8 +657,17 @@ def relion_main() -> None:
     main()
 
 
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  line: str | None = None) -> str:
+    """Warnings the library gives users read as one line, not as our source file and line with its code."""
+    return f"warning: {message}\n"
+
+
 def main() -> None:
     """Console entry point: user mistakes become one line and exit code 2, never a traceback."""
+    import warnings
+
+    warnings.formatwarning = _warning_line
     try:
         app()
     except UserInputError as err:

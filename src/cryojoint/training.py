@@ -122,6 +122,9 @@ class _State:
     # The shipped weights' file fine-tuning started from, fixed when the run begins ("general" moves on from version
     # to version: a run resumed after an upgrade still records what it started from). None: from scratch.
     init_weights: str | None = None
+    # What the run learns from, fixed when it begins (_what_it_learns_from): a resume with another particle size, bin
+    # or micrographs would go on training these weights on other data. None: a checkpoint from before it was kept.
+    began_with: dict[str, Any] | None = None
 
 
 def train(
@@ -261,7 +264,7 @@ def _train(
         torch.manual_seed(int(_rank_seed_sequence(config.train.seed, group.rank).generate_state(1)[0]))
     optimizer = torch.optim.Adam(_parameter_groups(network, config), betas=config.train.adam_betas)
     state = _State(init_weights=None if config.train.init == "scratch" else
-                   resolve_model_path(config.train.init).name)
+                   resolve_model_path(config.train.init).name, began_with=_what_it_learns_from(prepared))
     stages = training_stages(config.train.mode)
     plans = [stage_plan(stage, config) for stage in stages]
     stage_lengths = [max(int(round(s.step_budget * config.train.steps)), 1) for s in stages]
@@ -275,6 +278,7 @@ def _train(
         state, best_weights, resume_notes = _load_checkpoint(checkpoint_path, network, optimizer, sampler_rng,
                                                              device, stages, group, config.train.seed, average)
         state.init_weights = state.init_weights or began_from  # checkpoints from before it was kept: the current file
+        _check_resumed_on_the_same_data(run_dir, state, prepared)
         notes += resume_notes
     if group.is_main:
         config.save_yaml(run_dir / CONFIG_NAME)
@@ -714,6 +718,34 @@ def smoothed_metric(values: Sequence[float], window: int) -> float:
         raise ValueError("no validation figures")
     recent = list(values)[-max(window, 1):]
     return float(np.mean(recent))
+
+
+def _what_it_learns_from(prepared: PreparedData) -> dict[str, Any]:
+    return {"downsample": round(float(prepared.downsample), 6),
+            "particle_diameter_px": round(float(prepared.particle_diameter_px), 6),
+            "train_micrographs": sorted(im.name for im in prepared.train),
+            "validation_micrographs": sorted(im.name for im in prepared.validation)}
+
+
+def _check_resumed_on_the_same_data(run_dir: Path, state: _State, prepared: PreparedData) -> None:
+    """A resume goes on training the checkpoint's weights: on the particle size, bin and micrographs they began with."""
+    now = _what_it_learns_from(prepared)
+    if state.began_with is None:  # a checkpoint from before this record: nothing to compare with
+        state.began_with = now
+        return
+    began = state.began_with
+    words = {"downsample": lambda v: f"binned {v:g}x",
+             "particle_diameter_px": lambda v: f"particle diameter {v:.4g} px (network)",
+             "train_micrographs": lambda v: f"{len(v)} training micrograph(s)",
+             "validation_micrographs": lambda v: f"{len(v)} validation micrograph(s)"}
+    for key, describe in words.items():
+        if began.get(key) != now[key]:
+            then, given = describe(began.get(key)), describe(now[key])
+            if then == given:  # the same count of other micrographs
+                then, given = f"{then} ({', '.join(began.get(key)[:3])}, ...)", f"{given} ({', '.join(now[key][:3])}, ...)"
+            raise UserInputError(run_dir, f"its training began with {then}, resumed now with {given}: --resume "
+                                 "goes on with the micrographs, labels and options the run began with (or train "
+                                 "into another --out)")
 
 
 def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConfig,

@@ -127,6 +127,32 @@ def test_a_resumed_run_records_the_starting_weights_it_began_with(dataset, tmp_p
     assert read_model_file(result.model_path)["meta"]["init_weights"] == "general-v0.pt"
 
 
+def test_a_resume_on_other_data_or_another_particle_size_stops(dataset, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """--resume goes on training the checkpoint's weights: with another diameter (another bin, other targets) or
+    other micrographs it would quietly train them on something else."""
+    from cryojoint.errors import UserInputError
+
+    run_dir = tmp_path / "run"
+    _interrupted_at_step_13(dataset, run_dir, monkeypatch)
+    other_size = CryojointConfig.from_dict({**TINY, "data": {"particle_diameter_px": 30.0}})
+    with pytest.raises(UserInputError, match=r"began with particle diameter 22 px \(network\), resumed now with "
+                                             r"particle diameter 30 px"):
+        training.train(dataset.micrographs["dose_060"], dataset.labels, run_dir, other_size, resume=True,
+                       progress=False)
+    fewer = dataset.micrographs["dose_060"][:2]
+    with pytest.raises(UserInputError, match="training micrograph"):
+        training.train(fewer, dataset.labels[dataset.labels["micrograph"].isin([m.name for m in fewer])], run_dir,
+                       _config(), resume=True, progress=False)
+    # A checkpoint from before the record resumes as before (nothing to compare with).
+    payload = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    del payload["state"]["began_with"]
+    torch.save(payload, run_dir / "checkpoint.pt")
+    result = training.train(dataset.micrographs["dose_060"], dataset.labels, run_dir, _config(), resume=True,
+                            progress=False)
+    assert result.steps_done == 20
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", [m for m in TRAINING_MODES if m != "joint"])
 def test_every_mode_trains_and_predicts(dataset, tmp_path: Path, mode: str) -> None:
