@@ -742,7 +742,8 @@ def _check_resumed_on_the_same_data(run_dir: Path, state: _State, prepared: Prep
         if began.get(key) != now[key]:
             then, given = describe(began.get(key)), describe(now[key])
             if then == given:  # the same count of other micrographs
-                then, given = f"{then} ({', '.join(began.get(key)[:3])}, ...)", f"{given} ({', '.join(now[key][:3])}, ...)"
+                then = f"{then} ({', '.join(began.get(key)[:3])}, ...)"
+                given = f"{given} ({', '.join(now[key][:3])}, ...)"
             raise UserInputError(run_dir, f"its training began with {then}, resumed now with {given}: --resume "
                                  "goes on with the micrographs, labels and options the run began with (or train "
                                  "into another --out)")
