@@ -87,6 +87,9 @@ def save_model(path: str | Path, network: torch.nn.Module, config: CryojointConf
 def read_model_file(path: str | Path) -> dict[str, Any]:
     """The payload of a model file, or of a shipped model given by name (:data:`SHIPPED_MODELS`)."""
     path = resolve_model_path(path)
+    if path.is_dir():
+        hint = f": give {path / 'model.pt'}" if (path / "model.pt").is_file() else ""
+        raise UserInputError(path, f"is a folder, not a model file{hint}")
     if not path.is_file():
         raise UserInputError(path, "model file not found")
     try:

@@ -28,7 +28,7 @@ from cryojoint.imaging import (
     snap_factor,
     to_binned_coordinates,
 )
-from cryojoint.io.coords import check_inside, check_names_match
+from cryojoint.io.coords import DUPLICATE_PICK_PX, check_inside, check_names_match, drop_duplicate_picks
 from cryojoint.io.mrc import Micrograph, read_micrograph
 from cryojoint.picking import DiameterReading, ParticleSizeAtSearchLimit, measure_particle_diameter
 
@@ -236,6 +236,10 @@ def prepare_data(
     check_names_match(labels, [m.name for m in micrographs], labels_source)
     check_inside(labels, {m.name: m.shape for m in micrographs}, labels_source)
     notes: list[str] = []
+    labels, n_duplicates = drop_duplicate_picks(labels)
+    if n_duplicates:
+        notes.append(f"{n_duplicates} label(s) repeat another pick of their micrograph (within "
+                     f"{DUPLICATE_PICK_PX:g} px) and were dropped")
     factor, diameter = resolve_downsample(micrographs, labels, data_config, labels_source, notes)
     diameter_estimated = data_config.particle_diameter_px is None
     if diameter_estimated:

@@ -74,7 +74,8 @@ def _read_mrc_dir(folder: str | Path, what: str) -> dict[str, Any]:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserInputError(folder, f"{what} folder not found")
+        raise UserInputError(folder, f"is a file; expected a folder of {what} MRCs" if folder.exists()
+                             else f"{what} folder not found")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".mrc")
     if not files:
         raise UserInputError(folder, f"{what} folder holds no .mrc files")

@@ -278,3 +278,19 @@ def test_predict_with_missing_model(tmp_path: Path, run_fast, raw_mrc) -> None:
     model = tmp_path / "model.pt"
     assert_one_line_error(run_fast(["predict", model, micrograph, "--out", tmp_path / "pred"]), model, "not found")
     assert not (tmp_path / "pred").exists()
+
+
+def test_predict_given_a_run_folder_names_the_model_file_in_it(tmp_path: Path, run_fast, raw_mrc) -> None:
+    micrograph = raw_mrc(tmp_path / "mic_001.mrc", np.zeros((64, 64), np.float32))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes(b"")
+    assert_one_line_error(run_fast(["predict", run, micrograph, "--out", tmp_path / "pred"]), run,
+                          "is a folder, not a model file: give", str(run / "model.pt"))
+    assert not (tmp_path / "pred").exists()
+
+
+def test_evaluate_given_a_mask_file_for_the_mask_folder(tmp_path: Path, relion_picks: Path, run_fast, raw_mrc) -> None:
+    mask = raw_mrc(tmp_path / "mic_001.mrc", np.zeros((64, 64), np.float32))
+    assert_one_line_error(run_fast(["evaluate", "--picks", relion_picks, "--truth", relion_picks, "--match-radius",
+                                    "5", "--masks", mask]), mask, "is a file; expected a folder of mask MRCs")

@@ -689,3 +689,19 @@ def test_written_coordinate_files_are_readable_by_others(tmp_path: Path) -> None
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=40,
+                unique=True),
+       st.integers(1, 3))
+def test_dropping_duplicate_picks_keeps_one_of_each(picks: list[tuple[int, int, int]], copies: int) -> None:
+    """Picks on a 2 px grid (never within a pixel of each other) listed ``copies`` times, a little jittered: one each
+    remains, the first listed, in order."""
+    from cryojoint.io.coords import drop_duplicate_picks
+
+    table = pd.DataFrame([(f"m{m}", 2.0 * x, 2.0 * y) for m, x, y in picks], columns=["micrograph", "x", "y"])
+    repeated = pd.concat([table.assign(x=table["x"] + 0.3 * k) for k in range(copies)], ignore_index=True)
+    kept, dropped = drop_duplicate_picks(repeated)
+    assert dropped == len(table) * (copies - 1)
+    pd.testing.assert_frame_equal(kept, table)

@@ -177,3 +177,16 @@ def test_a_size_read_at_the_fringe_is_not_flagged(blob_field, monkeypatch: pytes
     resolve_downsample(micrographs, labels, DataConfig(), None, notes)
     assert notes == []
 
+
+
+def test_labels_listed_twice_count_once(blob_field) -> None:
+    """A label file concatenated with itself would double the estimated density and the targets' mass."""
+    import pandas as pd
+
+    micrographs, labels = _field(blob_field, 24.0)
+    once = prepare_data(micrographs, labels, DataConfig(), LossConfig())
+    twice = prepare_data(micrographs, pd.concat([labels, labels], ignore_index=True), DataConfig(), LossConfig())
+    assert twice.expected_particles == pytest.approx(once.expected_particles)
+    assert sum(len(im.picks_xy) for im in twice.train + twice.validation) == len(labels)
+    assert any(f"{len(labels)} label(s) repeat another pick" in note for note in twice.notes)
+    assert not any("repeat another pick" in note for note in once.notes)

@@ -548,7 +548,9 @@ def check_names_match(table: pd.DataFrame, micrograph_names: Iterable[str], sour
         sample = ", ".join(unknown[:3]) + (" ..." if len(unknown) > 3 else "")
         raise UserInputError(
             source, f"{len(unknown)} micrograph name(s) in the labels match no given micrograph: {sample} "
-            f"(names are matched by file name without folder or extension)"
+            f"(names are matched by file name without folder or extension"
+            + ("; a STAR file without _rlnMicrographName names its picks after its own file name)"
+               if source is not None and Path(source).suffix.lower() == ".star" else ")")
         )
 
 
@@ -558,6 +560,26 @@ def drop_unknown_micrographs(table: pd.DataFrame, micrograph_names: Iterable[str
     known = table["micrograph"].astype(str).isin(set(micrograph_names))
     dropped = table[~known]
     return table[known].reset_index(drop=True), len(dropped), int(dropped["micrograph"].nunique())
+
+
+#: Picks of one micrograph closer than this (px) are one pick listed twice (a file concatenated with itself, a
+#: project's picks merged twice): no two particle centres lie within a pixel.
+DUPLICATE_PICK_PX = 1.0
+
+
+def drop_duplicate_picks(table: pd.DataFrame, within_px: float = DUPLICATE_PICK_PX) -> tuple[pd.DataFrame, int]:
+    """The picks of ``table`` less those within ``within_px`` of an earlier pick of the same micrograph, and how
+    many were dropped (duplicated labels would count particles twice in the density and the targets)."""
+    from scipy.spatial import cKDTree
+
+    drop = np.zeros(len(table), dtype=bool)
+    xy = table[["x", "y"]].to_numpy(float)
+    for rows in table.groupby(table["micrograph"].astype(str), sort=False).indices.values():
+        if len(rows) < 2:
+            continue
+        for _, later in cKDTree(xy[rows]).query_pairs(within_px):
+            drop[rows[later]] = True  # query_pairs gives (i, j) with i < j: the later one goes
+    return table[~drop].reset_index(drop=True), int(drop.sum())
 
 
 # ------------------------------------------------------------------------------------------------ helpers
