@@ -26,8 +26,6 @@ app = typer.Typer(
 )
 
 EXIT_USER_ERROR = 2
-#: Widest a table may grow when stdout is not a terminal (a log file has no width; rich assumes 80).
-PIPED_TABLE_WIDTH = 400
 _TRAIN_DEFAULTS, _DATA_DEFAULTS = TrainConfig(), DataConfig()
 
 
@@ -560,9 +558,8 @@ def evaluate(
 
     The match radius used, and where it came from, is printed, in the picking table's title and in --json.
     """
-    from rich.console import Console
-
     from cryojoint.evaluation import PickingReport, evaluate_files
+    from cryojoint.progress import output_console
     from cryojoint.recut import is_prediction_folder
 
     if picks is not None and is_prediction_folder(picks):
@@ -571,8 +568,7 @@ def evaluate(
     results = evaluate_files(picks=picks, truth=truth, match_radius=match_radius, threshold=threshold,
                              mask_dir=masks, denoised_dir=denoised, reference_dir=reference, clean_dir=clean,
                              lowpass_angstrom=lowpass_angstrom, json_path=json_out)
-    # Piped or logged, rich would cut the table to 80 columns; the table is as wide as its contents need.
-    console = Console() if sys.stdout.isatty() else Console(width=PIPED_TABLE_WIDTH)
+    console = output_console()  # piped or logged, rich would cut the table to 80 columns
     for report in results.values():
         console.print(report.to_rich_table())
     picking = results.get("picking")

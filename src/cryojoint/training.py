@@ -889,9 +889,12 @@ class _ProgressBar:
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+            from cryojoint.progress import output_console
+
             self.progress = Progress(TextColumn("[bold]train"), BarColumn(),
                                      TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                                     TimeRemainingColumn(), TextColumn("{task.description}"))
+                                     TimeRemainingColumn(), TextColumn("{task.description}"),
+                                     console=output_console())
             self.task = self.progress.add_task("", total=total, completed=initial)
 
     def __enter__(self) -> _ProgressBar:
