@@ -163,6 +163,18 @@ def _as_table(value: pd.DataFrame | str | Path | Sequence[str | Path]) -> pd.Dat
     return read_coordinates(value)
 
 
+def _as_picks(value: pd.DataFrame | str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """Picks to score: a file that exists but holds none (a cut-off that kept nothing) scores as no picks."""
+    try:
+        return _as_table(value)
+    except UserInputError as err:
+        if "no particle coordinates found" not in err.problem:
+            raise
+        from cryojoint.io.coords import empty_table
+
+        return empty_table()
+
+
 def _as_images(value: Mapping[str, np.ndarray] | str | Path, what: str) -> dict[str, np.ndarray]:
     if isinstance(value, Mapping):
         return {str(k): np.asarray(v) for k, v in value.items()}
@@ -214,7 +226,7 @@ def evaluate(
     if (picks is None) != (truth is None):
         raise UserInputError("evaluate", "picks and truth go together: give both or neither")
     if picks is not None and truth is not None:
-        picks_table, truth_table = _as_table(picks), _as_table(truth)  # missing files first
+        picks_table, truth_table = _as_picks(picks), _as_table(truth)  # missing files first
         radius_px, radius_source = resolve_match_radius(match_radius, truth)
         picking = picking_metrics(
             picks_table, truth_table, radius_px, threshold=threshold,

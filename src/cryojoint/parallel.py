@@ -106,7 +106,7 @@ def predict_distributed(
                           retries=TASK_RETRIES, pure=False): p
             for p in paths
         }
-        with counted_progress(len(futures), progress, "predict") as advance:
+        with counted_progress(len(futures), progress, "predict" if settings.pick else "denoise") as advance:
             for future in as_completed(futures):
                 path = futures[future]
                 try:

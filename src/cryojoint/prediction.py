@@ -342,7 +342,7 @@ def _predict_sequential(model: LoadedModel, paths: Sequence[Path], out_dir: Path
                         outputs: Sequence[str], device: torch.device, progress: bool,
                         should_stop: Callable[[], bool] | None = None) -> dict[str, str]:
     failures: dict[str, str] = {}
-    with counted_progress(len(paths), progress, "predict") as advance:
+    with counted_progress(len(paths), progress, "predict" if settings.pick else "denoise") as advance:
         for done, path in enumerate(paths):
             if should_stop is not None and should_stop():
                 raise StopRequested(f"prediction stopped on request after {done} of {len(paths)} micrographs")

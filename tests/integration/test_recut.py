@@ -271,3 +271,13 @@ def test_numbers_that_are_not_numbers_are_one_line_errors(
     lines = err.strip().splitlines()
     assert code == EXIT_USER_ERROR and len(lines) == 1 and fragment in lines[0], err
     assert not out.exists()
+
+
+def test_a_cutoff_that_keeps_nothing_evaluates_as_no_picks(prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    """cryojoint's own empty output (a legal cut-off above every score) scores recall 0, not an error."""
+    assert cryojoint_main(["pick", prediction, "--threshold", "1e9", "--out", tmp_path / "none"])[0] == 0
+    code, stdout, err = cryojoint_main(["evaluate", "--picks", tmp_path / "none" / "picks.star", "--truth",
+                                        prediction / "picks.star", "--match-radius", "5"])
+    assert code == 0, err
+    all_row = next(line for line in stdout.splitlines() if line.lstrip("│ ").startswith("all"))
+    assert " 0.000 " in all_row  # recall 0
