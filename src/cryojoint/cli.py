@@ -574,6 +574,10 @@ def evaluate(
     picking = results.get("picking")
     if isinstance(picking, PickingReport):
         typer.echo(picking.describe_match_radius())
+        ignored = picking.ignored_pick_micrographs
+        if ignored:
+            listed = ", ".join(ignored[:3]) + (", ..." if len(ignored) > 3 else "")
+            typer.echo(f"not scored: the picks of {len(ignored)} micrograph(s) the truth does not cover ({listed})")
 
 
 @app.command()

@@ -281,3 +281,12 @@ def test_a_cutoff_that_keeps_nothing_evaluates_as_no_picks(prediction: Path, tmp
     assert code == 0, err
     all_row = next(line for line in stdout.splitlines() if line.lstrip("│ ").startswith("all"))
     assert " 0.000 " in all_row  # recall 0
+
+
+def test_evaluate_says_which_picks_it_left_out(tmp_path: Path, cryojoint_main) -> None:
+    picks, truth = tmp_path / "picks.csv", tmp_path / "truth.csv"
+    picks.write_text("micrograph,x,y,score\nm1,10,10,1\nm2,5,5,1\n")
+    truth.write_text("micrograph,x,y\nm1,10,10\nm1,50,50\n")
+    code, stdout, err = cryojoint_main(["evaluate", "--picks", picks, "--truth", truth, "--match-radius", "5"])
+    assert code == 0, err
+    assert "not scored: the picks of 1 micrograph(s) the truth does not cover (m2)" in stdout
