@@ -294,3 +294,13 @@ def test_evaluate_given_a_mask_file_for_the_mask_folder(tmp_path: Path, relion_p
     mask = raw_mrc(tmp_path / "mic_001.mrc", np.zeros((64, 64), np.float32))
     assert_one_line_error(run_fast(["evaluate", "--picks", relion_picks, "--truth", relion_picks, "--match-radius",
                                     "5", "--masks", mask]), mask, "is a file; expected a folder of mask MRCs")
+
+
+def test_convert_to_cs_checks_the_picks_lie_on_the_micrographs_given(tmp_path: Path, relion_picks: Path, run_fast,
+                                                                     raw_mrc) -> None:
+    """cryoSPARC stores fractions of the micrograph: picks at another pixel size would land beyond 1."""
+    for name in ("mic_001", "mic_002"):
+        raw_mrc(tmp_path / f"{name}.mrc", np.zeros((64, 64), np.float32))
+    assert_one_line_error(run_fast(["convert", relion_picks, tmp_path / "out.cs", "--micrographs",
+                                    str(tmp_path / "mic_*.mrc")]), relion_picks, "lie outside its 64x64 pixels")
+    assert not (tmp_path / "out.cs").exists()

@@ -526,7 +526,8 @@ def write_coordinates_per_micrograph(
     return written
 
 
-def check_inside(table: pd.DataFrame, shapes: dict[str, tuple[int, int]], source: str | Path | None) -> None:
+def check_inside(table: pd.DataFrame, shapes: dict[str, tuple[int, int]], source: str | Path | None,
+                 remedy: str = " (see --downsample)") -> None:
     """Every coordinate lies inside its micrograph (shape ``(ny, nx)``), or a one-line error names one that doesn't."""
     for name, rows in table.groupby("micrograph", sort=False):
         ny, nx = shapes[str(name)]
@@ -535,8 +536,7 @@ def check_inside(table: pd.DataFrame, shapes: dict[str, tuple[int, int]], source
             bad = rows[outside].iloc[0]
             raise UserInputError(
                 source, f"{int(outside.sum())} coordinate(s) of micrograph '{name}' lie outside its {nx}x{ny} "
-                f"pixels (e.g. x={bad['x']:.1f}, y={bad['y']:.1f}); are they in another pixel size? "
-                "(see --downsample)"
+                f"pixels (e.g. x={bad['x']:.1f}, y={bad['y']:.1f}); are they in another pixel size?{remedy}"
             )
 
 
@@ -718,7 +718,12 @@ def convert_coordinates(
     check_number(box_size, "--box-size", above=0)
     table = read_coordinates(inputs, in_fmt)
     if micrographs:
-        table = attach_micrographs(table, micrographs, inputs if isinstance(inputs, (str, Path)) else None)
+        given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+        source = given[0] if len(given) == 1 else None
+        table = attach_micrographs(table, micrographs, source)
+        # Picks at another pixel size than these micrographs would be written as fractions beyond 1.
+        check_inside(table, {str(n): (int(y), int(x)) for n, y, x in table.groupby("micrograph")[
+            [SHAPE_Y_COLUMN, SHAPE_X_COLUMN]].first().itertuples()}, source, remedy="")
     output = Path(output)
     if output.is_dir() or not output.suffix:
         if out_fmt is None:
