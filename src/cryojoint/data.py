@@ -233,6 +233,8 @@ def prepare_data(
     if denoiser_only_labelled:
         raise UserInputError(labels_source, f"micrograph '{denoiser_only_labelled[0]}' has labels but is given for "
                              "the denoiser only")
+    for micrograph in micrographs:
+        micrograph.check_not_blank()
     check_names_match(labels, [m.name for m in micrographs], labels_source)
     check_inside(labels, {m.name: m.shape for m in micrographs}, labels_source)
     notes: list[str] = []

@@ -507,6 +507,7 @@ class PickingSettings:
 def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
                        device: torch.device | str = "cpu") -> MicrographPrediction:
     """Denoise one micrograph, map it, and find every candidate peak (no cut-off yet)."""
+    micrograph.check_not_blank()
     start = time.perf_counter()
     factor = settings.downsample
     if settings.averages_bin_phases:

@@ -343,3 +343,21 @@ def test_checking_an_output_creates_nothing_and_writing_creates_folders(tmp_path
     assert list(tmp_path.iterdir()) == []
     write_mrc(target, np.ones((2, 3)))
     assert read_micrograph(target).shape == (2, 3)
+
+
+def test_a_blank_micrograph_is_named_before_the_network_sees_it(tmp_path: Path) -> None:
+    """One value everywhere (a failed motion correction or export): predict reported 137 picks on it."""
+    import pandas as pd
+
+    from cryojoint.config import CryojointConfig
+    from cryojoint.data import prepare_data
+    from cryojoint.errors import UserInputError
+
+    blank = Micrograph(np.full((64, 64), 3.0, np.float32), name="mic_blank", path=tmp_path / "mic_blank.mrc")
+    with pytest.raises(UserInputError, match=r"mic_blank.mrc: every pixel holds the same value \(3\)"):
+        blank.check_not_blank()
+    Micrograph(np.arange(16, dtype=np.float32).reshape(4, 4)).check_not_blank()  # anything else passes
+    labels = pd.DataFrame({"micrograph": ["mic_blank"], "x": [10.0], "y": [10.0]})
+    config = CryojointConfig()
+    with pytest.raises(UserInputError, match="a blank image"):
+        prepare_data([blank], labels, config.data, config.loss)

@@ -47,6 +47,13 @@ class Micrograph:
     def shape(self) -> tuple[int, int]:
         return (int(self.data.shape[0]), int(self.data.shape[1]))
 
+    def check_not_blank(self) -> None:
+        """A micrograph of one value (a failed motion correction or export) holds nothing to denoise or pick."""
+        if self.data.size and float(self.data.min()) == float(self.data.max()):
+            value = float(self.data.flat[0])
+            raise UserInputError(self.path or self.name, f"every pixel holds the same value ({value:g}): a blank "
+                                 "image, nothing to denoise or pick")
+
 
 def _open_checked(path: Path) -> tuple[np.ndarray, float | None]:
     if not path.exists():
