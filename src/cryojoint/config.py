@@ -360,6 +360,7 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (0.0 < config.data.label_completeness <= 1.0, "data.label_completeness must be in (0, 1]"),
         (0.0 <= config.data.validation_fraction < 1.0, "data.validation_fraction must be in [0, 1)"),
         (config.train.steps >= 1, "train.steps must be >= 1"),
+        (config.train.seed >= 0, "train.seed must be >= 0"),
         (config.train.validation_smoothing >= 1, "train.validation_smoothing must be >= 1"),
         (config.train.checkpoint_seconds > 0, "train.checkpoint_seconds must be > 0"),
         (config.train.model_choice in ("last", "best-validation"), "train.model_choice must be last or "

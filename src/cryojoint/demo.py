@@ -35,12 +35,22 @@ class DemoResult:
 def run_demo(out: str | Path, steps: int | None = None, dose: str = "dose_020", seed: int = 0,
              overwrite: bool = False, progress: bool = True) -> DemoResult:
     """Run the whole pipeline on simulated data into ``out`` and return where the report is."""
+    from cryojoint.config import validate
     from cryojoint.evaluation import evaluate_files
     from cryojoint.prediction import predict_files
     from cryojoint.report import write_report
-    from cryojoint.simulation import simulate, write_dataset
+    from cryojoint.simulation import SimulationConfig, dose_key, simulate, write_dataset
     from cryojoint.training import train
 
+    doses = [dose_key(f) for f in SimulationConfig().dose_fractions]
+    if dose not in doses:  # checked before minutes of simulating, not after
+        raise UserInputError(None, f"--dose must be one of {', '.join(doses)}")
+    config = default_config()
+    config.train.steps = DEMO_STEPS if steps is None else steps
+    config.train.eval_every = max(min(DEMO_EVAL_EVERY, config.train.steps), 1)
+    config.train.checkpoint_every = config.train.eval_every
+    config.train.seed = seed
+    validate(config, "--steps/--seed")
     out_dir = Path(out)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
@@ -51,17 +61,10 @@ def run_demo(out: str | Path, steps: int | None = None, dose: str = "dose_020", 
     n_total = DEMO_TRAIN_MICROGRAPHS + DEMO_TEST_MICROGRAPHS
     dataset = simulate(n_micrographs=n_total, size=DEMO_SIZE_PX, seed=seed)
     write_dataset(dataset, data_dir, overwrite=True)
-    if dose not in dataset.micrographs:
-        raise UserInputError(None, f"--dose must be one of {', '.join(dataset.micrographs)}")
 
     names = [m.name for m in dataset.micrographs[dose]]
     train_names, test_names = names[:DEMO_TRAIN_MICROGRAPHS], names[DEMO_TRAIN_MICROGRAPHS:]
     labels = dataset.labels[dataset.labels["micrograph"].isin(train_names)]
-    config = default_config()
-    config.train.steps = steps or DEMO_STEPS
-    config.train.eval_every = min(DEMO_EVAL_EVERY, config.train.steps)
-    config.train.checkpoint_every = config.train.eval_every
-    config.train.seed = seed
     train([data_dir / dose / f"{n}.mrc" for n in train_names], labels, run_dir, config, overwrite=True,
           progress=progress, command_line=f"cryojoint demo {out}")
 

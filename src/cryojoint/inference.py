@@ -482,6 +482,8 @@ class PickingSettings:
         radius_net = radius / factor if radius is not None else diameter_net / 2
         border = border_px if border_px is not None else predict_config.border_px
         rule = predict_config.auto_threshold_rule
+        if threshold == "auto":  # the CLI's word for the model's own rule
+            threshold = None
         if isinstance(threshold, str):
             if threshold not in AUTO_THRESHOLD_RULES:
                 raise UserInputError(None, f"unknown cut-off rule '{threshold}' (a number, or one of "

@@ -127,6 +127,8 @@ def predict(
     ``model`` is a model file, a loaded model or a shipped model's name (``"general"``, which needs
     ``particle_diameter_px`` in the input's pixels).
     """
+    if not isinstance(device, torch.device):
+        device = select_device(str(device))  # "auto", "cuda" without a GPU: as the CLI says them
     loaded = load_model(model, device) if isinstance(model, (str, Path)) else model
     settings = PickingSettings.resolve(loaded, threshold, nms_radius_px, border_px, downsample,
                                        particle_diameter_px=particle_diameter_px)

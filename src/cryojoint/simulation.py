@@ -699,10 +699,17 @@ def _seeds(config: SimulationConfig, index: int) -> tuple[np.random.SeedSequence
     return tuple(np.random.SeedSequence([config.seed, index]).spawn(4))
 
 
+#: Largest micrograph side simulated (px): a 16k² field at four doses already needs ~5 GB; a typo of a zero more
+#: would ask for terabytes.
+MAX_SIZE_PX = 16384
+
+
 def _validate(config: SimulationConfig) -> None:
     checks = [
+        (isinstance(config.seed, (int, np.integer)) and config.seed >= 0, "seed must be a whole number >= 0"),
         (config.n_micrographs >= 1, "n_micrographs must be >= 1"),
         (min(config.size_px) >= 32, "size must be at least 32 px"),
+        (max(config.size_px) <= MAX_SIZE_PX, f"size must be at most {MAX_SIZE_PX} px"),
         (config.pixel_size_angstrom > 0, "pixel_size_angstrom must be > 0"),
         (config.total_dose_e_per_a2 > 0, "total_dose_e_per_a2 must be > 0"),
         (0 <= config.amplitude_contrast < 1, "amplitude_contrast must be in [0, 1)"),

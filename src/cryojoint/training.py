@@ -46,6 +46,7 @@ from cryojoint.config import (
     CryojointConfig,
     default_config,
     flattening_a_run_began_with,
+    validate,
 )
 from cryojoint.data import (
     LabelledImage,
@@ -174,6 +175,7 @@ def train(
     Every process returns the same result; only rank 0 writes files.
     """
     config = config or default_config()
+    validate(config)  # a config built in Python (not loaded from YAML) has not been checked: refuse before any work
     run_dir = Path(out)
     command_line = command_line or " ".join(shlex.quote(a) for a in sys.argv)
     checkpoint_path = run_dir / CHECKPOINT_NAME

@@ -256,12 +256,13 @@ def _match_radius(contents: RunContents) -> float | None:
     return None if diameter is None else diameter / 2
 
 
-def _downsample(contents: RunContents) -> int:
+def _downsample(contents: RunContents) -> float:
+    """The network's bin factor (fractional since the general model: 1.43 for a 52 px particle at 36 px)."""
     for record in (contents.predict_record, contents.model_meta):
         value = _number((record or {}).get("downsample"))
         if value and value >= 1:
-            return int(value)
-    return 1
+            return float(value)
+    return 1.0
 
 
 def _particle_diameter_input_px(contents: RunContents) -> float | None:

@@ -105,7 +105,7 @@ def _summary_section(contents: RunContents) -> str:
         rows.append(("particle diameter", f"{_fmt(diameter, 1)} px in input pixels ({how})"))
     downsample = _downsample(contents)
     if downsample > 1:
-        rows.append(("binning inside the network", f"{downsample}× (coordinates are in input pixels)"))
+        rows.append(("binning inside the network", f"{downsample:g}× (coordinates are in input pixels)"))
     if "expected_particles" in meta:
         how = "estimated" if meta.get("expected_particles_estimated") else "given"
         rows.append(("expected particles per micrograph", f"{_fmt(meta['expected_particles'], 1)} ({how})"))

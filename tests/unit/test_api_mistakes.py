@@ -1,0 +1,73 @@
+"""Mistakes a notebook or CLI user makes with the library's own entry points: one clear error, before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryojoint.errors import UserInputError
+
+
+def test_demo_checks_its_options_before_simulating(tmp_path: Path) -> None:
+    from cryojoint.demo import run_demo
+
+    with pytest.raises(UserInputError, match="--dose must be one of dose_100"):
+        run_demo(tmp_path / "d", dose="10", progress=False)
+    with pytest.raises(UserInputError, match="train.steps must be >= 1"):
+        run_demo(tmp_path / "d", steps=0, progress=False)  # was silently the default 600
+    with pytest.raises(UserInputError, match="train.seed must be >= 0"):
+        run_demo(tmp_path / "d", seed=-1, progress=False)
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("kwargs, fragment", [({"seed": -1}, "seed must be a whole number >= 0"),
+                                              ({"seed": None}, "seed must be a whole number >= 0"),
+                                              ({"size": 10_000_000}, "size must be at most 16384 px")])
+def test_simulate_refuses_a_seed_or_size_it_cannot_use(kwargs: dict, fragment: str) -> None:
+    from cryojoint.simulation import simulate
+
+    with pytest.raises(UserInputError, match=fragment):
+        simulate(n_micrographs=1, **kwargs)
+
+
+def test_train_checks_a_config_built_in_python_before_writing(tmp_path: Path) -> None:
+    """A config made in Python is not checked by a YAML loader: 0 steps used to train one and write a model.pt that
+    load_model then refused."""
+    from cryojoint.config import default_config
+    from cryojoint.io.mrc import Micrograph
+    from cryojoint.training import train
+
+    config = default_config()
+    config.train.steps = 0
+    image = Micrograph(np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32), name="m")
+    import pandas as pd
+
+    with pytest.raises(UserInputError, match="train.steps must be >= 1"):
+        train([image], pd.DataFrame({"micrograph": ["m"], "x": [30.0], "y": [30.0]}), tmp_path / "run", config,
+              progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_takes_the_words_the_cli_takes() -> None:
+    """device="auto" and threshold="auto" are the CLI's defaults; the notebook API refused both."""
+    import cryojoint
+
+    image = np.random.default_rng(1).normal(size=(128, 128)).astype(np.float32)
+    result = cryojoint.predict("general", [image], threshold="auto", device="auto", particle_diameter_px=36.0)
+    assert result.threshold_was_automatic
+    with pytest.raises(UserInputError, match="unknown device 'gpu'"):
+        cryojoint.predict("general", [image], device="gpu", particle_diameter_px=36.0)
+
+
+def test_the_report_reads_a_fractional_bin(tmp_path: Path) -> None:
+    """The general model bins fractionally (52 px -> 36 px: 1.43x): read as an integer the report said the particle
+    measured 36.4 input px and showed no binning."""
+    from cryojoint.report.loading import RunContents, _downsample, _particle_diameter_input_px
+
+    contents = RunContents.__new__(RunContents)
+    contents.predict_record = None
+    contents.model_meta = {"downsample": 52 / 36.4, "particle_diameter_px": 36.4}
+    assert _downsample(contents) == pytest.approx(52 / 36.4)
+    assert _particle_diameter_input_px(contents) == pytest.approx(52.0)
