@@ -227,6 +227,9 @@ def _with_diameter_from_angstrom(config: CryojointConfig, diameter_angstrom: flo
     """``--particle_diameter_angstrom`` in input pixels, through the optics block's pixel size."""
     if diameter_angstrom is None:
         return config
+    if config.data.particle_diameter_px is not None:
+        raise UserInputError(None, "a diameter in pixels (--particle_diameter, or data.particle_diameter_px of "
+                             "--config) and --particle_diameter_angstrom both given: give one")
     pixel_size = mics.pixel_size()
     if pixel_size is None:
         raise UserInputError(mics.source, "no single _rlnMicrographPixelSize in data_optics to convert "

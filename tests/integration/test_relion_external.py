@@ -176,6 +176,19 @@ def test_train_only_with_the_diameter_in_angstrom_from_the_optics_block(
     assert not (Path(JOB) / relion.OUTPUT_NODES).exists() and not (Path(JOB) / "autopick.star").exists()
 
 
+def test_a_diameter_in_pixels_and_in_angstrom_together_is_one_error_line(
+        relion_project: dict[str, Path], tiny_config: Path) -> None:
+    """Both given, the Ångström value silently won."""
+    args = ["relion", "--o", JOB, "--in_mics", str(relion_project["mics_star"]), "--in_coords",
+            str(relion_project["coords"]), "--particle_diameter_angstrom", "300", "--config", str(tiny_config),
+            "--task", "train"]  # tiny_config sets data.particle_diameter_px
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == relion.EXIT_CODE_FAILURE
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--particle_diameter_angstrom both given: give one" in lines[0], result.stderr
+    assert sorted(p.name for p in Path(JOB).iterdir()) == [relion.EXIT_FAILURE]
+
+
 def test_predict_with_the_shipped_general_model_needs_no_training(
         relion_project: dict[str, Path], tiny_config: Path) -> None:
     """``--task predict --model general``: zero-shot picks and denoised micrographs, every file RELION reads."""
