@@ -28,3 +28,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY_API:
         return getattr(import_module(_LAZY_API[name]), name)
     raise AttributeError(f"module 'cryojoint' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    """What tab completion offers: the API, not this module's own imports."""
+    return sorted(__all__)

@@ -200,7 +200,9 @@ def evaluate(
     Parameters
     ----------
     picks, truth
-        Coordinate tables (micrograph, x, y, score) or coordinate file paths. Both or neither.
+        Coordinate tables (micrograph, x, y, score) or coordinate file paths. Both or neither. ``picks`` may also
+        be what :func:`cryojoint.predict` returns: every candidate is scored (AP), and precision, recall and F1 at
+        its cut-off unless ``threshold`` is given.
     denoised, reference, clean, masks
         Dicts ``name -> 2D array`` or folders of MRCs named by micrograph.
     match_radius
@@ -226,6 +228,14 @@ def evaluate(
     if (picks is None) != (truth is None):
         raise UserInputError("evaluate", "picks and truth go together: give both or neither")
     if picks is not None and truth is not None:
+        from cryojoint.prediction import Predictions
+
+        if isinstance(picks, Predictions):  # a notebook's predict() result
+            threshold = picks.threshold if threshold is None else threshold
+            tables = [m.candidates for m in picks.micrographs]
+            if not tables:
+                raise UserInputError("picks", "the prediction holds no micrographs")
+            picks = pd.concat(tables, ignore_index=True)
         picks_table, truth_table = _as_picks(picks), _as_table(truth)  # missing files first
         radius_px, radius_source = resolve_match_radius(match_radius, truth)
         picking = picking_metrics(

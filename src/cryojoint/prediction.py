@@ -133,6 +133,11 @@ def predict(
     settings = PickingSettings.resolve(loaded, threshold, nms_radius_px, border_px, downsample,
                                        particle_diameter_px=particle_diameter_px)
     items = [images] if isinstance(images, (np.ndarray, Micrograph, str, Path)) else list(images)
+    names = [item.name if isinstance(item, Micrograph) else micrograph_name(item) if isinstance(item, (str, Path))
+             else f"image_{i:04d}" for i, item in enumerate(items)]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:  # picks are joined to micrographs by name: two with one name would merge
+        raise UserInputError(None, f"several micrographs share the name '{duplicates[0]}' (names must be unique)")
     results = [predict_micrograph(loaded, _as_micrograph(item, i), settings, device) for i, item in enumerate(items)]
     areas = [float(np.prod(binned_shape(m.shape, settings.downsample))) for m in
              (_as_micrograph(item, i) for i, item in enumerate(items))]

@@ -71,3 +71,19 @@ def test_the_report_reads_a_fractional_bin(tmp_path: Path) -> None:
     contents.model_meta = {"downsample": 52 / 36.4, "particle_diameter_px": 36.4}
     assert _downsample(contents) == pytest.approx(52 / 36.4)
     assert _particle_diameter_input_px(contents) == pytest.approx(52.0)
+
+
+def test_a_notebook_scores_what_predict_returned_and_sees_the_api_in_dir() -> None:
+    import cryojoint
+    from cryojoint.io.mrc import Micrograph
+
+    assert {"simulate", "train", "load_model", "predict", "evaluate"} <= set(dir(cryojoint))
+    assert "import_module" not in dir(cryojoint)
+    rng = np.random.default_rng(2)
+    images = [Micrograph(rng.normal(size=(128, 128)).astype(np.float32), name=f"m{i}") for i in range(2)]
+    result = cryojoint.predict("general", images, particle_diameter_px=36.0)
+    truth = result.picks[["micrograph", "x", "y"]].iloc[::2]
+    report = cryojoint.evaluate(picks=result, truth=truth, match_radius=5)["picking"]
+    assert report.threshold == result.threshold and report.overall.n_picks == len(result.picks)
+    with pytest.raises(UserInputError, match="several micrographs share the name 'm0'"):
+        cryojoint.predict("general", [images[0], images[0]], particle_diameter_px=36.0)
