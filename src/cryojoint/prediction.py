@@ -151,12 +151,7 @@ def _as_micrograph(item: np.ndarray | Micrograph | str | Path, index: int) -> Mi
         return item
     if isinstance(item, (str, Path)):
         return read_micrograph(item)
-    array = np.asarray(item, dtype=np.float32)
-    if array.ndim != 2:
-        raise UserInputError(f"image {index}", f"has {array.ndim} dimensions; a 2D micrograph is needed")
-    if not np.all(np.isfinite(array)):
-        raise UserInputError(f"image {index}", "contains NaN/Inf values")
-    return Micrograph(array, None, f"image_{index:04d}")
+    return Micrograph.from_array(item, index)
 
 
 def _apply_threshold(candidate_tables: Sequence[pd.DataFrame], threshold: float) -> pd.DataFrame:

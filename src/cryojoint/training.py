@@ -58,7 +58,7 @@ from cryojoint.data import (
 )
 from cryojoint.distributed import DistributedContext
 from cryojoint.errors import StopRequested, UserInputError
-from cryojoint.io.coords import drop_unknown_micrographs, read_coordinates
+from cryojoint.io.coords import check_coordinate_table, drop_unknown_micrographs, read_coordinates
 from cryojoint.io.mrc import Micrograph
 from cryojoint.modes import StagePlan, TrainingStage, model_parts, stage_plan, training_stages
 from cryojoint.runtime import (
@@ -147,7 +147,8 @@ def train(
     Parameters
     ----------
     micrographs
-        MRC paths or :class:`~cryojoint.io.mrc.Micrograph` objects (e.g. from :func:`cryojoint.simulate`).
+        MRC paths (files, folders, globs, as the CLI takes them), :class:`~cryojoint.io.mrc.Micrograph` objects
+        (e.g. from :func:`cryojoint.simulate`) or 2D arrays (named ``image_0000``, ... in the labels).
     labels
         A coordinate file (any format :func:`~cryojoint.io.coords.read_coordinates` reads) or a table with
         columns ``micrograph, x, y`` in the micrographs' pixels.
@@ -174,8 +175,11 @@ def train(
     per process and step (N times as many per step in all), gradients averaged, the same number of steps.
     Every process returns the same result; only rank 0 writes files.
     """
-    config = config or default_config()
+    config = _as_config(config)
     validate(config)  # a config built in Python (not loaded from YAML) has not been checked: refuse before any work
+    micrographs = _as_micrograph_inputs(micrographs)
+    if not isinstance(labels, (str, Path)):
+        labels = check_coordinate_table(labels, "labels")
     run_dir = Path(out)
     command_line = command_line or " ".join(shlex.quote(a) for a in sys.argv)
     checkpoint_path = run_dir / CHECKPOINT_NAME
@@ -720,6 +724,40 @@ def smoothed_metric(values: Sequence[float], window: int) -> float:
         raise ValueError("no validation figures")
     recent = list(values)[-max(window, 1):]
     return float(np.mean(recent))
+
+
+def _as_config(config: CryojointConfig | dict[str, Any] | str | Path | None) -> CryojointConfig:
+    """A config object, a dict of sections (as the YAML holds them) or a YAML path: what a notebook hands over."""
+    if config is None:
+        return default_config()
+    if isinstance(config, dict):
+        return CryojointConfig.from_dict(config, source="config")
+    if isinstance(config, (str, Path)):
+        return CryojointConfig.load_yaml(config)
+    if not isinstance(config, CryojointConfig):
+        raise UserInputError("config", f"expected a CryojointConfig, a dict of sections or a YAML path, got "
+                             f"{type(config).__name__}")
+    return config
+
+
+def _as_micrograph_inputs(micrographs: Any) -> list[str | Path | Micrograph]:
+    """Paths expanded as the CLI expands them (a folder or glob given as one string was read letter by letter);
+    arrays made into micrographs named by position, as :func:`cryojoint.predict` names them."""
+    from cryojoint.io.inputs import expand_micrographs
+
+    items = [micrographs] if isinstance(micrographs, (str, Path, np.ndarray, Micrograph)) else list(micrographs)
+    result: list[str | Path | Micrograph] = []
+    for index, item in enumerate(items):
+        if isinstance(item, Micrograph):
+            result.append(item)
+        elif isinstance(item, np.ndarray):
+            result.append(Micrograph.from_array(item, index))
+        elif isinstance(item, (str, Path)):
+            result += expand_micrographs([str(item)]).paths
+        else:
+            raise UserInputError(f"micrograph {index}", f"is a {type(item).__name__}: give MRC paths, Micrograph "
+                                 "objects or 2D arrays")
+    return result
 
 
 def _what_it_learns_from(prepared: PreparedData) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,41 @@ def test_a_notebook_scores_what_predict_returned_and_sees_the_api_in_dir() -> No
     assert report.threshold == result.threshold and report.overall.n_picks == len(result.picks)
     with pytest.raises(UserInputError, match="several micrographs share the name 'm0'"):
         cryojoint.predict("general", [images[0], images[0]], particle_diameter_px=36.0)
+
+
+@pytest.mark.parametrize("labels, fragment", [
+    (lambda: __import__("pandas").DataFrame({"micrograph": ["m"], "X": [1.0], "Y": [2.0]}), "lacks column(s) x, y"),
+    (lambda: __import__("pandas").DataFrame({"micrograph": ["m"], "x": [float("nan")], "y": [2.0]}),
+     "column x holds values that are not finite"),
+    (lambda: __import__("pandas").DataFrame({"micrograph": ["m"], "x": ["a"], "y": [2.0]}),
+     "column x holds values that are not finite"),
+    (lambda: np.zeros((3, 2)), "expected a pandas DataFrame or a coordinate file, got ndarray"),
+])
+def test_train_names_what_is_wrong_with_a_label_table(tmp_path: Path, labels, fragment: str) -> None:
+    from cryojoint.training import train
+
+    image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    with pytest.raises(UserInputError, match=re.escape(fragment)):
+        train([image], labels(), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_takes_a_folder_or_glob_as_one_string_a_dict_config_and_arrays(tmp_path: Path) -> None:
+    """A folder given as one string was read letter by letter; a dict config raised AttributeError."""
+    import pandas as pd
+
+    from cryojoint.io.mrc import write_mrc
+    from cryojoint.training import _as_config, _as_micrograph_inputs
+
+    for i in range(2):
+        write_mrc(tmp_path / f"mic_{i}.mrc", np.random.default_rng(i).normal(size=(64, 64)).astype(np.float32), 5.0)
+    assert [Path(p).name for p in _as_micrograph_inputs(str(tmp_path))] == ["mic_0.mrc", "mic_1.mrc"]
+    assert len(_as_micrograph_inputs(str(tmp_path / "mic_*.mrc"))) == 2
+    assert [m.name for m in _as_micrograph_inputs([np.zeros((40, 40)), np.ones((40, 40))])] == ["image_0000",
+                                                                                                 "image_0001"]
+    assert _as_config({"train": {"steps": 7}}).train.steps == 7
+    with pytest.raises(UserInputError, match="expected a CryojointConfig"):
+        _as_config(42)
+    with pytest.raises(UserInputError, match="micrograph 0.*is a int"):
+        _as_micrograph_inputs([3])
+    assert isinstance(pd.DataFrame, type)

@@ -25,6 +25,7 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -538,6 +539,25 @@ def check_inside(table: pd.DataFrame, shapes: dict[str, tuple[int, int]], source
                 source, f"{int(outside.sum())} coordinate(s) of micrograph '{name}' lie outside its {nx}x{ny} "
                 f"pixels (e.g. x={bad['x']:.1f}, y={bad['y']:.1f}); are they in another pixel size?{remedy}"
             )
+
+
+def check_coordinate_table(table: Any, what: str) -> pd.DataFrame:
+    """A table of picks handed over in memory: columns micrograph, x, y (px), finite numbers; a clean copy."""
+    if not isinstance(table, pd.DataFrame):
+        raise UserInputError(what, f"expected a pandas DataFrame or a coordinate file, got {type(table).__name__}")
+    missing = [c for c in ("micrograph", "x", "y") if c not in table.columns]
+    if missing:
+        present = ", ".join(map(str, table.columns))
+        raise UserInputError(what, f"table lacks column(s) {', '.join(missing)} (it has {present}; "
+                             "read_coordinates turns STAR/BOX/CSV/Topaz files into such a table)")
+    table = table.copy()
+    for column in ("x", "y"):
+        values = pd.to_numeric(table[column], errors="coerce")
+        if not np.all(np.isfinite(values.to_numpy(float))):
+            raise UserInputError(what, f"column {column} holds values that are not finite numbers")
+        table[column] = values.astype(float)
+    table["micrograph"] = table["micrograph"].astype(str)
+    return table
 
 
 def check_names_match(table: pd.DataFrame, micrograph_names: Iterable[str], source: str | Path | None) -> None:

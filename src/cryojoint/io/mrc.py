@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mrcfile
 import numpy as np
@@ -46,6 +47,16 @@ class Micrograph:
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.data.shape[0]), int(self.data.shape[1]))
+
+    @classmethod
+    def from_array(cls, data: Any, index: int) -> Micrograph:
+        """A micrograph handed over in memory (a notebook): 2D, finite, named ``image_<index>``."""
+        array = np.asarray(data, dtype=np.float32)
+        if array.ndim != 2:
+            raise UserInputError(f"image {index}", f"has {array.ndim} dimensions; a 2D micrograph is needed")
+        if not np.all(np.isfinite(array)):
+            raise UserInputError(f"image {index}", "contains NaN/Inf values")
+        return cls(array, None, f"image_{index:04d}")
 
     def check_not_blank(self) -> None:
         """A micrograph of one value (a failed motion correction or export) holds nothing to denoise or pick."""
