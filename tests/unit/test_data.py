@@ -195,3 +195,15 @@ def test_sampler_reports_which_patches_are_centred_on_picks() -> None:
     _, _, mixed = PatchSampler(images, 32, 0.5, np.random.default_rng(3)).sample_with_origin(200)
     assert always.all() and not never.any()
     assert 0.35 < mixed.mean() < 0.65
+
+
+def test_a_few_labels_never_expect_more_particles_than_fit() -> None:
+    """With 1-3 picks on a micrograph the region is discs around them: 3 labels of a 52 px particle on 512² asked
+    for 156 particles, where 112 discs fit at most (hexagonal packing)."""
+    xy = np.array([[100.0, 100.0], [300.0, 300.0], [400.0, 150.0]])
+    expected = estimate_expected_particles([xy], [(512, 512)], particle_diameter_px=52, label_completeness=0.6)
+    assert expected == pytest.approx(512 * 512 / (np.sqrt(3) / 2 * 52**2))
+    # Where labels are dense enough to show a region, nothing changes.
+    grid = np.stack(np.meshgrid(np.arange(5) * 60.0, np.arange(5) * 60.0), -1).reshape(-1, 2) + 100
+    assert estimate_expected_particles([grid], [(1000, 1000)], particle_diameter_px=20) < 1000 * 1000 / (
+        np.sqrt(3) / 2 * 20**2)
