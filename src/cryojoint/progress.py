@@ -15,11 +15,11 @@ LOG_FILE_WIDTH = 400
 
 
 def output_console() -> Console:
-    """rich's console for stdout: the terminal's width in a terminal, wide enough not to wrap in a log file."""
+    """rich's console for stdout: the terminal's (or notebook's) width there, wide enough not to wrap in a log file."""
     from rich.console import Console
 
     console = Console()
-    return console if console.is_terminal else Console(width=LOG_FILE_WIDTH)
+    return console if console.is_terminal or console.is_jupyter else Console(width=LOG_FILE_WIDTH)
 
 
 @contextmanager
