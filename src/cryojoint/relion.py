@@ -171,6 +171,10 @@ def _run(job: ExternalJob, config: CryojointConfig, echo: Callable[[str], None])
     # A shipped model by name picks with no training at all; the diameter is then the only thing it is told.
     shipped = "train" not in job.tasks and job.model is not None and is_shipped_model(job.model)
     labels = _read_labels(job) if "train" in job.tasks else None
+    if shipped and config.data.particle_diameter_px is None:  # said in this job's words, not predict's flags
+        raise UserInputError(None, f"the shipped model '{job.model}' needs the particle's size: "
+                             "--particle_diameter_angstrom 250 (with the optics block's pixel size) or "
+                             "--particle_diameter 48 (pixels)")
     if "train" not in job.tasks and not shipped and not model_path.is_file():
         raise UserInputError(model_path, "model not found (--task predict needs --model RUN/model.pt, --model "
                              "general with the particle diameter, or a job that trained one)")

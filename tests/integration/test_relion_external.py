@@ -217,5 +217,6 @@ def test_the_general_model_without_a_diameter_is_one_error_line(
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == relion.EXIT_CODE_FAILURE, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "diameter" in errors[0], result.output
+    assert len(errors) == 1 and "--particle_diameter_angstrom 250" in errors[0], result.output
+    assert "--particle-diameter" not in errors[0]  # predict's flag, which a RELION job does not take
     assert (Path(JOB) / relion.EXIT_FAILURE).is_file() and not (Path(JOB) / relion.EXIT_SUCCESS).exists()
