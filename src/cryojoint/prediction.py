@@ -22,6 +22,7 @@ import torch
 
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel, load_model, model_file_sha256
+from cryojoint.data import check_unique_names
 from cryojoint.errors import StopRequested, UserInputError
 from cryojoint.imaging import (
     FILTERED_NEIGHBOUR_CORRELATION,
@@ -135,9 +136,7 @@ def predict(
     items = [images] if isinstance(images, (np.ndarray, Micrograph, str, Path)) else list(images)
     names = [item.name if isinstance(item, Micrograph) else micrograph_name(item) if isinstance(item, (str, Path))
              else f"image_{i:04d}" for i, item in enumerate(items)]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:  # picks are joined to micrographs by name: two with one name would merge
-        raise UserInputError(None, f"several micrographs share the name '{duplicates[0]}' (names must be unique)")
+    check_unique_names(names)  # picks are joined to micrographs by name: two with one name would merge
     results = [predict_micrograph(loaded, _as_micrograph(item, i), settings, device) for i, item in enumerate(items)]
     areas = [float(np.prod(binned_shape(m.shape, settings.downsample))) for m in
              (_as_micrograph(item, i) for i, item in enumerate(items))]
@@ -228,9 +227,7 @@ def predict_files(
     if missing is not None:  # before the model loads and the first micrographs run, not after them
         raise UserInputError(missing, "file not found" if not missing.exists() else "not a file")
     names = [micrograph_name(p) for p in micrographs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise UserInputError(None, f"several micrographs share the name '{duplicates[0]}' (names must be unique)")
+    check_unique_names(names)
     resolved_device = select_device(device)
     retain_freed_memory()
     model = load_model(model_path, resolved_device)
