@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cryojoint.errors import UserInputError
+from cryojoint.io.coords import check_coordinate_table
 from cryojoint.metrics._numbers import format_cell, json_number, ratio
 from cryojoint.metrics.matching import PRCurve, _curve_from_hits, _pool_curves, _ranked_hits, match_picks
 
@@ -123,13 +124,8 @@ class PickingReport:
 
 
 def _check_table(table: pd.DataFrame, what: str) -> pd.DataFrame:
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"{what} must be a pandas DataFrame, got {type(table).__name__}")
-    missing = [c for c in PICK_COLUMNS if c not in table.columns]
-    if missing:
-        raise UserInputError(what, f"table lacks column(s) {', '.join(missing)}")
-    table = table.copy()
-    table["micrograph"] = table["micrograph"].astype(str)
+    """The coordinate table's own checks (columns, finite coordinates), and a score column (NaN: none given)."""
+    table = check_coordinate_table(table, what)
     if "score" not in table.columns:
         table["score"] = np.nan
     return table
