@@ -243,7 +243,8 @@ def train(
                                     "particle's core: give it if you know it).")] = None,
     expected_particles: Annotated[float | None, typer.Option(
         help="Particles per micrograph (default: data.expected_particles of --config, else estimated from the "
-             "label density and --label-completeness).")] = None,
+             "label density and --label-completeness; with fewer than 4 labels on every micrograph, measured "
+             "after training from where the labelled picks rank among the candidates).")] = None,
     label_completeness: Annotated[float | None, typer.Option(
         help=f"Share of the particles inside your labelled regions that you labelled, in (0, 1] (default: "
              f"{_DATA_DEFAULTS.label_completeness}, or data.label_completeness of --config); turns the label "
@@ -288,7 +289,7 @@ def train(
                          command_line=_command_line(), ignore_unknown_labels=ignore_unknown_labels)
     if not is_main_process():  # under torchrun, one summary is enough
         return
-    for note in result.notes:
+    for note in result.notes[result.notes_printed:]:  # the rest were printed above the progress bar
         typer.echo(note)
     stop = "stopped early" if result.stopped_early else "finished"
     best = (f"best {result.metric_name} {result.best_metric:.4f} at step {result.best_step}"

@@ -34,6 +34,8 @@ from cryojoint.picking import DiameterReading, ParticleSizeAtSearchLimit, measur
 
 #: Smallest labelled region (px^2 at network scale) we trust for a density estimate; below it, use the image.
 MIN_REGION_AREA_PX2 = 64.0**2
+#: Fewest picks on a micrograph that outline the region they were picked in (a convex hull with points inside).
+MIN_PICKS_FOR_REGION = 4
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -70,7 +72,7 @@ def labelled_region_area(xy: np.ndarray, particle_diameter_px: float) -> float:
     """
     points = np.asarray(xy, dtype=float).reshape(-1, 2)
     radius = particle_diameter_px / 2
-    if len(points) < 4:
+    if len(points) < MIN_PICKS_FOR_REGION:
         return float(len(points) * np.pi * radius**2)
     try:
         hull = ConvexHull(points)
@@ -95,24 +97,39 @@ def estimate_expected_particles(
     ``label_completeness``, the share of the region's particles they picked (1: a lower bound). Pass
     ``--expected-particles`` when you know better. Topaz asks the same question with ``-n``.
     """
+    density = label_region_density(coords_per_image, shapes, particle_diameter_px, label_completeness)
+    close_packed = 1.0 / (CLOSE_PACKED_AREA_PER_DISC * particle_diameter_px**2)
+    # No more particles than discs of the diameter fit (hexagonal packing); with too few picks per micrograph to
+    # tell where they were picked, that bound is all the labels say.
+    density = close_packed if density is None else min(density, close_packed)
+    mean_area = float(np.mean([s[0] * s[1] for s in shapes]))
+    return density * mean_area
+
+
+def label_region_density(coords_per_image: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]],
+                         particle_diameter_px: float, label_completeness: float = 1.0) -> float | None:
+    """Particles per px^2 where the user picked (see :func:`estimate_expected_particles`).
+
+    Only micrographs with at least :data:`MIN_PICKS_FOR_REGION` picks show where their picks were made; the
+    others train as well but are left out here: the discs around 1-3 picks are no region, and counting them made
+    16 labels (2 per micrograph) ask for 853 particles per micrograph where 187 were (ribosome, 10 % dose).
+    None when no micrograph has that many picks.
+    """
     if not 0.0 < label_completeness <= 1.0:
         raise ValueError(f"label_completeness must be in (0, 1], got {label_completeness}")
+    if not any(len(xy) for xy in coords_per_image):
+        raise UserInputError(None, "no labelled particles to estimate the particle density from")
     densities, weights = [], []
     for xy, shape in zip(coords_per_image, shapes):
-        if len(xy) == 0:
+        if len(xy) < MIN_PICKS_FOR_REGION:
             continue
         area = max(labelled_region_area(xy, particle_diameter_px), MIN_REGION_AREA_PX2)
         area = min(area, float(shape[0] * shape[1]))
         densities.append(len(xy) / area)
         weights.append(len(xy))
     if not densities:
-        raise UserInputError(None, "no labelled particles to estimate the particle density from")
-    density = float(np.average(densities, weights=weights)) / label_completeness
-    # No more particles than discs of the diameter fit (hexagonal packing): with 1-3 picks on a micrograph the
-    # region is only discs around them, and 3 labels made 156 particles expected where 112 fit (truth ~48).
-    density = min(density, 1.0 / (CLOSE_PACKED_AREA_PER_DISC * particle_diameter_px**2))
-    mean_area = float(np.mean([s[0] * s[1] for s in shapes]))
-    return density * mean_area
+        return None
+    return float(np.average(densities, weights=weights)) / label_completeness
 
 
 #: Bounds of the PU prior pi (a share of pixels): the GE term needs 0 < pi < 1, and no micrograph is half particle.
@@ -186,6 +203,9 @@ class PreparedData:
     diameter_was_estimated: bool = False
     expected_was_estimated: bool = False
     notes: list[str] = field(default_factory=list)
+    #: The labels are too sparse to show a density (``expected_particles`` is only an upper bound): the count
+    #: for the cut-off is measured from the labelled picks' scores once trained.
+    count_from_label_scores: bool = False
 
     @property
     def density_per_px2(self) -> float:
@@ -271,13 +291,21 @@ def prepare_data(
     labelled = [im for im in images if len(im.picks_xy)]
     expected = data_config.expected_particles
     expected_estimated = expected is None
+    count_from_scores = False
     if expected is None:
         completeness = data_config.label_completeness
-        expected = estimate_expected_particles(
-            [im.picks_xy for im in labelled], [im.image.shape for im in labelled], diameter, completeness
-        )
-        notes.append(f"expected particles per micrograph estimated from the label density: {expected:.0f} "
-                     f"(assuming {completeness:.0%} of the particles in the labelled regions are labelled)")
+        coords, shapes = [im.picks_xy for im in labelled], [im.image.shape for im in labelled]
+        expected = estimate_expected_particles(coords, shapes, diameter, completeness)
+        count_from_scores = label_region_density(coords, shapes, diameter, completeness) is None
+        if count_from_scores:
+            notes.append(f"fewer than {MIN_PICKS_FOR_REGION} labels on every micrograph: where they were picked, "
+                         "and so how many particles a micrograph holds, cannot be told from them; training assumes "
+                         f"at most {expected:.0f} per micrograph (discs of the diameter packed tight) and the "
+                         "count for the cut-off is measured after training, from the labelled picks' scores "
+                         "(--expected-particles gives it)")
+        else:
+            notes.append(f"expected particles per micrograph estimated from the label density: {expected:.0f} "
+                         f"(assuming {completeness:.0%} of the particles in the labelled regions are labelled)")
     for im in images:
         im.image, _ = flatten_ice(im.image, data_config, diameter)
     label_sigma = max(loss_config.label_sigma_fraction * diameter / 2, 1.0)
@@ -294,7 +322,7 @@ def prepare_data(
     train, validation = split_validation(images, data_config.validation_fraction)
     return PreparedData(train, validation, diameter, expected, pi, label_sigma, float(pixels_per_positive),
                         estimate_noise_std([im.image for im in images]), mean_area, factor, diameter_estimated,
-                        expected_estimated, notes)
+                        expected_estimated, notes, count_from_scores)
 
 
 #: Pixel size (Å) the particle size is measured near when the headers give a finer one (the bin factor is the

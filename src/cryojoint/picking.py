@@ -233,6 +233,50 @@ def auto_threshold(
     return float(np.quantile(values, 1.0 - top_fraction))
 
 
+#: The labelled picks' score that :func:`count_from_label_scores` counts candidates above: their median, so that
+#: one odd label (a click beside its particle, a particle on carbon) moves it little.
+LABEL_SCORE_QUANTILE = 0.5
+#: Fewest labelled picks whose scores are trusted to place that median.
+MIN_LABELS_FOR_SCORE_COUNT = 5
+
+
+def count_from_label_scores(candidates: Sequence[tuple[np.ndarray, np.ndarray]], labels_xy: Sequence[np.ndarray],
+                            match_radius_px: float, quantile: float = LABEL_SCORE_QUANTILE) -> float | None:
+    """How many particles the candidates of some images hold, judged by where their labelled particles rank.
+
+    If the labelled picks are a fair sample of the particles, the share of them scoring at least ``s`` is the
+    share of all particles that do, and the candidates scoring at least ``s`` are mostly those particles: their
+    number divided by that share counts the particles, wherever the user picked and however few picks each
+    image has. ``s`` is the labels' ``quantile`` score; a label with no candidate within ``match_radius_px``
+    ranks below every candidate. Candidates above ``s`` that are not particles are counted too, so a poor
+    picker overcounts. ``candidates`` and ``labels_xy`` are per image (``(xy, scores)`` and label ``xy``, the
+    same pixels). None when fewer than :data:`MIN_LABELS_FOR_SCORE_COUNT` labels are given or too few of them
+    were found to place ``s``.
+    """
+    from scipy.spatial import cKDTree
+
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    label_scores: list[np.ndarray] = []
+    for (xy, scores), labels in zip(candidates, labels_xy, strict=True):
+        labels = np.asarray(labels, dtype=float).reshape(-1, 2)
+        found = np.full(len(labels), -np.inf)
+        if len(labels) and len(xy):
+            distance, nearest = cKDTree(np.asarray(xy, dtype=float)).query(labels)
+            within = distance <= match_radius_px
+            found[within] = np.asarray(scores, dtype=float)[nearest[within]]
+        label_scores.append(found)
+    ranked = np.concatenate(label_scores) if label_scores else np.zeros(0)
+    if len(ranked) < MIN_LABELS_FOR_SCORE_COUNT:
+        return None
+    level = float(np.quantile(ranked, quantile, method="lower"))
+    if not np.isfinite(level):
+        return None
+    share_at_or_above = float(np.mean(ranked >= level))
+    above = sum(int(np.count_nonzero(np.asarray(scores, dtype=float) >= level)) for _, scores in candidates)
+    return above / share_at_or_above
+
+
 def mean_particle_image(
     images: Sequence[np.ndarray], coords: Sequence[np.ndarray], half_width_px: int
 ) -> tuple[np.ndarray, int]:

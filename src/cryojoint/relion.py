@@ -190,7 +190,7 @@ def _run(job: ExternalJob, config: CryojointConfig, echo: Callable[[str], None])
              + ("" if fresh else f" (continuing from {run_dir / CHECKPOINT_NAME})"))
         result = train(train_paths, labels, run_dir, config, resume=not fresh, overwrite=fresh,
                        ignore_unknown_labels=True, should_stop=should_stop)
-        for note in result.notes:
+        for note in result.notes[result.notes_printed:]:  # the rest were printed above the progress bar
             echo(note)
         echo(f"trained {result.steps_done} steps; model: {result.model_path}")
     if "predict" not in job.tasks:

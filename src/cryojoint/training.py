@@ -105,6 +105,8 @@ class TrainResult:
     stopped_early: bool
     history: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    #: How many of ``notes`` (the first ones) the progress bar already printed before training.
+    notes_printed: int = 0
 
 
 @dataclass
@@ -310,8 +312,9 @@ def _train(
     board = _TensorBoardLog(run_dir / TENSORBOARD_DIR, config.train.tensorboard and group.is_main,
                             resume_step=state.step if resume else None)
     with bar, board:
-        for note in prepared.notes:  # what was measured or chosen from the data, before the long part
+        for note in notes:  # what was measured or chosen from the data, before the long part
             bar.note(note)
+        notes_printed = len(notes) if bar.enabled else 0
         while state.step < total:
             if state.stage + 1 < len(stages) and state.step >= stage_ends[state.stage]:
                 state = _begin_next_stage(network, best_weights, state, plans[state.stage + 1])
@@ -387,8 +390,10 @@ def _train(
     if group.is_main and not (run_dir / MODEL_NAME).exists():
         with average.applied(network):
             save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step})
+    if group.is_main and has_detector and prepared.count_from_label_scores:
+        notes.append(_count_particles_from_label_scores(run_dir / MODEL_NAME, prepared, device))
     return TrainResult(run_dir, run_dir / MODEL_NAME, state.chosen_step, state.chosen_metric, metric_name,
-                       state.step, state.seconds, stopped_early, pd.DataFrame(state.history), notes)
+                       state.step, state.seconds, stopped_early, pd.DataFrame(state.history), notes, notes_printed)
 
 
 class WeightAverage:
@@ -667,6 +672,40 @@ def _validate(network: torch.nn.Module, prepared: PreparedData, config: Cryojoin
     if ap_parts:
         record["validation_ap"] = float(average_precision_pooled(ap_parts, radius, average_precision))
     return record
+
+
+@torch.no_grad()
+def _count_particles_from_label_scores(model_path: Path, prepared: PreparedData, device: torch.device) -> str:
+    """Measure the particle density from where the labelled picks rank among the trained model's candidates and
+    write it into ``model_path`` (the automatic cut-off keeps that many): for labels too sparse to show it.
+
+    The candidates are found on the training micrographs as prediction finds them (same windows, NMS radius).
+    """
+    from cryojoint.inference import candidate_peaks, run_network_on_image
+    from cryojoint.picking import count_from_label_scores
+
+    model = load_model(model_path, device)
+    window = model.meta.get("training_patch_px")
+    labelled = [im for im in [*prepared.train, *prepared.validation] if len(im.picks_xy)]
+    radius = model.config.predict.nms_radius_px or prepared.particle_diameter_px / 2
+    candidates = []
+    for image in labelled:
+        result = run_network_on_image(model.network, image.image, model.config, device, keep=("logits",),
+                                      window_px=None if window is None else int(window))
+        candidates.append(candidate_peaks(result.logits, radius, model.config.model.sigmoid_clamp))
+    count = count_from_label_scores(candidates, [im.picks_xy for im in labelled], prepared.particle_diameter_px / 2)
+    if count is None:
+        return (f"too few labelled picks were found among the candidates to count the particles: the cut-off "
+                f"keeps the upper bound of {prepared.expected_particles:.0f} per micrograph (pass --threshold or "
+                "--expected-particles)")
+    # A poor picker counts its false peaks too: never more than the bound training assumed (discs packed tight).
+    density = min(count / float(sum(im.image.size for im in labelled)), prepared.density_per_px2)
+    expected = density * prepared.mean_area_px2
+    save_model(model_path, model.network, model.config,
+               {**model.meta, "expected_particles": expected, "expected_density_per_px2": density,
+                "expected_particles_from": "label scores"})
+    return (f"expected particles per micrograph measured from the labelled picks' scores: {expected:.0f} (the "
+            "automatic cut-off keeps that many)")
 
 
 def average_precision_pooled(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], radius: float,

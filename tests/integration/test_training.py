@@ -578,3 +578,21 @@ def test_filtered_micrographs_are_flattened_only_when_asked_and_raw_ones_never(d
     assert not PickingSettings.resolve(load_model(training.train(
         raw, dataset.labels, tmp_path / "scratch", _config(steps=2, eval_every=2), progress=False).model_path),
         pick=False).flatten_filtered_spectrum
+
+
+def test_labels_too_sparse_for_a_region_count_the_particles_from_their_scores(dataset, tmp_path: Path) -> None:
+    """Two picks per micrograph show no region: the close-packing bound trains, the trained scores set the count."""
+    sparse = dataset.labels.groupby("micrograph").head(2).reset_index(drop=True)
+    config = _config()
+    config.train.steps = 10
+    result = training.train(dataset.micrographs["dose_060"], sparse, tmp_path, config, progress=False)
+    meta = read_model_file(tmp_path / "model.pt")["meta"]
+    bound = 256 * 256 / (np.sqrt(3) / 2 * 22.0**2)
+    assert any("cannot be told from them" in note for note in result.notes)
+    assert meta["expected_particles_from"] == "label scores"
+    assert 0 < meta["expected_particles"] <= bound
+    assert meta["expected_density_per_px2"] == pytest.approx(meta["expected_particles"] / 256**2)
+    assert any("measured from the labelled picks' scores" in note for note in result.notes)
+    # Labels that outline their region keep the region's density (no score count).
+    training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / "dense", config, progress=False)
+    assert "expected_particles_from" not in read_model_file(tmp_path / "dense" / "model.pt")["meta"]

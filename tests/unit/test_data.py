@@ -12,6 +12,7 @@ from cryojoint.data import (
     LabelledImage,
     PatchSampler,
     estimate_expected_particles,
+    label_region_density,
     labelled_region_area,
     positive_fraction,
     soft_label_map,
@@ -207,3 +208,15 @@ def test_a_few_labels_never_expect_more_particles_than_fit() -> None:
     grid = np.stack(np.meshgrid(np.arange(5) * 60.0, np.arange(5) * 60.0), -1).reshape(-1, 2) + 100
     assert estimate_expected_particles([grid], [(1000, 1000)], particle_diameter_px=20) < 1000 * 1000 / (
         np.sqrt(3) / 2 * 20**2)
+
+
+def test_micrographs_with_too_few_picks_to_show_a_region_do_not_set_the_density() -> None:
+    """2 picks per micrograph made 853 particles expected where 187 were: the discs around them are no region."""
+    rng = np.random.default_rng(2)
+    region = rng.uniform(100, 400, size=(30, 2))
+    sparse = [np.array([[600.0, 600.0], [700.0, 650.0]]), np.array([[50.0, 900.0]])]
+    alone = label_region_density([region], [(1000, 1000)], particle_diameter_px=20)
+    mixed = label_region_density([region, *sparse], [(1000, 1000)] * 3, particle_diameter_px=20)
+    assert alone == pytest.approx(30 / labelled_region_area(region, 20))
+    assert mixed == pytest.approx(alone)
+    assert label_region_density(sparse, [(1000, 1000)] * 2, particle_diameter_px=20) is None

@@ -9,7 +9,9 @@ import pytest
 from scipy import ndimage
 
 from cryojoint.picking import (
+    MIN_LABELS_FOR_SCORE_COUNT,
     auto_threshold,
+    count_from_label_scores,
     estimate_particle_diameter,
     measure_particle_diameter,
     nms_peaks,
@@ -253,3 +255,48 @@ def test_a_particle_without_a_ctf_fringe_is_read_at_its_core(blob_field) -> None
     image, xy = blob_field(np.random.default_rng(3), (512, 512), 30.0, "sphere", -1.0, noise=1.0)
     reading = measure_particle_diameter([image], [xy])
     assert reading.read_at == "core" and reading.diameter_px == pytest.approx(30.0, rel=0.2)
+
+
+def _scored_field(rng: np.random.Generator, n_particles: int, n_background: int,
+                  particle_mean: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates of one image: particles (higher scores) and background peaks, and the particles' centres."""
+    particles = rng.uniform(0, 1000, size=(n_particles, 2))
+    background = rng.uniform(0, 1000, size=(n_background, 2))
+    xy = np.concatenate([particles, background])
+    scores = np.concatenate([rng.normal(particle_mean, 1.0, n_particles), rng.normal(-3.0, 1.0, n_background)])
+    return xy, scores, particles
+
+
+@pytest.mark.parametrize("labels_per_image", [2, 3, 20])
+def test_the_labels_scores_count_the_particles_however_few_labels_each_image_has(labels_per_image: int) -> None:
+    rng = np.random.default_rng(5)
+    candidates, labels, true_count = [], [], 0
+    for n_particles in (150, 200, 250, 180, 220, 160, 240, 200):
+        xy, scores, particles = _scored_field(rng, n_particles, 600)
+        candidates.append((xy, scores))
+        labels.append(particles[rng.choice(n_particles, labels_per_image, replace=False)] + rng.normal(0, 1, 2))
+        true_count += n_particles
+    count = count_from_label_scores(candidates, labels, match_radius_px=3.0)
+    assert count == pytest.approx(true_count, rel=0.3 if labels_per_image < 5 else 0.15)
+
+
+def test_a_label_with_no_candidate_near_it_ranks_below_every_candidate() -> None:
+    rng = np.random.default_rng(6)
+    xy, scores, particles = _scored_field(rng, 200, 600)
+    found = count_from_label_scores([(xy, scores)], [particles[:40]], match_radius_px=3.0)
+    # Twenty more labels far from any candidate: the median moves down among the found ones, so more count.
+    lost = np.full((20, 2), 5000.0)
+    with_lost = count_from_label_scores([(xy, scores)], [np.concatenate([particles[:40], lost])], 3.0)
+    assert found is not None and with_lost is not None and with_lost > found
+    # More lost than found: nothing to place the median on.
+    assert count_from_label_scores([(xy, scores)], [np.concatenate([particles[:10], lost])], 3.0) is None
+
+
+def test_too_few_labels_give_no_count() -> None:
+    rng = np.random.default_rng(7)
+    xy, scores, particles = _scored_field(rng, 100, 300)
+    few = particles[: MIN_LABELS_FOR_SCORE_COUNT - 1]
+    assert count_from_label_scores([(xy, scores)], [few], 3.0) is None
+    assert count_from_label_scores([(xy, scores), (xy[:0], scores[:0])], [few, np.zeros((0, 2))], 3.0) is None
+    with pytest.raises(ValueError, match="quantile"):
+        count_from_label_scores([(xy, scores)], [particles], 3.0, quantile=1.0)
