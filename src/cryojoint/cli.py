@@ -5,6 +5,7 @@ User mistakes surface as one line ``error: <file>: <problem>`` on stderr with ex
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -489,13 +490,14 @@ def pick(
 
     Example: cryojoint pick runs/m1/pred --threshold 2 --out runs/m1/pick_t2
     """
-    from cryojoint.recut import pick_files
+    from cryojoint.recut import RECORD_NAME, pick_files
 
     picks, written = pick_files(prediction, out, threshold=threshold, count=count, formats=_split(formats),
                                 overwrite=overwrite)
     rule = f"cut-off {threshold:g}" if threshold is not None else f"the best {count} per micrograph"
-    typer.echo(f"{len(picks)} picks ({rule}) in {picks['micrograph'].nunique()} micrograph(s); "
-               f"wrote {len(written)} file(s): {out / 'picks.star'}")
+    n_micrographs = json.loads((out / RECORD_NAME).read_text())["n_micrographs"]
+    typer.echo(f"{len(picks)} picks ({rule}) in {picks['micrograph'].nunique()} of {n_micrographs} "
+               f"micrograph(s); wrote {len(written)} file(s): {out / 'picks.star'}")
 
 
 @app.command(name="threshold")

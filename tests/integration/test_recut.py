@@ -68,7 +68,7 @@ def test_pick_count_keeps_the_best_n_of_each_micrograph(
         prediction: Path, tmp_path: Path, cryojoint_main) -> None:
     code, out, err = cryojoint_main(["pick", prediction, "--count", "4", "--out", tmp_path / "top4"])
     assert code == 0, err
-    assert "12 picks (the best 4 per micrograph) in 3 micrograph(s)" in out
+    assert "12 picks (the best 4 per micrograph) in 3 of 3 micrograph(s)" in out
     picks = read_coordinates(tmp_path / "top4" / "picks.star")
     candidates = read_coordinates(prediction / "candidates.star")
     for name, rows in picks.groupby("micrograph"):
@@ -80,7 +80,7 @@ def test_a_cutoff_above_every_score_writes_empty_files_for_every_micrograph(
         prediction: Path, tmp_path: Path, cryojoint_main) -> None:
     code, out, err = cryojoint_main(["pick", prediction, "--threshold", "1e6", "--out", tmp_path / "none"])
     assert code == 0, err
-    assert out.startswith("0 picks")
+    assert out.startswith("0 picks (cut-off 1e+06) in 0 of 3 micrograph(s)")
     assert sorted(p.name for p in (tmp_path / "none" / "picks" / "star").iterdir()) == [
         "mic_0000.star", "mic_0001.star", "mic_0002.star"]
 
