@@ -233,6 +233,17 @@ def test_picking_report_serialises_and_renders() -> None:
     assert "mic_b" in console.export_text()
 
 
+def test_picks_without_scores_get_no_ranking_figures() -> None:
+    """BOX files and hand picks have no scores: precision/recall/F1 apply, AP and best F1 (a ranking) do not."""
+    picks, truth, _ = _two_micrograph_case()
+    report = picking_metrics(picks.assign(score=np.nan), truth, 6.0)
+    for result in [*report.per_micrograph, report.overall]:
+        assert math.isnan(result.average_precision) and math.isnan(result.best_f1)
+        assert 0 < result.f1 < 1
+    assert report.overall.f1 == pytest.approx(picking_metrics(picks, truth, 6.0).overall.f1)
+    assert not math.isnan(picking_metrics(picks, truth, 6.0).overall.average_precision)
+
+
 def test_picking_metrics_user_errors() -> None:
     picks, truth, _ = _two_micrograph_case()
     renamed = picks.assign(micrograph="other")

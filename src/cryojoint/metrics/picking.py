@@ -169,7 +169,7 @@ def picking_metrics(
         Largest distance (px) between a pick and the particle it finds; typically the particle radius.
     threshold
         Cut-off for precision/recall/F1 (picks with ``score >= threshold``); ``None`` = all picks. AP and
-        best-F1 always sweep all picks.
+        best-F1 always sweep all picks; they are NaN when no pick has a score (BOX files, hand picks).
     masks
         Per micrograph, an integer/bool image (nonzero = contamination, carbon, ...). Used for the fraction
         of picks landing in masks and, with ``exclude_mask_values``, to drop masked truth and picks.
@@ -207,6 +207,8 @@ def picking_metrics(
     exclude = exclude_mask_values is not False
     exclude_values = None if isinstance(exclude_mask_values, bool) else list(exclude_mask_values)
 
+    # Picks without scores (BOX, hand picks) have no ranking: AP and best F1 do not apply to them.
+    ranked = bool(picks["score"].notna().any()) or picks.empty
     picks_by_name = {str(k): v for k, v in picks.groupby("micrograph", sort=False)}
     truth_by_name = {str(k): v for k, v in truth.groupby("micrograph", sort=False)}
     results: list[PickingResult] = []
@@ -242,12 +244,12 @@ def picking_metrics(
             edge_true = int(near.sum())
             edge_tp = int(near[matched_true].sum())
         mask_picks = int(in_mask[selected].sum())
-        best_f1, best_cut = curve.best_f1()
+        best_f1, best_cut = curve.best_f1() if ranked else (float("nan"), float("nan"))
         results.append(PickingResult(
             micrograph=name, n_picks=n_picks, n_true=n_true, true_positives=tp,
             precision=ratio(tp, n_picks), recall=ratio(tp, n_true), f1=ratio(2 * tp, n_picks + n_true),
-            average_precision=curve.average_precision(), best_f1=best_f1, best_f1_threshold=best_cut,
-            n_true_near_edge=edge_true,
+            average_precision=curve.average_precision() if ranked else float("nan"), best_f1=best_f1,
+            best_f1_threshold=best_cut, n_true_near_edge=edge_true,
             edge_recall=ratio(edge_tp, edge_true) if name in shapes else float("nan"),
             fraction_picks_in_mask=ratio(mask_picks, n_picks) if mask is not None else float("nan"),
             curve=curve,
@@ -262,13 +264,13 @@ def picking_metrics(
             totals["has_mask_picks"] += n_picks
 
     pooled = _pool_curves(ranked_parts, totals["n_true"])
-    best_f1, best_cut = pooled.best_f1()
+    best_f1, best_cut = pooled.best_f1() if ranked else (float("nan"), float("nan"))
     overall = PickingResult(
         micrograph="all", n_picks=totals["n_picks"], n_true=totals["n_true"], true_positives=totals["tp"],
         precision=ratio(totals["tp"], totals["n_picks"]), recall=ratio(totals["tp"], totals["n_true"]),
         f1=ratio(2 * totals["tp"], totals["n_picks"] + totals["n_true"]),
-        average_precision=pooled.average_precision(), best_f1=best_f1, best_f1_threshold=best_cut,
-        n_true_near_edge=totals["edge_true"],
+        average_precision=pooled.average_precision() if ranked else float("nan"), best_f1=best_f1,
+        best_f1_threshold=best_cut, n_true_near_edge=totals["edge_true"],
         edge_recall=ratio(totals["edge_tp"], totals["edge_true"]) if shapes else float("nan"),
         fraction_picks_in_mask=ratio(totals["in_mask"], totals["has_mask_picks"]) if masks else float("nan"),
         curve=pooled,
