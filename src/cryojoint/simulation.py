@@ -924,7 +924,7 @@ def write_dataset(dataset: SimulatedDataset, out_dir: Path, overwrite: bool = Fa
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise UserInputError(out_dir, "folder is not empty (pass --overwrite to replace its simulation)")
     if frames:
-        _check_frames(dataset, frames)
+        _check_frames(dataset.config, frames)
     pixel = dataset.config.pixel_size_angstrom
     for key, images in dataset.micrographs.items():
         for image in images:
@@ -954,8 +954,8 @@ def write_dataset(dataset: SimulatedDataset, out_dir: Path, overwrite: bool = Fa
         tmp.write_text(yaml.safe_dump(summary, sort_keys=False, allow_unicode=True))
 
 
-def _check_frames(dataset: SimulatedDataset, frames: int) -> None:
-    fractions = _sorted_fractions(dataset.config)
+def _check_frames(config: SimulationConfig, frames: int) -> None:
+    fractions = _sorted_fractions(config)
     if frames < 0 or any(abs(f * frames - round(f * frames)) > 1e-9 for f in fractions):
         raise UserInputError(
             None, f"frames={frames} cannot hold the dose fractions {fractions} exactly: use a multiple of "
@@ -983,6 +983,8 @@ def simulate_to_folder(
         raise UserInputError(None, "--micrographs must be at least 1")
     if preset not in list_presets():
         raise UserInputError(None, f"unknown preset '{preset}' (known: {', '.join(list_presets())})")
+    if frames:  # before the long part, not after it
+        _check_frames(SimulationConfig.for_preset(preset), frames)
     from cryojoint.progress import counted_progress
 
     with counted_progress(n_micrographs, progress, "simulate") as advance:

@@ -287,3 +287,16 @@ def test_without_decoys_the_scene_is_the_version_1_simulators_bit_for_bit():
     digest.update(data.labels[["x", "y"]].to_numpy().tobytes())
     assert digest.hexdigest() == "cbc5b05a8a099503925039eeada91f19d881b00893386de8c93e5518b6784311"
     assert data.decoys.empty
+
+
+def test_a_frame_count_that_cannot_hold_the_doses_stops_before_simulating(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import cryojoint.simulation as simulation
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simulated before checking --frames")
+
+    monkeypatch.setattr(simulation, "simulate", must_not_run)
+    with pytest.raises(UserInputError, match="frames=7 cannot hold the dose fractions"):
+        simulation.simulate_to_folder(tmp_path / "sim", n_micrographs=1, size=64, frames=7, progress=False)
+    assert not (tmp_path / "sim").exists()
