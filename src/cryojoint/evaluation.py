@@ -163,6 +163,23 @@ def _as_table(value: pd.DataFrame | str | Path | Sequence[str | Path]) -> pd.Dat
     return read_coordinates(value)
 
 
+def _prediction_as_candidates(picks: Any, threshold: float | None) -> tuple[Any, float | None]:
+    """A prediction (a notebook's ``predict()`` result or a predict output folder) is scored as what it means:
+    every candidate ranked (AP), P/R/F1 at the run's own cut-off unless told one. Other picks pass unchanged."""
+    from cryojoint.prediction import Predictions
+    from cryojoint.recut import is_prediction_folder, read_prediction_folder
+
+    if isinstance(picks, Predictions):
+        tables = [m.candidates for m in picks.micrographs]
+        if not tables:
+            raise UserInputError("picks", "the prediction holds no micrographs")
+        return pd.concat(tables, ignore_index=True), picks.threshold if threshold is None else threshold
+    if isinstance(picks, (str, Path)) and is_prediction_folder(picks):
+        run = read_prediction_folder(picks)
+        return run.candidates, run.threshold if threshold is None else threshold
+    return picks, threshold
+
+
 def _as_picks(value: pd.DataFrame | str | Path | Sequence[str | Path]) -> pd.DataFrame:
     """Picks to score: a file that exists but holds none (a cut-off that kept nothing) scores as no picks."""
     try:
@@ -201,8 +218,8 @@ def evaluate(
     ----------
     picks, truth
         Coordinate tables (micrograph, x, y, score) or coordinate file paths. Both or neither. ``picks`` may also
-        be what :func:`cryojoint.predict` returns: every candidate is scored (AP), and precision, recall and F1 at
-        its cut-off unless ``threshold`` is given.
+        be a prediction, what :func:`cryojoint.predict` returns or a ``predict`` output folder: every candidate is
+        scored (AP), and precision, recall and F1 at its cut-off unless ``threshold`` is given.
     denoised, reference, clean, masks
         Dicts ``name -> 2D array`` or folders of MRCs named by micrograph.
     match_radius
@@ -228,14 +245,7 @@ def evaluate(
     if (picks is None) != (truth is None):
         raise UserInputError("evaluate", "picks and truth go together: give both or neither")
     if picks is not None and truth is not None:
-        from cryojoint.prediction import Predictions
-
-        if isinstance(picks, Predictions):  # a notebook's predict() result
-            threshold = picks.threshold if threshold is None else threshold
-            tables = [m.candidates for m in picks.micrographs]
-            if not tables:
-                raise UserInputError("picks", "the prediction holds no micrographs")
-            picks = pd.concat(tables, ignore_index=True)
+        picks, threshold = _prediction_as_candidates(picks, threshold)
         picks_table, truth_table = _as_picks(picks), _as_table(truth)  # missing files first
         radius_px, radius_source = resolve_match_radius(match_radius, truth)
         picking = picking_metrics(
@@ -351,13 +361,6 @@ def evaluate_files(
     check_number(match_radius, "--match-radius", above=0)
     check_number(threshold, "--threshold")
     check_number(lowpass_angstrom, "--lowpass-angstrom", above=0)
-    if picks is not None and not isinstance(picks, pd.DataFrame):
-        from cryojoint.recut import is_prediction_folder, read_prediction_folder
-
-        if is_prediction_folder(picks):  # every peak ranked (AP), P/R/F1 at the run's own cut-off unless told one
-            run = read_prediction_folder(picks)
-            picks = run.candidates
-            threshold = run.threshold if threshold is None else threshold
     reports = evaluate(picks=picks, truth=truth, denoised=denoised_dir, reference=reference_dir, clean=clean_dir,
                        masks=mask_dir,
                        match_radius=match_radius, threshold=threshold, exclude_mask_values=exclude_mask_values,

@@ -137,9 +137,11 @@ def predict(
     names = [item.name if isinstance(item, Micrograph) else micrograph_name(item) if isinstance(item, (str, Path))
              else f"image_{i:04d}" for i, item in enumerate(items)]
     check_unique_names(names)  # picks are joined to micrographs by name: two with one name would merge
-    results = [predict_micrograph(loaded, _as_micrograph(item, i), settings, device) for i, item in enumerate(items)]
-    areas = [float(np.prod(binned_shape(m.shape, settings.downsample))) for m in
-             (_as_micrograph(item, i) for i, item in enumerate(items))]
+    results, areas = [], []
+    for index, item in enumerate(items):  # one micrograph in memory at a time, each file read once
+        micrograph = _as_micrograph(item, index)
+        results.append(predict_micrograph(loaded, micrograph, settings, device))
+        areas.append(float(np.prod(binned_shape(micrograph.shape, settings.downsample))))
     cut, automatic = choose_threshold([r.candidates["score"].to_numpy() for r in results], settings, areas)
     picks = _apply_threshold([r.candidates for r in results], cut)
     return Predictions(results, cut, automatic, picks)

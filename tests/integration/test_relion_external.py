@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from cryojoint import cli, relion
 from cryojoint.io.coords import read_coordinates
 from cryojoint.io.mrc import read_micrograph
+from cryojoint.report.loading import RELION_TRAIN_SUBFOLDER, load_run
 
 JOB = "External/job005/"
 
@@ -74,6 +75,12 @@ def test_train_and_predict_write_every_file_relion_reads(relion_project: dict[st
         assert name == f"{JOB}denoised/{Path(source).stem}.mrc"
         image = read_micrograph(name)
         assert image.shape == read_micrograph(source).shape and np.isfinite(image.data).all()
+
+    # The report on the job folder reads the training run the job keeps in train/ as well as its picks.
+    contents = load_run(job)
+    assert relion.TRAIN_DIR == RELION_TRAIN_SUBFOLDER
+    assert contents.model_meta is not None and contents.metrics is not None and contents.config is not None
+    assert contents.candidates is not None and len(contents.candidates)
 
 
 def test_abort_file_stops_training_cleanly_and_the_job_continues_after(

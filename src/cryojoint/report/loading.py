@@ -21,6 +21,9 @@ from cryojoint.errors import UserInputError
 #: The demo keeps its run in this subfolder; ``cryojoint report DEMO_DIR`` looks there too.
 DEMO_RUN_SUBFOLDER = "run"
 PRED_SUBFOLDER = "pred"
+#: Where a RELION External job (``cryojoint relion``) keeps its training run: its predictions sit in the job folder.
+RELION_TRAIN_SUBFOLDER = "train"
+TRAINING_FILES = ("config.yaml", "metrics.csv", "model.pt")
 
 
 # ============================================================================================ reading the run
@@ -178,13 +181,17 @@ def load_run(run_dir: str | Path) -> RunContents:
     is_prediction_folder = (run_dir / "predict.json").exists() or (run_dir / "candidates").is_dir()
     pred_dir = run_dir if is_prediction_folder and not (run_dir / PRED_SUBFOLDER).exists() else run_dir / PRED_SUBFOLDER
     contents = RunContents(run_dir=run_dir, pred_dir=pred_dir)
+    train_dir = run_dir
+    if (not any((run_dir / name).exists() for name in TRAINING_FILES)
+            and any((run_dir / RELION_TRAIN_SUBFOLDER / name).exists() for name in TRAINING_FILES)):
+        train_dir = run_dir / RELION_TRAIN_SUBFOLDER  # a RELION job folder: the run that made its model
 
-    config = _try_read(contents, "config", run_dir / "config.yaml", _read_config, "written by cryojoint train")
+    config = _try_read(contents, "config", train_dir / "config.yaml", _read_config, "written by cryojoint train")
     if config is not None:
         contents.config_text, contents.config = config
-    contents.metrics = _try_read(contents, "training metrics", run_dir / "metrics.csv", _read_metrics,
+    contents.metrics = _try_read(contents, "training metrics", train_dir / "metrics.csv", _read_metrics,
                                  "written by cryojoint train")
-    contents.model_meta = _try_read(contents, "model", run_dir / "model.pt", _read_model_meta,
+    contents.model_meta = _try_read(contents, "model", train_dir / "model.pt", _read_model_meta,
                                     "written by cryojoint train")
     predict_hint = "written by cryojoint predict"
     contents.predict_record = _try_read(contents, "prediction record", pred_dir / "predict.json",
