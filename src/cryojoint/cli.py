@@ -243,9 +243,10 @@ def train(
                                     "estimated from the labels (at low dose with few picks often only the "
                                     "particle's core: give it if you know it).")] = None,
     expected_particles: Annotated[float | None, typer.Option(
-        help="Particles per micrograph (default: data.expected_particles of --config, else estimated from the "
-             "label density and --label-completeness; with fewer than 4 labels on every micrograph, measured "
-             "after training from where the labelled picks rank among the candidates).")] = None,
+        help="Particles per micrograph, for training's prior and the automatic cut-off (default: "
+             "data.expected_particles of --config; else the prior from the label density and "
+             "--label-completeness, and the cut-off's count measured after training from where the labelled "
+             "picks rank among the candidates).")] = None,
     label_completeness: Annotated[float | None, typer.Option(
         help=f"Share of the particles inside your labelled regions that you labelled, in (0, 1] (default: "
              f"{_DATA_DEFAULTS.label_completeness}, or data.label_completeness of --config); turns the label "

@@ -203,9 +203,6 @@ class PreparedData:
     diameter_was_estimated: bool = False
     expected_was_estimated: bool = False
     notes: list[str] = field(default_factory=list)
-    #: The labels are too sparse to show a density (``expected_particles`` is only an upper bound): the count
-    #: for the cut-off is measured from the labelled picks' scores once trained.
-    count_from_label_scores: bool = False
 
     @property
     def density_per_px2(self) -> float:
@@ -291,21 +288,18 @@ def prepare_data(
     labelled = [im for im in images if len(im.picks_xy)]
     expected = data_config.expected_particles
     expected_estimated = expected is None
-    count_from_scores = False
     if expected is None:
         completeness = data_config.label_completeness
         coords, shapes = [im.picks_xy for im in labelled], [im.image.shape for im in labelled]
         expected = estimate_expected_particles(coords, shapes, diameter, completeness)
-        count_from_scores = label_region_density(coords, shapes, diameter, completeness) is None
-        if count_from_scores:
-            notes.append(f"fewer than {MIN_PICKS_FOR_REGION} labels on every micrograph: where they were picked, "
-                         "and so how many particles a micrograph holds, cannot be told from them; training assumes "
-                         f"at most {expected:.0f} per micrograph (discs of the diameter packed tight) and the "
-                         "count for the cut-off is measured after training, from the labelled picks' scores "
-                         "(--expected-particles gives it)")
+        if label_region_density(coords, shapes, diameter, completeness) is None:
+            notes.append(f"fewer than {MIN_PICKS_FOR_REGION} labels on every micrograph: where they were picked "
+                         "cannot be told from them; training's prior assumes at most "
+                         f"{expected:.0f} particles per micrograph (discs of the diameter packed tight)")
         else:
-            notes.append(f"expected particles per micrograph estimated from the label density: {expected:.0f} "
-                         f"(assuming {completeness:.0%} of the particles in the labelled regions are labelled)")
+            notes.append(f"expected particles per micrograph for training's prior, from the label density: "
+                         f"{expected:.0f} (assuming {completeness:.0%} of the particles in the labelled regions are "
+                         "labelled)")
     for im in images:
         im.image, _ = flatten_ice(im.image, data_config, diameter)
     label_sigma = max(loss_config.label_sigma_fraction * diameter / 2, 1.0)
@@ -322,7 +316,7 @@ def prepare_data(
     train, validation = split_validation(images, data_config.validation_fraction)
     return PreparedData(train, validation, diameter, expected, pi, label_sigma, float(pixels_per_positive),
                         estimate_noise_std([im.image for im in images]), mean_area, factor, diameter_estimated,
-                        expected_estimated, notes, count_from_scores)
+                        expected_estimated, notes)
 
 
 #: Pixel size (Å) the particle size is measured near when the headers give a finer one (the bin factor is the

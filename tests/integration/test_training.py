@@ -580,8 +580,10 @@ def test_filtered_micrographs_are_flattened_only_when_asked_and_raw_ones_never(d
         pick=False).flatten_filtered_spectrum
 
 
-def test_labels_too_sparse_for_a_region_count_the_particles_from_their_scores(dataset, tmp_path: Path) -> None:
-    """Two picks per micrograph show no region: the close-packing bound trains, the trained scores set the count."""
+def test_the_cut_off_count_is_measured_from_the_labels_scores_however_sparse_they_are(dataset,
+                                                                                      tmp_path: Path) -> None:
+    """Two picks per micrograph show no region: the close-packing bound is training's prior, and the trained
+    model's scores at the labels set the count the cut-off keeps (as they do for dense labels)."""
     sparse = dataset.labels.groupby("micrograph").head(2).reset_index(drop=True)
     config = _config()
     config.train.steps = 10
@@ -590,9 +592,16 @@ def test_labels_too_sparse_for_a_region_count_the_particles_from_their_scores(da
     bound = 256 * 256 / (np.sqrt(3) / 2 * 22.0**2)
     assert any("cannot be told from them" in note for note in result.notes)
     assert meta["expected_particles_from"] == "label scores"
+    assert meta["expected_particles_prior"] == pytest.approx(bound)
     assert 0 < meta["expected_particles"] <= bound
     assert meta["expected_density_per_px2"] == pytest.approx(meta["expected_particles"] / 256**2)
     assert any("measured from the labelled picks' scores" in note for note in result.notes)
-    # Labels that outline their region keep the region's density (no score count).
+    # Dense labels: the label density is the prior, the scores still set the count.
     training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / "dense", config, progress=False)
-    assert "expected_particles_from" not in read_model_file(tmp_path / "dense" / "model.pt")["meta"]
+    dense = read_model_file(tmp_path / "dense" / "model.pt")["meta"]
+    assert dense["expected_particles_from"] == "label scores" and dense["expected_particles_prior"] < bound
+    # A count the user gives is kept.
+    config.data.expected_particles = 40.0
+    training.train(dataset.micrographs["dose_060"], sparse, tmp_path / "given", config, progress=False)
+    given = read_model_file(tmp_path / "given" / "model.pt")["meta"]
+    assert given["expected_particles"] == 40.0 and "expected_particles_from" not in given
