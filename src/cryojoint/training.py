@@ -392,7 +392,7 @@ def _train(
         with average.applied(network):
             save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step})
     if group.is_main and has_detector and prepared.expected_was_estimated:
-        notes.append(_count_particles_from_label_scores(run_dir / MODEL_NAME, prepared, device))
+        notes.append(_count_particles_from_label_scores(run_dir / MODEL_NAME, prepared, device, progress))
     return TrainResult(run_dir, run_dir / MODEL_NAME, state.chosen_step, state.chosen_metric, metric_name,
                        state.step, state.seconds, stopped_early, pd.DataFrame(state.history), notes, notes_printed)
 
@@ -676,7 +676,8 @@ def _validate(network: torch.nn.Module, prepared: PreparedData, config: Cryojoin
 
 
 @torch.no_grad()
-def _count_particles_from_label_scores(model_path: Path, prepared: PreparedData, device: torch.device) -> str:
+def _count_particles_from_label_scores(model_path: Path, prepared: PreparedData, device: torch.device,
+                                      progress: bool = False) -> str:
     """Measure the particle density from where the labelled picks rank among the trained model's candidates and
     write it into ``model_path``: the automatic cut-off keeps that many.
 
@@ -688,16 +689,19 @@ def _count_particles_from_label_scores(model_path: Path, prepared: PreparedData,
     """
     from cryojoint.inference import candidate_peaks, run_network_on_image
     from cryojoint.picking import count_from_label_scores
+    from cryojoint.progress import counted_progress
 
     model = load_model(model_path, device)
     window = model.meta.get("training_patch_px")
     labelled = [im for im in [*prepared.train, *prepared.validation] if len(im.picks_xy)]
     radius = model.config.predict.nms_radius_px or prepared.particle_diameter_px / 2
     candidates = []
-    for image in labelled:
-        result = run_network_on_image(model.network, image.image, model.config, device, keep=("logits",),
-                                      window_px=None if window is None else int(window))
-        candidates.append(candidate_peaks(result.logits, radius, model.config.model.sigmoid_clamp))
+    with counted_progress(len(labelled), progress, "count particles") as advance:
+        for image in labelled:
+            result = run_network_on_image(model.network, image.image, model.config, device, keep=("logits",),
+                                          window_px=None if window is None else int(window))
+            candidates.append(candidate_peaks(result.logits, radius, model.config.model.sigmoid_clamp))
+            advance()
     count = count_from_label_scores(candidates, [im.picks_xy for im in labelled], prepared.particle_diameter_px / 2)
     if count is None:
         return (f"too few labelled picks were found among the candidates to count the particles: the cut-off "
