@@ -250,7 +250,8 @@ def train(
     label_completeness: Annotated[float | None, typer.Option(
         help=f"Share of the particles inside your labelled regions that you labelled, in (0, 1] (default: "
              f"{_DATA_DEFAULTS.label_completeness}, or data.label_completeness of --config); turns the label "
-             "density into the expected particle count.")] = None,
+             "density into training's prior particle count (the cut-off's count is measured from the labels' "
+             "scores).")] = None,
     downsample: Annotated[float | None, typer.Option(help="Bin micrographs by N before training (default: "
                                                         "data.downsample of --config, else automatic: the "
                                                         "smallest N that brings the particle to at most "

@@ -88,9 +88,11 @@ class DataConfig:
     # loss, so the denoiser learns from an unbiased sample of the micrographs whatever the fraction above.
     denoise_on_particle_patches: bool = False
     particle_diameter_px: float | None = None  # None: estimated from the labelled particles
-    expected_particles: float | None = None  # per micrograph; None: estimated from the labelled region
+    # Per micrograph; None: training's prior from the labelled region's density, the cut-off's count measured after
+    # training from where the labelled picks rank among the candidates (training._count_particles_from_label_scores).
+    expected_particles: float | None = None
     # Share of the particles inside the labelled regions that the labels name, used to turn the label density
-    # into an expected particle count when none is given. The paper's users labelled 40-80 % of the particles in
+    # into the prior's expected particle count when none is given. The paper's users labelled 40-80 % of the particles in
     # a region; 1.0 treats the labels as complete there (a lower bound on the count).
     label_completeness: float = 0.6
     validation_fraction: float = 0.2  # share of labels (micrographs or regions) held out
