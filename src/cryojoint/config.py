@@ -92,8 +92,8 @@ class DataConfig:
     # training from where the labelled picks rank among the candidates (training._count_particles_from_label_scores).
     expected_particles: float | None = None
     # Share of the particles inside the labelled regions that the labels name, used to turn the label density
-    # into the prior's expected particle count when none is given. The paper's users labelled 40-80 % of the particles in
-    # a region; 1.0 treats the labels as complete there (a lower bound on the count).
+    # into the prior's expected particle count when none is given. The paper's users labelled 40-80 % of the
+    # particles in a region; 1.0 treats the labels as complete there (a lower bound on the count).
     label_completeness: float = 0.6
     validation_fraction: float = 0.2  # share of labels (micrographs or regions) held out
     # Bin micrographs by this factor before the network sees them. None: automatic, the smallest factor that brings
