@@ -87,6 +87,11 @@ def labelled_region_area(xy: np.ndarray, particle_diameter_px: float) -> float:
 CLOSE_PACKED_AREA_PER_DISC = math.sqrt(3.0) / 2.0
 
 
+def close_packed_density(particle_diameter_px: float) -> float:
+    """The most particles per px^2 that fit: discs of the diameter in hexagonal packing."""
+    return 1.0 / (CLOSE_PACKED_AREA_PER_DISC * particle_diameter_px**2)
+
+
 def estimate_expected_particles(
     coords_per_image: Sequence[np.ndarray], shapes: Sequence[tuple[int, int]], particle_diameter_px: float,
     label_completeness: float = 1.0,
@@ -98,7 +103,7 @@ def estimate_expected_particles(
     ``--expected-particles`` when you know better. Topaz asks the same question with ``-n``.
     """
     density = label_region_density(coords_per_image, shapes, particle_diameter_px, label_completeness)
-    close_packed = 1.0 / (CLOSE_PACKED_AREA_PER_DISC * particle_diameter_px**2)
+    close_packed = close_packed_density(particle_diameter_px)
     # No more particles than discs of the diameter fit (hexagonal packing); with too few picks per micrograph to
     # tell where they were picked, that bound is all the labels say.
     density = close_packed if density is None else min(density, close_packed)

@@ -49,10 +49,10 @@ from cryojoint.config import (
     validate,
 )
 from cryojoint.data import (
-    CLOSE_PACKED_AREA_PER_DISC,
     LabelledImage,
     PatchSampler,
     PreparedData,
+    close_packed_density,
     load_micrographs,
     prepare_data,
     unlabelled_positive_fraction,
@@ -708,8 +708,8 @@ def _count_particles_from_label_scores(model_path: Path, prepared: PreparedData,
                 f"keeps the prior's {prepared.expected_particles:.0f} per micrograph (pass --threshold or "
                 "--expected-particles)")
     # A poor picker counts its false peaks too: never more particles than discs of the diameter fit.
-    close_packed = 1.0 / (CLOSE_PACKED_AREA_PER_DISC * prepared.particle_diameter_px**2)
-    density = min(count / float(sum(im.image.size for im in labelled)), close_packed)
+    density = min(count / float(sum(im.image.size for im in labelled)),
+                  close_packed_density(prepared.particle_diameter_px))
     expected = density * prepared.mean_area_px2
     save_model(model_path, model.network, model.config,
                {**model.meta, "expected_particles": expected, "expected_density_per_px2": density,
