@@ -541,7 +541,7 @@ def threshold_command(
 def evaluate(
     picks: Annotated[Path | None, typer.Option(help="Predicted picks (STAR/CSV/Topaz/folder), or a predict output "
                                                     "folder: AP over all its candidates, P/R/F1 at its cut-off "
-                                                    "(or --threshold).")] = None,
+                                                    "(or --threshold), on the micrographs it predicted.")] = None,
     truth: Annotated[Path | None, typer.Option(help="True particle coordinates.")] = None,
     match_radius: Annotated[float | None, typer.Option(help="Match distance in px (default: the true particle "
                                                        "radius, from simulation.yaml beside the truth as "

@@ -163,9 +163,10 @@ def _as_table(value: pd.DataFrame | str | Path | Sequence[str | Path]) -> pd.Dat
     return read_coordinates(value)
 
 
-def _prediction_as_candidates(picks: Any, threshold: float | None) -> tuple[Any, float | None]:
+def _prediction_as_candidates(picks: Any, threshold: float | None) -> tuple[Any, float | None, list[str] | None]:
     """A prediction (a notebook's ``predict()`` result or a predict output folder) is scored as what it means:
-    every candidate ranked (AP), P/R/F1 at the run's own cut-off unless told one. Other picks pass unchanged."""
+    every candidate ranked (AP), P/R/F1 at the run's own cut-off unless told one, on the micrographs it covered
+    (returned third; ``None`` for other picks, which pass unchanged)."""
     from cryojoint.prediction import Predictions
     from cryojoint.recut import is_prediction_folder, read_prediction_folder
 
@@ -173,11 +174,23 @@ def _prediction_as_candidates(picks: Any, threshold: float | None) -> tuple[Any,
         tables = [m.candidates for m in picks.micrographs]
         if not tables:
             raise UserInputError("picks", "the prediction holds no micrographs")
-        return pd.concat(tables, ignore_index=True), picks.threshold if threshold is None else threshold
+        return (pd.concat(tables, ignore_index=True), picks.threshold if threshold is None else threshold,
+                [m.name for m in picks.micrographs])
     if isinstance(picks, (str, Path)) and is_prediction_folder(picks):
         run = read_prediction_folder(picks)
-        return run.candidates, run.threshold if threshold is None else threshold
-    return picks, threshold
+        return run.candidates, run.threshold if threshold is None else threshold, run.micrographs
+    return picks, threshold, None
+
+
+def _covered_micrographs(predicted: list[str] | None, truth: pd.DataFrame) -> list[str] | None:
+    """The truth's micrographs a prediction covered: a truth file usually lists more (the training micrographs
+    too), and scoring those as missed would put every recall and AP far below what the picker did. ``None``
+    (every truth micrograph) for plain picks, which cannot say which micrographs were looked at."""
+    if predicted is None:
+        return None
+    covered = set(predicted)
+    names = [name for name in dict.fromkeys(truth["micrograph"].astype(str)) if name in covered]
+    return names or None  # none in common: picking_metrics says so
 
 
 def _as_picks(value: pd.DataFrame | str | Path | Sequence[str | Path]) -> pd.DataFrame:
@@ -219,7 +232,8 @@ def evaluate(
     picks, truth
         Coordinate tables (micrograph, x, y, score) or coordinate file paths. Both or neither. ``picks`` may also
         be a prediction, what :func:`cryojoint.predict` returns or a ``predict`` output folder: every candidate is
-        scored (AP), and precision, recall and F1 at its cut-off unless ``threshold`` is given.
+        scored (AP), and precision, recall and F1 at its cut-off unless ``threshold`` is given, on the truth's
+        micrographs it predicted (plain picks: on every micrograph of the truth).
     denoised, reference, clean, masks
         Dicts ``name -> 2D array`` or folders of MRCs named by micrograph.
     match_radius
@@ -245,13 +259,14 @@ def evaluate(
     if (picks is None) != (truth is None):
         raise UserInputError("evaluate", "picks and truth go together: give both or neither")
     if picks is not None and truth is not None:
-        picks, threshold = _prediction_as_candidates(picks, threshold)
+        picks, threshold, predicted = _prediction_as_candidates(picks, threshold)
         picks_table, truth_table = _as_picks(picks), _as_table(truth)  # missing files first
         radius_px, radius_source = resolve_match_radius(match_radius, truth)
         picking = picking_metrics(
             picks_table, truth_table, radius_px, threshold=threshold,
             masks=_as_images(masks, "mask") if masks is not None else None,
             exclude_mask_values=exclude_mask_values, shapes=shapes,
+            micrographs=_covered_micrographs(predicted, truth_table),
         )
         picking.match_radius_source = radius_source
         reports["picking"] = picking

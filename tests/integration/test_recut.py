@@ -256,6 +256,28 @@ def test_evaluate_and_convert_read_a_predict_folder_as_its_own_files(
     assert len(read_coordinates(tmp_path / "all.csv")) == len(picks)
 
 
+def test_evaluate_scores_a_predict_folder_on_the_micrographs_it_predicted(
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    """A truth file usually lists the training micrographs too: a predict folder of the test micrographs alone must
+    not count those particles as missed (recall and AP would fall by the share of micrographs not predicted)."""
+    from cryojoint.evaluation import evaluate_files
+
+    picks = read_coordinates(prediction / "picks.star")
+    truth_predicted = tmp_path / "truth_predicted.csv"
+    picks[["micrograph", "x", "y"]].to_csv(truth_predicted, index=False)
+    unpredicted = picks[["micrograph", "x", "y"]].assign(micrograph="mic_9999")
+    truth_more = tmp_path / "truth_more.csv"
+    pd.concat([picks[["micrograph", "x", "y"]], unpredicted]).to_csv(truth_more, index=False)
+    on_predicted = evaluate_files(picks=prediction, truth=truth_predicted, match_radius=5)["picking"]
+    with_more = evaluate_files(picks=prediction, truth=truth_more, match_radius=5)["picking"]
+    assert with_more.overall.n_true == on_predicted.overall.n_true == len(picks)
+    assert with_more.overall.recall == pytest.approx(on_predicted.overall.recall) == pytest.approx(1.0)
+    assert [r.micrograph for r in with_more.per_micrograph] == ["mic_0000", "mic_0001", "mic_0002"]
+    # Plain picks cannot say which micrographs were looked at: every truth micrograph is scored.
+    plain = evaluate_files(picks=prediction / "picks.star", truth=truth_more, match_radius=5)["picking"].overall
+    assert plain.n_true == 2 * len(picks) and plain.recall == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["pick", "PRED", "--threshold", "nan", "--out", "OUT"], "--threshold must be a finite number, got nan"),
     (["threshold", "PRED", "--cutoffs", "0,nan", "--png", "OUT/h.png"], "--cutoffs must be a finite number"),
