@@ -15,8 +15,9 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from cryojoint.contrast import blob_response, choose_polarity
 from cryojoint.imaging import robust_centre_spread
-from cryojoint.picking import DIAMETER_PER_LOG_SIGMA, nms_peaks
+from cryojoint.picking import nms_peaks
 
 Polarity = Literal["auto", "dark", "bright", "abs"]
 POLARITIES: tuple[str, ...] = ("auto", "dark", "bright", "abs")
@@ -26,43 +27,13 @@ POLARITIES: tuple[str, ...] = ("auto", "dark", "bright", "abs")
 LOWPASS_HALF_AMPLITUDE_PERIOD_PER_DIAMETER = 1.0 / 3.0
 #: Gaussian transfer exp(-2π²σ²f²) equals 1/2 at f = sqrt(ln 2 / 2) / (π σ).
 _GAUSSIAN_HALF_AMPLITUDE_FREQ_TIMES_SIGMA = math.sqrt(math.log(2.0) / 2.0) / math.pi
-#: With polarity "auto" and no labelled picks, the sign is chosen from the tails of the response: the
-#: particle side has the heavier tail. These quantiles define "tail".
-_TAIL_QUANTILES = (0.001, 0.999)
 #: Sigmas tried by :func:`best_lowpass_sigma` (log-spaced, pixels).
 _LOWPASS_SIGMA_GRID = np.geomspace(0.5, 16.0, 21)
-
-
-def _log_response(image: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Scale-normalised ``-sigma² ∇²(G * image)``: positive on bright blobs of diameter 2√2·sigma."""
-    data = np.asarray(image, dtype=np.float64)
-    return -(sigma_px**2) * ndimage.gaussian_laplace(data, sigma_px, mode="reflect")
 
 
 def _robust_z(values: np.ndarray) -> np.ndarray:
     centre, spread = robust_centre_spread(values)
     return (values - centre) / spread
-
-
-def choose_polarity(
-    image: np.ndarray, particle_diameter_px: float, labelled_xy: np.ndarray | None = None
-) -> Literal["dark", "bright"]:
-    """Whether particles are darker or brighter than the background, decided from the data.
-
-    With labelled picks: the sign of the mean blob response at those picks (robust with a dozen picks).
-    Without: the side of the blob-response distribution with the heavier tail — particles are sparse blobs
-    of one sign, so they stretch one tail of the response far beyond the noise.
-    """
-    response = _log_response(image, particle_diameter_px / DIAMETER_PER_LOG_SIGMA)
-    if labelled_xy is not None and np.asarray(labelled_xy).size:
-        xy = np.asarray(labelled_xy, dtype=np.float64).reshape(-1, 2)
-        ny, nx = response.shape
-        cols = np.clip(np.rint(xy[:, 0]).astype(int), 0, nx - 1)
-        rows = np.clip(np.rint(xy[:, 1]).astype(int), 0, ny - 1)
-        return "bright" if float(np.mean(response[rows, cols])) >= 0 else "dark"
-    centre = float(np.median(response))
-    low, high = np.quantile(response, _TAIL_QUANTILES)
-    return "bright" if (high - centre) >= (centre - low) else "dark"
 
 
 def blob_score_map(
@@ -99,7 +70,7 @@ def blob_score_map(
         raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
     if particle_diameter_px <= 0:
         raise ValueError(f"particle_diameter_px must be > 0, got {particle_diameter_px}")
-    response = _robust_z(_log_response(image, particle_diameter_px / DIAMETER_PER_LOG_SIGMA))
+    response = _robust_z(blob_response(image, particle_diameter_px))
     if polarity == "auto":
         polarity = choose_polarity(image, particle_diameter_px, labelled_xy)
     if polarity == "abs":

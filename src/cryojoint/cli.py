@@ -67,6 +67,7 @@ def _train_config(
     downsample: float | None = None,
     label_completeness: float | None = None,
     init: str | None = None,
+    particle_contrast: str | None = None,
 ) -> CryojointConfig:
     """The config ``cryojoint train`` runs with: the YAML (or the defaults), then only the options given.
 
@@ -77,6 +78,7 @@ def _train_config(
     import dataclasses
 
     from cryojoint.config import (
+        PARTICLE_CONTRASTS,
         TRAINING_MODES,
         CryojointConfig,
         default_config,
@@ -86,6 +88,8 @@ def _train_config(
 
     if mode is not None and mode not in TRAINING_MODES:
         raise UserInputError(None, f"--mode must be one of {', '.join(TRAINING_MODES)}")
+    if particle_contrast is not None and particle_contrast not in PARTICLE_CONTRASTS:
+        raise UserInputError(None, f"--particle-contrast must be one of {', '.join(PARTICLE_CONTRASTS)}")
     if preset is not None:
         model_config_for_preset(preset)  # an unknown name fails here, naming the option's value
     if config_path is None:
@@ -97,7 +101,8 @@ def _train_config(
     cfg.train = dataclasses.replace(cfg.train, **_given(mode=mode, steps=steps, seed=seed, device=device, init=init))
     cfg.data = dataclasses.replace(cfg.data, **_given(particle_diameter_px=particle_diameter,
                                                       expected_particles=expected_particles, downsample=downsample,
-                                                      label_completeness=label_completeness))
+                                                      label_completeness=label_completeness,
+                                                      particle_contrast=particle_contrast))
     validate(cfg)  # the YAML passed on its own, so what fails now is an option's value
     return cfg
 
@@ -170,6 +175,9 @@ MICROGRAPHS_HELP = ("Micrographs (MRC): files, folders, quoted globs ('mics/*.mr
 PARTICLE_DIAMETER_HELP = ("For the general model: the particle's diameter, 250A (Ångström, with the pixel size from "
                           "the MRC headers) or 48px (input pixels). The micrographs are binned so that it measures "
                           "36 px inside the network.")
+PARTICLE_CONTRAST_HELP = ("dark | bright | auto: how particles look against the ice. Default: a trained model's "
+                          "training micrographs'; the general model told --particle-diameter reads it from the "
+                          "micrographs (else dark). Bright ones are inverted for the network.")
 
 
 def _micrograph_paths(items: list[str]) -> list[Path]:
@@ -273,6 +281,10 @@ def train(
                                                   "particle size), general-v1 (the earlier version) or scratch "
                                                   "(random). Default: general for the default preset, scratch for "
                                                   "another architecture, or train.init of --config.")] = None,
+    particle_contrast: Annotated[str | None, typer.Option(
+        "--particle-contrast", help="dark | bright | auto: how particles look against the ice (default: "
+                                    "data.particle_contrast of --config, else auto: read from the labelled picks; "
+                                    "bright ones are inverted for the network, and the model keeps this).")] = None,
 ) -> None:
     """Train one network to denoise and pick, from micrographs and a few hand-picked particles.
 
@@ -285,7 +297,8 @@ def train(
     diameter = None if particle_diameter is None else particle_diameter_in_pixels(particle_diameter, paths)
     cfg = _train_config(config, preset=preset, mode=mode, steps=steps, seed=seed, device=device,
                         particle_diameter=diameter, expected_particles=expected_particles,
-                        downsample=downsample, label_completeness=label_completeness, init=init)
+                        downsample=downsample, label_completeness=label_completeness, init=init,
+                        particle_contrast=particle_contrast)
     from cryojoint.distributed import is_main_process
 
     result = train_model(paths, labels, out, cfg, resume=resume, overwrite=overwrite,
@@ -338,6 +351,8 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Redo micrographs already predicted.")] = False,
     particle_diameter: Annotated[str | None, typer.Option(
         "--particle-diameter", help=PARTICLE_DIAMETER_HELP)] = None,
+    particle_contrast: Annotated[str | None, typer.Option(
+        "--particle-contrast", help=PARTICLE_CONTRAST_HELP)] = None,
 ) -> None:
     """Denoise micrographs and pick particles with a trained model, or with the shipped general model.
 
@@ -354,7 +369,7 @@ def predict(
                             outputs=_split(outputs), overwrite=overwrite, device=device, workers=workers,
                             scheduler=scheduler, command_line=_command_line(), tile_size_px=tile_size,
                             detector_window_stride_fraction=detector_window_stride, precision=precision,
-                            particle_diameter_px=diameter)
+                            particle_diameter_px=diameter, particle_contrast=particle_contrast)
     how = "automatic" if summary.threshold_was_automatic else "fixed"
     if len(summary.failures) < summary.n_micrographs:  # when every micrograph failed, only their errors say so
         typer.echo(f"{summary.n_picks} picks in {summary.n_micrographs - len(summary.failures)} micrograph(s) "
@@ -387,6 +402,8 @@ def denoise(
                                                   "micrographs for N steps (self-supervised, no labels; the "
                                                   "adapted model is kept in OUT/adapted/). 0: no adaptation.")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed of the adaptation.")] = 0,
+    particle_contrast: Annotated[str | None, typer.Option(
+        "--particle-contrast", help=PARTICLE_CONTRAST_HELP)] = None,
 ) -> None:
     """Denoise micrographs with no training (like Topaz-Denoise): the general model's denoiser alone.
 
@@ -409,11 +426,13 @@ def denoise(
             _fail(f"{out}: holds the outputs of another run, and --adapt-steps makes new weights whose outputs "
                   "would mix with them: rerun with --overwrite to replace them, or write to another folder")
         model = adapt_denoiser(paths, out / "adapted", adapt_steps, str(model), diameter, downsample, seed,
-                               overwrite=overwrite)
+                               overwrite=overwrite, particle_contrast=particle_contrast)
+        particle_contrast = None  # the adapted model keeps what it read
         diameter, downsample = None, None  # the adapted model bins as it was adapted
     summary = predict_files(model, paths, out, downsample=downsample, outputs=["denoised"], overwrite=overwrite,
                             device=device, workers=workers, scheduler=scheduler, command_line=_command_line(),
-                            precision=precision, particle_diameter_px=diameter, denoise_at_input_size=at_input_size)
+                            precision=precision, particle_diameter_px=diameter, denoise_at_input_size=at_input_size,
+                            particle_contrast=particle_contrast)
     if len(summary.failures) < summary.n_micrographs:
         typer.echo(f"{summary.n_micrographs - len(summary.failures) - summary.n_skipped} micrograph(s) denoised "
                    f"({summary.n_skipped} already done); {summary.seconds_per_micrograph:.1f} s/micrograph; "

@@ -22,6 +22,9 @@ import yaml
 
 from cryojoint.errors import UserInputError
 
+#: How particles may look against the ice (DataConfig.particle_contrast; "auto": read from the data).
+PARTICLE_CONTRASTS: tuple[str, ...] = ("auto", "dark", "bright")
+
 TRAINING_MODES: tuple[str, ...] = ("joint", "joint-no-consistency", "sequential", "denoise-only", "detect-only")
 
 
@@ -124,6 +127,11 @@ class DataConfig:
     # micrographs' white shot noise; filtered input is new to it), off from scratch. Measured (session 21):
     # real-bgal's filtered 8-bit copies, 120 steps from `general`, seeds 0-2 — see docs/general-model.md.
     flatten_filtered_spectrum: bool | None = None
+    # How particles look against the ice in the micrographs: "dark" (raw cryo-EM under defocus, what the shipped
+    # models learned), "bright" (inverted micrographs, some simulators, negative stain: the network is given the
+    # negated image) or "auto": read from the labelled picks (cryojoint.contrast), and the trained model keeps what
+    # was read for the micrographs it predicts.
+    particle_contrast: str = "auto"
 
 
 @dataclass
@@ -360,6 +368,8 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (config.train.init in (None, "scratch", *SHIPPED_MODEL_NAMES),
          f"train.init must be scratch or one of {', '.join(SHIPPED_MODEL_NAMES)} (or null: automatic)"),
         (0.0 < config.data.label_completeness <= 1.0, "data.label_completeness must be in (0, 1]"),
+        (config.data.particle_contrast in PARTICLE_CONTRASTS,
+         f"data.particle_contrast must be one of {', '.join(PARTICLE_CONTRASTS)}"),
         (0.0 <= config.data.validation_fraction < 1.0, "data.validation_fraction must be in [0, 1)"),
         (config.train.steps >= 1, "train.steps must be >= 1"),
         (config.train.seed >= 0, "train.seed must be >= 0"),

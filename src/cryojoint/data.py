@@ -16,6 +16,7 @@ import pandas as pd
 from scipy.spatial import ConvexHull, QhullError
 
 from cryojoint.config import FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER, DataConfig, LossConfig
+from cryojoint.contrast import AS_RECORDED, MAX_PICK_MICROGRAPHS, read_particle_contrast, vote_sample
 from cryojoint.errors import UserInputError
 from cryojoint.imaging import (
     MAD_TO_STD,
@@ -208,6 +209,7 @@ class PreparedData:
     diameter_was_estimated: bool = False
     expected_was_estimated: bool = False
     notes: list[str] = field(default_factory=list)
+    particle_contrast: str = AS_RECORDED  # "bright": the images were negated for the network
 
     @property
     def density_per_px2(self) -> float:
@@ -305,7 +307,10 @@ def prepare_data(
             notes.append(f"expected particles per micrograph for training's prior, from the label density: "
                          f"{expected:.0f} (assuming {completeness:.0%} of the particles in the labelled regions are "
                          "labelled)")
+    contrast = resolve_particle_contrast(images, data_config.particle_contrast, diameter, denoiser_only, notes)
     for im in images:
+        if contrast == "bright":
+            np.negative(im.image, out=im.image)
         im.image, _ = flatten_ice(im.image, data_config, diameter)
     label_sigma = max(loss_config.label_sigma_fraction * diameter / 2, 1.0)
     for im in images:
@@ -321,7 +326,27 @@ def prepare_data(
     train, validation = split_validation(images, data_config.validation_fraction)
     return PreparedData(train, validation, diameter, expected, pi, label_sigma, float(pixels_per_positive),
                         estimate_noise_std([im.image for im in images]), mean_area, factor, diameter_estimated,
-                        expected_estimated, notes)
+                        expected_estimated, notes, contrast)
+
+
+def resolve_particle_contrast(images: Sequence[LabelledImage], asked: str, particle_diameter_px: float,
+                              denoiser_only: Collection[str], notes: list[str]) -> str:
+    """``asked`` unless it is "auto": then read from the labelled picks (else the images' darkest and brightest
+    blobs, :mod:`cryojoint.contrast`); a note says when particles read bright, as the network will be given the
+    negated images."""
+    if asked != "auto":
+        if asked == "bright":
+            notes.append("particles are brighter than the ice (as given): the network is given the negated images")
+        return asked
+    scored = [im for im in images if im.name not in denoiser_only]
+    labelled = vote_sample([im for im in scored if len(im.picks_xy)], MAX_PICK_MICROGRAPHS)
+    reading = read_particle_contrast([im.image for im in labelled or vote_sample(scored or images)],
+                                     [im.picks_xy for im in labelled] if labelled else None, particle_diameter_px)
+    if reading.contrast == "bright":
+        notes.append(f"particles read as brighter than the ice ({reading.evidence}): the network is given the "
+                     "negated images, and the model keeps this for the micrographs it predicts "
+                     "(--particle-contrast dark if they are not)")
+    return reading.contrast
 
 
 #: Pixel size (Å) the particle size is measured near when the headers give a finer one (the bin factor is the

@@ -24,9 +24,11 @@ from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel
 from cryojoint.config import (
     GENERAL_PARTICLE_PX,
+    PARTICLE_CONTRASTS,
     PRECISIONS,
     CryojointConfig,
 )
+from cryojoint.contrast import AS_RECORDED, contrast_from_tails, vote_sample
 from cryojoint.data import estimate_noise_std, flatten_ice, flatten_if_filtered, network_factor
 from cryojoint.errors import UserInputError, check_number
 from cryojoint.imaging import (
@@ -38,7 +40,7 @@ from cryojoint.imaging import (
     unbin_image,
 )
 from cryojoint.io.coords import FILE_NAME_COLUMN, empty_table, make_table, write_coordinates
-from cryojoint.io.mrc import Micrograph, write_mrc
+from cryojoint.io.mrc import Micrograph, read_micrograph, write_mrc
 from cryojoint.models.unet import posterior_mean
 from cryojoint.runtime import inference_precision
 
@@ -431,6 +433,9 @@ class PickingSettings:
     # Denoise-only runs: the denoised image returned to the input's grid (the mean over the binning grid's
     # phases, _denoise_across_bin_phases) instead of written at the network's scale.
     denoise_at_input_size: bool = False
+    # How particles look in the micrographs: "bright" ones are negated for the network (it learned dark ones) and
+    # the denoised image negated back. "auto" (the general model only) until read from them (resolve_contrast).
+    particle_contrast: str = AS_RECORDED
 
     @property
     def averages_bin_phases(self) -> bool:
@@ -450,13 +455,25 @@ class PickingSettings:
                 tile_size_px: int | None = None,
                 detector_window_stride_fraction: float | None = None,
                 precision: str | None = None, particle_diameter_px: float | None = None,
-                pick: bool = True, denoise_at_input_size: bool = False) -> PickingSettings:
+                pick: bool = True, denoise_at_input_size: bool = False,
+                particle_contrast: str | None = None) -> PickingSettings:
         """Options given in input pixels (as users think of them) become network pixels here.
 
         ``particle_diameter_px`` (input px) tells the general model the particle's size: the input is binned so
         that it measures GENERAL_PARTICLE_PX (``downsample``, when given, stands). Trained models know theirs.
         ``denoise_at_input_size`` (denoise-only runs) returns the denoised image to the input's grid.
+        ``particle_contrast`` ("dark", "bright"; ``None`` or "auto": a trained model's training micrographs', for the
+        general model told the particle's size read from the micrographs by :func:`resolve_contrast`, else dark)
+        says how particles look in them.
         """
+        if particle_contrast is not None and particle_contrast not in PARTICLE_CONTRASTS:
+            raise UserInputError(None, f"unknown particle contrast '{particle_contrast}' "
+                                 f"({', '.join(PARTICLE_CONTRASTS)})")
+        if particle_contrast in (None, "auto"):
+            # The general model reads it from the micrographs where it knows the particle's size (read elsewhere, the
+            # blobs compared are not the particle's); a trained model as it read its training micrographs.
+            reads = model.is_general and particle_diameter_px is not None
+            particle_contrast = "auto" if reads else str(model.meta.get("particle_contrast", AS_RECORDED))
         check_number(downsample, "--downsample", at_least=1)
         check_number(nms_radius_px, "--nms-radius", at_least=0)
         check_number(border_px, "--border", at_least=0)
@@ -503,7 +520,36 @@ class PickingSettings:
                    None if expected is None else float(expected), None if density is None else float(density),
                    tile_size_px, detector_window_stride_fraction, precision, float(diameter_net), pick,
                    (model.is_general and pick) or bool(model.config.data.flatten_filtered_spectrum),
-                   denoise_at_input_size and not pick)
+                   denoise_at_input_size and not pick, particle_contrast)
+
+
+#: Smallest binned side (px) a micrograph is read at for the particles' contrast.
+MIN_CONTRAST_SIDE_PX = 32
+
+
+def resolve_contrast(settings: PickingSettings, micrographs: Sequence[Micrograph | str | Path],
+                     ) -> tuple[PickingSettings, str | None]:
+    """``settings`` with an "auto" particle contrast read from (a sample of) the micrographs as the network sees
+    them (binned; :func:`cryojoint.contrast.contrast_from_tails`), and a note when they read bright. Files that
+    cannot be read are passed over here (the prediction reports them)."""
+    if settings.particle_contrast != "auto":
+        return settings, None
+    images = []
+    for item in vote_sample(list(micrographs)):
+        try:
+            micrograph = item if isinstance(item, Micrograph) else read_micrograph(item)
+        except UserInputError:
+            continue
+        if min(micrograph.shape) / settings.downsample >= MIN_CONTRAST_SIDE_PX:
+            images.append(normalise(bin_image(micrograph.data, settings.downsample)))
+    if not images:
+        return dataclasses.replace(settings, particle_contrast=AS_RECORDED), None
+    reading = contrast_from_tails(images, settings.particle_diameter_px)
+    note = None
+    if reading.contrast == "bright":
+        note = (f"particles read as brighter than the ice ({reading.evidence}): the micrographs are inverted for "
+                "the network (--particle-contrast dark if they are not)")
+    return dataclasses.replace(settings, particle_contrast=reading.contrast), note
 
 
 def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
@@ -553,6 +599,11 @@ def _network_pass(model: LoadedModel, micrograph: Micrograph, settings: PickingS
         binned, _ = flatten_if_filtered(binned, diameter)
     centre, scale = robust_centre_spread(binned)
     normalised = normalise(binned)
+    if settings.particle_contrast == "auto":
+        raise ValueError("the particle contrast is not resolved yet (resolve_contrast)")
+    if settings.particle_contrast == "bright":  # the network learned dark particles: give it the negated image
+        np.negative(normalised, out=normalised)
+        scale = -scale  # ... and the denoised image back in the input's contrast
     config = model.config
     normalised, flattening = flatten_ice(normalised, config.data, diameter)
     overrides = {key: value for key, value in (("tile_size_px", settings.tile_size_px),

@@ -8,6 +8,7 @@ cut-off is chosen over the whole run), then picks are written in every requested
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import warnings
@@ -37,6 +38,7 @@ from cryojoint.inference import (
     bin_phase_offsets,
     output_paths,
     predict_micrograph,
+    resolve_contrast,
     write_micrograph_outputs,
 )
 from cryojoint.io.coords import (
@@ -122,21 +124,27 @@ def predict(
     downsample: float | None = None,
     device: str | torch.device = "cpu",
     particle_diameter_px: float | None = None,
+    particle_contrast: str | None = None,
 ) -> Predictions:
     """Denoise and pick micrographs in memory (notebook API). Coordinates are in the input images' pixels.
 
     ``model`` is a model file, a loaded model or a shipped model's name (``"general"``, which needs
-    ``particle_diameter_px`` in the input's pixels).
+    ``particle_diameter_px`` in the input's pixels). ``particle_contrast`` ("dark", "bright"): how particles look in
+    the images; default: as in the model's training micrographs, for the general model read from the images.
     """
     if not isinstance(device, torch.device):
         device = select_device(str(device))  # "auto", "cuda" without a GPU: as the CLI says them
     loaded = load_model(model, device) if isinstance(model, (str, Path)) else model
     settings = PickingSettings.resolve(loaded, threshold, nms_radius_px, border_px, downsample,
-                                       particle_diameter_px=particle_diameter_px)
+                                       particle_diameter_px=particle_diameter_px, particle_contrast=particle_contrast)
     items = [images] if isinstance(images, (np.ndarray, Micrograph, str, Path)) else list(images)
     names = [item.name if isinstance(item, Micrograph) else micrograph_name(item) if isinstance(item, (str, Path))
              else f"image_{i:04d}" for i, item in enumerate(items)]
     check_unique_names(names)  # picks are joined to micrographs by name: two with one name would merge
+    settings, note = resolve_contrast(settings, [_as_micrograph(item, i) if isinstance(item, np.ndarray) else item
+                                                 for i, item in enumerate(items)])
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=2)
     results, areas = [], []
     for index, item in enumerate(items):  # one micrograph in memory at a time, each file read once
         micrograph = _as_micrograph(item, index)
@@ -201,6 +209,7 @@ def predict_files(
     precision: str | None = None,
     particle_diameter_px: float | None = None,
     denoise_at_input_size: bool = False,
+    particle_contrast: str | None = None,
 ) -> PredictSummary:
     """Predict a set of micrograph files into ``out_dir`` (see the module docstring for the layout).
 
@@ -211,6 +220,8 @@ def predict_files(
     ``model_path`` may name a shipped model (``"general"``: give ``particle_diameter_px``, input pixels). Without
     ``"picks"`` and ``"heatmap"`` in ``outputs`` the detector does not run and no pick files are written; then
     ``denoise_at_input_size`` writes the denoised images at the input's size even when the network bins.
+    ``particle_contrast``: see :func:`predict`; the general model reads it from the micrographs once per output
+    folder (a rerun into it keeps the reading).
     """
     out_dir = Path(out_dir)
     unknown_formats = [f for f in formats if f not in WRITERS]
@@ -236,7 +247,7 @@ def predict_files(
     pick = bool({"picks", "heatmap"} & set(outputs))
     settings = PickingSettings.resolve(model, threshold, nms_radius_px, border_px, downsample, tile_size_px,
                                        detector_window_stride_fraction, precision, particle_diameter_px, pick,
-                                       denoise_at_input_size)
+                                       denoise_at_input_size, particle_contrast)
     # Checked before any work; recorded in predict.json.
     network_dtype = autocast_dtype(resolved_device, settings.precision or model.config.predict.precision)
     try:
@@ -246,6 +257,12 @@ def predict_files(
 
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
+    earlier_contrast = None if overwrite else _earlier_setting(out_dir, "particle_contrast")
+    if settings.particle_contrast == "auto" and earlier_contrast in ("dark", "bright"):
+        settings = dataclasses.replace(settings, particle_contrast=earlier_contrast)  # as the micrographs done
+    settings, note = resolve_contrast(settings, [Path(p) for p in micrographs])
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=2)
     output_settings = _output_settings(model_path, model, settings, outputs, network_dtype)
     if not overwrite and holds_earlier_outputs(out_dir):
         # Skipped micrographs would mix with this run's, and recut/candidates read every micrograph of the folder.
@@ -396,6 +413,7 @@ def _output_settings(model_path: str | Path, model: LoadedModel, settings: Picki
         "detector_window_stride_fraction": (settings.detector_window_stride_fraction
                                             or model.config.predict.detector_window_stride_fraction),
         "network_dtype": dtype_name(network_dtype),
+        "particle_contrast": settings.particle_contrast,
     }
 
 
@@ -412,7 +430,19 @@ _SETTING_WORDS: dict[str, Callable[[Any], str]] = {
     "flatten_filtered_spectrum": lambda v: f"spectrum flattening {'on' if v else 'off'}",
     "detector_window_stride_fraction": lambda v: f"detector windows every {float(v):g} of a window",
     "network_dtype": lambda v: f"network in {v}",
+    "particle_contrast": lambda v: f"{v} particles",
 }
+
+
+def _earlier_setting(out_dir: Path, key: str) -> Any:
+    """One setting of the earlier run whose outputs ``out_dir`` holds (``None``: none, or not recorded)."""
+    if not holds_earlier_outputs(out_dir):
+        return None
+    try:
+        before = json.loads((out_dir / OUTPUT_SETTINGS).read_text())
+    except (OSError, ValueError):
+        return None
+    return before.get(key) if isinstance(before, dict) else None
 
 
 def holds_earlier_outputs(out_dir: str | Path) -> bool:

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from cryojoint.config import GENERAL_PARTICLE_PX, CryojointConfig, default_config
+from cryojoint.contrast import AS_RECORDED
 from cryojoint.data import check_unique_names, network_factor
 from cryojoint.errors import UserInputError
 from cryojoint.imaging import bin_image, to_binned_coordinates
@@ -278,10 +279,11 @@ def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | N
 
 def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, model: str = "general",
                    particle_diameter_px: float | None = None, downsample: float | None = None, seed: int = 0,
-                   overwrite: bool = False, progress: bool = True) -> Path:
+                   overwrite: bool = False, progress: bool = True, particle_contrast: str | None = None) -> Path:
     """Fine-tune a shipped model's denoiser on ``micrographs`` alone (self-supervised: no labels), for ``steps``
     steps; returns the adapted ``out/model.pt`` (a denoise-only model at the scale the general model would use:
-    binned to its particle size when ``particle_diameter_px`` (input px) is given, else ``downsample`` or 1)."""
+    binned to its particle size when ``particle_diameter_px`` (input px) is given, else ``downsample`` or 1).
+    ``particle_contrast`` as :func:`cryojoint.predict` takes it (read from the micrographs only at a known size)."""
     from cryojoint.io.coords import empty_table
     from cryojoint.training import train
 
@@ -290,6 +292,8 @@ def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, m
     # Filtered micrographs' spectrum is flattened beyond the particle's band (data.flatten_filtered_spectrum), so
     # only when the particle's size is known: an assumed one could cut into a smaller particle's band.
     size_known = particle_diameter_px is not None
+    if particle_contrast in (None, "auto"):
+        particle_contrast = "auto" if size_known else AS_RECORDED
     if particle_diameter_px is None:  # denoise at the given bin (default none); the size sets the patch
         downsample = float(downsample or 1.0)
         particle_diameter_px = GENERAL_PARTICLE_PX * downsample
@@ -297,7 +301,7 @@ def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, m
     config = default_config()
     config.data = dataclasses.replace(config.data, particle_diameter_px=float(particle_diameter_px),
                                       downsample=downsample, expected_particles=1.0, validation_fraction=0.0,
-                                      flatten_filtered_spectrum=size_known)
+                                      flatten_filtered_spectrum=size_known, particle_contrast=particle_contrast)
     config.train = dataclasses.replace(config.train, mode="denoise-only", init=model, steps=int(steps),
                                        seed=int(seed), eval_every=max(int(steps), 1),
                                        checkpoint_every=max(int(steps), 1))

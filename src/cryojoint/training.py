@@ -813,6 +813,7 @@ def _as_micrograph_inputs(micrographs: Any) -> list[str | Path | Micrograph]:
 def _what_it_learns_from(prepared: PreparedData) -> dict[str, Any]:
     return {"downsample": round(float(prepared.downsample), 6),
             "particle_diameter_px": round(float(prepared.particle_diameter_px), 6),
+            "particle_contrast": prepared.particle_contrast,
             "train_micrographs": sorted(im.name for im in prepared.train),
             "validation_micrographs": sorted(im.name for im in prepared.validation)}
 
@@ -826,10 +827,11 @@ def _check_resumed_on_the_same_data(run_dir: Path, state: _State, prepared: Prep
     began = state.began_with
     words = {"downsample": lambda v: f"binned {v:g}x",
              "particle_diameter_px": lambda v: f"particle diameter {v:.4g} px (network)",
+             "particle_contrast": lambda v: f"{v} particles",
              "train_micrographs": lambda v: f"{len(v)} training micrograph(s)",
              "validation_micrographs": lambda v: f"{len(v)} validation micrograph(s)"}
     for key, describe in words.items():
-        if began.get(key) != now[key]:
+        if key in began and began[key] != now[key]:  # a key absent: recorded before it was compared
             then, given = describe(began.get(key)), describe(now[key])
             if then == given:  # the same count of other micrographs
                 then = f"{then} ({', '.join(began.get(key)[:3])}, ...)"
@@ -846,6 +848,7 @@ def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConf
         "training_patch_px": int(patch_size_px),  # chosen from the particle size unless the config set it
         "particle_diameter_px": float(prepared.particle_diameter_px),
         "particle_diameter_estimated": bool(prepared.diameter_was_estimated),
+        "particle_contrast": prepared.particle_contrast,  # "bright": the network was given negated micrographs
         "expected_particles": float(prepared.expected_particles),
         "expected_particles_estimated": bool(prepared.expected_was_estimated),
         "expected_density_per_px2": float(prepared.expected_particles / prepared.mean_area_px2),
