@@ -29,7 +29,13 @@ from cryojoint.imaging import (
     snap_factor,
     to_binned_coordinates,
 )
-from cryojoint.io.coords import DUPLICATE_PICK_PX, check_inside, check_names_match, drop_duplicate_picks
+from cryojoint.io.coords import (
+    DUPLICATE_PICK_PX,
+    check_inside,
+    check_names_match,
+    drop_duplicate_picks,
+    labels_in_a_corner,
+)
 from cryojoint.io.mrc import Micrograph, read_micrograph
 from cryojoint.picking import DiameterReading, ParticleSizeAtSearchLimit, measure_particle_diameter
 
@@ -269,6 +275,11 @@ def prepare_data(
     check_names_match(labels, [m.name for m in micrographs], labels_source)
     check_inside(labels, {m.name: m.shape for m in micrographs}, labels_source)
     notes: list[str] = []
+    corner = labels_in_a_corner(labels, {m.name: m.shape for m in micrographs})
+    if corner is not None:
+        notes.append(f"all {len(labels)} labels lie in the top-left 1/{corner:g} of their micrographs' width and "
+                     "height: if they were picked on binned copies, scale them up first (coordinates must be in the "
+                     "given micrographs' pixels)")
     labels, n_duplicates = drop_duplicate_picks(labels)
     if n_duplicates:
         notes.append(f"{n_duplicates} label(s) repeat another pick of their micrograph (within "

@@ -189,7 +189,8 @@ def pretraining_config(corpus: Corpus, steps: int, seed: int = 0, threads: int |
     config.data = dataclasses.replace(
         config.data, downsample=1.0, particle_diameter_px=float(np.median(corpus.particle_diameters_px)),
         # per micrograph of the corpus's mean area (PreparedData.mean_area_px2)
-        expected_particles=float(counts.sum() / areas.sum() * areas.mean()), label_completeness=1.0)
+        expected_particles=float(counts.sum() / areas.sum() * areas.mean()), label_completeness=1.0,
+        particle_contrast=AS_RECORDED)  # simulated and raw real micrographs: dark particles, by construction
     # A fixed budget (no early stopping); ~20 validation passes: one costs as much as ~100 steps on this corpus.
     config.train = dataclasses.replace(config.train, init="scratch", steps=int(steps), seed=int(seed), threads=threads,
                                        eval_every=max(config.train.eval_every, int(steps) // 20),

@@ -100,6 +100,10 @@ def test_training_on_inverted_micrographs_learns_the_same_model_and_keeps_the_co
     for a, b in zip(seen_dark.micrographs, seen_bright.micrographs, strict=True):
         pd.testing.assert_frame_equal(a.candidates, b.candidates)
         np.testing.assert_allclose(b.denoised, -a.denoised, rtol=0, atol=1e-3 * float(np.abs(a.denoised).max()))
+    from cryojoint.report import write_report
+
+    assert "brighter than the ice: the micrographs are inverted" in write_report(tmp_path / "bright").read_text()
+    assert "brighter than the ice" not in write_report(tmp_path / "dark").read_text()
     # Told otherwise, the model reads the micrographs as the user says (here: wrongly, so other picks).
     told_dark = predict(model_bright, scenes["bright"], particle_contrast="dark")
     assert not told_dark.micrographs[0].candidates.equals(seen_bright.micrographs[0].candidates)

@@ -705,3 +705,18 @@ def test_dropping_duplicate_picks_keeps_one_of_each(picks: list[tuple[int, int, 
     kept, dropped = drop_duplicate_picks(repeated)
     assert dropped == len(table) * (copies - 1)
     pd.testing.assert_frame_equal(kept, table)
+
+
+def test_labels_picked_on_binned_copies_are_noticed_in_the_corner() -> None:
+    from cryojoint.io.coords import labels_in_a_corner
+    from cryojoint.simulation import simulate
+
+    data = simulate(n_micrographs=4, size=256, seed=3, preset="ruvb")
+    shapes = {m.name: m.shape for m in data.micrographs["dose_100"]}
+    labels = data.labels if len(data.labels) >= 20 else data.truth
+    assert labels_in_a_corner(labels, shapes) is None  # partial labels of one region each, as a user gives them
+    binned = data.truth.assign(x=data.truth["x"] / 4, y=data.truth["y"] / 4)  # picked on 4x-binned copies
+    assert labels_in_a_corner(binned, shapes) == 4.0
+    assert labels_in_a_corner(binned.head(10), shapes) is None  # too few to tell
+    one_micrograph = binned[binned["micrograph"] == binned["micrograph"].iloc[0]]
+    assert labels_in_a_corner(one_micrograph, shapes) is None

@@ -541,6 +541,29 @@ def check_inside(table: pd.DataFrame, shapes: dict[str, tuple[int, int]], source
             )
 
 
+#: Fewest labels, on at least as many micrographs, from which picks all in one corner are taken as a scale mistake.
+CORNER_CHECK_MIN_LABELS, CORNER_CHECK_MIN_MICROGRAPHS = 20, 3
+
+
+def labels_in_a_corner(table: pd.DataFrame, shapes: dict[str, tuple[int, int]]) -> float | None:
+    """The bin factor (2 or more) by which every label sits inside the top-left ``1/factor`` of its micrograph, when
+    there are enough labels to say so; ``None`` otherwise.
+
+    Picks made on binned copies (a 4x-binned preview, cryoSPARC's or RELION's downscaled micrographs) and given with
+    the full-size micrographs lie inside them, so no coordinate check stops them, and they all crowd the top-left
+    corner. Partial labels in one region per micrograph fall there on every one of 3 micrographs by chance about
+    once in 10^4 (a region a third of the field wide lies within the top-left quarter with probability ~0.04).
+    """
+    names = set(table["micrograph"].astype(str))
+    if len(table) < CORNER_CHECK_MIN_LABELS or len(names) < CORNER_CHECK_MIN_MICROGRAPHS:
+        return None
+    sizes = np.array([shapes[str(name)] for name in table["micrograph"]], dtype=float)  # (ny, nx) per label
+    reach = max(float((table["x"].to_numpy(float) / sizes[:, 1]).max()),
+                float((table["y"].to_numpy(float) / sizes[:, 0]).max()))
+    factor = int(1.0 / reach) if reach > 0 else 0
+    return float(factor) if factor >= 2 else None
+
+
 def check_coordinate_table(table: Any, what: str) -> pd.DataFrame:
     """A table of picks handed over in memory: columns micrograph, x, y (px), finite numbers; a clean copy."""
     if not isinstance(table, pd.DataFrame):

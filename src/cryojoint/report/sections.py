@@ -103,6 +103,8 @@ def _summary_section(contents: RunContents) -> str:
         else:
             how = "unknown whether estimated or given (model.pt not read)"
         rows.append(("particle diameter", f"{_fmt(diameter, 1)} px in input pixels ({how})"))
+    if meta.get("particle_contrast") == "bright":
+        rows.append(("particle contrast", "brighter than the ice: the micrographs are inverted for the network"))
     downsample = _downsample(contents)
     if downsample > 1:
         rows.append(("binning inside the network", f"{downsample:g}× (coordinates are in input pixels)"))
