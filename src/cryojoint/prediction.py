@@ -141,8 +141,8 @@ def predict(
     names = [item.name if isinstance(item, Micrograph) else micrograph_name(item) if isinstance(item, (str, Path))
              else f"image_{i:04d}" for i, item in enumerate(items)]
     check_unique_names(names)  # picks are joined to micrographs by name: two with one name would merge
-    settings, note = resolve_contrast(settings, [_as_micrograph(item, i) if isinstance(item, np.ndarray) else item
-                                                 for i, item in enumerate(items)])
+    settings, note = resolve_contrast(loaded, settings, [_as_micrograph(item, i) if isinstance(item, np.ndarray)
+                                                         else item for i, item in enumerate(items)], device)
     if note:
         warnings.warn(note, UserWarning, stacklevel=2)
     results, areas = [], []
@@ -260,7 +260,7 @@ def predict_files(
     earlier_contrast = None if overwrite else _earlier_setting(out_dir, "particle_contrast")
     if settings.particle_contrast == "auto" and earlier_contrast in ("dark", "bright"):
         settings = dataclasses.replace(settings, particle_contrast=earlier_contrast)  # as the micrographs done
-    settings, note = resolve_contrast(settings, [Path(p) for p in micrographs])
+    settings, note = resolve_contrast(model, settings, [Path(p) for p in micrographs], resolved_device, progress)
     if note:
         warnings.warn(note, UserWarning, stacklevel=2)
     output_settings = _output_settings(model_path, model, settings, outputs, network_dtype)
