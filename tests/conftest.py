@@ -88,6 +88,13 @@ def topaz_launcher() -> Path:
     return topaz.DEFAULT_VENV / "bin" / topaz.LAUNCHER_NAME
 
 
+#: A config dict for a 2-step training of a small network on small simulated micrographs (seconds on two cores).
+TWO_STEP_TRAINING = {"model": {"unet_encoder_channels": 8, "unet_decoder_channels": 16, "unet_depth": 3,
+                               "detector_channels": [8, 16, 16]},
+                     "train": {"steps": 2, "eval_every": 2, "seed": 1, "device": "cpu"},
+                     "data": {"particle_diameter_px": 22.0},
+                     "predict": {"tile_size_px": 128, "tile_overlap_px": 32}}
+
 #: A small network with frequent validation: training runs for a few steps in seconds on two cores.
 TINY_CONFIG_YAML = (
     "model:\n  unet_encoder_channels: 8\n  unet_decoder_channels: 16\n  unet_depth: 3\n"

@@ -12,22 +12,19 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import TWO_STEP_TRAINING
 from cryojoint.checkpoint import load_model
 from cryojoint.config import CryojointConfig
 from cryojoint.contrast import contrast_at_picks, contrast_from_tails, read_particle_contrast, vote_sample
 from cryojoint.imaging import normalise
 from cryojoint.io.coords import read_coordinates
 from cryojoint.io.mrc import read_micrograph, write_mrc
-from cryojoint.prediction import predict, predict_files
+from cryojoint.prediction import predict
 from cryojoint.simulation import simulate
 from cryojoint.training import train
 
 EXIT_USER_ERROR = 2
-TINY = {"model": {"unet_encoder_channels": 8, "unet_decoder_channels": 16, "unet_depth": 3,
-                  "detector_channels": [8, 16, 16]},
-        "train": {"steps": 2, "eval_every": 2, "seed": 1, "device": "cpu"},
-        "data": {"particle_diameter_px": 22.0},
-        "predict": {"tile_size_px": 128, "tile_overlap_px": 32}}
+TINY = TWO_STEP_TRAINING
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import starfile
 
+from conftest import TWO_STEP_TRAINING
 from cryojoint.config import CryojointConfig
 from cryojoint.io.coords import read_coordinates
 from cryojoint.io.mrc import write_mrc
@@ -20,11 +21,7 @@ from cryojoint.simulation import simulate
 from cryojoint.training import train
 
 EXIT_USER_ERROR = 2
-TINY = {"model": {"unet_encoder_channels": 8, "unet_decoder_channels": 16, "unet_depth": 3,
-                  "detector_channels": [8, 16, 16]},
-        "train": {"steps": 2, "eval_every": 2, "seed": 1, "device": "cpu"},
-        "data": {"particle_diameter_px": 22.0},
-        "predict": {"tile_size_px": 128, "tile_overlap_px": 32}}
+TINY = TWO_STEP_TRAINING
 
 
 @pytest.fixture(scope="module")
