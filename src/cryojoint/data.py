@@ -16,7 +16,13 @@ import pandas as pd
 from scipy.spatial import ConvexHull, QhullError
 
 from cryojoint.config import FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER, DataConfig, LossConfig
-from cryojoint.contrast import AS_RECORDED, MAX_PICK_MICROGRAPHS, read_particle_contrast, vote_sample
+from cryojoint.contrast import (
+    AS_RECORDED,
+    MAX_PICK_MICROGRAPHS,
+    contrast_from_tails,
+    read_labels_contrast,
+    vote_sample,
+)
 from cryojoint.errors import UserInputError
 from cryojoint.imaging import (
     MAD_TO_STD,
@@ -351,8 +357,15 @@ def resolve_particle_contrast(images: Sequence[LabelledImage], asked: str, parti
         return asked
     scored = [im for im in images if im.name not in denoiser_only]
     labelled = vote_sample([im for im in scored if len(im.picks_xy)], MAX_PICK_MICROGRAPHS)
-    reading = read_particle_contrast([im.image for im in labelled or vote_sample(scored or images)],
-                                     [im.picks_xy for im in labelled] if labelled else None, particle_diameter_px)
+    reading = None
+    if labelled:
+        label_images, label_xy = [im.image for im in labelled], [im.picks_xy for im in labelled]
+        reading, mirror = read_labels_contrast(label_images, label_xy, particle_diameter_px)
+        if mirror is not None:
+            notes.append(f"the labels do not sit on particles as given, but do {mirror}: {CHECK_CONVENTION}")
+    if reading is None:
+        reading = contrast_from_tails([im.image for im in labelled or vote_sample(scored or images)],
+                                      particle_diameter_px)
     if reading.contrast == "bright":
         notes.append(f"particles read as brighter than the ice ({reading.evidence}): the network is given the "
                      "negated images, and the model keeps this for the micrographs it predicts "
@@ -431,6 +444,11 @@ def particle_diameter_in_pixels(text: str, paths: Sequence[str | Path]) -> float
 
 #: How a user gives the particle size, from the command line or a RELION job.
 GIVE_SIZE = "train --particle-diameter 250A or 48px; a RELION job: --particle_diameter_angstrom 250"
+
+
+#: What to do about labels that sit on particles only when mirrored.
+CHECK_CONVENTION = ("check the coordinate convention (origin, axes) of the tool that wrote them, or of the image "
+                    "file they were picked on")
 
 
 def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, data_config: DataConfig,

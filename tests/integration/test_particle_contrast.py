@@ -164,3 +164,41 @@ def test_the_general_model_reads_inverted_micrographs_and_picks_them_as_recorded
         "predict", "general", *scenes["bright"], "--particle-diameter", d, "--out", tmp_path / "bright",
         "--outputs", "picks,denoised", "--particle-contrast", "dark"])
     assert code == EXIT_USER_ERROR and "bright particles there, dark particles now" in err, err
+
+
+@pytest.fixture(scope="module")
+def larger_scene() -> dict[str, object]:
+    """Three 384² RuvB micrographs at 60 % dose with half their particles labelled (~80 picks)."""
+    data = simulate(n_micrographs=3, size=384, seed=4, preset="ruvb")
+    return {"micrographs": data.micrographs["dose_060"], "diameter": data.particle_diameter_px,
+            "labels": data.truth.sample(frac=0.5, random_state=0)[["micrograph", "x", "y"]]}
+
+
+@pytest.mark.parametrize("mirror", ["flipped top to bottom", "flipped left to right", "with x and y swapped", None])
+def test_labels_that_sit_on_particles_only_mirrored_are_named(larger_scene: dict, mirror: str | None) -> None:
+    """A coordinate convention lost between two tools (an origin at the bottom, a transposed image): the labels lie
+    inside the micrographs, so no bounds check stops them, but they sit on no particle."""
+    from cryojoint.config import default_config
+    from cryojoint.contrast import MIRRORS, read_labels_contrast
+    from cryojoint.data import prepare_data
+
+    micrographs, labels = larger_scene["micrographs"], larger_scene["labels"]
+    size = micrographs[0].shape[0]
+    moved = labels.copy()
+    if mirror == "flipped top to bottom":
+        moved["y"] = size - 1 - labels["y"]
+    elif mirror == "flipped left to right":
+        moved["x"] = size - 1 - labels["x"]
+    elif mirror == "with x and y swapped":
+        moved["x"], moved["y"] = labels["y"], labels["x"]
+    images = [normalise(m.data) for m in micrographs]
+    coords = [moved.loc[moved["micrograph"] == m.name, ["x", "y"]].to_numpy(float) for m in micrographs]
+    reading, named = read_labels_contrast(images, coords, larger_scene["diameter"])
+    assert reading is not None and reading.contrast == "dark"  # read where the particles are
+    assert (named is None) if mirror is None else named.startswith(mirror) and named in MIRRORS
+    config = default_config()
+    config.data.particle_diameter_px = float(larger_scene["diameter"])
+    notes = prepare_data(micrographs, moved, config.data, config.loss).notes
+    said = [n for n in notes if "do not sit on particles as given" in n]
+    assert said == [] if mirror is None else said[0].startswith(
+        f"the labels do not sit on particles as given, but do {mirror}")
