@@ -5,7 +5,8 @@ and the shipped general model learned particles so. Some micrographs come the ot
 inverts contrast, a simulator's sign convention, negative stain. The network is then given the negated image, so
 it always sees dark particles. Measured on the `standard` profile at 10 % dose, its micrographs inverted (session
 25): the general model zero-shot picked them at AP 0.25 against 0.77 as recorded (0.77 again with the inversion read
-and undone); fine-tuned from it for 600 steps without undoing it, 0.875 against 0.888 (seed 0).
+and undone); fine-tuned from it for 600 steps without undoing it, 0.880 ± 0.016 against 0.891 ± 0.016 undone (seeds
+0-2, paired +0.011 ± 0.002; benchmarks/README.md, "Session 25").
 
 Both readings use the scale-normalised Laplacian-of-Gaussian response at the particle's size (positive on bright
 blobs of that diameter), in pixels of the images given.
