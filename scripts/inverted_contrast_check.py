@@ -149,10 +149,10 @@ def write_tables(out: Path, zero: list[dict], tuned: list[dict], table: Path | N
             lines.append(f"| {words} | {' / '.join(f'{v:.3f}' for v in values)} | {_spread(values)} |")
     text = "\n".join(lines) + "\n"
     payload = json.dumps({"zero_shot": zero, "fine_tuned": tuned}, indent=2)
-    for folder in [out] + ([table.parent] if table else []):
-        stem = table.stem if table and folder == table.parent else "inverted-contrast"
-        (folder / f"{stem}.md").write_text(text)
-        (folder / f"{stem}.json").write_text(payload)
+    targets = [out / "inverted-contrast"] + ([table.with_suffix("")] if table else [])
+    for target in targets:
+        target.with_suffix(".md").write_text(text)
+        target.with_suffix(".json").write_text(payload)
     print(text)
 
 

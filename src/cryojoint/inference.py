@@ -556,12 +556,14 @@ def resolve_contrast(model: LoadedModel, settings: PickingSettings, micrographs:
             sample.append(item if isinstance(item, Micrograph) else read_micrograph(item))
         except UserInputError:
             continue
+    # Read as the model picks them (a denoise-only run too): filtered micrographs' spectrum flattened first.
+    flatten = settings.flatten_filtered_spectrum or model.is_general
     best: dict[str, list[np.ndarray]] = {"dark": [], "bright": []}
     with counted_progress(2 * len(sample), progress, "read contrast") as advance:
         for micrograph in sample:
             for contrast in best:
                 trial = dataclasses.replace(settings, particle_contrast=contrast, pick=True,
-                                            denoise_at_input_size=False)
+                                            denoise_at_input_size=False, flatten_filtered_spectrum=flatten)
                 try:
                     scores = predict_micrograph(model, micrograph, trial, device).candidates["score"].to_numpy(float)
                 except UserInputError:
@@ -578,13 +580,16 @@ def resolve_contrast(model: LoadedModel, settings: PickingSettings, micrographs:
         evidence = (f"the general model's best peaks score {bright:+.2f} on {len(sample)} micrograph(s) inverted, "
                     f"{dark:+.2f} as given")
     else:  # the model hardly tells them apart: the blobs' tails decide, with a margin for bright
-        binned = [normalise(bin_image(m.data, settings.downsample)) for m in sample]
+        binned = [bin_image(m.data, settings.downsample) for m in sample]
+        if flatten:
+            binned = [flatten_if_filtered(image, settings.particle_diameter_px)[0] for image in binned]
+        binned = [normalise(image) for image in binned]
         reading = contrast_from_tails(binned, settings.particle_diameter_px)
         contrast, evidence = reading.contrast, reading.evidence
     if contrast == "dark":
         return dataclasses.replace(settings, particle_contrast="dark"), None
     note = (f"particles read as brighter than the ice ({evidence}): the micrographs are inverted for the network "
-            "(--particle-contrast dark if they are not)")
+            "(--particle-contrast dark, particle_contrast='dark' in Python, if they are not)")
     return dataclasses.replace(settings, particle_contrast="bright"), note
 
 

@@ -23,6 +23,7 @@ import torch
 
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel, load_model, model_file_sha256
+from cryojoint.contrast import AS_RECORDED
 from cryojoint.data import check_unique_names
 from cryojoint.errors import StopRequested, UserInputError
 from cryojoint.imaging import (
@@ -257,7 +258,7 @@ def predict_files(
 
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
-    earlier_contrast = None if overwrite else _earlier_setting(out_dir, "particle_contrast")
+    earlier_contrast = None if overwrite else _earlier_setting(out_dir, "particle_contrast", AS_RECORDED)
     if settings.particle_contrast == "auto" and earlier_contrast in ("dark", "bright"):
         settings = dataclasses.replace(settings, particle_contrast=earlier_contrast)  # as the micrographs done
     settings, note = resolve_contrast(model, settings, [Path(p) for p in micrographs], resolved_device, progress)
@@ -434,15 +435,20 @@ _SETTING_WORDS: dict[str, Callable[[Any], str]] = {
 }
 
 
-def _earlier_setting(out_dir: Path, key: str) -> Any:
-    """One setting of the earlier run whose outputs ``out_dir`` holds (``None``: none, or not recorded)."""
+#: What a setting was in folders written before it was recorded (None: unknown, not compared).
+_BEFORE_RECORDED: dict[str, Any] = {"particle_contrast": AS_RECORDED}
+
+
+def _earlier_setting(out_dir: Path, key: str, before_recorded: Any = None) -> Any:
+    """One setting of the earlier run whose outputs ``out_dir`` holds (``None``: none, or no record), or
+    ``before_recorded`` when its record is from before the setting was recorded."""
     if not holds_earlier_outputs(out_dir):
         return None
     try:
         before = json.loads((out_dir / OUTPUT_SETTINGS).read_text())
     except (OSError, ValueError):
         return None
-    return before.get(key) if isinstance(before, dict) else None
+    return before.get(key, before_recorded) if isinstance(before, dict) else None
 
 
 def holds_earlier_outputs(out_dir: str | Path) -> bool:
@@ -459,7 +465,7 @@ def _check_same_outputs_as_before(out_dir: Path, now: dict[str, Any]) -> None:
     if not isinstance(before, dict):
         return
     for key, value in now.items():
-        earlier = before.get(key)
+        earlier = before.get(key, _BEFORE_RECORDED.get(key))
         if earlier is None or _same_setting(earlier, value):
             continue
         words = _SETTING_WORDS[key]

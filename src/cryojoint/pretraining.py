@@ -278,6 +278,22 @@ def pretrain(out: str | Path, steps: int = 6000, corpus_config: CorpusConfig | N
     return save_model(run_dir / "general.pt", loaded.network, loaded.config, meta)
 
 
+def _contrast_as_the_model_reads(micrographs: list[str | Path], model: str, particle_diameter_px: float) -> str:
+    """The particles' contrast as the shipped ``model`` reads it on ``micrographs`` told the diameter (input px),
+    with the same warning `predict` gives when it reads bright."""
+    import warnings
+
+    from cryojoint.checkpoint import load_model
+    from cryojoint.inference import PickingSettings, resolve_contrast
+
+    loaded = load_model(model)
+    settings = PickingSettings.resolve(loaded, particle_diameter_px=particle_diameter_px, pick=False)
+    settings, note = resolve_contrast(loaded, settings, micrographs)
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=3)
+    return settings.particle_contrast
+
+
 def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, model: str = "general",
                    particle_diameter_px: float | None = None, downsample: float | None = None, seed: int = 0,
                    overwrite: bool = False, progress: bool = True, particle_contrast: str | None = None) -> Path:
@@ -293,8 +309,9 @@ def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, m
     # Filtered micrographs' spectrum is flattened beyond the particle's band (data.flatten_filtered_spectrum), so
     # only when the particle's size is known: an assumed one could cut into a smaller particle's band.
     size_known = particle_diameter_px is not None
-    if particle_contrast in (None, "auto"):
-        particle_contrast = "auto" if size_known else AS_RECORDED
+    if particle_contrast in (None, "auto"):  # as `denoise` without adapting reads it: by the general model
+        particle_contrast = _contrast_as_the_model_reads(micrographs, model, particle_diameter_px) if size_known \
+            else AS_RECORDED
     if particle_diameter_px is None:  # denoise at the given bin (default none); the size sets the patch
         downsample = float(downsample or 1.0)
         particle_diameter_px = GENERAL_PARTICLE_PX * downsample

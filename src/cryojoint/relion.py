@@ -198,7 +198,8 @@ def _run(job: ExternalJob, config: CryojointConfig, echo: Callable[[str], None])
     summary = predict_files(model_path, mics.paths, job.out_dir, threshold=job.threshold, formats=(),
                             outputs=("picks", "denoised"), overwrite=fresh, device=config.train.device,
                             should_stop=should_stop,
-                            particle_diameter_px=config.data.particle_diameter_px if shipped else None)
+                            particle_diameter_px=config.data.particle_diameter_px if shipped else None,
+                            particle_contrast=config.data.particle_contrast if shipped else None)
     if summary.failures:
         first = next(iter(summary.failures.values()))
         raise UserInputError(None, f"{len(summary.failures)} micrograph(s) failed, e.g. {first}")

@@ -830,8 +830,11 @@ def _check_resumed_on_the_same_data(run_dir: Path, state: _State, prepared: Prep
              "particle_contrast": lambda v: f"{v} particles",
              "train_micrographs": lambda v: f"{len(v)} training micrograph(s)",
              "validation_micrographs": lambda v: f"{len(v)} validation micrograph(s)"}
+    before_recorded = {"particle_contrast": "dark"}  # checkpoints from before it was recorded trained as recorded
     for key, describe in words.items():
-        if key in began and began[key] != now[key]:  # a key absent: recorded before it was compared
+        if key not in began and key in before_recorded:
+            began = {**began, key: before_recorded[key]}
+        if key in began and began[key] != now[key]:  # another key absent: recorded before it was compared
             then, given = describe(began.get(key)), describe(now[key])
             if then == given:  # the same count of other micrographs
                 then = f"{then} ({', '.join(began.get(key)[:3])}, ...)"

@@ -202,3 +202,23 @@ def test_labels_that_sit_on_particles_only_mirrored_are_named(larger_scene: dict
     said = [n for n in notes if "do not sit on particles as given" in n]
     assert said == [] if mirror is None else said[0].startswith(
         f"the labels do not sit on particles as given, but do {mirror}")
+
+
+def test_an_output_folder_from_before_the_contrast_was_recorded_reads_as_recorded(
+        scenes: dict, tmp_path: Path, cryojoint_main) -> None:
+    """Its micrographs were predicted as recorded (dark): a rerun goes on so, and one told bright stops."""
+    d = f"{scenes['diameter']:.3f}px"
+    args = ["predict", "general", *scenes["bright"], "--particle-diameter", d, "--out", tmp_path / "old",
+            "--outputs", "picks"]
+    code, err, _ = _run_recording_warnings(cryojoint_main, args)
+    assert code == 0, err
+    record = tmp_path / "old" / "output_settings.json"
+    settings = json.loads(record.read_text())
+    del settings["particle_contrast"]
+    record.write_text(json.dumps(settings))
+    code, err, said = _run_recording_warnings(cryojoint_main, args)
+    assert code == 0 and not any("brighter than the ice" in w for w in said), err
+    assert json.loads(record.read_text())["particle_contrast"] == "dark"
+    record.write_text(json.dumps(settings))  # the key-less record again
+    code, err, _ = _run_recording_warnings(cryojoint_main, [*args, "--particle-contrast", "bright"])
+    assert code == EXIT_USER_ERROR and "dark particles there, bright particles now" in err, err
