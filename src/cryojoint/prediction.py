@@ -258,8 +258,6 @@ def predict_files(
 
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
-    if pick:  # before the contrast is read (network passes): a mistake is said first
-        _check_no_other_micrographs(out_dir, names)
     earlier_contrast = None if overwrite else _earlier_setting(out_dir, "particle_contrast", AS_RECORDED)
     if settings.particle_contrast == "auto" and earlier_contrast in ("dark", "bright"):
         settings = dataclasses.replace(settings, particle_contrast=earlier_contrast)  # as the micrographs done
@@ -270,6 +268,8 @@ def predict_files(
     if not overwrite and holds_earlier_outputs(out_dir):
         # Skipped micrographs would mix with this run's, and recut/candidates read every micrograph of the folder.
         _check_same_outputs_as_before(out_dir, output_settings)
+    if pick:
+        _check_no_other_micrographs(out_dir, names)
     if overwrite:  # unmark the earlier run's micrographs first: stopped part-way, this run resumes its own alone
         for name in names:
             output_paths(out_dir, name)["candidates"].unlink(missing_ok=True)
