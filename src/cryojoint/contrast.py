@@ -31,7 +31,7 @@ AS_RECORDED: ParticleContrast = "dark"
 #: The labelled picks decide when their mean response stands this many standard errors from zero. Measured (robust
 #: z-scores at the true diameter, 10 % dose; 2 picks per micrograph in brackets): ribosome -1.48 ± 0.08 over 85 picks
 #: (-1.61 ± 0.19 over 16), RuvB -0.72 ± 0.11 (-0.83 ± 0.23 over 12), ASPIRE -2.55 ± 0.08, real beta-galactosidase
-#: -1.62 ± 0.03 over 409 (-1.54 ± 0.11 over 20): 3.6-40 standard errors, always dark.
+#: -1.62 ± 0.03 over 409 (-1.54 ± 0.11 over 20): 3.6-54 standard errors, always dark.
 PICKS_DECIDE_AT_STANDARD_ERRORS = 3.0
 #: ... at whichever of these fractions of the diameter they stand out most: under phase contrast the particle's dark
 #: core is a cleaner blob than its whole outline (at 0.7 of the diameter: ribosome -2.10 ± 0.08, ASPIRE -4.12 ± 0.11,
