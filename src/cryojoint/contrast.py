@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from cryojoint.imaging import robust_centre_spread
+from cryojoint.imaging import pixel_values_at, robust_centre_spread
 from cryojoint.picking import DIAMETER_PER_LOG_SIGMA
 
 ParticleContrast = Literal["dark", "bright"]
@@ -96,11 +96,8 @@ def _picks_strengths(images: Sequence[np.ndarray], variants: dict[str, Sequence[
         for scale in PICK_SCALES:
             response = blob_response(image, scale * particle_diameter_px)
             centre, spread = robust_centre_spread(response)
-            ny, nx = response.shape
             for key, xy in per_variant.items():
-                cols = np.clip(np.rint(xy[:, 0]).astype(int), 0, nx - 1)
-                rows = np.clip(np.rint(xy[:, 1]).astype(int), 0, ny - 1)
-                values[(key, scale)].append((response[rows, cols] - centre) / spread)
+                values[(key, scale)].append((pixel_values_at(response, xy) - centre) / spread)
     strengths: dict[str, tuple[float, float, float, int] | None] = {key: None for key in variants}
     for key in live:
         best: tuple[float, float, float, int] | None = None
@@ -218,9 +215,5 @@ def choose_polarity(image: np.ndarray, particle_diameter_px: float,
     """
     response = blob_response(image, particle_diameter_px)
     if labelled_xy is not None and np.asarray(labelled_xy).size:
-        xy = np.asarray(labelled_xy, dtype=np.float64).reshape(-1, 2)
-        ny, nx = response.shape
-        cols = np.clip(np.rint(xy[:, 0]).astype(int), 0, nx - 1)
-        rows = np.clip(np.rint(xy[:, 1]).astype(int), 0, ny - 1)
-        return "bright" if float(np.mean(response[rows, cols])) >= 0 else "dark"
+        return "bright" if float(np.mean(pixel_values_at(response, labelled_xy))) >= 0 else "dark"
     return heavier_tail(response)

@@ -31,6 +31,15 @@ def robust_centre_spread(values: np.ndarray) -> tuple[float, float]:
     return centre, spread
 
 
+def pixel_values_at(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """The image's values at the nearest pixel of each point (x = column, y = row), clipped into the image."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    ny, nx = np.shape(image)
+    cols = np.clip(np.rint(xy[:, 0]).astype(int), 0, nx - 1)
+    rows = np.clip(np.rint(xy[:, 1]).astype(int), 0, ny - 1)
+    return np.asarray(image)[rows, cols]
+
+
 def normalise(image: np.ndarray, dtype: DTypeLike = np.float32) -> np.ndarray:
     """Zero median, unit robust std (:func:`robust_centre_spread`), computed and returned in ``dtype``.
 

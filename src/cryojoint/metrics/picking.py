@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cryojoint.errors import UserInputError
+from cryojoint.imaging import pixel_values_at
 from cryojoint.io.coords import check_coordinate_table
 from cryojoint.metrics._numbers import format_cell, json_number, ratio
 from cryojoint.metrics.matching import PRCurve, _curve_from_hits, _pool_curves, _ranked_hits, match_picks
@@ -135,10 +136,7 @@ def _masked_at(mask: np.ndarray, xy: np.ndarray, values: Sequence[float] | None)
     """Whether each point lies on a masked pixel (any nonzero value, or one of ``values``)."""
     if xy.shape[0] == 0:
         return np.zeros(0, dtype=bool)
-    ny, nx = mask.shape
-    cols = np.clip(np.rint(xy[:, 0]).astype(int), 0, nx - 1)
-    rows = np.clip(np.rint(xy[:, 1]).astype(int), 0, ny - 1)
-    at = mask[rows, cols]
+    at = pixel_values_at(mask, xy)
     return np.isin(at, np.asarray(values)) if values is not None else at != 0
 
 
