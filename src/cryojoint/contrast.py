@@ -115,15 +115,6 @@ def _picks_strengths(images: Sequence[np.ndarray], variants: dict[str, Sequence[
     return strengths
 
 
-def contrast_at_picks(images: Sequence[np.ndarray], coords: Sequence[np.ndarray],
-                      particle_diameter_px: float) -> ContrastReading | None:
-    """The sign of the mean blob response at the labelled picks (robust z-scores per image, pooled over all picks) at
-    the scale of :data:`PICK_SCALES` where it stands out most; ``None`` when fewer than two picks are given or it is
-    within :data:`PICKS_DECIDE_AT_STANDARD_ERRORS` standard errors of zero. (:func:`read_labels_contrast`'s reading:
-    picks that sit on particles only mirrored are read mirrored.)"""
-    return read_labels_contrast(images, coords, particle_diameter_px)[0]
-
-
 #: How coordinates get mirrored between tools and image files (an origin at the bottom, a transposed image), as
 #: ``(ny, nx) -> xy -> xy``.
 MIRRORS: dict[str, Callable[[tuple[int, int], np.ndarray], np.ndarray]] = {
@@ -153,9 +144,13 @@ def mirrored(how: str, shapes: Sequence[tuple[int, int]], coords: Sequence[np.nd
 
 def read_labels_contrast(images: Sequence[np.ndarray], coords: Sequence[np.ndarray],
                          particle_diameter_px: float) -> tuple[ContrastReading | None, str | None]:
-    """The particles' contrast as the labelled picks show it (:func:`contrast_at_picks`), and the mirroring (a key of
-    :data:`MIRRORS`) under which the picks sit on particles clearly better than as given, if one does — a coordinate
-    convention lost between two tools; the contrast is then read at the mirrored picks."""
+    """The particles' contrast as the labelled picks show it, and the mirroring (a key of :data:`MIRRORS`) under which
+    the picks sit on particles clearly better than as given, if one does — a coordinate convention lost between two
+    tools; the contrast is then read at the mirrored picks.
+
+    The reading is the sign of the mean blob response at the picks (robust z-scores per image, pooled over all picks)
+    at the scale of :data:`PICK_SCALES` where it stands out most; ``None`` when fewer than two picks are given or it
+    is within :data:`PICKS_DECIDE_AT_STANDARD_ERRORS` standard errors of zero."""
     shapes = [np.shape(image) for image in images]
     variants: dict[str, Sequence[np.ndarray] | None] = {"given": coords}
     variants.update({how: mirrored(how, shapes, coords) for how in MIRRORS})
@@ -189,13 +184,11 @@ def contrast_from_tails(images: Sequence[np.ndarray], particle_diameter_px: floa
 
 
 def read_particle_contrast(images: Sequence[np.ndarray], coords: Sequence[np.ndarray] | None,
-                           particle_diameter_px: float) -> ContrastReading:
-    """From the labelled picks when they decide, else from the images' tails."""
-    if coords is not None:
-        reading = contrast_at_picks(images, coords, particle_diameter_px)
-        if reading is not None:
-            return reading
-    return contrast_from_tails(images, particle_diameter_px)
+                           particle_diameter_px: float) -> tuple[ContrastReading, str | None]:
+    """From the labelled picks when they decide (:func:`read_labels_contrast`, with the mirroring it found), else from
+    the images' tails."""
+    reading, mirror = read_labels_contrast(images, coords, particle_diameter_px) if coords else (None, None)
+    return (reading or contrast_from_tails(images, particle_diameter_px)), mirror
 
 
 def vote_sample(items: Sequence, count: int = MAX_VOTE_MICROGRAPHS) -> list:

@@ -19,8 +19,7 @@ from cryojoint.config import FILTERED_SPECTRUM_CUTOFF_CYCLES_PER_DIAMETER, DataC
 from cryojoint.contrast import (
     AS_RECORDED,
     MAX_PICK_MICROGRAPHS,
-    contrast_from_tails,
-    read_labels_contrast,
+    read_particle_contrast,
     vote_sample,
 )
 from cryojoint.errors import UserInputError
@@ -279,9 +278,10 @@ def prepare_data(
     for micrograph in micrographs:
         micrograph.check_not_blank()
     check_names_match(labels, [m.name for m in micrographs], labels_source)
-    check_inside(labels, {m.name: m.shape for m in micrographs}, labels_source)
+    shapes = {m.name: m.shape for m in micrographs}
+    check_inside(labels, shapes, labels_source)
     notes: list[str] = []
-    corner = labels_in_a_corner(labels, {m.name: m.shape for m in micrographs})
+    corner = labels_in_a_corner(labels, shapes)
     if corner is not None:
         notes.append(f"all {len(labels)} labels lie in the top-left 1/{corner:g} of their micrographs' width and "
                      "height: if they were picked on binned copies, scale them up first (coordinates must be in the "
@@ -357,15 +357,11 @@ def resolve_particle_contrast(images: Sequence[LabelledImage], asked: str, parti
         return asked
     scored = [im for im in images if im.name not in denoiser_only]
     labelled = vote_sample([im for im in scored if len(im.picks_xy)], MAX_PICK_MICROGRAPHS)
-    reading = None
-    if labelled:
-        label_images, label_xy = [im.image for im in labelled], [im.picks_xy for im in labelled]
-        reading, mirror = read_labels_contrast(label_images, label_xy, particle_diameter_px)
-        if mirror is not None:
-            notes.append(f"the labels do not sit on particles as given, but do {mirror}: {CHECK_CONVENTION}")
-    if reading is None:
-        reading = contrast_from_tails([im.image for im in labelled or vote_sample(scored or images)],
-                                      particle_diameter_px)
+    # Without labelled picks, the tails of as many micrographs as a vote takes.
+    reading, mirror = read_particle_contrast([im.image for im in labelled or vote_sample(scored or images)],
+                                             [im.picks_xy for im in labelled] or None, particle_diameter_px)
+    if mirror is not None:
+        notes.append(f"the labels do not sit on particles as given, but do {mirror}: {CHECK_CONVENTION}")
     if reading.contrast == "bright":
         notes.append(f"particles read as brighter than the ice ({reading.evidence}): the network is given the "
                      "negated images, and the model keeps this for the micrographs it predicts "

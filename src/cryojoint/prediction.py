@@ -258,7 +258,7 @@ def predict_files(
 
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
-    earlier_contrast = None if overwrite else _earlier_setting(out_dir, "particle_contrast", AS_RECORDED)
+    earlier_contrast = None if overwrite else _earlier_setting(out_dir, "particle_contrast")
     if settings.particle_contrast == "auto" and earlier_contrast in ("dark", "bright"):
         settings = dataclasses.replace(settings, particle_contrast=earlier_contrast)  # as the micrographs done
     settings, note = resolve_contrast(model, settings, [Path(p) for p in micrographs], resolved_device, progress)
@@ -439,16 +439,16 @@ _SETTING_WORDS: dict[str, Callable[[Any], str]] = {
 _BEFORE_RECORDED: dict[str, Any] = {"particle_contrast": AS_RECORDED}
 
 
-def _earlier_setting(out_dir: Path, key: str, before_recorded: Any = None) -> Any:
-    """One setting of the earlier run whose outputs ``out_dir`` holds (``None``: none, or no record), or
-    ``before_recorded`` when its record is from before the setting was recorded."""
+def _earlier_setting(out_dir: Path, key: str) -> Any:
+    """One setting of the earlier run whose outputs ``out_dir`` holds (``None``: none, or no record), or what it was
+    in records from before the setting was recorded (:data:`_BEFORE_RECORDED`)."""
     if not holds_earlier_outputs(out_dir):
         return None
     try:
         before = json.loads((out_dir / OUTPUT_SETTINGS).read_text())
     except (OSError, ValueError):
         return None
-    return before.get(key, before_recorded) if isinstance(before, dict) else None
+    return before.get(key, _BEFORE_RECORDED.get(key)) if isinstance(before, dict) else None
 
 
 def holds_earlier_outputs(out_dir: str | Path) -> bool:

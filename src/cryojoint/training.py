@@ -48,6 +48,7 @@ from cryojoint.config import (
     flattening_a_run_began_with,
     validate,
 )
+from cryojoint.contrast import AS_RECORDED
 from cryojoint.data import (
     LabelledImage,
     PatchSampler,
@@ -830,7 +831,7 @@ def _check_resumed_on_the_same_data(run_dir: Path, state: _State, prepared: Prep
              "particle_contrast": lambda v: f"{v} particles",
              "train_micrographs": lambda v: f"{len(v)} training micrograph(s)",
              "validation_micrographs": lambda v: f"{len(v)} validation micrograph(s)"}
-    before_recorded = {"particle_contrast": "dark"}  # checkpoints from before it was recorded trained as recorded
+    before_recorded = {"particle_contrast": AS_RECORDED}  # checkpoints from before it was recorded trained as recorded
     for key, describe in words.items():
         if key not in began and key in before_recorded:
             began = {**began, key: before_recorded[key]}

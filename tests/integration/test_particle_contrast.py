@@ -15,7 +15,7 @@ import torch
 from conftest import TWO_STEP_TRAINING
 from cryojoint.checkpoint import load_model
 from cryojoint.config import CryojointConfig
-from cryojoint.contrast import contrast_at_picks, contrast_from_tails, read_particle_contrast, vote_sample
+from cryojoint.contrast import contrast_from_tails, read_labels_contrast, read_particle_contrast, vote_sample
 from cryojoint.imaging import normalise
 from cryojoint.io.coords import read_coordinates
 from cryojoint.io.mrc import read_micrograph, write_mrc
@@ -56,7 +56,7 @@ def test_labelled_picks_and_tails_read_dark_as_recorded_and_bright_inverted(scen
     d = scenes["diameter"]
     for kind in ("dark", "bright"):
         images = _images(scenes[kind])
-        at_picks = contrast_at_picks(images, _label_xy(scenes["labels"], scenes[kind]), d)
+        at_picks, _ = read_labels_contrast(images, _label_xy(scenes["labels"], scenes[kind]), d)
         assert at_picks is not None and at_picks.contrast == kind
         assert "labelled picks" in at_picks.evidence
         assert contrast_from_tails(images, d).contrast == kind
@@ -67,12 +67,12 @@ def test_picks_that_do_not_decide_fall_back_to_the_micrographs() -> None:
     image = rng.normal(size=(128, 128))
     image[40:50, 40:50] -= 30.0  # one dark object stretches the dark tail
     xy = [np.array([[100.0, 100.0]])]  # a single pick: too few to decide
-    assert contrast_at_picks([image], xy, 10.0) is None
-    reading = read_particle_contrast([image], xy, 10.0)
+    assert read_labels_contrast([image], xy, 10.0) == (None, None)
+    reading, _ = read_particle_contrast([image], xy, 10.0)
     assert reading.contrast == "dark" and "mean of 1 micrograph(s)" in reading.evidence
-    assert read_particle_contrast([-image], xy, 10.0).contrast == "bright"
+    assert read_particle_contrast([-image], xy, 10.0)[0].contrast == "bright"
     # Blobs that barely lean either way do not overturn dark (the convention of raw micrographs).
-    assert read_particle_contrast([rng.normal(size=(128, 128))], None, 10.0).contrast == "dark"
+    assert read_particle_contrast([rng.normal(size=(128, 128))], None, 10.0)[0].contrast == "dark"
 
 
 def test_the_vote_sample_spreads_over_the_micrographs() -> None:
