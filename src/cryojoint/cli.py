@@ -602,6 +602,11 @@ def evaluate(
         if ignored:
             listed = ", ".join(ignored[:3]) + (", ..." if len(ignored) > 3 else "")
             typer.echo(f"not scored: the picks of {len(ignored)} micrograph(s) the truth does not cover ({listed})")
+        failed = picking.failed_prediction_micrographs
+        if failed:
+            listed = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
+            typer.echo(f"scored as picking nothing: {len(failed)} micrograph(s) whose prediction failed ({listed}; "
+                       "predict.json says why)")
 
 
 @app.command()

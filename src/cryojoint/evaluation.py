@@ -163,10 +163,12 @@ def _as_table(value: pd.DataFrame | str | Path | Sequence[str | Path]) -> pd.Dat
     return read_coordinates(value)
 
 
-def _prediction_as_candidates(picks: Any, threshold: float | None) -> tuple[Any, float | None, list[str] | None]:
+def _prediction_as_candidates(picks: Any, threshold: float | None,
+                              ) -> tuple[Any, float | None, list[str] | None, list[str]]:
     """A prediction (a notebook's ``predict()`` result or a predict output folder) is scored as what it means:
     every candidate ranked (AP), P/R/F1 at the run's own cut-off unless told one, on the micrographs it covered
-    (returned third; ``None`` for other picks, which pass unchanged)."""
+    (returned third; ``None`` for other picks, which pass unchanged). A folder's micrographs whose prediction failed
+    are covered too, as picking nothing (returned fourth): left out, they would flatter recall."""
     from cryojoint.prediction import Predictions
     from cryojoint.recut import is_prediction_folder, read_prediction_folder
 
@@ -175,11 +177,12 @@ def _prediction_as_candidates(picks: Any, threshold: float | None) -> tuple[Any,
         if not tables:
             raise UserInputError("picks", "the prediction holds no micrographs")
         return (pd.concat(tables, ignore_index=True), picks.threshold if threshold is None else threshold,
-                [m.name for m in picks.micrographs])
+                [m.name for m in picks.micrographs], [])
     if isinstance(picks, (str, Path)) and is_prediction_folder(picks):
         run = read_prediction_folder(picks)
-        return run.candidates, run.threshold if threshold is None else threshold, run.micrographs
-    return picks, threshold, None
+        return (run.candidates, run.threshold if threshold is None else threshold, run.micrographs + run.failed,
+                run.failed)
+    return picks, threshold, None, []
 
 
 def _covered_micrographs(predicted: list[str] | None, truth: pd.DataFrame) -> list[str] | None:
@@ -259,7 +262,7 @@ def evaluate(
     if (picks is None) != (truth is None):
         raise UserInputError("evaluate", "picks and truth go together: give both or neither")
     if picks is not None and truth is not None:
-        picks, threshold, predicted = _prediction_as_candidates(picks, threshold)
+        picks, threshold, predicted, failed = _prediction_as_candidates(picks, threshold)
         picks_table, truth_table = _as_picks(picks), _as_table(truth)  # missing files first
         radius_px, radius_source = resolve_match_radius(match_radius, truth)
         picking = picking_metrics(
@@ -269,6 +272,8 @@ def evaluate(
             micrographs=_covered_micrographs(predicted, truth_table),
         )
         picking.match_radius_source = radius_source
+        truth_names = set(truth_table["micrograph"].astype(str))
+        picking.failed_prediction_micrographs = [name for name in failed if name in truth_names]
         reports["picking"] = picking
     if (denoised is None) != (reference is None):
         raise UserInputError("evaluate", "denoised images need reference images (and vice versa)")

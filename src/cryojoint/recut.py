@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,8 @@ class PredictionFolder:
     micrographs: list[str]  # every micrograph predicted, those without candidates too
     threshold: float | None
     particle_diameter_px: float | None
+    #: Micrographs the last run failed on (predict.json): asked for, with no candidates file.
+    failed: list[str] = field(default_factory=list)
 
 
 def is_prediction_folder(path: str | Path) -> bool:
@@ -79,13 +81,16 @@ def read_prediction_folder(folder: str | Path) -> PredictionFolder:
     candidates = _with_full_precision_scores(candidates, per_micrograph)
     record = folder / "predict.json"
     threshold = diameter = None
+    failed: list[str] = []
     if record.is_file():
         try:
             values = json.loads(record.read_text())
         except json.JSONDecodeError as err:
             raise UserInputError(record, f"not valid JSON ({err.msg})") from None
         threshold, diameter = values.get("threshold"), values.get("particle_diameter_px_input")
-    return PredictionFolder(folder, candidates, names, threshold, diameter)
+        failures = values.get("failures")
+        failed = [str(name) for name in failures if str(name) not in names] if isinstance(failures, dict) else []
+    return PredictionFolder(folder, candidates, names, threshold, diameter, failed)
 
 
 def _with_full_precision_scores(candidates: pd.DataFrame, per_micrograph: list[Path]) -> pd.DataFrame:

@@ -275,6 +275,29 @@ def test_evaluate_scores_a_predict_folder_on_the_micrographs_it_predicted(
     assert plain.n_true == 2 * len(picks) and plain.recall == pytest.approx(0.5)
 
 
+def test_evaluate_counts_the_micrographs_whose_prediction_failed_as_picking_nothing(
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    """A micrograph predict failed on has no candidates file: left out of the scoring it would flatter recall."""
+    root = prediction.parent
+    paths = sorted(root.glob("mic_*.mrc"))
+    blank = write_mrc(tmp_path / "mic_blank.mrc", np.zeros((256, 256), np.float32), 5.3)
+    summary = predict_files(root / "run" / "model.pt", [*paths, blank], tmp_path / "pred", outputs=("picks",),
+                            device="cpu", progress=False)
+    assert list(summary.failures) == ["mic_blank"]
+    picks = read_coordinates(prediction / "picks.star")[["micrograph", "x", "y"]]
+    truth = tmp_path / "truth.csv"
+    pd.concat([picks, picks.assign(micrograph="mic_blank")]).to_csv(truth, index=False)
+    code, stdout, err = cryojoint_main(["evaluate", "--picks", tmp_path / "pred", "--truth", truth,
+                                        "--match-radius", "5"])
+    assert code == 0, err
+    assert "scored as picking nothing: 1 micrograph(s) whose prediction failed (mic_blank;" in stdout
+    from cryojoint.evaluation import evaluate_files
+
+    report = evaluate_files(picks=tmp_path / "pred", truth=truth, match_radius=5)["picking"]
+    assert report.failed_prediction_micrographs == ["mic_blank"]
+    assert report.overall.n_true == 2 * len(picks) and report.overall.recall == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["pick", "PRED", "--threshold", "nan", "--out", "OUT"], "--threshold must be a finite number, got nan"),
     (["threshold", "PRED", "--cutoffs", "0,nan", "--png", "OUT/h.png"], "--cutoffs must be a finite number"),

@@ -81,6 +81,8 @@ class PickingReport:
     excluded_masked: bool = False
     ignored_pick_micrographs: list[str] = field(default_factory=list)
     match_radius_source: str = GIVEN
+    #: Micrographs of a predict folder whose prediction failed, scored as picking nothing.
+    failed_prediction_micrographs: list[str] = field(default_factory=list)
 
     def to_dict(self, include_curves: bool = False) -> dict[str, Any]:
         """Plain JSON-able dict (NaN/inf become ``None``); curves only when asked (they can be long)."""
@@ -91,6 +93,7 @@ class PickingReport:
             "edge_px": self.edge_px,
             "excluded_masked": self.excluded_masked,
             "ignored_pick_micrographs": list(self.ignored_pick_micrographs),
+            "failed_prediction_micrographs": list(self.failed_prediction_micrographs),
             "overall": self.overall.to_dict(include_curves),
             "per_micrograph": [r.to_dict(include_curves) for r in self.per_micrograph],
         }
