@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cryojoint.config import DataConfig, TrainConfig
-from cryojoint.errors import UserInputError
+from cryojoint.errors import UserInputError, first_names
 
 if TYPE_CHECKING:
     from cryojoint.config import CryojointConfig, ModelConfig
@@ -600,13 +600,12 @@ def evaluate(
         typer.echo(picking.describe_match_radius())
         ignored = picking.ignored_pick_micrographs
         if ignored:
-            listed = ", ".join(ignored[:3]) + (", ..." if len(ignored) > 3 else "")
-            typer.echo(f"not scored: the picks of {len(ignored)} micrograph(s) the truth does not cover ({listed})")
+            typer.echo(f"not scored: the picks of {len(ignored)} micrograph(s) the truth does not cover "
+                       f"({first_names(ignored)})")
         failed = picking.failed_prediction_micrographs
         if failed:
-            listed = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
-            typer.echo(f"scored as picking nothing: {len(failed)} micrograph(s) whose prediction failed ({listed}; "
-                       "predict.json says why)")
+            typer.echo(f"scored as picking nothing: {len(failed)} micrograph(s) whose prediction failed "
+                       f"({first_names(failed)}; predict.json says why)")
 
 
 @app.command()

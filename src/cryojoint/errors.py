@@ -22,6 +22,11 @@ class UserInputError(Exception):
         return f"{self.source}: {text}" if self.source else text
 
 
+def first_names(names: list[str], shown: int = 3) -> str:
+    """``a, b, c, ...``: enough of a list of micrographs for a message line to name them without running on."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 class StopRequested(Exception):
     """A caller's stop hook ended a long run early (RELION's abort file, a notebook): not a mistake, not a bug.
 

@@ -25,7 +25,7 @@ from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel, load_model, model_file_sha256
 from cryojoint.contrast import AS_RECORDED
 from cryojoint.data import check_unique_names
-from cryojoint.errors import StopRequested, UserInputError
+from cryojoint.errors import StopRequested, UserInputError, first_names
 from cryojoint.imaging import (
     FILTERED_NEIGHBOUR_CORRELATION,
     bin_image,
@@ -484,11 +484,10 @@ def _check_no_other_micrographs(out_dir: Path, names: Sequence[str]) -> None:
     given = set(names)
     others = sorted(p.stem for p in (out_dir / CANDIDATE_DIR).glob("*.csv") if p.stem not in given)
     if others:
-        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise UserInputError(out_dir, f"holds the picks of {len(others)} micrograph(s) this run was not given "
-                             f"({listed}); picks.star and the cut-off cover the micrographs a run is given: give "
-                             "them all (those done are skipped, so rerun with all of them as more arrive) or "
-                             "write to another folder")
+                             f"({first_names(others)}); picks.star and the cut-off cover the micrographs a run is "
+                             "given: give them all (those done are skipped, so rerun with all of them as more arrive) "
+                             "or write to another folder")
 
 
 def _same_setting(earlier: Any, value: Any) -> bool:
