@@ -15,6 +15,7 @@ Figures: benchmarks/README.md, "Session 26".
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import statistics
@@ -111,10 +112,25 @@ def table(out_md: Path, files: list[Path]) -> None:
     print(out_md)
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "run":
-        run(sys.argv[2], sys.argv[3], int(sys.argv[4]), Path(sys.argv[5]), sys.argv[6:])
-    elif sys.argv[1] == "table":
-        table(Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]])
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    one = commands.add_parser("run", help="train one benchmark column and score each validation pass's weights")
+    one.add_argument("profile", choices=sorted(PROFILES))
+    one.add_argument("dose", help="dose key of the column, e.g. 010 (real data: real)")
+    one.add_argument("seed", type=int, help="training seed")
+    one.add_argument("out", type=Path, help="run folder (model, metrics.csv, passes.jsonl)")
+    one.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
+                     help="numeric config overrides, e.g. train.detector_learning_rate=1e-4")
+    summary = commands.add_parser("table", help="markdown + JSON table of runs' passes.jsonl")
+    summary.add_argument("out_md", type=Path)
+    summary.add_argument("files", type=Path, nargs="+")
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args.profile, args.dose, args.seed, args.out, args.overrides)
     else:
-        raise SystemExit(__doc__)
+        table(args.out_md, args.files)
+
+
+if __name__ == "__main__":
+    main()
