@@ -322,8 +322,10 @@ def predict(
     threshold: Annotated[str | None, typer.Option(help="Cut-off on the peak score (log-odds as in Topaz; "
                                                        "0 = probability 0.5), or a rule: auto "
                                                        "(= expected-count: keep as many picks as particles "
-                                                       "expected), quantile (top 25% of candidate scores, "
-                                                       "the paper's advice).")] = "auto",
+                                                       "expected; the general model, which expects none: the "
+                                                       "top 25%, or as many as the candidates' probabilities "
+                                                       "sum to where that is more), quantile (top 25% of "
+                                                       "candidate scores, the paper's advice).")] = "auto",
     nms_radius: Annotated[float | None, typer.Option("--nms-radius", help="NMS radius in input pixels "
                                                      "(default: particle radius).")] = None,
     border: Annotated[float | None, typer.Option(help="Drop picks closer than this to the edge (input px).")] = None,

@@ -230,6 +230,11 @@ class PredictConfig:
     precision: str = "auto"
 
 
+#: The automatic cut-off where no particle count is known (the general model told no labels): the quantile rule's top
+#: share of the candidates, or as many as their probabilities sum to where that is more (prediction.choose_threshold).
+PROBABILITY_SUM_RULE = "probability-sum"
+
+
 #: Particle diameter (network px) the shipped general model is trained and run at (cryojoint.pretraining): inside
 #: the 32-40 px at which the detector's 63 px receptive field sees a particle whole with its surroundings, and
 #: coarse enough that a binned micrograph holds many.

@@ -26,6 +26,7 @@ from cryojoint.config import (
     GENERAL_PARTICLE_PX,
     PARTICLE_CONTRASTS,
     PRECISIONS,
+    PROBABILITY_SUM_RULE,
     CryojointConfig,
 )
 from cryojoint.contrast import AS_RECORDED, contrast_from_tails, vote_sample
@@ -445,10 +446,13 @@ class PickingSettings:
 
     @property
     def automatic_rule(self) -> str:
-        """The automatic rule that applies: expected-count needs an expected count, else the quantile rule."""
-        if self.threshold_rule == "expected-count" and self.expected_per_micrograph:
+        """The automatic rule that applies: expected-count needs an expected count; without one (the general model
+        told no labels) probability-sum; quantile when asked for."""
+        if self.threshold_rule == "quantile":
+            return "quantile"
+        if self.expected_per_micrograph:
             return "expected-count"
-        return "quantile"
+        return PROBABILITY_SUM_RULE
 
     @classmethod
     def resolve(cls, model: LoadedModel, threshold: float | str | None = None, nms_radius_px: float | None = None,

@@ -98,22 +98,36 @@ def choose_threshold(candidate_scores: Sequence[np.ndarray], settings: PickingSe
     it, expected particles per micrograph times their number). It ties the cut-off to what is in the images
     rather than to how many background peaks NMS happens to find.
     ``quantile`` is the appendix's advice, the score at the top ``top_fraction`` of all candidate scores.
+    ``probability-sum`` (no count known: the general model told no labels) keeps the quantile rule's picks, or as
+    many as the candidates' probabilities sum to where that is more: a quarter of the peaks is too few in a
+    crowded field (real beta-galactosidase: particles are 40 % of the peaks), where the model is also confident
+    enough to say so, while at low dose its probabilities run low and the quantile stands
+    (:func:`~cryojoint.picking.count_from_probabilities`).
     """
-    from cryojoint.picking import auto_threshold
+    from cryojoint.picking import auto_threshold, count_from_probabilities
 
     if settings.threshold is not None:
         return float(settings.threshold), False
     values = [np.asarray(s, dtype=float) for s in candidate_scores if len(s)]
     if not values:
         return 0.0, True  # log-odds 0 = probability 0.5
-    if settings.automatic_rule == "expected-count":
-        ranked = np.sort(np.concatenate(values))[::-1]
+    ranked = np.sort(np.concatenate(values))[::-1]
+    rule = settings.automatic_rule
+    if rule == "expected-count":
         if settings.expected_density_per_px2 and areas_px2 is not None:
             keep = int(round(settings.expected_density_per_px2 * float(np.sum(areas_px2))))
         else:
             keep = int(round(settings.expected_per_micrograph * len(candidate_scores)))
-        return float(ranked[min(max(keep, 1), len(ranked)) - 1]), True
-    return float(auto_threshold(values, settings.top_fraction)), True
+        return _score_keeping(ranked, keep), True
+    cut = float(auto_threshold(values, settings.top_fraction))
+    if rule == "quantile":
+        return cut, True
+    return min(cut, _score_keeping(ranked, int(round(count_from_probabilities(ranked))))), True
+
+
+def _score_keeping(ranked: np.ndarray, keep: int) -> float:
+    """The cut-off that keeps the ``keep`` best of scores ranked best first (at least one, at most all)."""
+    return float(ranked[min(max(keep, 1), len(ranked)) - 1])
 
 
 def predict(

@@ -315,3 +315,15 @@ def test_summary_names_the_automatic_rule_that_was_used(tmp_path: Path) -> None:
     summary = _section(write_report(run).read_text(encoding="utf-8"), "summary")
     assert "as many picks as the expected particle density predicts (169.7 per micrograph" in summary
     assert "top 25%" not in summary
+
+
+def test_summary_says_a_zero_shot_cut_off_may_keep_as_many_as_the_probabilities_sum_to(tmp_path: Path) -> None:
+    run = build_run(tmp_path)
+    record_path = run / "pred" / "predict.json"
+    record = json.loads(record_path.read_text())
+    record.update(auto_threshold_rule="expected-count", auto_threshold_rule_used="probability-sum",
+                  expected_particles_per_micrograph=None, threshold_was_automatic=True)
+    record_path.write_text(json.dumps(record))
+    summary = _section(write_report(run).read_text(encoding="utf-8"), "summary")
+    assert "keeps the top 25% of all candidate peak scores of the run, or as many as their probabilities sum to" \
+        in summary

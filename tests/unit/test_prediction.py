@@ -17,6 +17,7 @@ from cryojoint.inference import PickingSettings, _blocks, bin_phase_offsets, run
 from cryojoint.io.mrc import Micrograph
 from cryojoint.models.joint import JointModel
 from cryojoint.models.unet import BlindSpotUNet
+from cryojoint.picking import count_from_probabilities
 from cryojoint.prediction import choose_threshold, predict
 
 TINY = {"model": {"unet_encoder_channels": 8, "unet_decoder_channels": 16, "unet_depth": 3,
@@ -145,11 +146,30 @@ def test_expected_count_beyond_the_candidates_keeps_them_all() -> None:
     assert cut == pytest.approx(0.2)
 
 
-def test_expected_count_without_an_expected_count_falls_back_to_the_quantile() -> None:
+def test_without_an_expected_count_the_quantile_stands_where_the_model_is_unsure() -> None:
     settings = _settings(expected_per_micrograph=None)
-    assert settings.automatic_rule == "quantile" and _settings().automatic_rule == "expected-count"
-    scores = np.linspace(0, 1, 101)
+    assert settings.automatic_rule == "probability-sum" and _settings().automatic_rule == "expected-count"
+    # Log-odds -9..-5 (probabilities <= 0.7 %: summed, under one particle): the top 25 % of the candidates.
+    scores = np.linspace(-9.0, -5.0, 101)
     assert choose_threshold([scores], settings) == (pytest.approx(np.quantile(scores, 0.75)), True)
+
+
+def test_without_an_expected_count_a_confident_model_keeps_as_many_as_its_probabilities_sum_to() -> None:
+    # A crowded field: 60 of 100 candidates at probability 0.95-0.998, the rest ~0.002 (summed ~58.7: 59 picks,
+    # where the top 25 % would keep 25).
+    confident, unsure = np.linspace(3.0, 6.0, 60), np.full(40, -6.0)
+    scores = [np.r_[confident[::2], unsure[:20]], np.r_[confident[1::2], unsure[20:]]]
+    cut, automatic = choose_threshold(scores, _settings(expected_per_micrograph=None))
+    kept = sum(int((s >= cut).sum()) for s in scores)
+    assert automatic and kept == round(count_from_probabilities(np.concatenate(scores))) == 59
+    # Asked for by name, the quantile rule is the appendix's alone.
+    quantile_cut, _ = choose_threshold(scores, _settings(threshold_rule="quantile"))
+    assert sum(int((s >= quantile_cut).sum()) for s in scores) == 25
+
+
+def test_count_from_probabilities_is_the_sum_of_the_logistic_and_survives_huge_scores() -> None:
+    assert count_from_probabilities(np.array([0.0, 0.0, np.log(3.0)])) == pytest.approx(1.75)
+    assert count_from_probabilities(np.array([1e6, -1e6, np.nan])) == pytest.approx(1.0)
 
 
 def test_quantile_rule_is_the_stated_quantile() -> None:

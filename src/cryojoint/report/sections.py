@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from cryojoint.config import PROBABILITY_SUM_RULE
 from cryojoint.errors import UserInputError
 from cryojoint.report.figures import (
     CONTRAST_PERCENTILES,
@@ -128,6 +129,8 @@ def _summary_section(contents: RunContents) -> str:
             fraction = _number(record.get("auto_threshold_top_fraction"))
             share = f"the top {fraction:.0%}" if fraction is not None else "the top share"
             how = f"automatic: keeps {share} of all candidate peak scores of the run"
+            if rule == PROBABILITY_SUM_RULE:
+                how += ", or as many as their probabilities sum to where that is more"
         else:
             how = "fixed (given with --threshold or in the config)"
         rows.append(("score cut-off", f"{_fmt(threshold)} — {how}"))
