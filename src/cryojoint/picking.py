@@ -236,9 +236,9 @@ def auto_threshold(
 def count_from_probabilities(scores: np.ndarray | Sequence[float]) -> float:
     """How many of the candidates are particles if their scores (log-odds) were calibrated: the sum of their
     probabilities. The general model's are not (told the true diameter, every NMS peak; the sum over the true count):
-    low at low dose (0.16-0.45 on five structures at 10 %), nearer at full dose (0.58-0.89) and on real
-    beta-galactosidase (0.71), and above it where particle-sized decoys look like particles to it (ASPIRE 1.6-1.9).
-    Not a count to trust alone (``benchmarks/results/2026-12-04-s27-zero-shot-cutoff.md``)."""
+    low at low dose (0.11-0.45 on six sets of five structures at 10 %), 0.2-1.2 at full dose, 0.71 on real
+    beta-galactosidase, and 1.6-1.9 on ASPIRE, whose decoys it takes for particles. Not a count to trust alone
+    (``benchmarks/results/2026-12-04-s27-zero-shot-cutoff.md``)."""
     values = np.asarray(scores, dtype=np.float64).ravel()
     values = values[~np.isnan(values)]
     return float(np.sum(0.5 * (1.0 + np.tanh(0.5 * values))))  # the logistic, without overflow at large |x|
