@@ -239,9 +239,10 @@ def count_from_probabilities(scores: np.ndarray | Sequence[float]) -> float:
     low at low dose (0.11-0.45 on six sets of five structures at 10 %), 0.2-1.2 at full dose, 0.71 on real
     beta-galactosidase, and 1.6-1.9 on ASPIRE, whose decoys it takes for particles. Not a count to trust alone
     (``benchmarks/results/2026-12-04-s27-zero-shot-cutoff.md``)."""
+    from scipy.special import expit  # the logistic, without overflow at large |x|
+
     values = np.asarray(scores, dtype=np.float64).ravel()
-    values = values[~np.isnan(values)]
-    return float(np.sum(0.5 * (1.0 + np.tanh(0.5 * values))))  # the logistic, without overflow at large |x|
+    return float(np.sum(expit(values[~np.isnan(values)])))
 
 
 #: The labelled picks' score that :func:`count_from_label_scores` counts candidates above: their median, so that
