@@ -7,7 +7,7 @@ arrays into tensors.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +42,12 @@ from cryojoint.io.coords import (
     labels_in_a_corner,
 )
 from cryojoint.io.mrc import Micrograph, read_micrograph
-from cryojoint.picking import DiameterReading, ParticleSizeAtSearchLimit, measure_particle_diameter
+from cryojoint.picking import (
+    DiameterReading,
+    ParticleSizeAtSearchLimit,
+    measure_particle_diameter,
+    median_neighbour_distance,
+)
 
 #: Smallest labelled region (px^2 at network scale) we trust for a density estimate; below it, use the image.
 MIN_REGION_AREA_PX2 = 64.0**2
@@ -259,6 +264,7 @@ def prepare_data(
     loss_config: LossConfig,
     labels_source: str | Path | None = None,
     denoiser_only: Collection[str] = (),
+    read_size: SizeReader | None = None,
 ) -> PreparedData:
     """Bin, normalise, check labels against images, derive particle size / count / pi, split validation.
 
@@ -267,6 +273,7 @@ def prepare_data(
     target is NaN) and they are never held out for validation. Label-free terms (denoising, flip consistency) still
     use them. A micrograph given with no labels otherwise counts as holding the expected particles, none of them
     labelled (the PU prior covers it).
+    ``read_size``: see :func:`resolve_downsample`.
     """
     unknown = sorted(set(denoiser_only) - {m.name for m in micrographs})
     if unknown:
@@ -290,7 +297,7 @@ def prepare_data(
     if n_duplicates:
         notes.append(f"{n_duplicates} label(s) repeat another pick of their micrograph (within "
                      f"{DUPLICATE_PICK_PX:g} px) and were dropped")
-    factor, diameter = resolve_downsample(micrographs, labels, data_config, labels_source, notes)
+    factor, diameter = resolve_downsample(micrographs, labels, data_config, labels_source, notes, read_size)
     diameter_estimated = data_config.particle_diameter_px is None
     if diameter_estimated:
         notes.append(f"particle diameter estimated from the labels: {diameter:.1f} px (network scale)")
@@ -447,14 +454,23 @@ CHECK_CONVENTION = ("check the coordinate convention (origin, axes) of the tool 
                     "file they were picked on")
 
 
+#: Reads the particle diameter with a pretrained model (:func:`cryojoint.size_reading.read_size_with_model`):
+#: (labelled micrographs with their picks, the blob reading, the largest diameter the picks' spacing allows; input
+#: px) -> the diameter in input px, or None when it cannot tell.
+SizeReader = Callable[[Sequence[tuple[Micrograph, np.ndarray]], float, float], float | None]
+
+
 def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, data_config: DataConfig,
-                       labels_source: str | Path | None, notes: list[str]) -> tuple[float, float]:
+                       labels_source: str | Path | None, notes: list[str],
+                       read_size: SizeReader | None = None) -> tuple[float, float]:
     """The bin factor training uses and the particle diameter at that scale (px), given or measured on the labels.
 
     A factor in the config stands, and a diameter not given is measured at it. Automatic (``None``): from the given
     diameter, else from one measured on the labelled micrographs at their own scale, or binned to
     ~:data:`ESTIMATE_PIXEL_SIZE_ANGSTROM` when the headers give a finer pixel size, or binned further while the
-    particle is wider than the size search reaches; then measured again at the factor chosen.
+    particle is wider than the size search reaches; then measured again at the factor chosen. When that measure read
+    the mean particle's core, ``read_size`` (fine-tuning a pretrained model) reads the size the model sees the picks
+    best at instead.
     """
     labelled = [(m, labels[labels["micrograph"].astype(str) == m.name]) for m in micrographs]
     labelled = [(m, rows[["x", "y"]].to_numpy(float)) for m, rows in labelled if len(rows)]
@@ -531,6 +547,18 @@ def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, 
         except ValueError:
             break
         factor = max(factor, automatic(measured * scale))
+    if read_size is not None and readings[-1].read_at == "core":
+        blob_px = measured * scale
+        model_px = read_size(labelled, blob_px, median_neighbour_distance([xy for _, xy in labelled]))
+        if model_px is not None and model_px > blob_px:
+            notes.append(f"the particle size was read at the core of the mean particle ({blob_px:.0f} px), which "
+                         "reads short of the edge under phase contrast; the pretrained model scores the labelled picks "
+                         f"highest with the particle at {model_px:.0f} px, and training uses that (if you know the "
+                         f"size, give it: {GIVE_SIZE})")
+            factor = automatic(model_px)
+            if factor > 1:
+                notes.append(binning_note(factor, model_px, "measures"))
+            return factor, model_px / factor
     if factor > 1:
         notes.append(binning_note(factor, measured * scale, "measures"))
     note_a_core_reading()

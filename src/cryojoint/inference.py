@@ -619,6 +619,13 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
                                 _named_table(candidates, micrograph), pixel_size, time.perf_counter() - start)
 
 
+def detector_logits(model: LoadedModel, micrograph: Micrograph, settings: PickingSettings,
+                    device: torch.device | str = "cpu") -> np.ndarray:
+    """The detector's log-odds map of one micrograph at network scale, prepared as for picking."""
+    result = _network_pass(model, micrograph, dataclasses.replace(settings, pick=True), device)[1]
+    return result.logits
+
+
 def _named_table(candidates: pd.DataFrame, micrograph: Micrograph) -> pd.DataFrame:
     if micrograph.path is not None:
         candidates[FILE_NAME_COLUMN] = Path(micrograph.path).name

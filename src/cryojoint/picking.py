@@ -423,7 +423,7 @@ def measure_particle_diameter(
     smallest_side = min(min(np.shape(image)) for image in images)
     by_spacing = False
     if max_px is None:
-        spacing = _median_neighbour_distance(coords)
+        spacing = median_neighbour_distance(coords)
         max_px = min(DEFAULT_MAX_DIAMETER_PX, smallest_side / 2.0, spacing)
         by_spacing = spacing <= max_px
     if not 0 < min_px < max_px:
@@ -564,7 +564,7 @@ def _random_position_patches(images: Sequence[np.ndarray], counts: Sequence[int]
 MIN_PICKS_FOR_SPACING_BOUND = 5
 
 
-def _median_neighbour_distance(coords: Sequence[np.ndarray]) -> float:
+def median_neighbour_distance(coords: Sequence[np.ndarray]) -> float:
     """Median nearest-labelled-neighbour distance within each image (inf with too few picks)."""
     from scipy.spatial import cKDTree
 

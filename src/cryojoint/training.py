@@ -53,6 +53,7 @@ from cryojoint.data import (
     LabelledImage,
     PatchSampler,
     PreparedData,
+    SizeReader,
     close_packed_density,
     load_micrographs,
     prepare_data,
@@ -71,6 +72,7 @@ from cryojoint.runtime import (
     select_device,
     threads_per_worker,
 )
+from cryojoint.size_reading import read_size_with_model
 
 __all__ = ["TrainResult", "learning_rate_at", "load_model", "train", "training_patch_size"]
 
@@ -257,7 +259,8 @@ def _train(
     torch.manual_seed(config.train.seed)
     rng = np.random.default_rng(config.train.seed)
     # The split does not depend on the seed or the rank: every run and every process holds out the same data.
-    prepared = prepare_data(mics, label_table, config.data, config.loss, labels_source, denoiser_only)
+    read_size = _size_reader(config, device, progress and group.is_main) if init != "scratch" else None
+    prepared = prepare_data(mics, label_table, config.data, config.loss, labels_source, denoiser_only, read_size)
     sampler_rng = rng if group.rank == 0 else _rank_generator(config.train.seed, group.rank)
     scored = [im for im in prepared.train if im.name not in denoiser_only] or prepared.train
     patch_size = config.data.patch_size_px or training_patch_size(  # sized for the micrographs the detector learns on
@@ -809,6 +812,18 @@ def _as_micrograph_inputs(micrographs: Any) -> list[str | Path | Micrograph]:
             raise UserInputError(f"micrograph {index}", f"is a {type(item).__name__}: give MRC paths, Micrograph "
                                  "objects or 2D arrays")
     return result
+
+
+def _size_reader(config: CryojointConfig, device: torch.device, progress: bool) -> SizeReader:
+    """The starting model's reading of the particle size (:mod:`cryojoint.size_reading`), for when the labels' blob
+    reading found the mean particle's core: the starting model works at its own particle size, so the bin matters."""
+
+    def read(labelled: Sequence[tuple[Micrograph, np.ndarray]], blob_px: float, largest_px: float) -> float | None:
+        reading = read_size_with_model(load_model(str(config.train.init), device), labelled, blob_px,
+                                       config.data.particle_contrast, largest_px, device, progress)
+        return None if reading is None else reading.diameter_px
+
+    return read
 
 
 def _what_it_learns_from(prepared: PreparedData) -> dict[str, Any]:

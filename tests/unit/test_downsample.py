@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cryojoint.config import DataConfig, LossConfig
-from cryojoint.data import automatic_downsample, prepare_data, resolve_downsample
+from cryojoint.data import automatic_downsample, network_factor, prepare_data, resolve_downsample
 from cryojoint.errors import UserInputError
 from cryojoint.io.mrc import Micrograph
 from cryojoint.models.detector import RECEPTIVE_FIELD
@@ -177,6 +177,62 @@ def test_a_size_read_at_the_fringe_is_not_flagged(blob_field, monkeypatch: pytes
     resolve_downsample(micrographs, labels, DataConfig(), None, notes)
     assert notes == []
 
+
+
+FINE_TUNING = DataConfig(network_particle_px=36.0)  # as training sets it when it starts from the general model
+
+
+def test_a_core_reading_defers_to_the_pretrained_models_reading(blob_field) -> None:
+    """Fine-tuning: a size read at the core is replaced by the starting model's reading when that is larger."""
+    micrographs, labels = _field(blob_field, 30.0, size=512)
+    asked: list[tuple[int, float, float]] = []
+
+    def read_size(labelled, blob_px: float, largest_px: float) -> float:
+        asked.append((len(labelled), blob_px, largest_px))
+        return 54.0
+
+    notes: list[str] = []
+    factor, diameter = resolve_downsample(micrographs, labels, FINE_TUNING, None, notes, read_size)
+    assert factor == network_factor(54.0, 36.0) == 1.5 and diameter == pytest.approx(36.0)
+    (n_labelled, blob_px, largest_px), = asked
+    assert n_labelled == 2 and blob_px == pytest.approx(30.0, rel=0.3) and largest_px > blob_px  # spacing bounds it
+    assert any("pretrained model scores the labelled picks highest with the particle at 54 px" in n for n in notes)
+    assert not any("read at the core of the mean particle of" in n for n in notes)
+    assert any("binned 1.5x" in n for n in notes)
+
+
+@pytest.mark.parametrize("reading", [None, 20.0], ids=["cannot-tell", "smaller"])
+def test_the_blob_reading_stands_when_the_model_cannot_improve_on_it(blob_field, reading: float | None) -> None:
+    micrographs, labels = _field(blob_field, 30.0, size=512)
+    notes: list[str] = []
+    expected = resolve_downsample(micrographs, labels, FINE_TUNING, None, [])
+    assert resolve_downsample(micrographs, labels, FINE_TUNING, None, notes, lambda *_: reading) == expected
+    assert any("read at the core of the mean particle of" in n for n in notes)
+
+
+@pytest.mark.parametrize("config", [dataclasses.replace(FINE_TUNING, particle_diameter_px=30.0),
+                                    dataclasses.replace(FINE_TUNING, downsample=1)], ids=["size-given", "bin-given"])
+def test_the_model_is_not_asked_when_the_user_gave_the_size_or_the_bin(blob_field, config: DataConfig) -> None:
+    micrographs, labels = _field(blob_field, 30.0, size=512)
+
+    def read_size(*_):
+        raise AssertionError("asked")
+
+    resolve_downsample(micrographs, labels, config, None, [], read_size)
+
+
+def test_the_model_is_not_asked_when_the_fringe_was_read(blob_field, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cryojoint.data as data_module
+
+    real = data_module.measure_particle_diameter
+    monkeypatch.setattr(data_module, "measure_particle_diameter",
+                        lambda *a, **k: dataclasses.replace(real(*a, **k), read_at="fringe"))
+    micrographs, labels = _field(blob_field, 30.0, size=512)
+
+    def read_size(*_):
+        raise AssertionError("asked")
+
+    resolve_downsample(micrographs, labels, FINE_TUNING, None, [], read_size)
 
 
 def test_labels_listed_twice_count_once(blob_field) -> None:
