@@ -9,9 +9,10 @@ micrographs around the labelled picks are shown to it at the bins that a range o
 use, and the diameter whose bin makes the picks score highest is read. Sizes the network sees unbinned (up to its
 particle size) cannot be told apart this way: their passes are the same.
 
-Measured (general-v2, `standard` ribosome draws at 10 % dose, true diameter 52 px, 37-49 picks on 4 micrographs):
-the labelled picks' median log-odds peaked at 50.8 px (core read 39.0) and 50.9 px (core 35.1), and between 46.7
-and 53.7 px on a draw whose fringe was read (46.7); benchmarks/README.md, "Session 28".
+Measured (general-v2, 10 % dose, 45-91 partial labels on 8 micrographs; benchmarks/README.md, "Session 28"): where the
+core was read, ribosome (52 px) 35.5 / 34.5 / 34.4 / 37.0 -> 51.4 / 46.7 / 44.4 / 48.8 px, barrel (56 px) 32.9 / 25.2 /
+28.4 -> 43.7 / 50.4 / 43.4 px; fine-tuning on one ribosome draw picked at AP 0.862 +- 0.019 vs 0.847 +- 0.006 with
+the core's size (seeds 0-2).
 """
 
 from __future__ import annotations
