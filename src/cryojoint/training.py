@@ -819,8 +819,10 @@ def _size_reader(config: CryojointConfig, device: torch.device, progress: bool) 
     reading found the mean particle's core: the starting model works at its own particle size, so the bin matters."""
 
     def read(labelled: Sequence[tuple[Micrograph, np.ndarray]], blob_px: float, largest_px: float) -> float | None:
-        reading = read_size_with_model(load_model(str(config.train.init), device), labelled, blob_px,
-                                       config.data.particle_contrast, largest_px, device, progress)
+        # Loading a model draws its random initial weights first: training's random stream stays as it was.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            reading = read_size_with_model(load_model(str(config.train.init), device), labelled, blob_px,
+                                           config.data.particle_contrast, largest_px, device, progress)
         return None if reading is None else reading.diameter_px
 
     return read
