@@ -547,22 +547,21 @@ def resolve_downsample(micrographs: Sequence[Micrograph], labels: pd.DataFrame, 
         except ValueError:
             break
         factor = max(factor, automatic(measured * scale))
-    if read_size is not None and readings[-1].read_at == "core":
-        blob_px = measured * scale
-        model_px = read_size(labelled, blob_px, median_neighbour_distance([xy for _, xy in labelled]))
-        if model_px is not None and model_px > blob_px:
-            notes.append(f"the particle size was read at the core of the mean particle ({blob_px:.0f} px), which "
-                         "reads short of the edge under phase contrast; the pretrained model scores the labelled picks "
-                         f"highest with the particle at {model_px:.0f} px, and training uses that (if you know the "
-                         f"size, give it: {GIVE_SIZE})")
-            factor = automatic(model_px)
-            if factor > 1:
-                notes.append(binning_note(factor, model_px, "measures"))
-            return factor, model_px / factor
+    diameter_px = measured * scale
+    model_px = (read_size(labelled, diameter_px, median_neighbour_distance([xy for _, xy in labelled]))
+                if read_size is not None and readings[-1].read_at == "core" else None)
+    read_by_model = model_px is not None and model_px > diameter_px
+    if read_by_model:
+        notes.append(f"the particle size was read at the core of the mean particle ({diameter_px:.0f} px), which "
+                     "reads short of the edge under phase contrast; the pretrained model scores the labelled picks "
+                     f"highest with the particle at {model_px:.0f} px, and training uses that (if you know the "
+                     f"size, give it: {GIVE_SIZE})")
+        diameter_px, factor = model_px, automatic(model_px)
     if factor > 1:
-        notes.append(binning_note(factor, measured * scale, "measures"))
-    note_a_core_reading()
-    return factor, measured * scale / factor
+        notes.append(binning_note(factor, diameter_px, "measures"))
+    if not read_by_model:
+        note_a_core_reading()
+    return factor, diameter_px / factor
 
 
 def flatten_ice(image: np.ndarray, data_config: DataConfig,

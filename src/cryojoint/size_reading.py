@@ -81,7 +81,7 @@ def read_size_with_model(model: LoadedModel, labelled: Sequence[tuple[Micrograph
         return None
     labelled = sorted(labelled, key=lambda item: -len(item[1]))[:SCAN_MICROGRAPHS]
     low, high = (ratio * blob_reading_px for ratio in SCAN_RANGE)
-    if largest_px is not None and math.isfinite(largest_px):
+    if largest_px is not None:  # inf (too few picks for a spacing) bounds nothing
         high = min(high, largest_px)
     if high <= low:
         return None
