@@ -22,7 +22,10 @@ from pathlib import Path
 import pandas as pd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "src"))
+
+from benchmarks.suite.profiles import PROFILES  # noqa: E402
 
 from cryojoint.baselines import blob_pick, choose_polarity  # noqa: E402
 from cryojoint.imaging import normalise  # noqa: E402
@@ -30,8 +33,8 @@ from cryojoint.metrics.picking import picking_metrics  # noqa: E402
 from cryojoint.picking import estimate_particle_diameter  # noqa: E402
 from cryojoint.simulation import SimulationConfig, simulate  # noqa: E402
 
-#: The `standard` profile's split (benchmarks/suite/profiles.py): the first 8 micrographs train, the last 4 test.
-N_TRAIN, N_TEST, SIZE_PX = 8, 4, 1024
+#: The `standard` profile's split (benchmarks/suite/profiles.py): the first micrographs train, the rest test.
+N_TRAIN, N_TEST, SIZE_PX = PROFILES["standard"].n_train, PROFILES["standard"].n_test, PROFILES["standard"].size_px
 
 
 def floor_ap(test: list, truth: pd.DataFrame, diameter_px: float, match_radius_px: float, polarity: str) -> float:

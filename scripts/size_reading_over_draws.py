@@ -31,7 +31,10 @@ from pathlib import Path
 import pandas as pd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "src"))
+
+from benchmarks.suite.profiles import PROFILES  # noqa: E402
 
 from cryojoint import load_model  # noqa: E402
 from cryojoint.config import default_config  # noqa: E402
@@ -43,8 +46,8 @@ from cryojoint.simulation import SimulationConfig, simulate  # noqa: E402
 from cryojoint.size_reading import read_size_with_model  # noqa: E402
 from cryojoint.training import train  # noqa: E402
 
-#: The `standard` profile's split (benchmarks/suite/profiles.py): the first 8 micrographs train, the last 4 test.
-N_TRAIN, N_TEST, SIZE_PX = 8, 4, 1024
+#: The `standard` profile's split (benchmarks/suite/profiles.py): the first micrographs train, the rest test.
+N_TRAIN, N_TEST, SIZE_PX = PROFILES["standard"].n_train, PROFILES["standard"].n_test, PROFILES["standard"].size_px
 
 
 def draw(preset: str, seed: int, pixel_size: float | None, dose: str):
