@@ -90,13 +90,14 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({len(values)} seeds)"
 
 
-def table(profile_name: str, dose: str, earlier: Path, new: list[Path], ours: list[str], out_md: Path) -> None:
+def table(profile_name: str, dose: str, earlier: Path, new: list[Path], ours: list[str], out_md: Path,
+          notes: list[str]) -> None:
     structure = PROFILES[profile_name].structures[0]
     topaz = {seed: record for seed, record in _earlier_cells(earlier, structure, dose, ROW).items()}
     for path in new:
         record = json.loads(path.read_text())
         topaz[int(record["settings"]["seed"])] = record
-    rows = [("Topaz resnet8 (from scratch)", topaz, f"{earlier.name} + {', '.join(p.as_posix() for p in new)}")]
+    rows = [("Topaz resnet8 (from scratch)", topaz, f"{earlier.name} + {', '.join(p.name for p in new)}")]
     for item in ours:
         label, row, source = item.split("=", 2)
         rows.append((label, _earlier_cells(Path(source), structure, dose, row), Path(source).name))
@@ -117,7 +118,7 @@ def table(profile_name: str, dose: str, earlier: Path, new: list[Path], ours: li
                           "minibatches": {s: cells[s].get("settings", {}).get("epochs", 0)
                                           * cells[s].get("settings", {}).get("minibatches_per_epoch", 0)
                                           for s in seeds}}
-    lines.append("")
+    lines += ["", *(f"- {note}" for note in notes), ""] if notes else [""]
     out_md.write_text("\n".join(lines))
     out_md.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     print("\n".join(lines))
@@ -141,11 +142,12 @@ def main() -> None:
     summary.add_argument("--ours", nargs="*", default=[], metavar="LABEL=ROW_ID=JSON",
                          help="a cryojoint row's seeds from a committed benchmark JSON")
     summary.add_argument("--out", type=Path, required=True, help="markdown table (a .json beside it)")
+    summary.add_argument("--note", action="append", default=[], help="a line under the table (repeatable)")
     args = parser.parse_args()
     if args.command == "run":
         run(args.profile, args.dose, args.seed, args.earlier, args.budget_from_seed, args.out)
     else:
-        table(args.profile, args.dose, args.earlier, args.new, args.ours, args.out)
+        table(args.profile, args.dose, args.earlier, args.new, args.ours, args.out, args.note)
 
 
 if __name__ == "__main__":
