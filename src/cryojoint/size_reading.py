@@ -12,7 +12,7 @@ particle size) cannot be told apart this way: their passes are the same.
 Measured (general-v2, 10 % dose, 45-91 partial labels on 8 micrographs; benchmarks/README.md, "Session 28"): where the
 core was read, ribosome (52 px) 35.5 / 34.5 / 34.4 / 37.0 -> 51.4 / 46.7 / 44.4 / 48.8 px, barrel (56 px) 32.9 / 25.2 /
 28.4 -> 43.7 / 50.4 / 43.4 px; fine-tuning on one ribosome draw picked at AP 0.862 +- 0.019 vs 0.847 +- 0.006 with
-the core's size (seeds 0-2).
+the core's size (seeds 0-2), on one barrel draw at 0.598 +- 0.005 vs 0.582 +- 0.008 (seeds 0-2; session 29).
 """
 
 from __future__ import annotations
