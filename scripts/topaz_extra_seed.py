@@ -55,17 +55,27 @@ def _earlier_cells(path: Path, structure: str, dose: str, row: str) -> dict[int,
     return {seed: record for seed, record in found.items() if record.get("status", "ok") == "ok"}
 
 
-def run(profile_name: str, dose: str, seed: int, earlier: Path, budget_seed: int, out: Path) -> None:
+def run(profile_name: str, dose: str, seed: int, earlier: Path, budget_seed: int, out: Path,
+        minibatches: int | None = None) -> None:
     profile = PROFILES[profile_name]
     structure = profile.structures[0]
     previous = _earlier_cells(earlier, structure, dose, ROW)
-    if budget_seed not in previous:
-        raise SystemExit(f"{earlier}: no finished {ROW} cell for seed {budget_seed} at {structure}/{dose}")
-    settings = previous[budget_seed]["settings"]
-    minibatches = settings["epochs"] * settings["minibatches_per_epoch"]
+    copied_seed = budget_seed if minibatches is None else None
+    if minibatches is None:
+        if budget_seed not in previous:
+            raise SystemExit(f"{earlier}: no finished {ROW} cell for seed {budget_seed} at {structure}/{dose}; "
+                             "give --minibatches")
+        settings = previous[budget_seed]["settings"]
+        minibatches = settings["epochs"] * settings["minibatches_per_epoch"]
+        expected = settings["expected_particles"]
+    else:  # no Topaz cell to copy: the prior count cryojoint's default cell used, as the benchmark hands Topaz
+        joint = _earlier_cells(earlier, structure, dose, "cryojoint-joint-default")
+        if 0 not in joint:
+            raise SystemExit(f"{earlier}: no finished cryojoint-joint-default cell at {structure}/{dose}")
+        expected = joint[0]["settings"]["estimated_expected_particles"]
     # topaz_picker_cell reads the prior count and the budget from the joint model's record; this stands in for it
-    # with what the earlier cell was given (its epochs come back exactly: budget = seconds / plan rate).
-    joint_record = {"settings": {"estimated_expected_particles": settings["expected_particles"]},
+    # (its epochs come back exactly: budget = seconds / plan rate).
+    joint_record = {"settings": {"estimated_expected_particles": expected},
                     "cost": {"train_seconds": minibatches * TOPAZ_SECONDS_PER_MINIBATCH_PLAN}}
     data = load_dose_data(ensure_dataset(structure, profile, REPO_ROOT / "benchmarks" / ".cache", print), dose,
                           profile)
@@ -76,7 +86,8 @@ def run(profile_name: str, dose: str, seed: int, earlier: Path, budget_seed: int
     record["code"] = code_version()
     record["dataset"] = data.data_dir.name
     record["budget_from"] = {"file": str(earlier.relative_to(REPO_ROOT) if earlier.is_absolute() else earlier),
-                             "seed": budget_seed, "minibatches": minibatches}
+                             "seed": copied_seed,
+                             "minibatches": minibatches, "expected_particles": expected}
     cell = out / "cell.json"
     cell.with_suffix(".tmp").write_text(json.dumps(record, indent=1, default=str))
     cell.with_suffix(".tmp").replace(cell)
@@ -134,6 +145,8 @@ def main() -> None:
     one.add_argument("--earlier", type=Path, required=True, help="committed benchmark JSON with earlier Topaz seeds")
     one.add_argument("--budget-from-seed", type=int, default=0, help="the earlier seed whose count and budget to use")
     one.add_argument("--out", type=Path, required=True)
+    one.add_argument("--minibatches", type=int, default=None,
+                     help="Topaz's budget when the earlier run has no Topaz cell (prior count: its default cell's)")
     summary = sub.add_parser("table", help="Topaz's seeds beside ours, mean ± sd")
     summary.add_argument("profile", choices=sorted(PROFILES))
     summary.add_argument("dose")
@@ -145,7 +158,7 @@ def main() -> None:
     summary.add_argument("--note", action="append", default=[], help="a line under the table (repeatable)")
     args = parser.parse_args()
     if args.command == "run":
-        run(args.profile, args.dose, args.seed, args.earlier, args.budget_from_seed, args.out)
+        run(args.profile, args.dose, args.seed, args.earlier, args.budget_from_seed, args.out, args.minibatches)
     else:
         table(args.profile, args.dose, args.earlier, args.new, args.ours, args.out, args.note)
 
