@@ -112,7 +112,8 @@ def table(profile_name: str, dose: str, earlier: Path, new: list[Path], ours: li
     for item in ours:
         label, row, source = item.split("=", 2)
         rows.append((label, _earlier_cells(Path(source), structure, dose, row), Path(source).name))
-    lines = [f"# Topaz's picker with a third seed — `{profile_name}` {dose} % dose", "",
+    column = f"{int(dose)} % dose" if dose.isdigit() else dose
+    lines = [f"# Topaz's picker over training seeds — `{profile_name}` {column}", "",
              "`scripts/topaz_extra_seed.py`: Topaz's seeds run through the benchmark's own cell on the same data "
              "(dataset `" + str(next(iter(topaz.values()))["dataset"]) + "`), with the prior count and minibatch "
              "budget of an earlier seed. Test micrographs, truth, match radius as the benchmark scores.", "",
