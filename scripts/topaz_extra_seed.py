@@ -85,7 +85,7 @@ def run(profile_name: str, dose: str, seed: int, earlier: Path, budget_seed: int
     record["cell_seconds"] = time.perf_counter() - started
     record["code"] = code_version()
     record["dataset"] = data.data_dir.name
-    record["budget_from"] = {"file": str(earlier.relative_to(REPO_ROOT) if earlier.is_absolute() else earlier),
+    record["budget_from"] = {"file": str(earlier),
                              "seed": copied_seed,
                              "minibatches": minibatches, "expected_particles": expected}
     cell = out / "cell.json"
