@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import re
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from benchmarks.suite.cells import split_replicate_id  # noqa: E402
 from benchmarks.suite.datasets import ensure_dataset, load_dose_data  # noqa: E402
 from benchmarks.suite.profiles import PROFILES, REAL_DOSE  # noqa: E402
 from benchmarks.suite.scoring import INDEPENDENT_PSNR_KEY, score_denoised, score_picks  # noqa: E402
@@ -73,8 +73,7 @@ def model_paths(profile: str, structure: str, dose: str, rows: list[str]) -> lis
     found = []
     for row in rows:
         for cell in sorted(work.glob(f"{row}*")):
-            rest = cell.name[len(row):]
-            if rest and not rest.startswith("-seed"):
+            if split_replicate_id(cell.name)[0] != row:
                 continue
             if (cell / "run" / "model.pt").is_file():
                 found.append((cell.name, cell / "run" / "model.pt"))
@@ -119,7 +118,7 @@ def write_tables(path: Path, meta: dict[str, Any], results: dict[str, dict[str, 
         rows: dict[str, list[dict[str, Any]]] = {}
         for model, scores in per_model.items():
             lines.append(f"| {model} | " + " | ".join(_cell(scores.get(k)) for k in COLUMNS) + " |")
-            rows.setdefault(re.sub(r"-seed\d+$", "", model), []).append(scores)
+            rows.setdefault(split_replicate_id(model)[0], []).append(scores)
         for row, seeds in rows.items():  # mean ± sd over a row's training seeds
             if len(seeds) < 2:
                 continue

@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import signal
 import sys
 import time
@@ -51,6 +50,7 @@ from benchmarks.suite.cells import (  # noqa: E402
     method_specs,
     seed_replicates,
     shipped_model_sha256,
+    split_replicate_id,
     starting_model,
 )
 from benchmarks.suite.datasets import DoseData, _dataset_key, _map_intensities, ensure_dataset, load_dose_data  # noqa: E402
@@ -169,8 +169,7 @@ def run_benchmark(
     cells_dir = work_root / "cells"
     specs = [s for s in method_specs(profile) if not (skip_topaz and s.needs_topaz)]
     # Replicates already in the cache stay in the tables when a later run does not ask for their seeds.
-    cached_seeds = {int(match.group(1)) for path in cells_dir.glob("*/*/*.json")
-                    if (match := re.search(r"-seed(\d+)$", path.stem))}
+    cached_seeds = {split_replicate_id(path.stem)[1] for path in cells_dir.glob("*/*/*.json")}
     specs += seed_replicates(specs, sorted({*run_seeds, *cached_seeds}))
     if only is not None:
         known = sorted({s.row_id for s in specs})

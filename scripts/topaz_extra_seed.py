@@ -30,7 +30,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
-from benchmarks.suite.cells import TOPAZ_SECONDS_PER_MINIBATCH_PLAN, code_version, topaz_picker_cell  # noqa: E402
+from benchmarks.suite.cells import (  # noqa: E402
+    TOPAZ_SECONDS_PER_MINIBATCH_PLAN,
+    code_version,
+    replicate_id,
+    split_replicate_id,
+    topaz_picker_cell,
+)
 from benchmarks.suite.datasets import ensure_dataset, load_dose_data  # noqa: E402
 from benchmarks.suite.profiles import PROFILES  # noqa: E402
 
@@ -39,19 +45,20 @@ METRICS = ("average_precision", "best_f1", "f1_at_own")
 
 
 def _cell_name(structure: str, dose: str, row: str, seed: int) -> str:
-    return f"{structure}/{dose}/{row}" + ("" if seed == 0 else f"-seed{seed}")
+    return f"{structure}/{dose}/{replicate_id(row, seed)}"
 
 
 def _earlier_cells(path: Path, structure: str, dose: str, row: str) -> dict[int, dict[str, Any]]:
     """Seed -> cell record of ``row`` in a committed benchmark JSON."""
     cells = json.loads(path.read_text())["cells"]
-    prefix = f"{structure}/{dose}/{row}"
+    prefix = f"{structure}/{dose}/"
     found = {}
     for name, record in cells.items():
-        if name == prefix:
-            found[0] = record
-        elif name.startswith(prefix + "-seed") and name[len(prefix) + 5:].isdigit():
-            found[int(name[len(prefix) + 5:])] = record
+        if not name.startswith(prefix):
+            continue
+        cell_row, seed = split_replicate_id(name[len(prefix):])
+        if cell_row == row:
+            found[seed] = record
     return {seed: record for seed, record in found.items() if record.get("status", "ok") == "ok"}
 
 

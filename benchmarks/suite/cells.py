@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -349,6 +350,21 @@ def method_specs(profile: Profile) -> list[MethodSpec]:
     return specs
 
 
+#: A replicate's cell id: its row's id, then ``-seed<N>``; the row's main cell (seed TRAIN_SEED) has the bare id.
+_REPLICATE_ID = re.compile(r"^(?P<row>.+?)-seed(?P<seed>\d+)$")
+
+
+def replicate_id(row_id: str, seed: int) -> str:
+    """Cell id of row ``row_id`` trained with ``seed``: what the results' ``cells`` and the cache are keyed by."""
+    return row_id if seed == TRAIN_SEED else f"{row_id}-seed{seed}"
+
+
+def split_replicate_id(cell_id: str) -> tuple[str, int]:
+    """(row id, training seed) of a cell id made by :func:`replicate_id`; any other id is a main cell."""
+    match = _REPLICATE_ID.match(cell_id)
+    return (match["row"], int(match["seed"])) if match else (cell_id, TRAIN_SEED)
+
+
 def seed_replicates(specs: Sequence[MethodSpec], seeds: Sequence[int]) -> list[MethodSpec]:
     """The trained rows again with other training seeds (same data, same budget): the spread they show is
     what a single-seed difference between two rows has to exceed before it means anything."""
@@ -364,7 +380,7 @@ def seed_replicates(specs: Sequence[MethodSpec], seeds: Sequence[int]) -> list[M
                     _run: Callable[..., dict[str, Any]] = spec.run, _seed: int = seed) -> dict[str, Any]:
                 return _run(data, prof, work, joint, log, seed=_seed)
 
-            replicates.append(dataclasses.replace(spec, method_id=f"{spec.method_id}-seed{seed}",
+            replicates.append(dataclasses.replace(spec, method_id=replicate_id(spec.method_id, seed),
                                                   label=f"{spec.label}, seed {seed}", run=run, seed=seed,
                                                   base_id=spec.method_id))
     return replicates

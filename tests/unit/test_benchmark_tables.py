@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import run as bench  # noqa: E402
+from benchmarks.suite.cells import replicate_id, split_replicate_id  # noqa: E402
 
 AP_TITLE = "Picking: average precision (AP)"
 JOINT = "cryojoint joint (default)"
@@ -39,6 +42,18 @@ def test_profiles_default_to_three_seeds_except_the_ci_sizes() -> None:
     assert bench.PROFILES["full"].seeds == (0, 1, 2)
     assert bench.PROFILES["tiny"].seeds == (bench.TRAIN_SEED,)
     assert bench.PROFILES["quick"].seeds == (bench.TRAIN_SEED,)
+
+
+@given(row=st.from_regex(r"[a-z][a-z0-9-]{0,30}", fullmatch=True), seed=st.integers(0, 10_000))
+def test_a_replicate_cell_id_gives_back_its_row_and_seed(row: str, seed: int) -> None:
+    assume(split_replicate_id(row) == (row, bench.TRAIN_SEED))  # a row id that itself ends in -seedN is no row id
+    assert split_replicate_id(replicate_id(row, seed)) == (row, seed)
+
+
+def test_every_replicate_the_benchmark_makes_parses_back_to_its_row() -> None:
+    _, specs = _tiny_specs([1, 2])
+    for spec in specs:
+        assert split_replicate_id(spec.method_id) == (spec.row_id, spec.seed)
 
 
 def test_seeds_option_replaces_the_profile_list_and_always_keeps_seed_zero() -> None:
