@@ -33,11 +33,15 @@ def check_can_write(path: str | Path, overwrite: bool) -> None:
                              else f"cannot create output folder ({existing} is not writable)")
 
 
-def _make_folder(folder: Path) -> None:
+def make_output_folder(folder: str | Path) -> None:
+    """Create an output folder and its parents; a file in the way or a refusal is the user's one-line error."""
+    folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UserInputError(folder, f"cannot create output folder ({err.strerror})") from None
+        blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        problem = f"{blocking} is a file" if blocking is not None and not blocking.is_dir() else err.strerror
+        raise UserInputError(folder, f"cannot create output folder ({problem})") from None
 
 
 def _new_temp_file(path: Path) -> Path:
@@ -63,7 +67,7 @@ def atomic_path(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     check_can_write(path, overwrite)
-    _make_folder(path.parent)
+    make_output_folder(path.parent)
     tmp = _new_temp_file(path)
     try:
         yield tmp

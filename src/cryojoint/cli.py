@@ -5,6 +5,7 @@ User mistakes surface as one line ``error: <file>: <problem>`` on stderr with ex
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -27,6 +28,11 @@ app = typer.Typer(
 )
 
 EXIT_USER_ERROR = 2
+#: Exit code when the machine refused a read or write (disk full, read-only, no permission): not a bug, not bad input.
+EXIT_ENVIRONMENT_ERROR = 3
+#: Errors of the file system a user can act on: they end a run with one line, not a traceback.
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                                 errno.EMFILE, errno.ENFILE, errno.ENAMETOOLONG})
 _TRAIN_DEFAULTS, _DATA_DEFAULTS = TrainConfig(), DataConfig()
 
 
@@ -247,9 +253,10 @@ def train(
                                                    "or train.steps of --config).")] = None,
     particle_diameter: Annotated[str | None, typer.Option(
         "--particle-diameter", help="Particle diameter: 250A (Ångström, with the pixel size from the MRC headers) or "
-                                    "48px / 48 (input pixels). Default: data.particle_diameter_px of --config, else "
-                                    "estimated from the labels (at low dose with few picks often only the "
-                                    "particle's core: give it if you know it).")] = None,
+                                    "48px (input pixels; a bare 48 only where the headers give no pixel size). "
+                                    "Default: data.particle_diameter_px of --config, else estimated from the labels "
+                                    "(at low dose with few picks often only the particle's core: give it if you know "
+                                    "it).")] = None,
     expected_particles: Annotated[float | None, typer.Option(
         help="Particles per micrograph, for training's prior and the automatic cut-off (default: "
              "data.expected_particles of --config; else the prior from the label density and "
@@ -703,6 +710,12 @@ def main() -> None:
     except UserInputError as err:
         typer.echo(f"error: {err.one_line()}", err=True)
         sys.exit(EXIT_USER_ERROR)
+    except OSError as err:
+        if err.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        typer.echo(f"error: {where}{err.strerror or err}", err=True)
+        sys.exit(EXIT_ENVIRONMENT_ERROR)
 
 
 if __name__ == "__main__":

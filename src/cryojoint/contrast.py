@@ -128,6 +128,9 @@ MIRRORS: dict[str, Callable[[tuple[int, int], np.ndarray], np.ndarray]] = {
 #: contrast) and twice as many as as given. Measured (the benchmark's partial labels): as given 8.8 (`second` 10 %),
 #: 27 (`standard` 10 %), 70 (real beta-galactosidase); mirrored any of the three ways 0.5-1.9, 0.6-1.0, 2.6-3.3.
 MIRROR_NAMED_AT_STANDARD_ERRORS = 2 * PICKS_DECIDE_AT_STANDARD_ERRORS
+#: Fewest picks a mirroring is named from: a standard error from a handful of picks is itself noise, and the best of
+#: three mirrorings at three scales passed the bar by chance on 2 picks of a simulated micrograph.
+MIRROR_NAMED_MIN_PICKS = 10
 
 
 def mirrored(how: str, shapes: Sequence[tuple[int, int]], coords: Sequence[np.ndarray]) -> list[np.ndarray] | None:
@@ -159,7 +162,7 @@ def read_labels_contrast(images: Sequence[np.ndarray], coords: Sequence[np.ndarr
     chosen, mirror = given, None
     for how in MIRRORS:
         found = strengths[how]
-        if (found is not None and found[0] > MIRROR_NAMED_AT_STANDARD_ERRORS
+        if (found is not None and found[3] >= MIRROR_NAMED_MIN_PICKS and found[0] > MIRROR_NAMED_AT_STANDARD_ERRORS
                 and found[0] > 2.0 * (0.0 if given is None else given[0])
                 and (mirror is None or found[0] > chosen[0])):  # type: ignore[index]
             chosen, mirror = found, how

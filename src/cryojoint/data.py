@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from cryojoint.contrast import (
     read_particle_contrast,
     vote_sample,
 )
-from cryojoint.errors import UserInputError
+from cryojoint.errors import UserInputError, first_names
 from cryojoint.imaging import (
     MAD_TO_STD,
     Flattening,
@@ -237,15 +238,19 @@ def load_micrographs(paths: Sequence[str | Path]) -> list[Micrograph]:
     if not paths:
         raise UserInputError(None, "no micrographs given")
     micrographs = [read_micrograph(p) for p in paths]
-    check_unique_names([m.name for m in micrographs])
+    check_unique_names([m.name for m in micrographs], paths)
     return micrographs
 
 
-def check_unique_names(names: Sequence[str]) -> None:
-    """Micrographs are joined to their labels and outputs by name: two with one name is a user error."""
+def check_unique_names(names: Sequence[str], paths: Sequence[str | Path] | None = None) -> None:
+    """Micrographs are joined to their labels and outputs by name: two with one name is a user error (``paths``, in
+    the order of ``names``, let it say which files)."""
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise UserInputError(None, f"several micrographs share the name '{duplicates[0]}' (names must be unique)")
+        files = "" if paths is None else \
+            f": {first_names([str(p) for n, p in zip(names, paths, strict=True) if n == duplicates[0]], 2)}"
+        raise UserInputError(None, f"several micrographs share the name '{duplicates[0]}'{files} (names must be "
+                             "unique: outputs and labels are matched by file name)")
 
 
 def flatten_if_filtered(image: np.ndarray, particle_diameter_px: float) -> tuple[np.ndarray, bool]:
@@ -286,8 +291,12 @@ def prepare_data(
         micrograph.check_not_blank()
     check_names_match(labels, [m.name for m in micrographs], labels_source)
     shapes = {m.name: m.shape for m in micrographs}
-    check_inside(labels, shapes, labels_source)
+    check_inside(labels, shapes, labels_source, tolerance_px=EDGE_TOLERANCE_PX)
     notes: list[str] = []
+    labels, moved = _onto_the_image(labels, shapes)
+    if moved:
+        notes.append(f"{moved} label(s) lay up to {EDGE_TOLERANCE_PX:g} px beyond the last pixel (1-based or "
+                     "pixel-edge coordinates?): moved onto the image's edge")
     corner = labels_in_a_corner(labels, shapes)
     if corner is not None:
         notes.append(f"all {len(labels)} labels lie in the top-left 1/{corner:g} of their micrographs' width and "
@@ -402,14 +411,33 @@ def network_factor(particle_diameter_px: float, target_px: float) -> float:
     return snap_factor(max(1.0, particle_diameter_px / target_px))
 
 
-#: Units a particle diameter may be given in (``250A``, ``250Å``, ``48px``, ``48``).
+#: How far (px) beyond the first or last pixel centre a label may lie and still be taken, moved onto the edge: tools
+#: that write 1-based or pixel-edge coordinates put a particle on the last pixel at x = n.
+EDGE_TOLERANCE_PX = 1.0
+#: Units a particle diameter may be given in (``250A``, ``250Å``, ``48px``; a bare ``48`` only without header sizes).
 _ANGSTROM_SUFFIXES = ("angstrom", "a", "å")
+#: The unit :func:`parse_particle_diameter` reports for a number given without one.
+NO_UNIT = "none"
+#: Smallest particle diameter (input px) accepted: below it a "particle" is a pixel or two of noise, and a value this
+#: small is almost always a unit mistake (Å read as nm, a radius in some other scale).
+SMALLEST_PARTICLE_DIAMETER_PX = 4.0
+
+
+def _onto_the_image(labels: pd.DataFrame, shapes: dict[str, tuple[int, int]]) -> tuple[pd.DataFrame, int]:
+    """Labels clipped to their micrograph's pixel centres (0 .. n - 1), and how many moved."""
+    size = np.array([shapes[str(name)] for name in labels["micrograph"]], dtype=float).reshape(-1, 2)  # (ny, nx)
+    xy = labels[["x", "y"]].to_numpy(float)
+    clipped = np.clip(xy, 0.0, size[:, ::-1] - 1)
+    moved = int(np.count_nonzero((clipped != xy).any(axis=1)))
+    if moved:
+        labels = labels.assign(x=clipped[:, 0], y=clipped[:, 1])
+    return labels, moved
 
 
 def parse_particle_diameter(text: str) -> tuple[float, str]:
-    """``"250A"`` -> (250.0, "angstrom"); ``"48px"`` or ``"48"`` -> (48.0, "px"); else a user error."""
+    """``"250A"`` -> (250.0, "angstrom"); ``"48px"`` -> (48.0, "px"); ``"48"`` -> (48.0, NO_UNIT); else a user error."""
     cleaned = str(text).strip().lower().replace(" ", "")
-    unit = "px"
+    unit = NO_UNIT
     for suffix in (*_ANGSTROM_SUFFIXES, "px"):
         if cleaned.endswith(suffix):
             unit = "px" if suffix == "px" else "angstrom"
@@ -425,24 +453,58 @@ def parse_particle_diameter(text: str) -> tuple[float, str]:
     return value, unit
 
 
+def _readable(read: Callable[[str | Path], Any], paths: Sequence[str | Path]) -> dict[Path, Any]:
+    """``read`` of each micrograph whose header reads: a bad file is reported where it is read in full, per file."""
+    found = {}
+    for path in paths:
+        try:
+            found[Path(path)] = read(path)
+        except UserInputError:
+            continue
+    return found
+
+
 def particle_diameter_in_pixels(text: str, paths: Sequence[str | Path]) -> float:
-    """A diameter given as :func:`parse_particle_diameter` reads it, in input pixels of ``paths``' micrographs
-    (Ångström need the pixel size in their MRC headers, the same in all of them)."""
-    from cryojoint.io.mrc import micrograph_pixel_size
+    """A diameter given as :func:`parse_particle_diameter` reads it, in input pixels of ``paths``' micrographs.
+
+    Ångström need the pixel size in their MRC headers, the same in all of them. A bare number is taken as pixels only
+    when no header gives a pixel size: otherwise it could be either (RELION asks Å, Topaz and crYOLO pixels), and a
+    wrong guess trains or picks at a size off by the pixel size without a word.
+    """
+    from cryojoint.io.mrc import micrograph_pixel_size, micrograph_shape
 
     value, unit = parse_particle_diameter(text)
-    if unit == "px":
-        return value
-    sizes = {Path(p): micrograph_pixel_size(p) for p in paths}
-    missing = [p for p, size in sizes.items() if not size]
-    if missing:
-        raise UserInputError(missing[0], f"no pixel size in its MRC header: give --particle-diameter in pixels "
-                             f"({text} / Å per pixel, e.g. {value / 5:.0f}px at 5 Å/px)")
+    if unit == "angstrom":
+        sizes = {Path(p): micrograph_pixel_size(p) for p in paths}
+        missing = [p for p, size in sizes.items() if not size]
+        if missing:
+            raise UserInputError(missing[0], f"no pixel size in its MRC header: give --particle-diameter in pixels "
+                                 f"({text} / Å per pixel, e.g. {value / 5:.0f}px at 5 Å/px)")
+    else:
+        sizes = {p: size for p, size in _readable(micrograph_pixel_size, paths).items() if size}
     distinct = sorted({round(float(s), 4) for s in sizes.values()})
-    if len(distinct) > 1:
-        raise UserInputError(None, f"the micrographs have different pixel sizes ({', '.join(map(str, distinct[:3]))} "
-                             "Å): predict them separately, or give --particle-diameter in pixels")
-    return value / distinct[0]
+    if unit == NO_UNIT and distinct:
+        example, in_px = next(iter(sizes)), value / distinct[0]
+        raise UserInputError(None, f"--particle-diameter {text} has no unit and the MRC headers give a pixel size "
+                             f"({example.name}: {distinct[0]:g} Å/px): give {value:g}A (Ångström, {in_px:.0f} px "
+                             f"there) or {value:g}px")
+    if unit == "angstrom" and len(distinct) > 1:
+        by_size = {round(float(s), 4): p for p, s in sizes.items()}
+        raise UserInputError(None, f"the micrographs have different pixel sizes ({by_size[distinct[0]].name}: "
+                             f"{distinct[0]:g} Å/px, {by_size[distinct[1]].name}: {distinct[1]:g} Å/px): run them "
+                             "separately, or give --particle-diameter in pixels")
+    diameter_px = value / distinct[0] if unit == "angstrom" else value
+    if diameter_px < SMALLEST_PARTICLE_DIAMETER_PX:
+        raise UserInputError(None, f"--particle-diameter {text} is {diameter_px:.2g} px in the micrographs: smaller "
+                             f"than the {SMALLEST_PARTICLE_DIAMETER_PX:g} px a particle needs to be seen (another "
+                             "unit?)")
+    shapes = _readable(micrograph_shape, paths)
+    if shapes:
+        smallest_path, smallest = min(shapes.items(), key=lambda item: min(item[1]))
+        if diameter_px > min(smallest):
+            raise UserInputError(smallest_path, f"--particle-diameter {text} is {diameter_px:.0f} px: larger than "
+                                 f"this micrograph ({smallest[1]}x{smallest[0]} px; another unit?)")
+    return diameter_px
 
 
 #: How a user gives the particle size, from the command line or a RELION job.
@@ -637,7 +699,10 @@ class PatchSampler:
                  rng: np.random.Generator) -> None:
         usable = [im for im in images if min(im.image.shape) >= patch_size]
         if not usable:
-            raise UserInputError(None, f"every micrograph is smaller than the {patch_size} px training patch")
+            largest = max(images, key=lambda im: min(im.image.shape), default=None)
+            shown = "" if largest is None else \
+                f" (the largest, {largest.name}, is {largest.image.shape[1]}x{largest.image.shape[0]} px as trained on)"
+            raise UserInputError(None, f"every micrograph is smaller than the {patch_size} px training patch{shown}")
         self.images = usable
         self.patch_size = patch_size
         self.labelled_centre_fraction = labelled_centre_fraction

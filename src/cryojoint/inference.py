@@ -34,6 +34,7 @@ from cryojoint.data import estimate_noise_std, flatten_ice, flatten_if_filtered,
 from cryojoint.errors import UserInputError, check_number
 from cryojoint.imaging import (
     bin_image,
+    binned_shape,
     from_binned_coordinates,
     normalise,
     robust_centre_spread,
@@ -603,6 +604,11 @@ def predict_micrograph(model: LoadedModel, micrograph: Micrograph, settings: Pic
     micrograph.check_not_blank()
     start = time.perf_counter()
     factor = settings.downsample
+    if settings.pick and settings.border_px > 0:
+        ny, nx = binned_shape(micrograph.shape, factor)
+        if 2 * settings.border_px >= min(ny, nx):
+            raise UserInputError(micrograph.path or micrograph.name, f"--border {settings.border_px * factor:g} px "
+                                 f"leaves none of its {micrograph.shape[1]}x{micrograph.shape[0]} pixels to pick in")
     if settings.averages_bin_phases:
         denoised = _denoise_across_bin_phases(model, micrograph, settings, device)
         return MicrographPrediction(micrograph.name, denoised, None, _named_table(empty_table(), micrograph),

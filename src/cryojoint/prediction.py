@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryojoint._atomic import atomic_path
+from cryojoint._atomic import atomic_path, make_output_folder
 from cryojoint.checkpoint import LoadedModel, load_model, model_file_sha256
 from cryojoint.contrast import AS_RECORDED
 from cryojoint.data import check_unique_names
@@ -52,7 +52,7 @@ from cryojoint.io.coords import (
     write_coordinates,
     write_coordinates_per_micrograph,
 )
-from cryojoint.io.mrc import Micrograph, micrograph_name, micrograph_shape, read_micrograph
+from cryojoint.io.mrc import Micrograph, micrograph_name, micrograph_pixel_size, micrograph_shape, read_micrograph
 from cryojoint.progress import counted_progress
 from cryojoint.runtime import autocast_dtype, dtype_name, retain_freed_memory, select_device
 
@@ -255,7 +255,7 @@ def predict_files(
     if missing is not None:  # before the model loads and the first micrographs run, not after them
         raise UserInputError(missing, "file not found" if not missing.exists() else "not a file")
     names = [micrograph_name(p) for p in micrographs]
-    check_unique_names(names)
+    check_unique_names(names, micrographs)
     resolved_device = select_device(device)
     retain_freed_memory()
     model = load_model(model_path, resolved_device)
@@ -265,10 +265,8 @@ def predict_files(
                                        denoise_at_input_size, particle_contrast)
     # Checked before any work; recorded in predict.json.
     network_dtype = autocast_dtype(resolved_device, settings.precision or model.config.predict.precision)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserInputError(out_dir, f"cannot create output folder ({err.strerror})") from None
+    folder_was_there = out_dir.exists()
+    make_output_folder(out_dir)
 
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
@@ -287,10 +285,12 @@ def predict_files(
     if overwrite:  # unmark the earlier run's micrographs first: stopped part-way, this run resumes its own alone
         for name in names:
             output_paths(out_dir, name)["candidates"].unlink(missing_ok=True)
+    settings_were_there = (out_dir / OUTPUT_SETTINGS).exists()
     with atomic_path(out_dir / OUTPUT_SETTINGS) as tmp:  # before the first micrograph: an interrupted run has it
         tmp.write_text(json.dumps(output_settings, indent=2))
     if model.is_general:
         _warn_if_filtered(todo, settings)
+    _warn_if_other_pixel_size(todo, model, downsample is not None)
     n_skipped = len(micrographs) - len(todo)
     started = time.perf_counter()
     if should_stop is not None and should_stop():
@@ -304,6 +304,10 @@ def predict_files(
                                        should_stop)
     elapsed = time.perf_counter() - started
     n_done = len(todo) - len(failures)
+    if n_done == 0 and n_skipped == 0 and not settings_were_there:
+        # Every micrograph failed and the folder held nothing before: leave no outputs that look like a run's.
+        _remove_this_runs_folder(out_dir, remove_folder=not folder_was_there)
+        return PredictSummary(out_dir, len(micrographs), 0, 0, failures, None, False, 0, 0.0, [], None)
     if not pick:
         summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, None, False, 0,
                                  elapsed / max(n_done, 1), [], None)
@@ -333,8 +337,44 @@ def predict_files(
     return summary
 
 
+def _remove_this_runs_folder(out_dir: Path, remove_folder: bool) -> None:
+    """Remove the output settings a run wrote before its first micrograph, the empty subfolders it made and, when it
+    made it, the output folder once empty: a run with no micrograph done has nothing to hand over."""
+    (out_dir / OUTPUT_SETTINGS).unlink(missing_ok=True)
+    for sub in {path.parent for path in output_paths(out_dir, "any").values()}:
+        if sub.is_dir() and not any(sub.iterdir()):
+            sub.rmdir()
+    if remove_folder and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
 #: Smallest binned side the filtered-input check reads a micrograph at (a few pixels give no correlation).
 MIN_CORRELATION_SIDE_PX = 16
+
+
+#: Relative difference of pixel size between a trained model's micrographs and predict's that is worth a warning.
+PIXEL_SIZE_WARN_RATIO = 0.05
+
+
+def _warn_if_other_pixel_size(paths: Sequence[Path], model: LoadedModel, downsample_given: bool) -> None:
+    """A trained model sees particles at the size it learned only on micrographs of its training pixel size (or
+    binned to it with --downsample): say so, once, when the headers differ and no --downsample was given."""
+    trained = model.meta.get("input_pixel_size_angstrom")
+    if model.is_general or downsample_given or not trained:
+        return
+    for path in paths:
+        try:
+            size = micrograph_pixel_size(path)
+        except UserInputError:
+            continue
+        if size and abs(size / float(trained) - 1.0) > PIXEL_SIZE_WARN_RATIO:
+            factor = float(trained) * float(model.meta.get("downsample", 1.0)) / size
+            remedy = f"give --downsample {factor:.3g}" if factor >= 1.0 else \
+                "train on micrographs of this pixel size (a model cannot bin up)"
+            warnings.warn(f"{path}: {size:.3g} Å/px, but the model was trained on micrographs at {float(trained):.3g} "
+                          f"Å/px: its particles will not measure what the model learned; {remedy}", UserWarning,
+                          stacklevel=3)
+            return
 
 
 def _warn_if_filtered(paths: Sequence[Path], settings: PickingSettings) -> None:

@@ -162,7 +162,8 @@ def real_corpus_micrographs(config: CorpusConfig) -> tuple[list[Micrograph], lis
     """``config.real_micrographs`` binned to each of ``config.real_pixel_sizes_angstrom``, and their manifest."""
     micrographs: list[Micrograph] = []
     manifest: list[dict[str, Any]] = []
-    check_unique_names([micrograph_name(path) for path in config.real_micrographs])  # before reading any
+    # before reading any
+    check_unique_names([micrograph_name(path) for path in config.real_micrographs], config.real_micrographs)
     for path in map(Path, config.real_micrographs):
         micrograph = read_micrograph(path)
         if micrograph.pixel_size is None:

@@ -28,7 +28,7 @@ from cryojoint.io.coords import (
     write_coordinates,
     write_coordinates_per_micrograph,
 )
-from cryojoint.prediction import CANDIDATES_STAR, COMBINED_STAR, box_size_px, read_candidates
+from cryojoint.prediction import CANDIDATES_STAR, COMBINED_STAR, OUTPUT_SETTINGS, box_size_px, read_candidates
 
 RECORD_NAME = "pick.json"
 HISTOGRAM_NAME = "score_histogram.png"
@@ -59,6 +59,15 @@ def is_prediction_folder(path: str | Path) -> bool:
     return path.is_dir() and (path / CANDIDATE_DIR).is_dir() and (path / CANDIDATES_STAR).is_file()
 
 
+def _picked(folder: Path) -> bool:
+    """Whether the run that wrote ``folder`` picked (its settings list picks or a heat map); True when unknown."""
+    try:
+        outputs = json.loads((folder / OUTPUT_SETTINGS).read_text())["outputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    return bool({"picks", "heatmap"} & set(outputs))
+
+
 def read_prediction_folder(folder: str | Path) -> PredictionFolder:
     """Read ``candidates.star`` / ``candidates/`` and ``predict.json`` of a ``predict`` output folder."""
     folder = Path(folder)
@@ -71,6 +80,9 @@ def read_prediction_folder(folder: str | Path) -> PredictionFolder:
     names = [p.stem for p in per_micrograph]
     star = folder / CANDIDATES_STAR
     if not star.is_file():
+        if not _picked(folder):
+            raise UserInputError(folder, "holds no picks: it was written by cryojoint denoise or predict --outputs "
+                                 "without picks (run predict with picks to pick)")
         raise UserInputError(star, "not found: the predict run did not finish (rerun predict to complete it)")
     try:
         candidates = read_coordinates(star, "star")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -702,13 +703,15 @@ def _seeds(config: SimulationConfig, index: int) -> tuple[np.random.SeedSequence
 #: Largest micrograph side simulated (px): a 16k² field at four doses already needs ~5 GB; a typo of a zero more
 #: would ask for terabytes.
 MAX_SIZE_PX = 16384
+#: Smallest micrograph side simulated (px).
+MIN_SIZE_PX = 32
 
 
 def _validate(config: SimulationConfig) -> None:
     checks = [
         (isinstance(config.seed, (int, np.integer)) and config.seed >= 0, "seed must be a whole number >= 0"),
         (config.n_micrographs >= 1, "n_micrographs must be >= 1"),
-        (min(config.size_px) >= 32, "size must be at least 32 px"),
+        (min(config.size_px) >= MIN_SIZE_PX, f"size must be at least {MIN_SIZE_PX} px"),
         (max(config.size_px) <= MAX_SIZE_PX, f"size must be at most {MAX_SIZE_PX} px"),
         (config.pixel_size_angstrom > 0, "pixel_size_angstrom must be > 0"),
         (config.total_dose_e_per_a2 > 0, "total_dose_e_per_a2 must be > 0"),
@@ -956,7 +959,10 @@ def write_dataset(dataset: SimulatedDataset, out_dir: Path, overwrite: bool = Fa
 
 def _check_frames(config: SimulationConfig, frames: int) -> None:
     fractions = _sorted_fractions(config)
-    if frames < 0 or any(abs(f * frames - round(f * frames)) > 1e-9 for f in fractions):
+    if frames < 0:
+        raise UserInputError(None, f"--frames must be 0 (no movies) or a positive multiple of "
+                             f"{_frames_multiple(fractions)}, got {frames}")
+    if any(abs(f * frames - round(f * frames)) > 1e-9 for f in fractions):
         raise UserInputError(
             None, f"frames={frames} cannot hold the dose fractions {fractions} exactly: use a multiple of "
             f"{_frames_multiple(fractions)}"
@@ -985,11 +991,17 @@ def simulate_to_folder(
         raise UserInputError(None, f"unknown preset '{preset}' (known: {', '.join(list_presets())})")
     if frames:  # before the long part, not after it
         _check_frames(SimulationConfig.for_preset(preset), frames)
+    if not MIN_SIZE_PX <= size <= MAX_SIZE_PX:
+        raise UserInputError(None, f"--size must be {MIN_SIZE_PX} to {MAX_SIZE_PX} px, got {size}")
     from cryojoint.progress import counted_progress
 
     with counted_progress(n_micrographs, progress, "simulate") as advance:
         dataset = simulate(n_micrographs, size, seed, preset, progress=lambda done, total: advance())
     write_dataset(dataset, out_dir, overwrite=overwrite, frames=frames)
+    if dataset.labels.empty:
+        warnings.warn(f"no particle is labelled in {n_micrographs} micrograph(s) of {size} px ({preset}: "
+                      f"{dataset.particle_diameter_px:.0f} px particles, {len(dataset.truth)} in all): training needs "
+                      "labels; simulate larger or more micrographs (e.g. --size 512)", UserWarning, stacklevel=2)
     return (f"wrote {n_micrographs} micrograph(s) x {len(dataset.micrographs)} doses to {out_dir}: "
             f"{len(dataset.truth)} particles (diameter {dataset.particle_diameter_px:.0f} px), "
             f"{len(dataset.labels)} labelled in labels.star, {len(dataset.decoys)} decoys (not particles) in "

@@ -875,12 +875,22 @@ def _model_meta(prepared: PreparedData, command_line: str, config: CryojointConf
         "expected_density_per_px2": float(prepared.expected_particles / prepared.mean_area_px2),
         "pi": float(prepared.pi),
         "downsample": float(prepared.downsample),
+        # Å/px of the micrographs as given (None: not in their headers, or not one size): predict checks its inputs'.
+        "input_pixel_size_angstrom": _input_pixel_size(prepared),
         "mode": config.train.mode,
         "init": config.train.init,
         "command_line": command_line,
         "train_micrographs": [im.name for im in prepared.train],
         "validation_micrographs": [im.name for im in prepared.validation],
     }
+
+
+def _input_pixel_size(prepared: PreparedData) -> float | None:
+    """The training micrographs' one pixel size as given (before binning), or None."""
+    sizes = [im.pixel_size / prepared.downsample for im in prepared.train + prepared.validation if im.pixel_size]
+    if not sizes or len(sizes) < len(prepared.train) + len(prepared.validation):
+        return None
+    return float(np.median(sizes)) if max(sizes) <= 1.01 * min(sizes) else None
 
 
 def _save_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer,

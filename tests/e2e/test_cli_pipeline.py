@@ -41,7 +41,7 @@ def test_cli_pipeline_on_a_tiny_simulated_dataset(tmp_path: Path) -> None:
                                tmp_path / "labels.star", "star")
 
     done = cryojoint("train", *mics, "--labels", str(labels), "--out", str(run), "--steps", "60",
-                     "--particle-diameter", "22", "--config", str(_tiny_config(tmp_path)), cwd=tmp_path)
+                     "--particle-diameter", "22px", "--config", str(_tiny_config(tmp_path)), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (run / "model.pt").is_file() and (run / "metrics.csv").is_file() and (run / "config.yaml").is_file()
 

@@ -304,3 +304,49 @@ def test_convert_to_cs_checks_the_picks_lie_on_the_micrographs_given(tmp_path: P
     assert_one_line_error(run_fast(["convert", relion_picks, tmp_path / "out.cs", "--micrographs",
                                     str(tmp_path / "mic_*.mrc")]), relion_picks, "lie outside its 64x64 pixels")
     assert not (tmp_path / "out.cs").exists()
+
+
+@pytest.mark.parametrize("kind", ["random-bytes", "truncated", "nan", "stack"])
+def test_denoise_of_only_bad_micrographs_leaves_no_output_folder(tmp_path: Path, run_fast, raw_mrc,
+                                                                  kind: str) -> None:
+    micrograph, fragment = bad_micrograph(kind, tmp_path, raw_mrc)
+    out = tmp_path / "denoised-run"
+    assert_one_line_error(run_fast(["denoise", micrograph, "--out", out]), micrograph, fragment)
+    assert not out.exists()
+    # Into a folder the user already has, the run removes only what it made.
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "empty-of-mine").mkdir()
+    assert_one_line_error(run_fast(["denoise", micrograph, "--out", out]), micrograph, fragment)
+    assert sorted(p.name for p in out.iterdir()) == ["empty-of-mine", "notes.txt"]
+
+
+def test_pick_on_a_denoise_folder_says_it_holds_no_picks(tmp_path: Path, run_fast, raw_mrc) -> None:
+    image = np.random.default_rng(0).standard_normal((96, 96)).astype(np.float32)
+    micrograph = raw_mrc(tmp_path / "mic_good.mrc", image)
+    out = tmp_path / "den"
+    code, _, stderr = run_fast(["denoise", micrograph, "--out", out])
+    assert code == 0, stderr
+    assert_one_line_error(run_fast(["pick", out, "--threshold", "0", "--out", tmp_path / "p"]), out,
+                          "holds no picks", "cryojoint denoise")
+
+
+def test_predict_diameter_with_no_unit_on_sized_micrographs_names_both_units(tmp_path: Path, run_fast,
+                                                                             raw_mrc) -> None:
+    from cryojoint.io.mrc import write_mrc
+
+    micrograph = write_mrc(tmp_path / "sized.mrc", np.zeros((96, 96), np.float32), pixel_size=5.0)
+    result = run_fast(["predict", "general", micrograph, "--particle-diameter", "250", "--out", tmp_path / "o"])
+    code, _, stderr = result
+    assert code == EXIT_USER_ERROR and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert "no unit" in stderr and "250A" in stderr and "250px" in stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_border_wider_than_the_micrograph_is_its_error_not_an_empty_pick(tmp_path: Path, run_fast, raw_mrc) -> None:
+    image = np.random.default_rng(0).standard_normal((96, 96)).astype(np.float32)
+    micrograph = raw_mrc(tmp_path / "mic_good.mrc", image)
+    result = run_fast(["predict", "general", micrograph, "--particle-diameter", "22px", "--border", "1000",
+                       "--out", tmp_path / "o"])
+    assert_one_line_error(result, micrograph, "--border 1000 px leaves none of its 96x96 pixels to pick in")
+    assert not (tmp_path / "o").exists()

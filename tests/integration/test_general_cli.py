@@ -178,7 +178,7 @@ def test_adaptation_is_for_shipped_models(data_dir: Path, tmp_path: Path, cli_in
 
 def test_train_init_general_fine_tunes_at_its_scale(data_dir: Path, tmp_path: Path, cli_in_process: CliRunner) -> None:
     code, out, err = cli_in_process(["train", data_dir / "dose_020", "--labels", data_dir / "labels.star", "--out",
-                          tmp_path / "run", "--steps", "3", "--init", "general", "--particle-diameter", "54"])
+                          tmp_path / "run", "--steps", "3", "--init", "general", "--particle-diameter", "54px"])
     assert code == 0, err
     meta = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)["meta"]
     assert meta["init"] == "general" and meta["downsample"] == 1.5
@@ -190,7 +190,7 @@ def test_train_init_general_fine_tunes_at_its_scale(data_dir: Path, tmp_path: Pa
 def test_train_fine_tunes_by_default(data_dir: Path, tmp_path: Path, cli_in_process: CliRunner,
                                      init: str | None) -> None:
     args = ["train", data_dir / "dose_020", "--labels", data_dir / "labels.star", "--out", tmp_path / "run",
-            "--steps", "3", "--particle-diameter", "54"] + (["--init", init] if init else [])
+            "--steps", "3", "--particle-diameter", "54px"] + (["--init", init] if init else [])
     code, out, err = cli_in_process(args)
     assert code == 0, err
     meta = torch.load(tmp_path / "run" / "model.pt", map_location="cpu", weights_only=True)["meta"]

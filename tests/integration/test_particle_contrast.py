@@ -222,3 +222,22 @@ def test_an_output_folder_from_before_the_contrast_was_recorded_reads_as_recorde
     record.write_text(json.dumps(settings))  # the key-less record again
     code, err, _ = _run_recording_warnings(cryojoint_main, [*args, "--particle-contrast", "bright"])
     assert code == EXIT_USER_ERROR and "dark particles there, bright particles now" in err, err
+
+
+def test_a_handful_of_picks_names_no_mirroring(larger_scene: dict) -> None:
+    """A standard error from a few picks is itself noise: no convention is named from fewer than the minimum."""
+    from cryojoint.contrast import MIRROR_NAMED_MIN_PICKS, MIRRORS, read_labels_contrast
+
+    micrographs, labels = larger_scene["micrographs"], larger_scene["labels"]
+    size = micrographs[0].shape[0]
+    first = micrographs[0]
+    few = labels[labels["micrograph"] == first.name].head(MIRROR_NAMED_MIN_PICKS - 1)
+    flipped = np.column_stack([few["x"], size - 1 - few["y"]])
+    image = normalise(first.data)
+    _, named = read_labels_contrast([image], [flipped], larger_scene["diameter"])
+    assert named is None
+    many = labels[labels["micrograph"] == first.name]
+    assert len(many) >= MIRROR_NAMED_MIN_PICKS
+    _, named = read_labels_contrast([image], [np.column_stack([many["x"], size - 1 - many["y"]])],
+                                    larger_scene["diameter"])
+    assert named in MIRRORS and named.startswith("flipped top to bottom")

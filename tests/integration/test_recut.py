@@ -341,3 +341,24 @@ def test_evaluate_says_which_picks_it_left_out(tmp_path: Path, cryojoint_main) -
 def _written(table: pd.DataFrame, path: Path) -> Path:
     table[["micrograph", "x", "y", "score"]].to_csv(path, index=False, float_format="%.10g")
     return path
+
+
+def test_a_trained_model_warns_on_micrographs_of_another_pixel_size(prediction: Path, tmp_path: Path) -> None:
+    import warnings
+
+    from cryojoint.checkpoint import load_model
+    from cryojoint.io.mrc import read_micrograph
+
+    root = prediction.parent
+    model_path = root / "run" / "model.pt"
+    trained = read_micrograph(root / "mic_0000.mrc")
+    assert load_model(model_path).meta["input_pixel_size_angstrom"] == pytest.approx(trained.pixel_size, rel=1e-4)
+    finer = write_mrc(tmp_path / "finer.mrc", trained.data, trained.pixel_size / 2)
+    with pytest.warns(UserWarning, match=r"finer.mrc: .* trained on micrographs at 5.3 Å/px.*--downsample 2"):
+        predict_files(model_path, [finer], tmp_path / "a", outputs=("picks",), device="cpu", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        predict_files(model_path, [root / "mic_0001.mrc"], tmp_path / "b", outputs=("picks",), device="cpu",
+                      progress=False)
+        predict_files(model_path, [finer], tmp_path / "c", outputs=("picks",), device="cpu", progress=False,
+                      downsample=2)

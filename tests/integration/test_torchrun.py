@@ -45,7 +45,7 @@ def torchrun_train(dataset: tuple[list[str], Path, Path], out: Path, *args: str)
     mics, labels, config = dataset
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(PROCESSES),
                "-m", "cryojoint.cli", "train", *mics, "--labels", str(labels), "--out", str(out),
-               "--particle-diameter", "22", "--config", str(config), "--device", "cpu", *args]
+               "--particle-diameter", "22px", "--config", str(config), "--device", "cpu", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -7,6 +7,9 @@ itself replaced by a stub that records the config it is handed).
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -174,7 +177,7 @@ def test_cli_keeps_yaml_mode_and_model_keys(tmp_path: Path, train_stub) -> None:
     assert cfg.model.unet_decoder_channels == model_config_for_preset("paper").unet_decoder_channels
 
 
-@pytest.mark.parametrize(("given", "expected_px"), [("265A", 53.0), ("265 Å", 53.0), ("48px", 48.0), ("48", 48.0)])
+@pytest.mark.parametrize(("given", "expected_px"), [("265A", 53.0), ("265 Å", 53.0), ("48px", 48.0)])
 def test_train_particle_diameter_in_angstrom_or_pixels(tmp_path: Path, train_stub, given: str,
                                                        expected_px: float) -> None:
     """As predict and denoise read it: Ångström through the MRC header's pixel size (5 Å/px here), else pixels."""
@@ -206,6 +209,42 @@ def test_train_particle_diameter_in_angstrom_needs_a_pixel_size(tmp_path: Path, 
     write_mrc(tmp_path / "m.mrc", np.zeros((64, 64), np.float32), pixel_size=None)
     error = _train_error(tmp_path, monkeypatch, capsys, "265A")
     assert "m.mrc" in error and "no pixel size" in error and "Traceback" not in error
+
+
+def test_train_particle_diameter_without_unit_on_sized_micrographs_asks_for_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    write_mrc(tmp_path / "m.mrc", np.zeros((64, 64), np.float32), pixel_size=5.0)
+    error = _train_error(tmp_path, monkeypatch, capsys, "250")
+    assert "no unit" in error and "250A" in error and "250px" in error and len(error.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_disk_is_one_line_and_its_own_exit_code(monkeypatch: pytest.MonkeyPatch, capsys,
+                                                                     code: int) -> None:
+    def refuse() -> None:
+        raise OSError(code, os.strerror(code), "out/denoised/m.mrc")
+
+    monkeypatch.setattr(cli, "app", refuse)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == cli.EXIT_ENVIRONMENT_ERROR
+    error = capsys.readouterr().err
+    assert error.strip() == f"error: out/denoised/m.mrc: {os.strerror(code)}"
+
+
+def test_other_os_errors_are_bugs_and_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail() -> None:
+        raise OSError(errno.EBADF, "bad file descriptor")
+
+    monkeypatch.setattr(cli, "app", fail)
+    with pytest.raises(OSError, match="bad file descriptor"):
+        cli.main()
+
+
+def test_python_dash_m_runs_the_same_command_line() -> None:
+    result = subprocess.run([sys.executable, "-m", "cryojoint", "--help"], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0 and "train" in result.stdout and "predict" in result.stdout
 
 
 def test_cli_help_still_names_the_defaults(monkeypatch: pytest.MonkeyPatch, capsys) -> None:

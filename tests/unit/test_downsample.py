@@ -246,3 +246,21 @@ def test_labels_listed_twice_count_once(blob_field) -> None:
     assert sum(len(im.picks_xy) for im in twice.train + twice.validation) == len(labels)
     assert any(f"{len(labels)} label(s) repeat another pick" in note for note in twice.notes)
     assert not any("repeat another pick" in note for note in once.notes)
+
+
+def test_labels_on_the_far_edge_pixel_are_taken_and_farther_ones_refused(blob_field) -> None:
+    """1-based or pixel-edge tools write the last pixel as x = n: one pixel's grace, moved onto the image, noted."""
+    import pandas as pd
+
+    micrographs, labels = _field(blob_field, 24.0)
+    size = micrographs[0].shape[1]
+    edge = pd.DataFrame({"micrograph": [micrographs[0].name] * 2, "x": [float(size), 100.0], "y": [100.0, -1.0]})
+    prepared = prepare_data(micrographs, pd.concat([labels, edge], ignore_index=True), DataConfig(downsample=1),
+                            LossConfig())
+    assert any("2 label(s) lay up to 1 px beyond the last pixel" in note for note in prepared.notes)
+    picks = np.concatenate([im.picks_xy for im in prepared.train + prepared.validation])
+    assert picks.min() >= 0 and picks.max() <= size - 1
+    beyond = pd.DataFrame({"micrograph": [micrographs[0].name], "x": [size + 1.5], "y": [100.0]})
+    with pytest.raises(UserInputError, match="lie outside"):
+        prepare_data(micrographs, pd.concat([labels, beyond], ignore_index=True), DataConfig(downsample=1),
+                     LossConfig())

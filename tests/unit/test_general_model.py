@@ -86,7 +86,7 @@ def test_factors_snap_to_small_ratios() -> None:
 
 
 @pytest.mark.parametrize(("text", "value", "unit"), [("250A", 250, "angstrom"), ("250 Å", 250, "angstrom"),
-                                                    ("48px", 48, "px"), ("48", 48, "px"), ("1e2a", 100, "angstrom")])
+                                                    ("48px", 48, "px"), ("48", 48, "none"), ("1e2a", 100, "angstrom")])
 def test_particle_diameter_parses(text: str, value: float, unit: str) -> None:
     assert parse_particle_diameter(text) == (value, unit)
 
@@ -98,7 +98,7 @@ def test_particle_diameter_that_is_no_size_is_a_user_error(text: str) -> None:
 
 
 def test_angstrom_need_the_headers_pixel_size(tmp_path: Path) -> None:
-    image = np.zeros((64, 64), dtype=np.float32)
+    image = np.zeros((128, 128), dtype=np.float32)
     with_size = write_mrc(tmp_path / "a.mrc", image, pixel_size=2.5)
     other_size = write_mrc(tmp_path / "b.mrc", image, pixel_size=5.0)
     no_size = write_mrc(tmp_path / "c.mrc", image)
@@ -108,6 +108,33 @@ def test_angstrom_need_the_headers_pixel_size(tmp_path: Path) -> None:
         particle_diameter_in_pixels("250A", [with_size, no_size])
     with pytest.raises(UserInputError, match="different pixel sizes"):
         particle_diameter_in_pixels("250A", [with_size, other_size])
+
+
+def test_a_diameter_without_unit_is_pixels_only_where_no_header_says_otherwise(tmp_path: Path) -> None:
+    image = np.zeros((128, 96), dtype=np.float32)
+    with_size = write_mrc(tmp_path / "sized.mrc", image, pixel_size=5.0)
+    no_size = write_mrc(tmp_path / "plain.mrc", image)
+    assert particle_diameter_in_pixels("48", [no_size]) == 48.0
+    with pytest.raises(UserInputError, match=r"no unit .*sized.mrc: 5 Å/px\): give 250A \(Ångström, 50 px there\) or "
+                                             r"250px"):
+        particle_diameter_in_pixels("250", [with_size])
+
+
+@pytest.mark.parametrize(("text", "problem"), [("0.001px", "smaller than the 4 px"), ("10A", "smaller than the 4 px"),
+                                               ("1e9A", "larger than this micrograph"), ("97px", "larger than")])
+def test_a_diameter_no_micrograph_could_hold_is_a_user_error(tmp_path: Path, text: str, problem: str) -> None:
+    sized = write_mrc(tmp_path / "sized.mrc", np.zeros((128, 96), dtype=np.float32), pixel_size=5.0)
+    with pytest.raises(UserInputError, match=problem):
+        particle_diameter_in_pixels(text, [sized])
+    assert particle_diameter_in_pixels("96px", [sized]) == 96.0
+
+
+def test_a_pixel_size_mismatch_names_a_micrograph_of_each_size(tmp_path: Path) -> None:
+    image = np.zeros((64, 64), dtype=np.float32)
+    paths = [write_mrc(tmp_path / "fine.mrc", image, pixel_size=2.0), write_mrc(tmp_path / "coarse.mrc", image,
+                                                                                 pixel_size=5.3)]
+    with pytest.raises(UserInputError, match=r"fine.mrc: 2 Å/px, coarse.mrc: 5.3 Å/px\): run them separately"):
+        particle_diameter_in_pixels("100A", paths)
 
 
 @pytest.mark.parametrize(("diameter", "factor"), [(20.0, 1.0), (36.0, 1.0), (54.0, 1.5), (72.0, 2.0), (104.0, None)])

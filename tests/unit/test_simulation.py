@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from pathlib import Path
 
@@ -300,3 +301,21 @@ def test_a_frame_count_that_cannot_hold_the_doses_stops_before_simulating(tmp_pa
     with pytest.raises(UserInputError, match="frames=7 cannot hold the dose fractions"):
         simulation.simulate_to_folder(tmp_path / "sim", n_micrographs=1, size=64, frames=7, progress=False)
     assert not (tmp_path / "sim").exists()
+
+
+@pytest.mark.parametrize(("frames", "size", "problem"), [(-1, 256, "--frames must be 0 (no movies) or a positive "
+                                                          "multiple of 10, got -1"),
+                                                         (0, 0, "--size must be 32 to 16384 px, got 0")])
+def test_simulate_options_out_of_range_name_the_option(tmp_path: Path, frames: int, size: int, problem: str) -> None:
+    import cryojoint.simulation as simulation
+
+    with pytest.raises(UserInputError, match=re.escape(problem)):
+        simulation.simulate_to_folder(tmp_path / "sim", n_micrographs=1, size=size, frames=frames, progress=False)
+    assert not (tmp_path / "sim").exists()
+
+
+def test_a_field_too_small_for_any_label_says_so(tmp_path: Path) -> None:
+    import cryojoint.simulation as simulation
+
+    with pytest.warns(UserWarning, match="no particle is labelled in 1 micrograph"):
+        simulation.simulate_to_folder(tmp_path / "sim", n_micrographs=1, size=64, progress=False)

@@ -528,11 +528,13 @@ def write_coordinates_per_micrograph(
 
 
 def check_inside(table: pd.DataFrame, shapes: dict[str, tuple[int, int]], source: str | Path | None,
-                 remedy: str = " (see --downsample)") -> None:
-    """Every coordinate lies inside its micrograph (shape ``(ny, nx)``), or a one-line error names one that doesn't."""
+                 remedy: str = " (see --downsample)", tolerance_px: float = 0.0) -> None:
+    """Every coordinate lies inside its micrograph (shape ``(ny, nx)``; pixel centres 0 .. n - 1, give or take
+    ``tolerance_px``), or a one-line error names one that doesn't."""
     for name, rows in table.groupby("micrograph", sort=False):
         ny, nx = shapes[str(name)]
-        outside = (rows["x"] < 0) | (rows["x"] > nx - 1) | (rows["y"] < 0) | (rows["y"] > ny - 1)
+        outside = ((rows["x"] < -tolerance_px) | (rows["x"] > nx - 1 + tolerance_px)
+                   | (rows["y"] < -tolerance_px) | (rows["y"] > ny - 1 + tolerance_px))
         if outside.any():
             bad = rows[outside].iloc[0]
             raise UserInputError(
