@@ -122,6 +122,8 @@ def test_empty_coordinate_file(tmp_path: Path, run_fast, suffix: str, text: str)
 @pytest.mark.parametrize("file_name, text, fragment", [
     ("garbage.star", "this is not a STAR file\n", "no data loop"),
     ("letters.star", "data_\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n12 twelve\n", "'twelve' is not a number"),
+    ("ragged.star", "data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n10 20\n30 40 50 60\n",
+     "row 2 of a data loop has 4 values where its columns want 2"),
     ("short.box", "10 20 64\n", "expected at least 4 numbers"),
     ("columns.csv", "name,u,v\nm,1,2\n", "no column for x and y"),
     ("noheader.tsv", "mic_001\t10\t20\n", "missing Topaz header"),

@@ -19,6 +19,7 @@ describe them in files. Every command that takes micrographs expands its argumen
 from __future__ import annotations
 
 import glob
+import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,10 @@ def _read_list_file(path: Path, suffixes: set[str], what: str) -> list[Path]:
     return listed
 
 
+#: pandas' message for a row with more values than the loop has columns.
+_RAGGED_ROW = re.compile(r"Expected (?P<declared>\d+) fields in line (?P<row>\d+), saw (?P<found>\d+)")
+
+
 def read_star_tables(path: Path) -> dict[str, pd.DataFrame]:
     """The loops of a STAR file by block name (``starfile``), or a one-line error naming the file."""
     try:
@@ -131,6 +136,11 @@ def read_star_tables(path: Path) -> dict[str, pd.DataFrame]:
             warnings.simplefilter("ignore")
             blocks = starfile.read(path, always_dict=True)
     except Exception as err:  # starfile raises many types on malformed text
+        ragged = _RAGGED_ROW.search(str(err))
+        if ragged:  # pandas counts lines from the loop's first row, not the file's
+            declared, row, found = (int(ragged[k]) for k in ("declared", "row", "found"))
+            raise UserInputError(path, f"not a readable STAR file: row {row} of a data loop has {found} values where "
+                                 f"its columns want {declared}") from None
         raise UserInputError(path, f"not a readable STAR file ({err.__class__.__name__}: {err})") from None
     return {name: block for name, block in blocks.items() if isinstance(block, pd.DataFrame)}
 
