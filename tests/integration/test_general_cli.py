@@ -238,5 +238,6 @@ def test_a_diameter_that_bins_the_image_to_nothing_is_one_clear_error(data_dir: 
         code, _, err = cli_in_process(["predict", "general", mic, "--out", tmp_path / "p",
                                        "--particle-diameter", "100000px"])
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "is smaller than the network's" in lines[0], err
-    assert "a smaller --downsample or particle diameter bins it less" in lines[0]
+    # Refused before any micrograph is binned: no diameter wider than a micrograph is a particle's.
+    assert code == 2 and len(lines) == 1 and "--particle-diameter 100000px is 100000 px: larger than" in lines[0], err
+    assert mic.name in lines[0] and not (tmp_path / "p").exists()

@@ -362,3 +362,14 @@ def test_a_trained_model_warns_on_micrographs_of_another_pixel_size(prediction: 
                       progress=False)
         predict_files(model_path, [finer], tmp_path / "c", outputs=("picks",), device="cpu", progress=False,
                       downsample=2)
+
+
+def test_a_downsample_that_bins_the_image_to_nothing_is_that_micrographs_one_clear_error(prediction: Path,
+                                                                                        tmp_path: Path) -> None:
+    root = prediction.parent
+    summary = predict_files(root / "run" / "model.pt", [root / "mic_0000.mrc"], tmp_path / "p", outputs=("picks",),
+                            device="cpu", progress=False, downsample=64)
+    assert list(summary.failures) == ["mic_0000"]
+    assert "is smaller than the network's" in summary.failures["mic_0000"]
+    assert "a smaller --downsample or particle diameter bins it less" in summary.failures["mic_0000"]
+    assert not (tmp_path / "p").exists()
