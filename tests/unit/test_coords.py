@@ -558,6 +558,8 @@ def test_file_without_coordinates(tmp_path: Path, file_name: str, text: str) -> 
     ("no_xy.csv", "micrograph,u,v\nm,1,2\n", ("no column for x and y",)),
     ("text_in_x.csv", "micrograph,x,y\nm,1,2\nm,left,3\n", ("column x, row 2", "'left'")),
     ("missing_y.csv", "micrograph,x,y\nm,1,\n", ("NaN or not numbers",)),
+    ("ragged.csv", "micrograph,x,y\nm,1,2\nm,3\nm,5,6\n", ("NaN or not numbers", "the first the 2nd pick",
+                                                         "y=nan")),
     ("headerless.tsv", "mic\t10\t20\n", ("missing Topaz header",)),
     ("short.pos", "1 2\n", ("at least 3",)),
     ("no_cryolo.cbox", "data_global\n\n_cbox_format_version 1.0\n", ("no 'data_cryolo' block",)),

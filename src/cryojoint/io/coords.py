@@ -449,6 +449,11 @@ def _check_format(fmt: str | None, path: Path, table: dict[str, object]) -> str:
     return fmt
 
 
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def read_coordinates(
     paths: str | Path | Sequence[str | Path], fmt: str | None = None, box_size: float | None = None
 ) -> pd.DataFrame:
@@ -473,8 +478,12 @@ def read_coordinates(
         if _is_blank(path):  # one file per micrograph: a micrograph without picks
             continue
         table = READERS[file_format](path, box_size)
-        if not np.all(np.isfinite(table[["x", "y"]].to_numpy(float))):
-            raise UserInputError(path, "contains coordinates that are NaN or not numbers")
+        finite = np.isfinite(table[["x", "y"]].to_numpy(float)).all(axis=1)
+        if not finite.all():
+            first = int(np.flatnonzero(~finite)[0])
+            raise UserInputError(path, f"contains coordinates that are NaN or not numbers ({int((~finite).sum())} "
+                                 f"row(s), the first the {_ordinal(first + 1)} pick: x={table['x'].iloc[first]}, "
+                                 f"y={table['y'].iloc[first]})")
         parts.append(table)
     parts = [part for part in parts if len(part)]
     if not parts:
