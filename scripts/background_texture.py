@@ -106,10 +106,12 @@ def away_from(shape: tuple[int, int], xy: np.ndarray, radius_px: float) -> np.nd
 
 def rows_for(name: str, images: list[np.ndarray], diameter_px: float | None, picks: list[np.ndarray | None],
              truth: list[np.ndarray] | None, pixel_a: float) -> list[dict]:
-    """One row per scale (texture excess at every position, and away from the true particles when known)."""
+    """One row per scale (texture excess at every position, and away from the true particles when known); the
+    particle's own scale is among them, with its detection SNR, when there are picks."""
+    with_picks = diameter_px is not None and picks[0] is not None
     rows = []
-    for scale in SCALES_PX:
-        own = diameter_px is not None and abs(scale - diameter_px) < 1e-6
+    for scale in sorted({*SCALES_PX, *([diameter_px] if with_picks else [])}):
+        own = with_picks and abs(scale - diameter_px) < 1e-6
         per_image = [measure(image, scale, pick if own else None) for image, pick in zip(images, picks, strict=True)]
         row = {"data": name, "pixel_A": pixel_a, "particle_px": diameter_px, "scale_px": scale,
                "texture_excess": float(np.mean([m["texture_excess"] for m in per_image]))}
@@ -122,14 +124,6 @@ def rows_for(name: str, images: list[np.ndarray], diameter_px: float | None, pic
             row["picks"] = int(sum(weights))
             row["detection_snr"] = float(np.average([m["detection_snr"] for m in per_image], weights=weights))
         rows.append(row)
-    # The particle's own scale, when it is not among SCALES_PX.
-    if diameter_px is not None and all(abs(s - diameter_px) > 1e-6 for s in SCALES_PX) and picks[0] is not None:
-        per_image = [measure(image, diameter_px, pick) for image, pick in zip(images, picks, strict=True)]
-        weights = [m.get("picks", 0) for m in per_image]
-        rows.append({"data": name, "pixel_A": pixel_a, "particle_px": diameter_px, "scale_px": diameter_px,
-                     "texture_excess": float(np.mean([m["texture_excess"] for m in per_image])),
-                     "picks": int(sum(weights)),
-                     "detection_snr": float(np.average([m["detection_snr"] for m in per_image], weights=weights))})
     return rows
 
 

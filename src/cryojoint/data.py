@@ -454,7 +454,7 @@ def parse_particle_diameter(text: str) -> tuple[float, str]:
 
 
 def _readable(read: Callable[[str | Path], Any], paths: Sequence[str | Path]) -> dict[Path, Any]:
-    """``read`` of each micrograph whose header reads: a bad file is reported where it is read in full, per file."""
+    """``read`` of each micrograph whose header reads (the others are left out)."""
     found = {}
     for path in paths:
         try:
@@ -471,17 +471,18 @@ def particle_diameter_in_pixels(text: str, paths: Sequence[str | Path]) -> float
     when no header gives a pixel size: otherwise it could be either (RELION asks Å, Topaz and crYOLO pixels), and a
     wrong guess trains or picks at a size off by the pixel size without a word.
     """
-    from cryojoint.io.mrc import micrograph_pixel_size, micrograph_shape
+    from cryojoint.io.mrc import micrograph_geometry
 
     value, unit = parse_particle_diameter(text)
+    # Ångström need every header; otherwise a bad file is reported where it is read in full, per file.
+    geometry = {Path(p): micrograph_geometry(p) for p in paths} if unit == "angstrom" else \
+        _readable(micrograph_geometry, paths)
     if unit == "angstrom":
-        sizes = {Path(p): micrograph_pixel_size(p) for p in paths}
-        missing = [p for p, size in sizes.items() if not size]
+        missing = [p for p, (_, size) in geometry.items() if not size]
         if missing:
             raise UserInputError(missing[0], f"no pixel size in its MRC header: give --particle-diameter in pixels "
                                  f"({text} / Å per pixel, e.g. {value / 5:.0f}px at 5 Å/px)")
-    else:
-        sizes = {p: size for p, size in _readable(micrograph_pixel_size, paths).items() if size}
+    sizes = {p: size for p, (_, size) in geometry.items() if size}
     distinct = sorted({round(float(s), 4) for s in sizes.values()})
     if unit == NO_UNIT and distinct:
         example, in_px = next(iter(sizes)), value / distinct[0]
@@ -498,9 +499,8 @@ def particle_diameter_in_pixels(text: str, paths: Sequence[str | Path]) -> float
         raise UserInputError(None, f"--particle-diameter {text} is {diameter_px:.2g} px in the micrographs: smaller "
                              f"than the {SMALLEST_PARTICLE_DIAMETER_PX:g} px a particle needs to be seen (another "
                              "unit?)")
-    shapes = _readable(micrograph_shape, paths)
-    if shapes:
-        smallest_path, smallest = min(shapes.items(), key=lambda item: min(item[1]))
+    if geometry:
+        smallest_path, (smallest, _) = min(geometry.items(), key=lambda item: min(item[1][0]))
         if diameter_px > min(smallest):
             raise UserInputError(smallest_path, f"--particle-diameter {text} is {diameter_px:.0f} px: larger than "
                                  f"this micrograph ({smallest[1]}x{smallest[0]} px; another unit?)")

@@ -201,6 +201,11 @@ class PredictSummary:
     picks: pd.DataFrame | None = None  # the picks after the cut-off, all micrographs (what picks.star holds)
 
 
+def asks_for_picks(outputs: Sequence[str]) -> bool:
+    """Whether a run with these outputs runs the detector (picks or a heat map) rather than only denoising."""
+    return bool({"picks", "heatmap"} & set(outputs))
+
+
 def predict_files(
     model_path: str | Path,
     micrographs: Sequence[str | Path],
@@ -259,7 +264,7 @@ def predict_files(
     resolved_device = select_device(device)
     retain_freed_memory()
     model = load_model(model_path, resolved_device)
-    pick = bool({"picks", "heatmap"} & set(outputs))
+    pick = asks_for_picks(outputs)
     settings = PickingSettings.resolve(model, threshold, nms_radius_px, border_px, downsample, tile_size_px,
                                        detector_window_stride_fraction, precision, particle_diameter_px, pick,
                                        denoise_at_input_size, particle_contrast)
@@ -270,7 +275,7 @@ def predict_files(
 
     todo = [Path(p) for p, n in zip(micrographs, names)
             if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
-    earlier_contrast = None if overwrite else _earlier_setting(out_dir, "particle_contrast")
+    earlier_contrast = None if overwrite else earlier_setting(out_dir, "particle_contrast")
     if settings.particle_contrast == "auto" and earlier_contrast in ("dark", "bright"):
         settings = dataclasses.replace(settings, particle_contrast=earlier_contrast)  # as the micrographs done
     settings, note = resolve_contrast(model, settings, [Path(p) for p in micrographs], resolved_device, progress)
@@ -493,7 +498,7 @@ _SETTING_WORDS: dict[str, Callable[[Any], str]] = {
 _BEFORE_RECORDED: dict[str, Any] = {"particle_contrast": AS_RECORDED}
 
 
-def _earlier_setting(out_dir: Path, key: str) -> Any:
+def earlier_setting(out_dir: Path, key: str) -> Any:
     """One setting of the earlier run whose outputs ``out_dir`` holds (``None``: none, or no record), or what it was
     in records from before the setting was recorded (:data:`_BEFORE_RECORDED`)."""
     if not holds_earlier_outputs(out_dir):

@@ -28,7 +28,14 @@ from cryojoint.io.coords import (
     write_coordinates,
     write_coordinates_per_micrograph,
 )
-from cryojoint.prediction import CANDIDATES_STAR, COMBINED_STAR, OUTPUT_SETTINGS, box_size_px, read_candidates
+from cryojoint.prediction import (
+    CANDIDATES_STAR,
+    COMBINED_STAR,
+    asks_for_picks,
+    box_size_px,
+    earlier_setting,
+    read_candidates,
+)
 
 RECORD_NAME = "pick.json"
 HISTOGRAM_NAME = "score_histogram.png"
@@ -60,12 +67,9 @@ def is_prediction_folder(path: str | Path) -> bool:
 
 
 def _picked(folder: Path) -> bool:
-    """Whether the run that wrote ``folder`` picked (its settings list picks or a heat map); True when unknown."""
-    try:
-        outputs = json.loads((folder / OUTPUT_SETTINGS).read_text())["outputs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return True
-    return bool({"picks", "heatmap"} & set(outputs))
+    """Whether the run that wrote ``folder`` picked, as its output settings say; True when they do not say."""
+    outputs = earlier_setting(folder, "outputs")
+    return not isinstance(outputs, list) or asks_for_picks(outputs)
 
 
 def read_prediction_folder(folder: str | Path) -> PredictionFolder:

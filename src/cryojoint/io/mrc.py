@@ -156,14 +156,18 @@ def write_mrc(
 
 def micrograph_shape(path: str | Path) -> tuple[int, int]:
     """``(ny, nx)`` from the header alone (no data read): cheap enough to ask of thousands of files."""
-    header = _read_header(path)
-    return int(header.ny), int(header.nx)
+    return micrograph_geometry(path)[0]
 
 
 def micrograph_pixel_size(path: str | Path) -> float | None:
     """Å/px from the header alone (``None`` when the header gives none)."""
+    return micrograph_geometry(path)[1]
+
+
+def micrograph_geometry(path: str | Path) -> tuple[tuple[int, int], float | None]:
+    """``((ny, nx), Å/px or None)`` from one read of the header, for callers that need both."""
     header = _read_header(path)
-    return _pixel_size_or_none(float(header.cella.x) / max(int(header.mx), 1))
+    return (int(header.ny), int(header.nx)), _pixel_size_or_none(float(header.cella.x) / max(int(header.mx), 1))
 
 
 def _pixel_size_or_none(voxel_x: float) -> float | None:
