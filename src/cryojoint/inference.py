@@ -770,8 +770,13 @@ def candidate_peaks(logits: np.ndarray, radius_px: float, clamp: float,
     return xy, np.asarray(logit_scores, dtype=np.float64)
 
 
+def asks_for_picks(outputs: Sequence[str]) -> bool:
+    """Whether a run with these outputs runs the detector (picks or a heat map) rather than only denoising."""
+    return bool({"picks", "heatmap"} & set(outputs))
+
+
 def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
-    """Where one micrograph's files go in a predict output folder (the candidates file marks it done)."""
+    """Where one micrograph's files go in a predict output folder (:func:`done_marker` says which marks it done)."""
     return {
         "denoised": out_dir / DENOISED_DIR / f"{name}.mrc",
         "heatmap": out_dir / HEATMAP_DIR / f"{name}.mrc",
@@ -780,15 +785,23 @@ def output_paths(out_dir: Path, name: str) -> dict[str, Path]:
     }
 
 
+def done_marker(out_dir: Path, name: str, outputs: Sequence[str]) -> Path:
+    """The file whose presence marks one micrograph done (a rerun skips it): written last and atomically, its
+    candidates file when the run picks, else its denoised image (a denoise run writes no empty candidates)."""
+    paths = output_paths(out_dir, name)
+    return paths["candidates"] if asks_for_picks(outputs) else paths["denoised"]
+
+
 def write_micrograph_outputs(prediction: MicrographPrediction, out_dir: Path, outputs: Sequence[str]) -> None:
-    """Write one micrograph's files, each atomically; the candidates file last marks the micrograph done."""
+    """Write one micrograph's files, each atomically, its :func:`done_marker` last."""
     paths = output_paths(out_dir, prediction.name)
-    if "denoised" in outputs and prediction.denoised is not None:
-        write_mrc(paths["denoised"], prediction.denoised, prediction.pixel_size)
     if "heatmap" in outputs and prediction.soft_segmentation is not None:
         write_mrc(paths["heatmap"], prediction.soft_segmentation, prediction.pixel_size)
         _write_thumbnail(paths["heatmap_png"], prediction.soft_segmentation)
-    write_coordinates(prediction.candidates, paths["candidates"], "csv")
+    if "denoised" in outputs and prediction.denoised is not None:
+        write_mrc(paths["denoised"], prediction.denoised, prediction.pixel_size)
+    if asks_for_picks(outputs):
+        write_coordinates(prediction.candidates, paths["candidates"], "csv")
 
 
 def _write_thumbnail(path: Path, image: np.ndarray, max_side: int = 512) -> None:
@@ -804,4 +817,5 @@ def _write_thumbnail(path: Path, image: np.ndarray, max_side: int = 512) -> None
 
 __all__ = ["BinPhaseMean", "CANDIDATE_DIR", "DENOISED_DIR", "HEATMAP_DIR", "MicrographPrediction", "NetworkResult",
            "PickingSettings", "calibrated_posterior_mean", "candidate_peaks", "network_context_px", "output_paths",
-           "predict_micrograph", "run_network_on_image", "write_micrograph_outputs"]
+           "asks_for_picks", "done_marker", "predict_micrograph", "run_network_on_image",
+           "write_micrograph_outputs"]

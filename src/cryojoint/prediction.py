@@ -34,9 +34,12 @@ from cryojoint.imaging import (
 )
 from cryojoint.inference import (
     CANDIDATE_DIR,
+    DENOISED_DIR,
     MicrographPrediction,
     PickingSettings,
+    asks_for_picks,
     bin_phase_offsets,
+    done_marker,
     output_paths,
     predict_micrograph,
     resolve_contrast,
@@ -201,11 +204,6 @@ class PredictSummary:
     picks: pd.DataFrame | None = None  # the picks after the cut-off, all micrographs (what picks.star holds)
 
 
-def asks_for_picks(outputs: Sequence[str]) -> bool:
-    """Whether a run with these outputs runs the detector (picks or a heat map) rather than only denoising."""
-    return bool({"picks", "heatmap"} & set(outputs))
-
-
 def predict_files(
     model_path: str | Path,
     micrographs: Sequence[str | Path],
@@ -274,7 +272,7 @@ def predict_files(
     make_output_folder(out_dir)
 
     todo = [Path(p) for p, n in zip(micrographs, names)
-            if overwrite or not output_paths(out_dir, n)["candidates"].exists()]
+            if overwrite or not done_marker(out_dir, n, outputs).exists()]
     earlier_contrast = None if overwrite else earlier_setting(out_dir, "particle_contrast")
     if settings.particle_contrast == "auto" and earlier_contrast in ("dark", "bright"):
         settings = dataclasses.replace(settings, particle_contrast=earlier_contrast)  # as the micrographs done
@@ -290,6 +288,7 @@ def predict_files(
     if overwrite:  # unmark the earlier run's micrographs first: stopped part-way, this run resumes its own alone
         for name in names:
             output_paths(out_dir, name)["candidates"].unlink(missing_ok=True)
+            done_marker(out_dir, name, outputs).unlink(missing_ok=True)
     settings_were_there = (out_dir / OUTPUT_SETTINGS).exists()
     with atomic_path(out_dir / OUTPUT_SETTINGS) as tmp:  # before the first micrograph: an interrupted run has it
         tmp.write_text(json.dumps(output_settings, indent=2))
@@ -511,8 +510,10 @@ def earlier_setting(out_dir: Path, key: str) -> Any:
 
 
 def holds_earlier_outputs(out_dir: str | Path) -> bool:
-    """Whether a prediction folder holds micrographs done by an earlier run (their candidates files)."""
-    return any((Path(out_dir) / CANDIDATE_DIR).glob("*.csv"))
+    """Whether a prediction folder holds micrographs done by an earlier run (their candidates files, or the denoised
+    images that mark a denoise run's micrographs done)."""
+    out_dir = Path(out_dir)
+    return any((out_dir / CANDIDATE_DIR).glob("*.csv")) or any((out_dir / DENOISED_DIR).glob("*.mrc"))
 
 
 def _check_same_outputs_as_before(out_dir: Path, now: dict[str, Any]) -> None:
@@ -586,5 +587,5 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         tmp.write_text(json.dumps(record, indent=2))
 
 
-__all__ = ["Predictions", "PredictSummary", "holds_earlier_outputs", "predict", "predict_files",
+__all__ = ["Predictions", "PredictSummary", "asks_for_picks", "holds_earlier_outputs", "predict", "predict_files",
            "SUFFIX_OF_FORMAT"]

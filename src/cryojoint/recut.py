@@ -78,15 +78,15 @@ def read_prediction_folder(folder: str | Path) -> PredictionFolder:
     if not folder.is_dir():
         raise UserInputError(folder, "not found (expected a predict output folder)" if not folder.exists()
                              else "is a file; expected a predict output folder")
+    if not _picked(folder):
+        raise UserInputError(folder, "holds no picks: it was written by cryojoint denoise or predict --outputs "
+                             "without picks (run predict with picks to pick)")
     per_micrograph = sorted((folder / CANDIDATE_DIR).glob("*.csv"))
     if not per_micrograph:
         raise UserInputError(folder, f"no {CANDIDATE_DIR}/*.csv: not a cryojoint predict output folder")
     names = [p.stem for p in per_micrograph]
     star = folder / CANDIDATES_STAR
     if not star.is_file():
-        if not _picked(folder):
-            raise UserInputError(folder, "holds no picks: it was written by cryojoint denoise or predict --outputs "
-                                 "without picks (run predict with picks to pick)")
         raise UserInputError(star, "not found: the predict run did not finish (rerun predict to complete it)")
     try:
         candidates = read_coordinates(star, "star")

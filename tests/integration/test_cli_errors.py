@@ -329,8 +329,15 @@ def test_pick_on_a_denoise_folder_says_it_holds_no_picks(tmp_path: Path, run_fas
     out = tmp_path / "den"
     code, _, stderr = run_fast(["denoise", micrograph, "--out", out])
     assert code == 0, stderr
+    assert not (out / "candidates").exists()  # its denoised image marks a micrograph done, not an empty pick file
     assert_one_line_error(run_fast(["pick", out, "--threshold", "0", "--out", tmp_path / "p"]), out,
                           "holds no picks", "cryojoint denoise")
+    denoised = out / "denoised" / "mic_good.mrc"
+    written = denoised.stat().st_mtime_ns
+    code, stdout, stderr = run_fast(["denoise", micrograph, "--out", out])  # a rerun resumes: nothing left to do
+    assert code == 0, stderr
+    assert "0 micrograph(s) denoised (1 already done)" in stdout
+    assert denoised.stat().st_mtime_ns == written
 
 
 def test_predict_diameter_with_no_unit_on_sized_micrographs_names_both_units(tmp_path: Path, run_fast,
