@@ -168,11 +168,11 @@ PROFILES: dict[str, Profile] = {
     ),
     "second": Profile(
         "second", ("ruvb",), 6, 3, 1024, ("010", "060"),
-        (*_modes(["default"], ["joint", "denoise-only", "detect-only"]), BFLOAT16, SCRATCH), 600, 100, 300, 100,
-        {"pixel_size_angstrom": 3.5}, intensity_map=(1.0 / 250.0, -3.0),
+        (*_modes(["default"], ["joint", "denoise-only", "detect-only"]), BFLOAT16, SCRATCH, DEFAULT_120), 600, 100,
+        300, 100, {"pixel_size_angstrom": 3.5}, intensity_map=(1.0 / 250.0, -3.0),
         description="a differently built dataset for checking defaults: 6+3 micrographs at 1024², RuvB (≈ 34 px "
                     "at 3.5 Å/px, denser fields), stored as x/250 − 3 in float32 (not counts), two doses, "
-                    "600 steps, training seeds 0, 1, 2",
+                    "600 steps (and the default at 120), training seeds 0, 1, 2",
         seeds=(0, 1, 2), general_rows=True,
     ),
     "unbinned": Profile(
