@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -28,6 +29,10 @@ app = typer.Typer(
 )
 
 EXIT_USER_ERROR = 2
+#: Exit code after Ctrl-C (the shell's 128 + SIGINT), with one line on what is kept.
+EXIT_INTERRUPTED = 130
+INTERRUPTED_LINE = ("interrupted: every file written so far is complete (each is written whole); run the same "
+                    "command again to go on (predict/denoise skip the micrographs done; train needs --resume)")
 #: Exit code when the machine refused a read or write (disk full, read-only, no permission): not a bug, not bad input.
 EXIT_ENVIRONMENT_ERROR = 3
 #: Errors of the file system a user can act on: they end a run with one line, not a traceback.
@@ -308,6 +313,7 @@ def train(
                         particle_contrast=particle_contrast)
     from cryojoint.distributed import is_main_process
 
+    started = time.perf_counter()
     result = train_model(paths, labels, out, cfg, resume=resume, overwrite=overwrite,
                          command_line=_command_line(), ignore_unknown_labels=ignore_unknown_labels)
     if not is_main_process():  # under torchrun, one summary is enough
@@ -317,7 +323,9 @@ def train(
     stop = "stopped early" if result.stopped_early else "finished"
     best = (f"best {result.metric_name} {result.best_metric:.4f} at step {result.best_step}"
             if result.metric_name.startswith("validation") else "nothing held out to validate on: the last step kept")
-    typer.echo(f"{stop} after {result.steps_done} steps in {result.seconds:.0f} s; {best}; model: {result.model_path}")
+    typer.echo(f"{stop} after {result.steps_done} steps in {result.seconds:.0f} s of training "
+               f"({time.perf_counter() - started:.0f} s in all, reading and counting included); {best}; "
+               f"model: {result.model_path}")
 
 
 @app.command()
@@ -379,7 +387,8 @@ def predict(
                             scheduler=scheduler, command_line=_command_line(), tile_size_px=tile_size,
                             detector_window_stride_fraction=detector_window_stride, precision=precision,
                             particle_diameter_px=diameter, particle_contrast=particle_contrast)
-    how = "automatic" if summary.threshold_was_automatic else "fixed"
+    how = "fixed" if not summary.threshold_was_automatic else \
+        "quantile-rule" if str(threshold).strip().lower() == "quantile" else "automatic"
     if len(summary.failures) < summary.n_micrographs:  # when every micrograph failed, only their errors say so
         typer.echo(f"{summary.n_picks} picks in {summary.n_micrographs - len(summary.failures)} micrograph(s) "
                f"({summary.n_skipped} already done); {how} cut-off {summary.threshold:.3f}; "
@@ -710,6 +719,9 @@ def main() -> None:
     except UserInputError as err:
         typer.echo(f"error: {err.one_line()}", err=True)
         sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        typer.echo(INTERRUPTED_LINE, err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except OSError as err:
         if err.errno not in _ENVIRONMENT_ERRNOS:
             raise

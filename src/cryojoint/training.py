@@ -195,6 +195,10 @@ def train(
                       stacklevel=2)
         resume = False
     elif not resume:
+        if not overwrite and (run_dir / MODEL_NAME).exists() and checkpoint_path.is_file():
+            raise UserInputError(run_dir / MODEL_NAME, "already exists, from an earlier run (its checkpoint.pt is "
+                                 "beside it): --resume goes on with that run where it stopped, --overwrite starts "
+                                 "again")
         check_can_write(run_dir / MODEL_NAME, overwrite)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)

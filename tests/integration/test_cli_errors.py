@@ -359,3 +359,18 @@ def test_a_border_wider_than_the_micrograph_is_its_error_not_an_empty_pick(tmp_p
                        "--out", tmp_path / "o"])
     assert_one_line_error(result, micrograph, "--border 1000 px leaves none of its 96x96 pixels to pick in")
     assert not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_ends_with_one_line_on_what_is_kept(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from cryojoint import cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == cli.EXIT_INTERRUPTED == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: ") and "--resume" in lines[0]

@@ -46,6 +46,12 @@ def test_predict_general_in_angstrom_bins_to_its_particle_size(data_dir: Path, t
     denoised = read_micrograph(tmp_path / "p" / "denoised" / f"{mic.name}.mrc")
     assert denoised.shape == (170, 170)
     assert denoised.pixel_size == pytest.approx(mic.pixel_size * 1.5, rel=1e-4)
+    assert "automatic cut-off" in out
+    code, out, err = cli_in_process(["predict", "general", data_dir / "dose_020", "--out", tmp_path / "p",
+                                     "--particle-diameter", f"{angstrom:.3f}A", "--threshold", "quantile",
+                                     "--formats", "star,box"])  # the network's outputs reused: only the cut-off
+    assert code == 0, err
+    assert "quantile-rule cut-off" in out
 
 
 def test_denoise_keeps_the_input_size_and_writes_no_picks(data_dir: Path, tmp_path: Path,

@@ -172,6 +172,10 @@ def test_existing_run_needs_overwrite_and_resume_without_a_checkpoint_starts_afr
         result = training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / "new",
                                 _config(steps=2), resume=True, progress=False)
     assert result.steps_done == 2 and result.model_path.is_file()
+    # A run that left its checkpoint (finished or interrupted): the error names --resume as well.
+    with pytest.raises(UserInputError, match="--resume goes on with that run"):
+        training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / "new", _config(steps=2),
+                       progress=False)
 
 
 def test_learning_rate_ramps_up_and_down() -> None:
