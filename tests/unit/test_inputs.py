@@ -115,3 +115,21 @@ def test_coordinate_inputs_take_lists_and_globs_too(tmp_path: Path) -> None:
     table = read_coordinates(str(tmp_path / "*_autopick.star"))
     assert list(table["micrograph"]) == ["m1", "m2"] and np.allclose(table["x"], [10.0, 20.0])
     assert expand_paths([tmp_path], {".star"}, "coordinate") == sorted(tmp_path.glob("*.star"))
+
+
+def test_a_micrographs_star_whose_pixel_size_the_headers_contradict_is_named(tmp_path: Path) -> None:
+    import warnings
+
+    import numpy as np
+
+    from cryojoint.io.mrc import write_mrc
+
+    write_mrc(tmp_path / "m1.mrc", np.zeros((32, 32), np.float32), pixel_size=1.0)
+    star = _micrographs_star(tmp_path / "other.star", [str(tmp_path / "m1.mrc")], pixel_size=7.08)
+    with pytest.warns(UserWarning, match=r"other\.star: its optics give 7\.08 Å/px but the header of .*m1\.mrc "
+                                         r"says 1 Å/px"):
+        expand_micrographs([star])
+    agreeing = _micrographs_star(tmp_path / "same.star", [str(tmp_path / "m1.mrc")], pixel_size=1.02)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert expand_micrographs([agreeing]).paths == [tmp_path / "m1.mrc"]

@@ -186,6 +186,30 @@ def expand_micrographs(items: Sequence[str | Path]) -> MicrographInputs:
             inputs.paths.append(path)
             continue
         star = read_micrographs_star(path)
+        _warn_if_headers_disagree(star)
         inputs.stars.append(star)
         inputs.paths.extend(star.paths)
     return inputs
+
+
+#: Relative difference between a STAR file's pixel size and its micrographs' headers worth a warning.
+PIXEL_SIZE_DISAGREEMENT = 0.05
+
+
+def _warn_if_headers_disagree(star: MicrographsStar) -> None:
+    """Binning and Ångström diameters read the MRC headers: say so when the STAR file's optics give another pixel
+    size (one header read: the first micrograph it names; unreadable files are reported where they are read)."""
+    from cryojoint.io.mrc import micrograph_pixel_size
+
+    given = star.pixel_size()
+    if given is None or not star.paths:
+        return
+    try:
+        header = micrograph_pixel_size(star.paths[0])
+    except (UserInputError, OSError):
+        return
+    if header is None or abs(header / given - 1.0) > PIXEL_SIZE_DISAGREEMENT:
+        says = "gives no pixel size" if header is None else f"says {header:.4g} Å/px"
+        warnings.warn(f"{star.source}: its optics give {given:.4g} Å/px but the header of {star.paths[0]} {says}; "
+                      "cryojoint reads the headers (an Ångström --particle-diameter and binning follow them): fix "
+                      "the headers, or give the diameter in px", UserWarning, stacklevel=3)
