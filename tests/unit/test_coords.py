@@ -419,6 +419,17 @@ def test_folder_and_list_of_per_micrograph_files(tmp_path: Path) -> None:
     assert list(from_folder["micrograph"]) == ["mic_a", "mic_a", "mic_b"]
 
 
+def test_a_folder_with_two_files_picking_one_micrograph_is_refused_but_named_files_merge(tmp_path: Path) -> None:
+    """Labels beside truth (or one set in two formats) in a folder read whole would merge silently."""
+    write_text(tmp_path / "set/labels.csv", "micrograph,x,y\nmic_a,10,20\nmic_b,30,40\n")
+    write_text(tmp_path / "set/truth.csv", "micrograph,x,y\nmic_a,11,21\nmic_a,50,60\n")
+    with pytest.raises(UserInputError, match=r"set: holds two coordinate files with picks of micrograph mic_a "
+                                             r"\(labels\.csv, truth\.csv\)"):
+        read_coordinates(tmp_path / "set")
+    merged = read_coordinates([tmp_path / "set/labels.csv", tmp_path / "set/truth.csv"])
+    assert len(merged) == 4
+
+
 # ----------------------------------------------------------------------------------------- round trips
 
 micrograph_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,11}", fullmatch=True)

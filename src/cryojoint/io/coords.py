@@ -470,7 +470,8 @@ def read_coordinates(
         Unused when reading (BOX files carry their own box size); kept for symmetry with writing.
     """
     files = _expand(paths)
-    parts = []
+    parts: list[pd.DataFrame] = []
+    read_from: list[Path] = []
     for path in files:
         if not path.is_file():
             raise UserInputError(path, "coordinate file not found")
@@ -485,6 +486,9 @@ def read_coordinates(
                                  f"row(s), the first the {_ordinal(first + 1)} pick: x={table['x'].iloc[first]}, "
                                  f"y={table['y'].iloc[first]})")
         parts.append(table)
+        read_from.append(path)
+    if _names_a_folder(paths):
+        _check_no_micrograph_in_two_files(Path(paths), read_from, parts)
     parts = [part for part in parts if len(part)]
     if not parts:
         if len(files) == 1:
@@ -494,6 +498,23 @@ def read_coordinates(
         source = paths if isinstance(paths, (str, Path)) else None
         raise UserInputError(source, f"no particle coordinates found in {len(files)} files")
     return pd.concat(parts, ignore_index=True)
+
+
+def _names_a_folder(paths: str | Path | Sequence[str | Path]) -> bool:
+    return isinstance(paths, (str, Path)) and Path(paths).is_dir()
+
+
+def _check_no_micrograph_in_two_files(folder: Path, files: Sequence[Path], tables: Sequence[pd.DataFrame]) -> None:
+    """A folder is read whole: two of its files with picks of one micrograph (labels beside truth, one set in two
+    formats) would be merged silently. Files named one by one are merged as asked."""
+    seen: dict[str, Path] = {}
+    for path, table in zip(files, tables):
+        for name in table["micrograph"].astype(str).unique():
+            if name in seen:
+                raise UserInputError(folder, f"holds two coordinate files with picks of micrograph {name} "
+                                     f"({seen[name].name}, {path.name}); a folder is read whole: give the file "
+                                     "you mean")
+            seen[name] = path
 
 
 def write_coordinates(
