@@ -362,23 +362,31 @@ PIXEL_SIZE_WARN_RATIO = 0.05
 
 def _warn_if_other_pixel_size(paths: Sequence[Path], model: LoadedModel, downsample_given: bool) -> None:
     """A trained model sees particles at the size it learned only on micrographs of its training pixel size (or
-    binned to it with --downsample): say so, once, when the headers differ and no --downsample was given."""
+    binned to it with --downsample): say so, once, when headers differ and no --downsample was given, with how many
+    (one --downsample for the whole run would mis-bin the micrographs that match)."""
     trained = model.meta.get("input_pixel_size_angstrom")
     if model.is_general or downsample_given or not trained:
         return
+    others: list[tuple[Path, float]] = []
     for path in paths:
         try:
             size = micrograph_pixel_size(path)
         except UserInputError:
             continue
         if size and abs(size / float(trained) - 1.0) > PIXEL_SIZE_WARN_RATIO:
-            factor = float(trained) * float(model.meta.get("downsample", 1.0)) / size
-            remedy = f"give --downsample {factor:.3g}" if factor >= 1.0 else \
-                "train on micrographs of this pixel size (a model cannot bin up)"
-            warnings.warn(f"{path}: {size:.3g} Å/px, but the model was trained on micrographs at {float(trained):.3g} "
-                          f"Å/px: its particles will not measure what the model learned; {remedy}", UserWarning,
-                          stacklevel=3)
-            return
+            others.append((path, size))
+    if not others:
+        return
+    path, size = others[0]
+    factor = float(trained) * float(model.meta.get("downsample", 1.0)) / size
+    remedy = f"give --downsample {factor:.3g}" if factor >= 1.0 else \
+        "train on micrographs of this pixel size (a model cannot bin up)"
+    if len(others) < len(paths):
+        remedy = f"run those apart from the others and {remedy}"
+    which = f"{path}" if len(others) == 1 else f"{len(others)} of {len(paths)} micrographs (the first {path})"
+    warnings.warn(f"{which}: {size:.3g} Å/px, but the model was trained on micrographs at {float(trained):.3g} "
+                  f"Å/px: its particles will not measure what the model learned; {remedy}", UserWarning,
+                  stacklevel=3)
 
 
 def _warn_if_filtered(paths: Sequence[Path], settings: PickingSettings) -> None:

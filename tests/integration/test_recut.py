@@ -356,6 +356,11 @@ def test_a_trained_model_warns_on_micrographs_of_another_pixel_size(prediction: 
     finer = write_mrc(tmp_path / "finer.mrc", trained.data, trained.pixel_size / 2)
     with pytest.warns(UserWarning, match=r"finer.mrc: .* trained on micrographs at 5.3 Å/px.*--downsample 2"):
         predict_files(model_path, [finer], tmp_path / "a", outputs=("picks",), device="cpu", progress=False)
+    finer_too = write_mrc(tmp_path / "finer_too.mrc", trained.data, trained.pixel_size / 2)
+    with pytest.warns(UserWarning, match=r"2 of 3 micrographs \(the first .*finer.mrc\): .* run those apart from "
+                                         r"the others and give --downsample 2"):
+        predict_files(model_path, [finer, root / "mic_0001.mrc", finer_too], tmp_path / "mixed", outputs=("picks",),
+                      device="cpu", progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         predict_files(model_path, [root / "mic_0001.mrc"], tmp_path / "b", outputs=("picks",), device="cpu",
