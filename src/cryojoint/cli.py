@@ -159,7 +159,8 @@ def convert(
     out_fmt: Annotated[str | None, typer.Option("--to", help="star|box|cbox|csv|topaz|cs (default: by "
                                                                  "suffix)")] = None,
     box_size: Annotated[float | None, typer.Option(help="Box size in pixels (needed to write .box "
-                                                                    "and .cbox).")] = None,
+                                                                    "and .cbox; from a predict output folder, the "
+                                                                    "size predict writes).")] = None,
     micrographs: Annotated[list[str] | None, typer.Option(
         "--micrographs", help="The micrographs the picks are on (as for predict: files, folders, globs, @lists, "
                               "micrograph STARs; repeat the option): their sizes, needed to write cryoSPARC .cs "
@@ -175,10 +176,25 @@ def convert(
     from cryojoint.recut import is_prediction_folder
 
     if len(inputs) == 1 and is_prediction_folder(inputs[0]):  # its picks, not picks + candidates + picks.cs
+        if box_size is None:  # the boxes predict itself writes, from the diameter its run used
+            box_size = _predicted_box_size(inputs[0], output, out_fmt)
         inputs = [inputs[0] / COMBINED_STAR]
     paths = _micrograph_paths(micrographs) if micrographs else None
     written = convert_coordinates(inputs, output, in_fmt, out_fmt, box_size, overwrite, paths)
     typer.echo(f"wrote {len(written)} file(s): {written[0]}{' ...' if len(written) > 1 else ''}")
+
+
+def _predicted_box_size(folder: Path, output: Path, out_fmt: str | None) -> float | None:
+    """The box size ``predict`` writes for a boxed format (predict.json's diameter), ``None`` when it does not say."""
+    from cryojoint.io.coords import FORMAT_OF_SUFFIX
+    from cryojoint.prediction import box_size_px
+
+    fmt = out_fmt or FORMAT_OF_SUFFIX.get(output.suffix.lower())
+    try:
+        diameter = json.loads((folder / "predict.json").read_text()).get("particle_diameter_px_input")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return box_size_px(fmt, float(diameter)) if fmt and isinstance(diameter, (int, float)) else None
 
 
 MICROGRAPHS_HELP = ("Micrographs (MRC): files, folders, quoted globs ('mics/*.mrc'), @list.txt files (one path a "

@@ -251,6 +251,12 @@ def test_evaluate_and_convert_read_a_predict_folder_as_its_own_files(
     code, _, err = cryojoint_main(["convert", prediction, tmp_path / "all.csv"])
     assert code == 0, err
     assert len(read_coordinates(tmp_path / "all.csv")) == len(picks)
+    # Boxes without --box-size: the size predict itself writes (two diameters for .box), from predict.json.
+    code, _, err = cryojoint_main(["convert", prediction, tmp_path / "boxes", "--to", "box"])
+    assert code == 0, err
+    diameter = json.loads((prediction / "predict.json").read_text())["particle_diameter_px_input"]
+    first = next(f for f in sorted((tmp_path / "boxes").glob("*.box")) if f.read_text().strip())
+    assert float(first.read_text().split()[2]) == round(2 * diameter)
 
 
 def test_evaluate_scores_a_predict_folder_on_the_micrographs_it_predicted(
