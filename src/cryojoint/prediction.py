@@ -55,6 +55,7 @@ from cryojoint.io.coords import (
     write_coordinates,
     write_coordinates_per_micrograph,
 )
+from cryojoint.io.inputs import PIXEL_SIZE_WARN_RATIO
 from cryojoint.io.mrc import Micrograph, micrograph_name, micrograph_pixel_size, micrograph_shape, read_micrograph
 from cryojoint.progress import counted_progress
 from cryojoint.runtime import autocast_dtype, dtype_name, retain_freed_memory, select_device
@@ -356,8 +357,6 @@ def _remove_this_runs_folder(out_dir: Path, remove_folder: bool) -> None:
 MIN_CORRELATION_SIDE_PX = 16
 
 
-#: Relative difference of pixel size between a trained model's micrographs and predict's that is worth a warning.
-PIXEL_SIZE_WARN_RATIO = 0.05
 
 
 def _warn_if_other_pixel_size(paths: Sequence[Path], model: LoadedModel, downsample_given: bool) -> None:
@@ -382,7 +381,7 @@ def _warn_if_other_pixel_size(paths: Sequence[Path], model: LoadedModel, downsam
     remedy = f"give --downsample {factor:.3g}" if factor >= 1.0 else \
         "train on micrographs of this pixel size (a model cannot bin up)"
     if len(others) < len(paths):
-        remedy = f"run those apart from the others and {remedy}"
+        remedy = f"run {'it' if len(others) == 1 else 'those'} apart from the others and {remedy}"
     which = f"{path}" if len(others) == 1 else f"{len(others)} of {len(paths)} micrographs (the first {path})"
     warnings.warn(f"{which}: {size:.3g} Å/px, but the model was trained on micrographs at {float(trained):.3g} "
                   f"Å/px: its particles will not measure what the model learned; {remedy}", UserWarning,

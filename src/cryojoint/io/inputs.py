@@ -192,8 +192,9 @@ def expand_micrographs(items: Sequence[str | Path]) -> MicrographInputs:
     return inputs
 
 
-#: Relative difference between a STAR file's pixel size and its micrographs' headers worth a warning.
-PIXEL_SIZE_DISAGREEMENT = 0.05
+#: Relative difference of two pixel sizes of one set of micrographs worth a warning (a STAR file's optics vs the
+#: headers here; a trained model's micrographs vs predict's in :mod:`cryojoint.prediction`).
+PIXEL_SIZE_WARN_RATIO = 0.05
 
 
 def _warn_if_headers_disagree(star: MicrographsStar) -> None:
@@ -208,7 +209,7 @@ def _warn_if_headers_disagree(star: MicrographsStar) -> None:
         header = micrograph_pixel_size(star.paths[0])
     except (UserInputError, OSError):
         return
-    if header is None or abs(header / given - 1.0) > PIXEL_SIZE_DISAGREEMENT:
+    if header is None or abs(header / given - 1.0) > PIXEL_SIZE_WARN_RATIO:
         says = "gives no pixel size" if header is None else f"says {header:.4g} Å/px"
         warnings.warn(f"{star.source}: its optics give {given:.4g} Å/px but the header of {star.paths[0]} {says}; "
                       "cryojoint reads the headers (an Ångström --particle-diameter and binning follow them): fix "
