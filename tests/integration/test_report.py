@@ -327,3 +327,16 @@ def test_summary_says_a_zero_shot_cut_off_may_keep_as_many_as_the_probabilities_
     summary = _section(write_report(run).read_text(encoding="utf-8"), "summary")
     assert "keeps the top 25% of all candidate peak scores of the run, or as many as their probabilities sum to" \
         in summary
+
+
+def test_a_prediction_folder_says_where_its_particle_diameter_came_from(tmp_path: Path) -> None:
+    """Without model.pt beside it the record still tells: the general model was told the diameter; a trained model
+    used its own (model.pt, not read, says how it got it)."""
+    run = build_run(tmp_path, benchmark=False)
+    (run / "model.pt").unlink()
+    assert "its model.pt, not read here, says whether estimated or given" in _section(
+        write_report(run).read_text(encoding="utf-8"), "summary")
+    record_path = run / "pred" / "predict.json"
+    record_path.write_text(json.dumps({**json.loads(record_path.read_text()), "general_model": True}))
+    assert "given with --particle-diameter: the general model bins to it" in _section(
+        write_report(run).read_text(encoding="utf-8"), "summary")

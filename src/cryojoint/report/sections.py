@@ -101,8 +101,10 @@ def _summary_section(contents: RunContents) -> str:
     if diameter is not None:
         if "particle_diameter_estimated" in meta:
             how = "estimated from the labels" if meta["particle_diameter_estimated"] else "given by the user"
+        elif (contents.predict_record or {}).get("general_model"):
+            how = "given with --particle-diameter: the general model bins to it"
         else:
-            how = "unknown whether estimated or given (model.pt not read)"
+            how = "the trained model's; its model.pt, not read here, says whether estimated or given"
         rows.append(("particle diameter", f"{_fmt(diameter, 1)} px in input pixels ({how})"))
     if meta.get("particle_contrast") == "bright":
         rows.append(("particle contrast", "brighter than the ice: the micrographs are inverted for the network"))
