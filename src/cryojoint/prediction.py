@@ -357,8 +357,6 @@ def _remove_this_runs_folder(out_dir: Path, remove_folder: bool) -> None:
 MIN_CORRELATION_SIDE_PX = 16
 
 
-
-
 def _warn_if_other_pixel_size(paths: Sequence[Path], model: LoadedModel, downsample_given: bool) -> None:
     """A trained model sees particles at the size it learned only on micrographs of its training pixel size (or
     binned to it with --downsample): say so, once, when headers differ and no --downsample was given, with how many
