@@ -296,6 +296,7 @@ def predict_files(
     if model.is_general:
         _warn_if_filtered(todo, settings)
     _warn_if_other_pixel_size(todo, model, downsample is not None)
+    _warn_if_finer_than_learned(todo, model, settings, size_given=particle_diameter_px is not None)
     n_skipped = len(micrographs) - len(todo)
     started = time.perf_counter()
     if should_stop is not None and should_stop():
@@ -355,6 +356,9 @@ def _remove_this_runs_folder(out_dir: Path, remove_folder: bool) -> None:
 
 #: Smallest binned side the filtered-input check reads a micrograph at (a few pixels give no correlation).
 MIN_CORRELATION_SIDE_PX = 16
+#: How much finer than the general model's finest learned pixel size a micrograph is denoised before a warning:
+#: a bin of 2 or more would bring it to what the model knows.
+FINER_THAN_LEARNED_FACTOR = 2.0
 
 
 def _warn_if_other_pixel_size(paths: Sequence[Path], model: LoadedModel, downsample_given: bool) -> None:
@@ -384,6 +388,35 @@ def _warn_if_other_pixel_size(paths: Sequence[Path], model: LoadedModel, downsam
     warnings.warn(f"{which}: {size:.3g} Å/px, but the model was trained on micrographs at {float(trained):.3g} "
                   f"Å/px: its particles will not measure what the model learned; {remedy}", UserWarning,
                   stacklevel=3)
+
+
+def _warn_if_finer_than_learned(paths: Sequence[Path], model: LoadedModel, settings: PickingSettings,
+                                size_given: bool) -> None:
+    """The general model told no particle size denoises at the input's pixel size: say so when that is at least
+    :data:`FINER_THAN_LEARNED_FACTOR` times finer than any it learned from (e.g. 0.85 Å/px raw K3 data against its
+    ~3 Å/px), where it runs several times longer and denoises less (session-31 review: 390 s and blotchy vs 94 s)."""
+    if not model.is_general or size_given:
+        return
+    from cryojoint.pretraining import finest_learned_pixel_size
+
+    finest = finest_learned_pixel_size(model.meta.get("pretraining") or {})
+    for path in paths:
+        try:
+            size = micrograph_pixel_size(path)
+        except UserInputError:
+            continue
+        if size:
+            break
+    else:
+        return
+    if finest is None or finest / (size * settings.downsample) < FINER_THAN_LEARNED_FACTOR:
+        return
+    factor = finest / (size * settings.downsample)
+    warnings.warn(f"{path}: {size * settings.downsample:.3g} Å/px as denoised, {factor:.1f}x finer than the finest "
+                  f"the general model learned from ({finest:.2g} Å/px): without --particle-diameter it denoises at "
+                  "this size, slowly and less well; give --particle-diameter (e.g. 150A) to denoise at the model's "
+                  f"scale and write at the input's size, or --downsample {round(factor * settings.downsample)} to write "
+                  "binned images", UserWarning, stacklevel=3)
 
 
 def _warn_if_filtered(paths: Sequence[Path], settings: PickingSettings) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from cryojoint.checkpoint import SHIPPED_MODELS, load_model
-from cryojoint.io.mrc import read_micrograph
+from cryojoint.io.mrc import read_micrograph, write_mrc
 from cryojoint.simulation import simulate_to_folder
 
 #: tests/conftest.py's ``cli_in_process``: ARGS -> (exit code, stdout, stderr).
@@ -63,6 +64,29 @@ def test_denoise_keeps_the_input_size_and_writes_no_picks(data_dir: Path, tmp_pa
         assert read_micrograph(tmp_path / "d" / "denoised" / path.name).shape == read_micrograph(path).shape
     assert not (tmp_path / "d" / "picks.star").exists()
     assert json.loads((tmp_path / "d" / "predict.json").read_text())["picked"] is False
+
+
+def test_denoise_at_a_pixel_size_finer_than_the_model_learned_says_how_to_bin(data_dir: Path, tmp_path: Path,
+                                                                             cli_in_process: CliRunner) -> None:
+    """Raw micrographs at ~1 Å/px, denoised at their own size with no particle size given, take the general model
+    far below the ~3 Å/px it learned from: a warning names the remedy (the run still goes on)."""
+    source = read_micrograph(next((data_dir / "dose_020").glob("*.mrc")))
+    write_mrc(tmp_path / "fine.mrc", source.data, pixel_size=1.0)
+    with pytest.warns(UserWarning, match="finer than the finest the general model learned") as caught:
+        code, _, err = cli_in_process(["denoise", tmp_path / "fine.mrc", "--out", tmp_path / "d"])
+    assert code == 0, err
+    warning = next(str(w.message) for w in caught if "finer" in str(w.message))
+    assert "fine.mrc" in warning and "3.0x finer" in warning and "--particle-diameter" in warning
+    assert "--downsample 3 " in warning
+    assert (tmp_path / "d" / "denoised" / "fine.mrc").exists()
+    told = [(tmp_path / "fine.mrc", ["--particle-diameter", "60px"]), (tmp_path / "fine.mrc", ["--downsample", "3"]),
+            (data_dir / "dose_020", [])]  # told a scale, or at the simulation's 5.3 Å/px: nothing to say
+    for index, (source_path, extra) in enumerate(told):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code, _, err = cli_in_process(["denoise", source_path, "--out", tmp_path / f"q{index}", *extra])
+        assert code == 0, err
+        assert not [w for w in caught if "finer" in str(w.message)], extra
 
 
 @pytest.mark.parametrize("extra, size, phases", [(["--particle-diameter", "72px"], 256, 4),
