@@ -10,8 +10,8 @@ weights are ``(1 - alpha) * fine-tuned + alpha * general`` (the noise level stay
 micrographs, as fine-tuning starts it; counters stay the fine-tuned ones), predicts the cell's test micrographs
 with the benchmark's predict step and scores them with its scoring::
 
-    PYTHONPATH=src python scripts/weight_interpolation_check.py OUT --cell second:/work/s32/ft600/work/second-base-600-seed0 \
-        [--cell ...] --alphas 0,0.25,0.5
+    PYTHONPATH=src python scripts/weight_interpolation_check.py OUT \
+        --cell second:/work/s32/ft600/work/second-base-600-seed0 [--cell ...] --alphas 0,0.25,0.5
 
 One JSON per (cell, alpha) in OUT, and ``summary.json`` with mean ± sd per profile and alpha.
 """

@@ -165,11 +165,15 @@ def convert(
         "--micrographs", help="The micrographs the picks are on (as for predict: files, folders, globs, @lists, "
                               "micrograph STARs; repeat the option): their sizes, needed to write cryoSPARC .cs "
                               "from other formats.")] = None,
+    scale: Annotated[float, typer.Option(help="Multiply the coordinates by this: picks made on micrographs of "
+                                              "another size, e.g. 4 for picks on 4x-binned copies used with the "
+                                              "full-size micrographs, 0.25 the other way.")] = 1.0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
     """Convert particle coordinates between RELION STAR, EMAN BOX, crYOLO CBOX, CSV, Topaz, IMOD and cryoSPARC .cs.
 
     Example: cryojoint convert picks.star picks.cs --micrographs 'Movies/*.mrc'
+    Example: cryojoint convert picks_on_bin4.star picks.star --scale 4
     """
     from cryojoint.io.coords import convert_coordinates
     from cryojoint.prediction import COMBINED_STAR
@@ -180,7 +184,7 @@ def convert(
             box_size = _predicted_box_size(inputs[0], output, out_fmt)
         inputs = [inputs[0] / COMBINED_STAR]
     paths = _micrograph_paths(micrographs) if micrographs else None
-    written = convert_coordinates(inputs, output, in_fmt, out_fmt, box_size, overwrite, paths)
+    written = convert_coordinates(inputs, output, in_fmt, out_fmt, box_size, overwrite, paths, scale)
     typer.echo(f"wrote {len(written)} file(s): {written[0]}{' ...' if len(written) > 1 else ''}")
 
 

@@ -291,7 +291,9 @@ def prepare_data(
         micrograph.check_not_blank()
     check_names_match(labels, [m.name for m in micrographs], labels_source)
     shapes = {m.name: m.shape for m in micrographs}
-    check_inside(labels, shapes, labels_source, tolerance_px=EDGE_TOLERANCE_PX)
+    check_inside(labels, shapes, labels_source, tolerance_px=EDGE_TOLERANCE_PX,
+                 remedy=" (picked on micrographs of another size? `cryojoint convert LABELS NEW --scale F` rescales "
+                        "them, F = these micrographs' size / that size)")
     notes: list[str] = []
     labels, moved = _onto_the_image(labels, shapes)
     if moved:
@@ -301,7 +303,8 @@ def prepare_data(
     if corner is not None:
         notes.append(f"all {len(labels)} labels lie in the top-left 1/{corner:g} of their micrographs' width and "
                      "height: if they were picked on binned copies, scale them up first (coordinates must be in the "
-                     "given micrographs' pixels)")
+                     "given micrographs' pixels: `cryojoint convert LABELS NEW --scale N`, N the binning they were "
+                     "picked at)")
     labels, n_duplicates = drop_duplicate_picks(labels)
     if n_duplicates:
         notes.append(f"{n_duplicates} label(s) repeat another pick of their micrograph (within "

@@ -412,10 +412,11 @@ def _warn_if_finer_than_learned(paths: Sequence[Path], model: LoadedModel, setti
     if finest is None or finest / (size * settings.downsample) < FINER_THAN_LEARNED_FACTOR:
         return
     factor = finest / (size * settings.downsample)
+    bin_to_learned = round(factor * settings.downsample)
     warnings.warn(f"{path}: {size * settings.downsample:.3g} Å/px as denoised, {factor:.1f}x finer than the finest "
                   f"the general model learned from ({finest:.2g} Å/px): without --particle-diameter it denoises at "
                   "this size, slowly and less well; give --particle-diameter (e.g. 150A) to denoise at the model's "
-                  f"scale and write at the input's size, or --downsample {round(factor * settings.downsample)} to write "
+                  f"scale and write at the input's size, or --downsample {bin_to_learned} to write "
                   "binned images", UserWarning, stacklevel=3)
 
 

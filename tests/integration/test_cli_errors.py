@@ -306,6 +306,9 @@ def test_convert_to_cs_checks_the_picks_lie_on_the_micrographs_given(tmp_path: P
     assert_one_line_error(run_fast(["convert", relion_picks, tmp_path / "out.cs", "--micrographs",
                                     str(tmp_path / "mic_*.mrc")]), relion_picks, "lie outside its 64x64 pixels")
     assert not (tmp_path / "out.cs").exists()
+    code, _, err = run_fast(["convert", relion_picks, tmp_path / "out.star", "--scale", "-2"])
+    assert code == EXIT_USER_ERROR and err.count("\n") == 1 and err.startswith("error: --scale"), err
+    assert not (tmp_path / "out.star").exists()
 
 
 @pytest.mark.parametrize("kind", ["random-bytes", "truncated", "nan", "stack"])

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cryojoint.errors import UserInputError
+from cryojoint.imaging import from_binned_coordinates
 from cryojoint.io.coords import (
     READERS,
     SHAPE_X_COLUMN,
@@ -23,6 +24,7 @@ from cryojoint.io.coords import (
     detect_format,
     make_table,
     read_coordinates,
+    scale_coordinates,
     write_coordinates,
     write_coordinates_per_micrograph,
 )
@@ -674,6 +676,31 @@ def test_convert_api_star_to_box_folder_and_back(tmp_path: Path) -> None:
     assert sorted(p.name for p in written) == ["20170629_00021_frameImage.box", "20170629_00022_frameImage.box"]
     back = convert_coordinates(tmp_path / "boxes", tmp_path / "back.star")
     assert_same_picks(read_coordinates(back[0]), read_coordinates(source), BOX_TOLERANCE_PX, score_tolerance=None)
+
+
+@given(st.lists(st.tuples(st.floats(0, 4095), st.floats(0, 4095)), min_size=1, max_size=20),
+       st.sampled_from([2.0, 3.0, 4.0, 0.5, 1.7]))
+def test_scaling_picks_is_undone_by_the_inverse_scale_and_matches_block_binning(xy: list[tuple[float, float]],
+                                                                             factor: float) -> None:
+    table = pd.DataFrame({"micrograph": "m", "x": [p[0] for p in xy], "y": [p[1] for p in xy]})
+    scaled = scale_coordinates(table, factor)
+    back = scale_coordinates(scaled, 1.0 / factor)
+    np.testing.assert_allclose(back[["x", "y"]].to_numpy(), table[["x", "y"]].to_numpy(), atol=1e-6)
+    if factor.is_integer():  # picks on a block-binned copy land where bin_image's pixel centres map back to
+        np.testing.assert_allclose(scaled[["x", "y"]].to_numpy(),
+                                   from_binned_coordinates(table[["x", "y"]].to_numpy(), factor), atol=1e-6)
+    assert table["x"].tolist() == [p[0] for p in xy]  # the input table is left as it was
+
+
+def test_convert_scales_picks_made_on_binned_copies(tmp_path: Path) -> None:
+    source = write_text(tmp_path / "particles.star", RELION_30_PARTICLES)
+    written = convert_coordinates(source, tmp_path / "full.star", scale=4.0)
+    before, after = read_coordinates(source), read_coordinates(written[0])
+    np.testing.assert_allclose(after["x"].to_numpy(), (before["x"].to_numpy() + 0.5) * 4 - 0.5)
+    np.testing.assert_allclose(after["y"].to_numpy(), (before["y"].to_numpy() + 0.5) * 4 - 0.5)
+    with pytest.raises(UserInputError, match="--scale"):
+        convert_coordinates(source, tmp_path / "bad.star", scale=0.0)
+    assert not (tmp_path / "bad.star").exists()
 
 
 # ------------------------------------------------------------------------------------- label checks

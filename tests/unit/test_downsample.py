@@ -261,6 +261,6 @@ def test_labels_on_the_far_edge_pixel_are_taken_and_farther_ones_refused(blob_fi
     picks = np.concatenate([im.picks_xy for im in prepared.train + prepared.validation])
     assert picks.min() >= 0 and picks.max() <= size - 1
     beyond = pd.DataFrame({"micrograph": [micrographs[0].name], "x": [size + 1.5], "y": [100.0]})
-    with pytest.raises(UserInputError, match="lie outside"):
+    with pytest.raises(UserInputError, match="lie outside.*cryojoint convert LABELS NEW --scale F"):
         prepare_data(micrographs, pd.concat([labels, beyond], ignore_index=True), DataConfig(downsample=1),
                      LossConfig())

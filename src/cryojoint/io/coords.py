@@ -558,7 +558,7 @@ def write_coordinates_per_micrograph(
 
 
 def check_inside(table: pd.DataFrame, shapes: dict[str, tuple[int, int]], source: str | Path | None,
-                 remedy: str = " (see --downsample)", tolerance_px: float = 0.0) -> None:
+                 remedy: str = "", tolerance_px: float = 0.0) -> None:
     """Every coordinate lies inside its micrograph (shape ``(ny, nx)``; pixel centres 0 .. n - 1, give or take
     ``tolerance_px``), or a one-line error names one that doesn't."""
     for name, rows in table.groupby("micrograph", sort=False):
@@ -776,6 +776,18 @@ def _numeric(column: pd.Series, path: Path, name: str) -> np.ndarray:
     return values
 
 
+def scale_coordinates(table: pd.DataFrame, factor: float) -> pd.DataFrame:
+    """Picks made on micrographs ``1 / factor`` times the size of the ones they are for (``factor`` 4: picked on
+    4x-binned copies, used with the full-size micrographs; 0.25 the other way). Pixel edges scale, not centres: the
+    centre of a binned pixel lies at the middle of the block it covers (as :func:`cryojoint.imaging.bin_image`)."""
+    if factor == 1.0:
+        return table
+    scaled = table.copy()
+    for column in ("x", "y"):
+        scaled[column] = (scaled[column].astype(float) + 0.5) * factor - 0.5
+    return scaled
+
+
 def convert_coordinates(
     inputs: str | Path | Sequence[str | Path],
     output: str | Path,
@@ -784,21 +796,24 @@ def convert_coordinates(
     box_size: float | None = None,
     overwrite: bool = False,
     micrographs: Sequence[str | Path] | None = None,
+    scale: float = 1.0,
 ) -> list[Path]:
     """Convert coordinate files; ``output`` is a file, or a folder for one file per micrograph.
 
     A folder is used when ``output`` has no suffix or is an existing folder; then ``out_fmt`` is required.
     ``micrographs`` (paths) give each micrograph's path and size, which cryoSPARC ``.cs`` files need.
+    ``scale`` brings picks made on micrographs of another size to these (:func:`scale_coordinates`).
     """
     check_number(box_size, "--box-size", above=0)
-    table = read_coordinates(inputs, in_fmt)
+    check_number(scale, "--scale", above=0)
+    table = scale_coordinates(read_coordinates(inputs, in_fmt), scale)
     if micrographs:
         given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
         source = given[0] if len(given) == 1 else None
         table = attach_micrographs(table, micrographs, source)
         # Picks at another pixel size than these micrographs would be written as fractions beyond 1.
         check_inside(table, {str(n): (int(y), int(x)) for n, y, x in table.groupby("micrograph")[
-            [SHAPE_Y_COLUMN, SHAPE_X_COLUMN]].first().itertuples()}, source, remedy="")
+            [SHAPE_Y_COLUMN, SHAPE_X_COLUMN]].first().itertuples()}, source, remedy=" (see --scale)")
     output = Path(output)
     if output.is_dir() or not output.suffix:
         if out_fmt is None:
