@@ -401,6 +401,8 @@ def _train(
             save_model(run_dir / MODEL_NAME, network, config, {**meta, "best_step": state.step})
     if group.is_main and has_detector and prepared.expected_was_estimated:
         notes.append(_count_particles_from_label_scores(run_dir / MODEL_NAME, prepared, device, progress))
+    if group.is_main and has_detector:
+        _warn_if_no_better_than_chance(state.history, labels_source)
     return TrainResult(run_dir, run_dir / MODEL_NAME, state.chosen_step, state.chosen_metric, metric_name,
                        state.step, state.seconds, stopped_early, pd.DataFrame(state.history), notes, notes_printed)
 
@@ -662,9 +664,11 @@ def _validate(network: torch.nn.Module, prepared: PreparedData, config: Cryojoin
     network.eval()
     denoise_losses = []
     ap_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    crop_areas: list[float] = []
     radius = prepared.particle_diameter_px / 2
     for image in prepared.validation:
         crop, offset = _validation_crop(image, prepared.particle_diameter_px)
+        crop_areas.append(float(crop.size))
         result = run_network_on_image(network, crop, config, device, dense=True, window_px=window_px)
         if result.prior_mean is not None:
             y = torch.from_numpy(crop)[None, None]
@@ -680,7 +684,37 @@ def _validate(network: torch.nn.Module, prepared: PreparedData, config: Cryojoin
         record["validation_denoise_loss"] = float(np.mean(denoise_losses))
     if ap_parts:
         record["validation_ap"] = float(average_precision_pooled(ap_parts, radius, average_precision))
+        record["validation_chance_ap"] = chance_average_precision(
+            [len(truth) for _, _, truth in ap_parts], crop_areas, radius)
     return record
+
+
+def _warn_if_no_better_than_chance(history: Sequence[dict[str, float]], labels_source: str | Path | None) -> None:
+    """Labels that mark something else than particles (picked at another scale or on other micrographs, shifted)
+    train a detector whose held-out AP never rises above what blind scores reach: say so, as no earlier check
+    catches every such mistake. Lower AP on hard data stays above chance (sessions 26-31: 0.2-0.6 on the
+    benchmark's sets, chance there 0.02-0.15)."""
+    measured = [(r["validation_ap"], r["validation_chance_ap"]) for r in history
+                if r.get("validation_ap") is not None and r.get("validation_chance_ap") is not None]
+    if not measured:
+        return
+    best, chance = max(ap for ap, _ in measured), measured[-1][1]
+    if best <= chance:
+        where = f"{labels_source}: " if labels_source else ""
+        warnings.warn(f"{where}held-out validation AP never rose above {best:.3f}, no better than scores blind to "
+                      f"the labels reach there ({chance:.3f}): the labels may not mark particles (picked on "
+                      "micrographs of another size or other micrographs? see the notes above); check the picks in "
+                      "`cryojoint report`", UserWarning, stacklevel=3)
+
+
+def chance_average_precision(label_counts: Sequence[int], crop_areas_px2: Sequence[float], radius: float) -> float:
+    """The AP that scores blind to where the labels are reach on the validation crops: the share of the crops' area
+    within ``radius`` of a label (a candidate there matches one). A detector that has learned the particles ranks
+    the labelled ones above the rest and scores above it by about 1 / (the particles' share of the area), unlabelled
+    particles or not; one at or below it has learned nothing the labels mark, or marks something else."""
+    total_area = float(sum(crop_areas_px2))
+    label_area = float(sum(label_counts)) * math.pi * radius**2
+    return min(label_area / total_area, 1.0) if total_area > 0 else 0.0
 
 
 @torch.no_grad()

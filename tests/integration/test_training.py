@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 
 import cryojoint.training as training
 from cryojoint.checkpoint import load_model, read_model_file
-from cryojoint.config import TRAINING_MODES, CryojointConfig
+from cryojoint.config import TRAINING_MODES, CryojointConfig, default_config
 from cryojoint.errors import UserInputError
 from cryojoint.simulation import simulate
 
@@ -609,3 +611,39 @@ def test_the_cut_off_count_is_measured_from_the_labels_scores_however_sparse_the
     training.train(dataset.micrographs["dose_060"], sparse, tmp_path / "given", config, progress=False)
     given = read_model_file(tmp_path / "given" / "model.pt")["meta"]
     assert given["expected_particles"] == 40.0 and "expected_particles_from" not in given
+
+
+def test_labels_on_particles_keep_well_above_chance_and_are_not_warned_of(dataset, tmp_path: Path) -> None:
+    """Few labels, a few steps from the general model: held-out AP is well above what blind scores reach, so no
+    warning (the other side, :func:`test_a_run_no_better_than_chance_is_warned_of`)."""
+    config = default_config()
+    config.train = dataclasses.replace(config.train, steps=10, eval_every=5, init="general")
+    config.data = dataclasses.replace(config.data, particle_diameter_px=float(dataset.particle_diameter_px))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path, config, progress=False)
+    best, chance = result.history["validation_ap"].max(), result.history["validation_chance_ap"].iloc[-1]
+    assert 0 < chance < best / 2, (best, chance)
+    assert not [w for w in caught if "blind to the labels" in str(w.message)]
+    assert "validation_chance_ap" in pd.read_csv(tmp_path / "metrics.csv").columns
+
+
+@pytest.mark.parametrize(("aps", "warned"), [([0.01, 0.03, 0.02], True), ([0.01, 0.05, 0.02], True),
+                                             ([0.01, 0.06, 0.02], False), ([], False)])
+def test_a_run_no_better_than_chance_is_warned_of(aps: list[float], warned: bool) -> None:
+    history = [{"step": 10 * i, "validation_ap": ap, "validation_chance_ap": 0.05} for i, ap in enumerate(aps)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        training._warn_if_no_better_than_chance(history, "labels.star")
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == warned
+    if warned:
+        assert messages[0].startswith("labels.star: ") and f"above {max(aps):.3f}" in messages[0]
+        assert "(0.050)" in messages[0] and "may not mark particles" in messages[0]
+
+
+def test_chance_average_precision_is_the_share_of_area_near_a_label() -> None:
+    assert training.chance_average_precision([10], [100.0 * 100.0], 5.0) == pytest.approx(10 * np.pi * 25 / 1e4)
+    assert training.chance_average_precision([3, 7], [5e3, 5e3], 5.0) == pytest.approx(10 * np.pi * 25 / 1e4)
+    assert training.chance_average_precision([1000], [100.0], 5.0) == 1.0  # packed labels: any candidate matches
+    assert training.chance_average_precision([], [], 5.0) == 0.0
