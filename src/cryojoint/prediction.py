@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from cryojoint._atomic import atomic_path, make_output_folder
-from cryojoint.checkpoint import LoadedModel, load_model, model_file_sha256
+from cryojoint.checkpoint import LoadedModel, is_shipped_model, load_model, model_file_sha256
 from cryojoint.contrast import AS_RECORDED
 from cryojoint.data import check_unique_names
 from cryojoint.errors import StopRequested, UserInputError, first_names
@@ -338,8 +338,9 @@ def predict_files(
     written += _write_picks(picks, out_dir, formats, done, settings.particle_diameter_px * settings.downsample)
     summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, cut, automatic, len(picks),
                              elapsed / max(n_done, 1), written, picks)
+    files = {n: str(Path(p).resolve()) for p, n in zip(micrographs, names)}
     _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device, network_dtype,
-                      output_settings)
+                      output_settings, files)
     return summary
 
 
@@ -597,7 +598,10 @@ def _same_setting(earlier: Any, value: Any) -> bool:
 
 def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettings, summary: PredictSummary,
                       model_path: str | Path, command_line: str | None, device: torch.device,
-                      network_dtype: torch.dtype | None, output_settings: dict[str, Any]) -> None:
+                      network_dtype: torch.dtype | None, output_settings: dict[str, Any],
+                      micrograph_files: dict[str, str]) -> None:
+    """``predict.json``: how the run was made, and where its inputs lie (absolute paths: `cryojoint report` shows
+    the input micrographs and reads a trained model's record from them, wherever it is run from)."""
     from cryojoint import __version__
 
     record: dict[str, Any] = {
@@ -621,7 +625,10 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
         "failures": summary.failures,
         "seconds_per_micrograph": summary.seconds_per_micrograph,
         "model_config": model.config.to_dict(),
+        "micrograph_files": micrograph_files,
     }
+    if not is_shipped_model(model_path):
+        record["model_file"] = str(Path(model_path).resolve())
     with atomic_path(out_dir / "predict.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2))
 

@@ -61,6 +61,9 @@ def test_cli_pipeline_on_a_tiny_simulated_dataset(tmp_path: Path) -> None:
     assert len(picks) > 0 and set(picks["micrograph"]) <= {Path(m).stem for m in mics}
     record = json.loads((pred / "predict.json").read_text())
     assert record["threshold_was_automatic"] is True
+    # where the inputs and the model lie, for `cryojoint report PRED` run from anywhere
+    assert record["micrograph_files"] == {Path(m).stem: str((tmp_path / m).resolve()) for m in mics}
+    assert record["model_file"] == str((run / "model.pt").resolve())
 
     # A rerun skips what is done and still succeeds.
     again = cryojoint("predict", str(run / "model.pt"), *mics, "--out", str(pred), cwd=tmp_path)

@@ -42,6 +42,9 @@ def test_predict_general_in_angstrom_bins_to_its_particle_size(data_dir: Path, t
     assert code == 0, err
     record = json.loads((tmp_path / "p" / "predict.json").read_text())
     assert record["general_model"] and record["downsample"] == 1.5
+    assert set(record["micrograph_files"]) == {p.stem for p in (data_dir / "dose_020").glob("*.mrc")}
+    assert all(Path(path).is_absolute() for path in record["micrograph_files"].values())
+    assert "model_file" not in record  # a shipped model is named, not located
     assert record["particle_diameter_px_input"] == pytest.approx(diameter_px, rel=1e-3)
     assert (tmp_path / "p" / "picks.star").exists()
     denoised = read_micrograph(tmp_path / "p" / "denoised" / f"{mic.name}.mrc")

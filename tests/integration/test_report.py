@@ -197,22 +197,48 @@ def test_report_is_deterministic_and_out_path_honoured(tmp_path: Path) -> None:
     assert not (run / REPORT_NAME).exists()
 
 
-def test_prediction_only_folder_renders_with_missing_notes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inputs_recorded", [False, True])
+def test_a_prediction_folder_shows_what_it_holds_and_not_what_it_never_does(tmp_path: Path,
+                                                                           inputs_recorded: bool) -> None:
+    """A user's predict folder has no training curves, evaluation or benchmark: those sections are left out instead
+    of listed as missing, and the summary says how to score the picks. predict.json names its inputs (since
+    session 32): they are shown beside the denoised images; an older record without them still says so."""
     run = build_run(tmp_path, benchmark=False)
     for name in ("metrics.csv", "model.pt", "config.yaml", "evaluation.json", "sources.json"):
         (run / name).unlink()
+    record = json.loads((run / "pred" / "predict.json").read_text())
+    if inputs_recorded:
+        record["micrograph_files"] = {name: str(tmp_path / "data" / "dose_020" / f"{name}.mrc") for name in NAMES}
+        record["general_model"] = True
+    (run / "pred" / "predict.json").write_text(json.dumps(record))
     page = write_report(run).read_text(encoding="utf-8")
-    for section_id in SECTION_IDS:
+    for section_id in ("summary", "micrographs", "scores"):
         _section(page, section_id)
+    for section_id in ("training", "pr-curves", "tables"):
+        assert f'<section id="{section_id}">' not in page and f'href="#{section_id}"' not in page
     _assert_images_decode(page)
-    assert "metrics.csv: no training curves" in _section(page, "training")
-    assert "evaluation.json with picking results" in _section(page, "pr-curves")
-    assert "sources.json" in _section(page, "micrographs")
+    assert "cryojoint evaluate --picks" in _section(page, "summary")
     assert "truth unknown" in _section(page, "micrographs")
     assert 'class="warning"' not in page
-    # The picks are still drawn on the denoised images and the histogram is still there.
     assert page.count("picks on the denoised image") >= len(NAMES)
-    assert "cut-off 0.500" not in page or "keeps" in page
+    if inputs_recorded:
+        assert "Missing:" not in page
+        assert "the shipped general model" in _section(page, "summary")
+        assert page.count("input and denoised") == len(NAMES)  # no empty reference panel for real data
+    else:
+        assert "sources.json" in _section(page, "micrographs") and "model.pt" in _section(page, "summary")
+
+
+def test_a_prediction_folder_reads_the_trained_model_predict_ran(tmp_path: Path) -> None:
+    run = build_run(tmp_path, benchmark=False)
+    (run / "model.pt").rename(tmp_path / "elsewhere.pt")
+    for name in ("metrics.csv", "config.yaml", "evaluation.json", "sources.json"):
+        (run / name).unlink()
+    record = json.loads((run / "pred" / "predict.json").read_text())
+    (run / "pred" / "predict.json").write_text(json.dumps({**record, "model_file": str(tmp_path / "elsewhere.pt")}))
+    summary = _section(write_report(run / "pred").read_text(encoding="utf-8"), "summary")
+    assert "elsewhere.pt" in summary and "model.pt: mode, particle size" not in summary
+    assert "mode</th>" in summary
 
 
 def test_pred_folder_and_demo_folder_are_accepted(tmp_path: Path) -> None:

@@ -204,14 +204,16 @@ def _plot_pr(ax: Axes, precision: np.ndarray, recall: np.ndarray, **style: Any) 
 
 
 def _triptych(name: str, dose: str, low_dose: np.ndarray | None, denoised: np.ndarray | None,
-              reference: np.ndarray | None) -> str:
-    panels = [(f"low-dose input ({dose})" if dose else "low-dose input", low_dose,
+              reference: np.ndarray | None, with_reference: bool = True) -> str:
+    """Input, denoised and (simulated or benchmark data, ``with_reference``) the full-dose reference side by side."""
+    panels = [(f"low-dose input ({dose})" if dose else "low-dose input" if with_reference else "input", low_dose,
                "input not found\n(needs sources.json)"),
               ("denoised", denoised, "no denoised image\n(pred/denoised/)"),
               ("full-dose reference", reference, "no full-dose reference\n(needs sources.json)")]
+    panels = panels if with_reference else panels[:2]
     side_in = PANEL_DISPLAY_PX / FIGURE_DPI
-    figure = _new_figure(3 * side_in + 0.4, side_in + 0.45)
-    axes = figure.subplots(1, 3)
+    figure = _new_figure(len(panels) * side_in + 0.4, side_in + 0.45)
+    axes = figure.subplots(1, len(panels))
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92, wspace=0.04)
     described: list[str] = []
     for ax, (title, image, absent) in zip(axes, panels):
@@ -222,8 +224,8 @@ def _triptych(name: str, dose: str, low_dose: np.ndarray | None, denoised: np.nd
         _show_image(ax, shown, title)
         binned = f", shown binned {factor}×" if factor > 1 else ""
         described.append(f"{title}: {image.shape[1]}×{image.shape[0]} px{binned}")
-    return _figure_html(figure, f"{name}: low-dose input, denoised and full-dose reference",
-                        _esc("; ".join(described)))
+    shown_as = "low-dose input, denoised and full-dose reference" if with_reference else "input and denoised"
+    return _figure_html(figure, f"{name}: {shown_as}", _esc("; ".join(described)))
 
 
 def _overlay(contents: RunContents, name: str, low_dose: np.ndarray | None, denoised: np.ndarray | None,

@@ -57,6 +57,11 @@ class RunContents:
     benchmark: dict[str, Any] | None = None
     truth: pd.DataFrame | None = None
     denoised_files: dict[str, Path] = field(default_factory=dict)
+    #: The input micrographs predict.json names (absolute paths, those still there), by micrograph name.
+    input_files: dict[str, Path] = field(default_factory=dict)
+    #: A ``cryojoint predict`` / ``denoise`` output folder alone: no training run, no evaluation, demo or benchmark
+    #: records. Its page leaves out what such a folder never holds instead of listing it as missing.
+    prediction_only: bool = False
     inputs: list[InputStatus] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -214,6 +219,18 @@ def load_run(run_dir: str | Path) -> RunContents:
                                    "named by sources.json")
     contents.benchmark = _try_read(contents, "benchmark", run_dir / "benchmark.json", _read_json_object,
                                    "written by the benchmark driver")
+    record = contents.predict_record or {}
+    contents.prediction_only = record != {} and all(
+        value is None for value in (contents.config, contents.metrics, contents.model_meta, contents.evaluation,
+                                    contents.sources, contents.benchmark))
+    files = record.get("micrograph_files")
+    if isinstance(files, dict):
+        contents.input_files = {str(name): Path(path) for name, path in files.items()
+                                if isinstance(path, str) and Path(path).is_file()}
+    model_file = record.get("model_file")
+    if contents.model_meta is None and isinstance(model_file, str):
+        contents.model_meta = _try_read(contents, "model (the one predict ran)", Path(model_file), _read_model_meta,
+                                        "named by predict.json")
     if not contents.usable:
         problems = [f"{row.path.name}: {row.status}" for row in contents.inputs if row.status != "missing"]
         detail = f" ({'; '.join(problems)})" if problems else ""

@@ -79,15 +79,19 @@ def render_report(contents: RunContents) -> str:
     from cryojoint import __version__
 
     bodies: list[str] = []
+    shown: list[tuple[str, str]] = []
     for section_id, heading, render in SECTIONS:
         try:
             body = render(contents)
         except Exception as err:  # noqa: BLE001 - one broken section must not cost the user the whole page
             body = (f'<p class="warning">This section could not be drawn ({_esc(err.__class__.__name__)}: '
                     f"{_esc(err)}). Please report this as a cryojoint bug.</p>")
+        if not body:  # a section this kind of folder never fills (a prediction folder's training curves)
+            continue
+        shown.append((section_id, heading))
         bodies.append(f'<section id="{section_id}"><h2>{_esc(heading)}</h2>{body}</section>')
     notes = "".join(f'<p class="warning">{note}</p>' for note in dict.fromkeys(contents.notes))
-    nav = "".join(f'<a href="#{section_id}">{_esc(heading.split(":")[0])}</a>' for section_id, heading, _ in SECTIONS)
+    nav = "".join(f'<a href="#{section_id}">{_esc(heading.split(":")[0])}</a>' for section_id, heading in shown)
     title = f"cryojoint report — {contents.run_dir.name or contents.run_dir}"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -89,11 +89,20 @@ def _summary_section(contents: RunContents) -> str:
             f'<div class="card"><div class="card-value">{_esc(value)}</div><div class="card-label">'
             f'{_esc(label)}</div><div class="card-detail">{_esc(detail)}</div></div>'
             for label, value, detail in cards) + "</div>")
+    elif contents.prediction_only:  # a user's predictions: there is rarely a truth, nothing is missing
+        folder = _esc(_relative(contents.pred_dir, Path.cwd()))
+        parts.append(_note("Not scored against a truth. With known particle positions, <code>cryojoint evaluate "
+                           f"--picks {folder} --truth TRUTH.star --json {folder}/evaluation.json</code> adds AP, F1 "
+                           "and precision-recall curves to this page."))
     else:
         parts.append(_missing("headline AP/F1/PSNR: no evaluation.json (run <code>cryojoint evaluate --json</code> "
                               "with the truth and references)."))
 
     rows: list[tuple[str, str]] = []
+    if record.get("general_model"):
+        rows.append(("model", "the shipped general model (no training on these micrographs)"))
+    elif record.get("model_file"):
+        rows.append(("model", str(record["model_file"])))
     mode = meta.get("mode") or (config.get("train") or {}).get("mode")
     if mode:
         rows.append(("mode", str(mode)))
@@ -163,7 +172,7 @@ def _summary_section(contents: RunContents) -> str:
     if rows:
         parts.append('<table class="kv"><tbody>' + "".join(
             f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows) + "</tbody></table>")
-    if not contents.model_meta:
+    if not contents.model_meta and not record.get("general_model"):
         parts.append(_missing("model.pt: mode, particle size and how it was chosen are unknown."))
     if not contents.predict_record:
         parts.append(_missing("pred/predict.json: the cut-off and how it was chosen are unknown "
@@ -193,10 +202,10 @@ def _micrographs_section(contents: RunContents) -> str:
     truth = contents.truth
     radius = _match_radius(contents)
     parts: list[str] = []
-    if not contents.sources:
+    if not contents.sources and not contents.input_files:
         parts.append(_missing("sources.json: the low-dose inputs, full-dose references and the truth are "
                               "unknown, so only the denoised images and the picks are shown."))
-    elif truth is None:
+    elif contents.sources and truth is None:
         parts.append(_missing("truth: sources.json names no readable truth file, so picks are not split into "
                               "true and false positives."))
     shown = names[:MAX_MICROGRAPHS_SHOWN]
@@ -209,13 +218,14 @@ def _micrographs_section(contents: RunContents) -> str:
         f"{PANEL_DISPLAY_PX} px (row) or {MAX_DISPLAY_PX} px (picks) are block-averaged for display, which "
         "makes the noisy input look a little cleaner than it is."))
     for name in shown:
-        input_path = data_dir / dose / f"{name}.mrc" if data_dir is not None and dose else None
+        input_path = (data_dir / dose / f"{name}.mrc" if data_dir is not None and dose
+                      else contents.input_files.get(name))
         reference_path = reference_dir / f"{name}.mrc" if reference_dir is not None else None
         low_dose = _read_image(input_path, f"input {name}", contents)
         denoised = _read_image(contents.denoised_files.get(name), f"denoised {name}", contents)
         reference = _read_image(reference_path, f"reference {name}", contents)
         parts.append(f'<h3 id="mic-{_esc(name)}">{_esc(name)}</h3>')
-        parts.append(_triptych(name, dose, low_dose, denoised, reference))
+        parts.append(_triptych(name, dose, low_dose, denoised, reference, with_reference=bool(contents.sources)))
         parts.append(_overlay(contents, name, low_dose, denoised, truth, radius))
     return "".join(parts)
 
@@ -272,6 +282,8 @@ def _pr_section(contents: RunContents) -> str:
     picking = _picking(contents)
     if not (picking and isinstance(picking.get("overall"), dict)):
         picking = None
+        if contents.prediction_only:
+            return ""  # nothing scored (the summary says how to score)
         parts.append(_missing("evaluation.json with picking results: no PR curve of the evaluated picks."))
     candidate_curve = _candidate_curve(contents)
     if picking is not None or candidate_curve is not None:
@@ -287,6 +299,8 @@ def _pr_section(contents: RunContents) -> str:
 
 def _training_section(contents: RunContents) -> str:
     metrics = contents.metrics
+    if (metrics is None or not len(metrics)) and contents.prediction_only:
+        return ""  # predictions only: the training run's folder has its curves
     if metrics is None or not len(metrics):
         return _missing("metrics.csv: no training curves (written by <code>cryojoint train</code>).")
     labels = {**TRAINING_LOSS_LABELS, **VALIDATION_LABELS, "lr": LEARNING_RATE_LABEL}
@@ -310,6 +324,8 @@ def _tables_section(contents: RunContents) -> str:
     from cryojoint.metrics.denoising import DENOISING_METRICS
 
     parts: list[str] = []
+    if contents.prediction_only:
+        return ""  # nothing scored (the summary says how to score)
     picking = _picking(contents)
     if picking and isinstance(picking.get("overall"), dict):
         edge = _number(picking.get("edge_px"))
