@@ -191,12 +191,12 @@ def convert(
 def _predicted_box_size(folder: Path, output: Path, out_fmt: str | None) -> float | None:
     """The box size ``predict`` writes for a boxed format (predict.json's diameter), ``None`` when it does not say."""
     from cryojoint.io.coords import FORMAT_OF_SUFFIX
-    from cryojoint.prediction import box_size_px
+    from cryojoint.prediction import box_size_px, read_run_record
 
     fmt = out_fmt or FORMAT_OF_SUFFIX.get(output.suffix.lower())
     try:
-        diameter = json.loads((folder / "predict.json").read_text()).get("particle_diameter_px_input")
-    except (OSError, ValueError, AttributeError):
+        diameter = (read_run_record(folder) or {}).get("particle_diameter_px_input")
+    except UserInputError:
         return None
     return box_size_px(fmt, float(diameter)) if fmt and isinstance(diameter, (int, float)) else None
 

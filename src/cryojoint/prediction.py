@@ -596,6 +596,24 @@ def _same_setting(earlier: Any, value: Any) -> bool:
     return earlier == value
 
 
+#: The run record a predict / denoise folder holds (written by :func:`_write_run_record`).
+RUN_RECORD = "predict.json"
+
+
+def read_run_record(folder: str | Path) -> dict[str, Any] | None:
+    """A predict folder's run record, ``None`` when it has none; one that is not a JSON object is an error."""
+    path = Path(folder) / RUN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserInputError(path, f"not valid JSON ({err.msg})") from None
+    if not isinstance(values, dict):
+        raise UserInputError(path, "not a JSON object")
+    return values
+
+
 def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettings, summary: PredictSummary,
                       model_path: str | Path, command_line: str | None, device: torch.device,
                       network_dtype: torch.dtype | None, output_settings: dict[str, Any],
@@ -629,7 +647,7 @@ def _write_run_record(out_dir: Path, model: LoadedModel, settings: PickingSettin
     }
     if not is_shipped_model(model_path):
         record["model_file"] = str(Path(model_path).resolve())
-    with atomic_path(out_dir / "predict.json") as tmp:
+    with atomic_path(out_dir / RUN_RECORD) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
 
 

@@ -35,6 +35,7 @@ from cryojoint.prediction import (
     box_size_px,
     earlier_setting,
     read_candidates,
+    read_run_record,
 )
 
 RECORD_NAME = "pick.json"
@@ -95,14 +96,10 @@ def read_prediction_folder(folder: str | Path) -> PredictionFolder:
             raise
         candidates = empty_table()  # no peak in any micrograph
     candidates = _with_full_precision_scores(candidates, per_micrograph)
-    record = folder / "predict.json"
+    values = read_run_record(folder)
     threshold = diameter = None
     failed: list[str] = []
-    if record.is_file():
-        try:
-            values = json.loads(record.read_text())
-        except json.JSONDecodeError as err:
-            raise UserInputError(record, f"not valid JSON ({err.msg})") from None
+    if values is not None:
         threshold, diameter = values.get("threshold"), values.get("particle_diameter_px_input")
         failures = values.get("failures")
         failed = [str(name) for name in failures if str(name) not in names] if isinstance(failures, dict) else []

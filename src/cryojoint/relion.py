@@ -245,10 +245,9 @@ def _with_diameter_from_angstrom(config: CryojointConfig, diameter_angstrom: flo
 
 def _downsample_of(out_dir: Path) -> float:
     """The binning the prediction ran at (predict.json), which scales the denoised micrographs' pixel size."""
-    import json
+    from cryojoint.prediction import read_run_record
 
-    record = json.loads((out_dir / "predict.json").read_text())
-    return float(record.get("downsample", 1))
+    return float((read_run_record(out_dir) or {}).get("downsample", 1))
 
 
 def write_coordinate_files(out_dir: Path, mics: MicrographsStar, picks: pd.DataFrame) -> Path:
