@@ -493,10 +493,14 @@ def particle_diameter_in_pixels(text: str, paths: Sequence[str | Path]) -> float
                              f"({example.name}: {distinct[0]:g} Å/px): give {value:g}A (Ångström, {in_px:.0f} px "
                              f"there) or {value:g}px")
     if unit == "angstrom" and len(distinct) > 1:
-        by_size = {round(float(s), 4): p for p, s in sizes.items()}
-        raise UserInputError(None, f"the micrographs have different pixel sizes ({by_size[distinct[0]].name}: "
-                             f"{distinct[0]:g} Å/px, {by_size[distinct[1]].name}: {distinct[1]:g} Å/px): run them "
-                             "separately, or give --particle-diameter in pixels")
+        by_size: dict[float, list[Path]] = {}
+        for path, size in sizes.items():
+            by_size.setdefault(round(float(size), 4), []).append(path)
+        listed = ", ".join(f"{len(by_size[s])} at {s:g} Å/px (e.g. {by_size[s][0].name})" for s in distinct[:3])
+        raise UserInputError(None, f"the micrographs have different pixel sizes ({listed}"
+                             f"{', ...' if len(distinct) > 3 else ''}): a particle measures differently on each and "
+                             "one run bins all alike: run each pixel size into its own --out folder (if the headers "
+                             "are wrong and all are alike, give --particle-diameter in pixels)")
     diameter_px = value / distinct[0] if unit == "angstrom" else value
     if diameter_px < SMALLEST_PARTICLE_DIAMETER_PX:
         raise UserInputError(None, f"--particle-diameter {text} is {diameter_px:.2g} px in the micrographs: smaller "

@@ -132,8 +132,10 @@ def test_a_diameter_no_micrograph_could_hold_is_a_user_error(tmp_path: Path, tex
 def test_a_pixel_size_mismatch_names_a_micrograph_of_each_size(tmp_path: Path) -> None:
     image = np.zeros((64, 64), dtype=np.float32)
     paths = [write_mrc(tmp_path / "fine.mrc", image, pixel_size=2.0), write_mrc(tmp_path / "coarse.mrc", image,
-                                                                                 pixel_size=5.3)]
-    with pytest.raises(UserInputError, match=r"fine.mrc: 2 Å/px, coarse.mrc: 5.3 Å/px\): run them separately"):
+                                                                                 pixel_size=5.3),
+             write_mrc(tmp_path / "fine2.mrc", image, pixel_size=2.0)]
+    with pytest.raises(UserInputError, match=r"\(2 at 2 Å/px \(e.g. fine.mrc\), 1 at 5.3 Å/px \(e.g. coarse.mrc\)\): "
+                                             r".*run each pixel size into its own --out folder"):
         particle_diameter_in_pixels("100A", paths)
 
 
