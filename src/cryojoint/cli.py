@@ -360,7 +360,10 @@ def predict(
                                                        "expected; the general model, which expects none: the "
                                                        "top 25%, or as many as the candidates' probabilities "
                                                        "sum to where that is more), quantile (top 25% of "
-                                                       "candidate scores, the paper's advice).")] = "auto",
+                                                       "candidate scores, the paper's advice). A rule's cut-off "
+                                                       "is one number for all the run's micrographs, chosen on "
+                                                       "all of them: runs of other micrographs may cut one "
+                                                       "differently (pin it with a number; `pick` re-cuts).")] = "auto",
     nms_radius: Annotated[float | None, typer.Option("--nms-radius", help="NMS radius in input pixels "
                                                      "(default: particle radius).")] = None,
     border: Annotated[float | None, typer.Option(help="Drop picks closer than this to the edge (input px).")] = None,

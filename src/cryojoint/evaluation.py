@@ -185,6 +185,27 @@ def _prediction_as_candidates(picks: Any, threshold: float | None,
     return picks, threshold, None, []
 
 
+def _shapes_of_predicted_inputs(picks: Any) -> dict[str, tuple[int, int]] | None:
+    """Image sizes, from the headers of the input micrographs a predict folder's run record names (those still
+    there); ``None`` for other picks, or a record from before it named them."""
+    from cryojoint.io.mrc import micrograph_shape
+    from cryojoint.prediction import read_run_record
+    from cryojoint.recut import is_prediction_folder
+
+    if not (isinstance(picks, (str, Path)) and is_prediction_folder(picks)):
+        return None
+    files = (read_run_record(picks) or {}).get("micrograph_files")
+    if not isinstance(files, dict):
+        return None
+    shapes = {}
+    for name, path in files.items():
+        try:
+            shapes[str(name)] = micrograph_shape(path)
+        except (UserInputError, OSError):  # moved or damaged since: its edge recall is left out
+            continue
+    return shapes or None
+
+
 def _covered_micrographs(predicted: list[str] | None, truth: pd.DataFrame) -> list[str] | None:
     """The truth's micrographs a prediction covered: a truth file usually lists more (the training micrographs
     too), and scoring those as missed would put every recall and AP far below what the picker did. ``None``
@@ -262,6 +283,8 @@ def evaluate(
     if (picks is None) != (truth is None):
         raise UserInputError("evaluate", "picks and truth go together: give both or neither")
     if picks is not None and truth is not None:
+        if shapes is None and masks is None:  # edge recall needs the image sizes: a predict folder knows its inputs
+            shapes = _shapes_of_predicted_inputs(picks)
         picks, threshold, predicted, failed = _prediction_as_candidates(picks, threshold)
         picks_table, truth_table = _as_picks(picks), _as_table(truth)  # missing files first
         radius_px, radius_source = resolve_match_radius(match_radius, truth)

@@ -58,6 +58,27 @@ def test_predict_general_in_angstrom_bins_to_its_particle_size(data_dir: Path, t
     assert "quantile-rule cut-off" in out
 
 
+def test_evaluate_a_predict_folder_reads_edge_recall_from_its_inputs(data_dir: Path, tmp_path: Path,
+                                                                     cli_in_process: CliRunner) -> None:
+    """predict.json names the inputs, whose headers give the sizes edge recall needs; picks alone do not."""
+    from cryojoint.evaluation import evaluate
+
+    code, _, err = cli_in_process(["predict", "general", data_dir / "dose_020", "--out", tmp_path / "p",
+                                   "--particle-diameter", "54px"])
+    assert code == 0, err
+    truth = data_dir / "truth.star"
+    folder_report = evaluate(picks=tmp_path / "p", truth=truth)["picking"]
+    picks_report = evaluate(picks=tmp_path / "p" / "picks.star", truth=truth)["picking"]
+    assert np.isfinite(folder_report.overall.edge_recall)
+    assert not np.isfinite(picks_report.overall.edge_recall)
+    code, out, _ = cli_in_process(["evaluate", "--picks", tmp_path / "p" / "picks.star", "--truth", truth])
+    words = " ".join(out.split())  # the table's caption wraps at its width
+    assert code == 0 and "edge recall needs the micrographs' sizes" in words and "picks in mask needs --masks" in words
+    code, out, _ = cli_in_process(["evaluate", "--picks", tmp_path / "p", "--truth", truth])
+    words = " ".join(out.split())
+    assert code == 0 and "edge recall needs" not in words and "picks in mask needs --masks" in words
+
+
 def test_denoise_keeps_the_input_size_and_writes_no_picks(data_dir: Path, tmp_path: Path,
                                                            cli_in_process: CliRunner) -> None:
     code, out, err = cli_in_process(["denoise", data_dir / "dose_020", "--out", tmp_path / "d"])

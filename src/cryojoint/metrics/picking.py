@@ -111,12 +111,19 @@ class PickingReport:
         from rich.table import Table
 
         cut = "all picks" if self.threshold is None else f"score >= {self.threshold:.4g}"
-        table = Table(title=f"Picking: {self.describe_match_radius()}; {cut}")
+        results = [*self.per_micrograph, self.overall]
+        unknown = [why for column, why in (
+            ("edge_recall", "edge recall needs the micrographs' sizes (--masks, or a predict folder's inputs) and "
+                            "particles near an edge"),
+            ("fraction_picks_in_mask", "picks in mask needs --masks")) if all(
+                format_cell(getattr(r, column)) == "-" for r in results)]
+        table = Table(title=f"Picking: {self.describe_match_radius()}; {cut}",
+                      caption=f"-: {'; '.join(unknown)}" if unknown else None)
         headers = ["micrograph", "picks", "true", "TP", "precision", "recall", "F1", "AP", "best F1",
                    f"edge recall (<{self.edge_px:g} px)", "picks in mask"]
         for header in headers:
             table.add_column(header, justify="left" if header == "micrograph" else "right")
-        for result in [*self.per_micrograph, self.overall]:
+        for result in results:
             table.add_row(
                 result.micrograph, str(result.n_picks), str(result.n_true), str(result.true_positives),
                 format_cell(result.precision), format_cell(result.recall), format_cell(result.f1),
