@@ -296,6 +296,11 @@ def predict_files(
     if model.is_general:
         _warn_if_filtered(todo, settings)
     _warn_if_other_pixel_size(todo, model, downsample is not None)
+    if pick and model.meta.get("count_pending") and not isinstance(threshold, (int, float)):
+        warnings.warn(f"{model_path}: its training stopped before it counted the particles from the labels' scores, "
+                      "so the automatic cut-off keeps the labels' density estimate "
+                      f"({float(model.meta.get('expected_particles', 0)):.0f} per micrograph): `cryojoint train ... "
+                      "--resume` finishes it, or pass --threshold", UserWarning, stacklevel=2)
     _warn_if_finer_than_learned(todo, model, settings, size_given=particle_diameter_px is not None)
     n_skipped = len(micrographs) - len(todo)
     started = time.perf_counter()

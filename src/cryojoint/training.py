@@ -304,6 +304,10 @@ def _train(
     if state.init_weights is not None:  # which version of a shipped model ("general" moves on), to repeat the run
         meta["init_weights"] = state.init_weights
     has_detector = model_parts(config.train.mode)[1]
+    if group.is_main and has_detector and prepared.expected_was_estimated:
+        # model.pt is handed over at each validation pass; the particle count is measured once training ends.
+        # Until then (an interrupted run) prediction says its cut-off keeps the labels' density estimate.
+        meta["count_pending"] = True
     metric_name = "validation_ap" if has_detector else "validation_neg_denoise_loss"
     if not prepared.validation:
         metric_name = "step"  # _stage_metric: with nothing held out the step is the metric, the last step is kept
@@ -746,6 +750,7 @@ def _count_particles_from_label_scores(model_path: Path, prepared: PreparedData,
             advance()
     count = count_from_label_scores(candidates, [im.picks_xy for im in labelled], prepared.particle_diameter_px / 2)
     if count is None:
+        save_model(model_path, model.network, model.config, {**model.meta, "count_pending": False})
         return (f"too few labelled picks were found among the candidates to count the particles: the cut-off "
                 f"keeps the prior's {prepared.expected_particles:.0f} per micrograph (pass --threshold or "
                 "--expected-particles)")
@@ -755,7 +760,7 @@ def _count_particles_from_label_scores(model_path: Path, prepared: PreparedData,
     expected = density * prepared.mean_area_px2
     save_model(model_path, model.network, model.config,
                {**model.meta, "expected_particles": expected, "expected_density_per_px2": density,
-                "expected_particles_from": "label scores",
+                "expected_particles_from": "label scores", "count_pending": False,
                 "expected_particles_prior": float(prepared.expected_particles)})
     return (f"expected particles per micrograph measured from the labelled picks' scores: {expected:.0f} (the "
             "automatic cut-off keeps that many)")

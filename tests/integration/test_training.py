@@ -647,3 +647,29 @@ def test_chance_average_precision_is_the_share_of_area_near_a_label() -> None:
     assert training.chance_average_precision([3, 7], [5e3, 5e3], 5.0) == pytest.approx(10 * np.pi * 25 / 1e4)
     assert training.chance_average_precision([1000], [100.0], 5.0) == 1.0  # packed labels: any candidate matches
     assert training.chance_average_precision([], [], 5.0) == 0.0
+
+
+def test_an_interrupted_run_hands_over_a_model_whose_count_is_pending(dataset, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.pt is written at each validation pass; the particle count from the labels' scores only at the end.
+    Predicting with the model of an interrupted run says so (automatic cut-off); resuming finishes it."""
+    from cryojoint.io.mrc import write_mrc
+    from cryojoint.prediction import predict_files
+
+    run = tmp_path / "run"
+    _interrupted_at_step_13(dataset, run, monkeypatch)
+    assert read_model_file(run / "model.pt")["meta"]["count_pending"] is True
+    micrograph = dataset.micrographs["dose_060"][0]
+    path = write_mrc(tmp_path / f"{micrograph.name}.mrc", micrograph.data, micrograph.pixel_size)
+    with pytest.warns(UserWarning, match="stopped before it counted the particles.*--resume"):
+        predict_files(run / "model.pt", [path], tmp_path / "p1", progress=False)
+    with warnings.catch_warnings(record=True) as caught:  # a cut-off given: nothing to say
+        warnings.simplefilter("always")
+        predict_files(run / "model.pt", [path], tmp_path / "p2", progress=False, threshold=0.0)
+    assert not [w for w in caught if "counted the particles" in str(w.message)]
+    training.train(dataset.micrographs["dose_060"], dataset.labels, run, _config(), resume=True, progress=False)
+    assert read_model_file(run / "model.pt")["meta"]["count_pending"] is False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predict_files(run / "model.pt", [path], tmp_path / "p3", progress=False)
+    assert not [w for w in caught if "counted the particles" in str(w.message)]
