@@ -103,15 +103,21 @@ def main() -> None:
                                                       "pred_dir": str(cell_work / "pred")}, cell_work, print)
                 picking = score_picks(data, _candidates(cell_work / "pred", data, "the detector"),
                                       predicted.get("threshold"))
-                result_path.write_text(json.dumps({"cell": str(work_dir), "alpha": alpha,
+                result_path.write_text(json.dumps({"profile": profile_name, "cell": str(work_dir), "alpha": alpha,
                                                    "ap": picking["average_precision"], "best_f1": picking["best_f1"],
                                                    "f1_at_cutoff": picking.get("f1_at_own")}, indent=1))
             record = json.loads(result_path.read_text())
             print(f"{tag}: AP {record['ap']:.3f}, best F1 {record['best_f1']:.3f}", flush=True)
-            results.setdefault(f"{profile_name} alpha={alpha:g}", {"ap": []})["ap"].append(record["ap"])
+    # Over every cell measured into OUT so far (earlier invocations too), per profile and alpha.
+    for path in sorted(args.out.glob("*.json")):
+        if path.name == "summary.json":
+            continue
+        record = json.loads(path.read_text())
+        profile_name = record.get("profile") or path.name.split("-")[0]
+        results.setdefault(f"{profile_name} alpha={record['alpha']:g}", {"ap": []})["ap"].append(record["ap"])
     summary = {key: {"ap": value["ap"], "mean": statistics.mean(value["ap"]),
                      "sd": statistics.stdev(value["ap"]) if len(value["ap"]) > 1 else 0.0}
-               for key, value in results.items()}
+               for key, value in sorted(results.items())}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     for key, value in summary.items():
         print(f"{key}: AP {value['mean']:.3f} ± {value['sd']:.3f} over {len(value['ap'])}")
