@@ -303,6 +303,7 @@ def predict_files(
                       "--resume` finishes it, or pass --threshold", UserWarning, stacklevel=2)
     _warn_if_finer_than_learned(todo, model, settings, size_given=particle_diameter_px is not None)
     n_skipped = len(micrographs) - len(todo)
+    input_files = {n: str(Path(p).resolve()) for p, n in zip(micrographs, names)}  # for predict.json
     started = time.perf_counter()
     if should_stop is not None and should_stop():
         raise StopRequested("prediction stopped on request before it started")
@@ -323,7 +324,7 @@ def predict_files(
         summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, None, False, 0,
                                  elapsed / max(n_done, 1), [], None)
         _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device, network_dtype,
-                          output_settings)
+                          output_settings, input_files)
         return summary
 
     candidate_tables, areas = [], []
@@ -343,9 +344,8 @@ def predict_files(
     written += _write_picks(picks, out_dir, formats, done, settings.particle_diameter_px * settings.downsample)
     summary = PredictSummary(out_dir, len(micrographs), n_done, n_skipped, failures, cut, automatic, len(picks),
                              elapsed / max(n_done, 1), written, picks)
-    files = {n: str(Path(p).resolve()) for p, n in zip(micrographs, names)}
     _write_run_record(out_dir, model, settings, summary, model_path, command_line, resolved_device, network_dtype,
-                      output_settings, files)
+                      output_settings, input_files)
     return summary
 
 

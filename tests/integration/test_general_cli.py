@@ -87,7 +87,9 @@ def test_denoise_keeps_the_input_size_and_writes_no_picks(data_dir: Path, tmp_pa
     for path in (data_dir / "dose_020").glob("*.mrc"):
         assert read_micrograph(tmp_path / "d" / "denoised" / path.name).shape == read_micrograph(path).shape
     assert not (tmp_path / "d" / "picks.star").exists()
-    assert json.loads((tmp_path / "d" / "predict.json").read_text())["picked"] is False
+    record = json.loads((tmp_path / "d" / "predict.json").read_text())
+    assert record["picked"] is False
+    assert set(record["micrograph_files"]) == {p.stem for p in (data_dir / "dose_020").glob("*.mrc")}
 
 
 def test_denoise_at_a_pixel_size_finer_than_the_model_learned_says_how_to_bin(data_dir: Path, tmp_path: Path,
