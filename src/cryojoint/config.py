@@ -159,6 +159,10 @@ class TrainConfig:
     # The detector's own rate (None: ``learning_rate``, as in the paper). The small detector learns faster at 5e-4
     # than at the paper's 1e-4 (detect-only, 600 steps; benchmarks/README.md).
     detector_learning_rate: float | None = 5e-4
+    # Fine-tuning only (EXPERIMENT, session 32): each step also scores the detector on a batch of simulated patches
+    # with complete labels (a small corpus drawn like the pretraining one, from its own seeds), weighted by this, so
+    # that fine-tuning on a few partial labels does not unlearn what pretraining taught. 0: off.
+    rehearsal_weight: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.99)
     rampup_fraction: float = 0.1  # cosine ramp-up over this share of steps
     rampdown_fraction: float = 0.3  # cosine ramp-down over the last share of steps

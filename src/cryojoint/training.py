@@ -272,6 +272,8 @@ def _train(
     sampler = PatchSampler(prepared.train, patch_size, config.data.labelled_centre_fraction,
                            sampler_rng)
 
+    rehearsal = _rehearsal_sampler(config, patch_size, sampler_rng) if (
+        config.train.rehearsal_weight > 0 and init != "scratch" and model_parts(config.train.mode)[1]) else None
     network = build_network(config)
     _initialise(network, prepared)
     if config.train.init != "scratch":
@@ -342,7 +344,7 @@ def _train(
             for group_params in optimizer.param_groups:  # the same ramp, scaled to each part's base rate
                 group_params["lr"] = lr * group_params["base_lr"] / config.train.learning_rate
             terms = _train_step(trainer, network, optimizer, sampler, config, prepared, plan, device,
-                                network_dtype)
+                                network_dtype, rehearsal)
             average.update(network)
             state.step += 1
             for key, value in terms.items():
@@ -577,6 +579,7 @@ def _train_step(
     plan: StagePlan,
     device: torch.device,
     network_dtype: torch.dtype | None = None,
+    rehearsal: tuple[PatchSampler, PreparedData] | None = None,
 ) -> dict[str, float]:
     """One minibatch: the loss terms the stage uses, weighted as the mode table says, one Adam step.
 
@@ -619,15 +622,45 @@ def _train_step(
         l_consistency = torch.zeros((), device=device)
     total = losses.stage_loss(stage, config.loss.alpha, config.loss.consistency_weight, l_denoise, l_detect,
                               l_consistency)
+    l_rehearsal = None
+    if rehearsal is not None and stage.detect:
+        rehearsal_sampler, corpus = rehearsal
+        r_images, r_targets, r_on_particle = rehearsal_sampler.sample_with_origin(config.data.batch_size)
+        with autocast(device, network_dtype):
+            r_output = trainer(torch.from_numpy(r_images).to(device), dense=True, detect=True)
+        r_logits = r_output.as_float32().logits
+        r_t = torch.from_numpy(r_targets).to(device)
+        r_pi = unlabelled_positive_fraction(r_targets, r_on_particle, corpus.density_per_px2,
+                                            corpus.pixels_per_positive)
+        l_rehearsal = losses.pu_loss(r_logits, _targets_for(r_logits, r_t), r_pi,
+                                     pixels_per_positive=corpus.pixels_per_positive, ge_form=config.loss.ge_form)
+        total = total + config.train.rehearsal_weight * l_rehearsal
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
     terms = {"loss": float(total.detach())}
     for name, value in (("loss_denoise", l_denoise), ("loss_detect", l_detect),
-                        ("loss_consistency", l_consistency)):
+                        ("loss_consistency", l_consistency), ("loss_rehearsal", l_rehearsal)):
         if value is not None:
             terms[name] = float(value.detach())
     return terms
+
+
+#: The rehearsal corpus (EXPERIMENT): one 512² simulation per shipped structure, from seeds of its own.
+REHEARSAL_CORPUS_SEED = 7
+
+
+def _rehearsal_sampler(config: CryojointConfig, patch_size: int, rng: np.random.Generator
+                       ) -> tuple[PatchSampler, PreparedData]:
+    """Patches of a small simulated corpus at the general model's scale, complete labels (train.rehearsal_weight)."""
+    from cryojoint.pretraining import CorpusConfig, build_corpus, pretraining_config
+
+    corpus = build_corpus(CorpusConfig(pixel_sizes_per_structure=1, micrographs_per_simulation=1, size_px=512,
+                                       seed=REHEARSAL_CORPUS_SEED), progress=False)
+    corpus_config = pretraining_config(corpus, steps=1)
+    corpus_data = dataclasses.replace(corpus_config.data, validation_fraction=0.0)
+    prepared = prepare_data(corpus.micrographs, corpus.labels, corpus_data, corpus_config.loss)
+    return PatchSampler(prepared.train, patch_size, config.data.labelled_centre_fraction, rng), prepared
 
 
 def _targets_for(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
