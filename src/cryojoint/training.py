@@ -626,7 +626,8 @@ def _train_step(
     if rehearsal is not None and stage.detect:
         rehearsal_sampler, corpus = rehearsal
         r_images, r_targets, r_on_particle = rehearsal_sampler.sample_with_origin(config.data.batch_size)
-        with autocast(device, network_dtype):
+        # Batch statistics normalise the corpus batch, but the running statistics inference uses stay the user's.
+        with autocast(device, network_dtype), _running_statistics_frozen(network):
             r_output = trainer(torch.from_numpy(r_images).to(device), dense=True, detect=True)
         r_logits = r_output.as_float32().logits
         r_t = torch.from_numpy(r_targets).to(device)
@@ -644,6 +645,20 @@ def _train_step(
         if value is not None:
             terms[name] = float(value.detach())
     return terms
+
+
+@contextlib.contextmanager
+def _running_statistics_frozen(network: torch.nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalise by the batch's statistics but leave their running averages as they are."""
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
 
 
 #: The rehearsal corpus (EXPERIMENT): one 512² simulation per shipped structure, from seeds of its own.
