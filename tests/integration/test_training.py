@@ -673,3 +673,19 @@ def test_an_interrupted_run_hands_over_a_model_whose_count_is_pending(dataset, t
         warnings.simplefilter("always")
         predict_files(run / "model.pt", [path], tmp_path / "p3", progress=False)
     assert not [w for w in caught if "counted the particles" in str(w.message)]
+
+
+def test_rehearsal_scores_the_detector_on_the_corpus_too_and_stays_deterministic(dataset, tmp_path: Path) -> None:
+    """Fine-tuning with rehearsal: a second loss term from simulated patches with complete labels, logged, and the
+    same weights from the same seed; from scratch (nothing to rehearse) it is off."""
+    config = default_config()
+    config.train = dataclasses.replace(config.train, steps=4, eval_every=2, init="general", rehearsal_weight=0.3)
+    config.data = dataclasses.replace(config.data, particle_diameter_px=float(dataset.particle_diameter_px))
+    runs = [training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / f"r{i}", config,
+                           progress=False) for i in range(2)]
+    assert "loss_rehearsal" in runs[0].history.columns and (runs[0].history["loss_rehearsal"] > 0).all()
+    first, second = (read_model_file(r.model_path)["state_dict"] for r in runs)
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    scratch = training.train(dataset.micrographs["dose_060"], dataset.labels, tmp_path / "scratch",
+                             _config(rehearsal_weight=0.3, steps=2, eval_every=2), progress=False)
+    assert "loss_rehearsal" not in scratch.history.columns
