@@ -46,8 +46,7 @@ VARIANTS: dict[str, tuple[tuple[str, object], ...]] = {
     "diameter34": (("data.particle_diameter_px", 34.5),),
     # real-bgal's beta-galactosidase told its true diameter (27 px) instead of the labels' estimate (22.9 px).
     "diameter27": (("data.particle_diameter_px", 27.0),),
-    # Session 32 (experiment): the detector also scored on a small simulated corpus with complete labels each step.
-    "rehearse": (("train.rehearsal_weight", 1.0),),
+    # Session 32: the detector also scored on a small simulated corpus with complete labels each step (rehearsal).
     "rehearse03": (("train.rehearsal_weight", 0.3),),
 }
 #: Variants that only make sense on one profile (a diameter in its micrographs' pixels).

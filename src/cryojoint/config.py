@@ -159,9 +159,12 @@ class TrainConfig:
     # The detector's own rate (None: ``learning_rate``, as in the paper). The small detector learns faster at 5e-4
     # than at the paper's 1e-4 (detect-only, 600 steps; benchmarks/README.md).
     detector_learning_rate: float | None = 5e-4
-    # Fine-tuning only (EXPERIMENT, session 32): each step also scores the detector on a batch of simulated patches
-    # with complete labels (a small corpus drawn like the pretraining one, from its own seeds), weighted by this, so
-    # that fine-tuning on a few partial labels does not unlearn what pretraining taught. 0: off.
+    # Fine-tuning from a shipped model: each step also scores the detector on a batch of simulated patches with
+    # complete labels (pretraining.REHEARSAL_CORPUS), weighted by this, so that a few partial labels pull it less far
+    # from what pretraining taught; a step then takes ~2.4x as long. 0: off. Measured at 0.3 (600 steps, seeds 0-2,
+    # benchmarks/results/2026-12-05-s32-rehearsal.md): `second` 10 % AP 0.393 +- 0.005 vs 0.365 +- 0.002 without,
+    # `standard` 10 % 0.897 +- 0.008 vs 0.891 +- 0.014, but real beta-galactosidase 0.874 +- 0.009 vs 0.907 +- 0.004
+    # (below from scratch's 0.891): off by default.
     rehearsal_weight: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.99)
     rampup_fraction: float = 0.1  # cosine ramp-up over this share of steps
@@ -394,6 +397,7 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (config.train.learning_rate > 0, "train.learning_rate must be > 0"),
         (config.train.detector_learning_rate is None or config.train.detector_learning_rate > 0,
          "train.detector_learning_rate must be > 0 (or null: the same as learning_rate)"),
+        (config.train.rehearsal_weight >= 0, "train.rehearsal_weight must be >= 0 (0: no rehearsal)"),
         (config.model.unet_depth >= 1, "model.unet_depth must be >= 1"),
         (config.model.noise_model in ("constant", "estimator"), "model.noise_model must be constant|estimator"),
         (config.model.detector_output_stride >= 1, "model.detector_output_stride must be >= 1"),

@@ -75,6 +75,12 @@ class CorpusConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
+#: What fine-tuning rehearses (``train.rehearsal_weight``): one 512² field per shipped structure at a pixel size of
+#: its own, drawn as the pretraining corpus is but from another offset of its seed range (none of the shipped
+#: model's draws, none of the benchmark's); ~12 s to simulate on 2 CPU cores.
+REHEARSAL_CORPUS = CorpusConfig(pixel_sizes_per_structure=1, micrographs_per_simulation=1, size_px=512, seed=7)
+
+
 @dataclass
 class Corpus:
     """Micrographs at network scale with complete labels, and how each was made."""
