@@ -67,6 +67,25 @@ class LoadedModel:
         return bool(self.meta.get("general"))
 
 
+def finest_learned_pixel_size(pretraining_meta: dict[str, Any]) -> float | None:
+    """The finest pixel size (Å/px, at the network's scale) a general model saw micrographs at: its smallest
+    structure at the corpus's largest particle in network px, or its finest real micrograph, whichever is finer.
+    ``None`` when the model's metadata do not say (``meta["pretraining"]`` of :func:`pretrain`)."""
+    from cryojoint.simulation import list_presets, load_structure
+
+    corpus = pretraining_meta.get("corpus") or {}
+    corpus_config = corpus.get("config") or {}
+    candidates: list[float] = []
+    structures = [name for name in corpus_config.get("structures", ()) if name in list_presets()]
+    particle_px = corpus.get("network_particle_px_range")
+    if structures and particle_px:
+        smallest = min(float(load_structure(name)[2]["diameter_angstrom"]) for name in structures)
+        candidates.append(smallest / float(max(particle_px)))
+    if corpus.get("real_micrographs") and corpus_config.get("real_pixel_sizes_angstrom"):
+        candidates.append(float(min(corpus_config["real_pixel_sizes_angstrom"])))
+    return min(candidates) if candidates else None
+
+
 def save_model(path: str | Path, network: torch.nn.Module, config: CryojointConfig, meta: dict[str, Any]) -> Path:
     """Write ``model.pt`` atomically: state dict on CPU + plain metadata."""
     from cryojoint import __version__

@@ -22,7 +22,13 @@ import pandas as pd
 import torch
 
 from cryojoint._atomic import atomic_path, make_output_folder
-from cryojoint.checkpoint import LoadedModel, is_shipped_model, load_model, model_file_sha256
+from cryojoint.checkpoint import (
+    LoadedModel,
+    finest_learned_pixel_size,
+    is_shipped_model,
+    load_model,
+    model_file_sha256,
+)
 from cryojoint.contrast import AS_RECORDED
 from cryojoint.data import check_unique_names
 from cryojoint.errors import StopRequested, UserInputError, first_names
@@ -403,8 +409,6 @@ def _warn_if_finer_than_learned(paths: Sequence[Path], model: LoadedModel, setti
     ~3 Å/px), where it runs several times longer and denoises less (session-31 review: 390 s and blotchy vs 94 s)."""
     if not model.is_general or size_given:
         return
-    from cryojoint.pretraining import finest_learned_pixel_size
-
     finest = finest_learned_pixel_size(model.meta.get("pretraining") or {})
     for path in paths:
         try:

@@ -666,9 +666,9 @@ def _running_statistics_frozen(network: torch.nn.Module) -> Iterator[None]:
 
 def _rehearsal_sampler(config: CryojointConfig, patch_size: int, rng: np.random.Generator
                        ) -> tuple[PatchSampler, PreparedData]:
-    """Patches of the rehearsal corpus (:data:`cryojoint.pretraining.REHEARSAL_CORPUS`) at the general model's scale,
+    """Patches of the rehearsal corpus (:data:`cryojoint.corpus.REHEARSAL_CORPUS`) at the general model's scale,
     complete labels, prepared as pretraining prepares its corpus."""
-    from cryojoint.pretraining import REHEARSAL_CORPUS, build_corpus, pretraining_config
+    from cryojoint.corpus import REHEARSAL_CORPUS, build_corpus, pretraining_config
 
     corpus = build_corpus(REHEARSAL_CORPUS, progress=False)
     corpus_config = pretraining_config(corpus, steps=1)
@@ -755,8 +755,8 @@ def _warn_if_no_better_than_chance(history: Sequence[dict[str, float]], labels_s
         where = f"{labels_source}: " if labels_source else ""
         warnings.warn(f"{where}held-out validation AP never rose above {best:.3f}, no better than scores blind to "
                       f"the labels reach there ({chance:.3f}): the labels may not mark particles (picked on "
-                      "micrographs of another size or other micrographs? see the notes above); check the picks in "
-                      "`cryojoint report`", UserWarning, stacklevel=3)
+                      "micrographs of another size or other micrographs? see the notes above; check the picks in "
+                      "`cryojoint report`), or training was too short to learn them", UserWarning, stacklevel=3)
 
 
 def chance_average_precision(label_counts: Sequence[int], crop_areas_px2: Sequence[float], radius: float) -> float:
