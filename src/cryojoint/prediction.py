@@ -419,9 +419,11 @@ def _warn_if_finer_than_learned(paths: Sequence[Path], model: LoadedModel, setti
             break
     else:
         return
-    if finest is None or finest / (size * settings.downsample) < FINER_THAN_LEARNED_FACTOR:
+    if finest is None:
         return
     factor = finest / (size * settings.downsample)
+    if factor < FINER_THAN_LEARNED_FACTOR:
+        return
     bin_to_learned = round(factor * settings.downsample)
     warnings.warn(f"{path}: {size * settings.downsample:.3g} Å/px as denoised, {factor:.1f}x finer than the finest "
                   f"the general model learned from ({finest:.2g} Å/px): without --particle-diameter it denoises at "

@@ -611,10 +611,7 @@ def _train_step(
                                         config.loss.sigma_regulariser, sample_weights=weights,
                                         noise_std_scale=prepared.noise_std)
     if stage.detect:
-        pi = unlabelled_positive_fraction(targets, on_particle, prepared.density_per_px2,
-                                          prepared.pixels_per_positive)
-        l_detect = losses.pu_loss(output.logits, _targets_for(output.logits, t), pi,
-                                  pixels_per_positive=prepared.pixels_per_positive, ge_form=config.loss.ge_form)
+        l_detect = _detection_loss(output.logits, targets, t, on_particle, prepared, config)
     if plan.runs_flipped_pass:
         with autocast(device, network_dtype):
             flipped_back = network.flipped_logits(x, output, dense=True,
@@ -632,12 +629,8 @@ def _train_step(
         # Batch statistics normalise the corpus batch, but the running statistics inference uses stay the user's.
         with autocast(device, network_dtype), _running_statistics_frozen(network):
             r_output = trainer(torch.from_numpy(r_images).to(device), dense=True, detect=True)
-        r_logits = r_output.as_float32().logits
-        r_t = torch.from_numpy(r_targets).to(device)
-        r_pi = unlabelled_positive_fraction(r_targets, r_on_particle, corpus.density_per_px2,
-                                            corpus.pixels_per_positive)
-        l_rehearsal = losses.pu_loss(r_logits, _targets_for(r_logits, r_t), r_pi,
-                                     pixels_per_positive=corpus.pixels_per_positive, ge_form=config.loss.ge_form)
+        l_rehearsal = _detection_loss(r_output.as_float32().logits, r_targets, torch.from_numpy(r_targets).to(device),
+                                      r_on_particle, corpus, config)
         total = total + config.train.rehearsal_weight * l_rehearsal
     optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -648,6 +641,14 @@ def _train_step(
         if value is not None:
             terms[name] = float(value.detach())
     return terms
+
+
+def _detection_loss(logits: torch.Tensor, targets: np.ndarray, targets_on_device: torch.Tensor,
+                    on_particle: np.ndarray, prepared: PreparedData, config: CryojointConfig) -> torch.Tensor:
+    """The PU detection loss of one batch of ``prepared``'s patches, with its labels' own prior."""
+    pi = unlabelled_positive_fraction(targets, on_particle, prepared.density_per_px2, prepared.pixels_per_positive)
+    return losses.pu_loss(logits, _targets_for(logits, targets_on_device), pi,
+                          pixels_per_positive=prepared.pixels_per_positive, ge_form=config.loss.ge_form)
 
 
 @contextlib.contextmanager
