@@ -167,7 +167,8 @@ def convert(
                               "from other formats.")] = None,
     scale: Annotated[float, typer.Option(help="Multiply the coordinates by this: picks made on micrographs of "
                                               "another size, e.g. 4 for picks on 4x-binned copies used with the "
-                                              "full-size micrographs, 0.25 the other way.")] = 1.0,
+                                              "full-size micrographs, 0.25 the other way (a STAR's optics "
+                                              "pixel size is divided by it too).")] = 1.0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
     """Convert particle coordinates between RELION STAR, EMAN BOX, crYOLO CBOX, CSV, Topaz, IMOD and cryoSPARC .cs.

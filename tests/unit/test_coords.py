@@ -212,7 +212,7 @@ def test_relion_30_particles(tmp_path: Path) -> None:
     np.testing.assert_allclose(table["y"], [376.0, 1876.25, 988.0])
     np.testing.assert_allclose(table["score"], [1.58993, 0.91247, 2.00121])
     np.testing.assert_allclose(table["defocus_u"], [10863.857422, 10863.857422, 12011.734375])
-    assert table["micrograph_file"][0] == "20170629_00021_frameImage.mrc"
+    assert table["micrograph_file"][0] == "MotionCorr/job002/Movies/20170629_00021_frameImage.mrc"  # as RELION names it
 
 
 @pytest.mark.parametrize("text, names, xs", [
@@ -701,6 +701,46 @@ def test_convert_scales_picks_made_on_binned_copies(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="--scale"):
         convert_coordinates(source, tmp_path / "bad.star", scale=0.0)
     assert not (tmp_path / "bad.star").exists()
+
+
+def test_convert_star_to_star_keeps_relion_folders_optics_groups_and_block(tmp_path: Path) -> None:
+    """RELION matches picks to micrographs by the whole name and 3.1+ needs each pick's optics group: a STAR
+    written back (rescaled, say) must keep both, and the optics block at the coordinates' pixel size."""
+    import starfile
+
+    source = write_text(tmp_path / "picks.star", RELION_5_MICROGRAPH_PICKS)
+    written = convert_coordinates(source, tmp_path / "full.star", scale=4.0)[0]
+    blocks = starfile.read(written, always_dict=True)
+    assert list(blocks) == ["optics", "particles"]
+    assert blocks["particles"]["rlnMicrographName"].tolist() == [
+        "MotionCorr/job002/Movies/grid2_0007.mrc", "MotionCorr/job002/Movies/grid2_0008.mrc"]
+    assert blocks["particles"]["rlnOpticsGroup"].tolist() == [1, 1]
+    assert "1.000000" not in written.read_text()  # an integer column, as RELION reads it
+    assert blocks["optics"]["rlnMicrographPixelSize"].iloc[0] == pytest.approx(3.32 / 4)
+    assert blocks["optics"]["rlnMicrographOriginalPixelSize"].iloc[0] == pytest.approx(0.83)  # the movies': kept
+    # The names still key the micrographs by their stem, as every other reader's do.
+    assert read_coordinates(written)["micrograph"].tolist() == ["grid2_0007", "grid2_0008"]
+
+
+def test_convert_writes_no_optics_block_when_some_picks_have_no_group(tmp_path: Path) -> None:
+    import starfile
+
+    with_groups = write_text(tmp_path / "a.star", RELION_5_MICROGRAPH_PICKS)
+    without = write_text(tmp_path / "b.star", RELION_30_PARTICLES)
+    written = convert_coordinates([with_groups, without], tmp_path / "both.star")[0]
+    blocks = starfile.read(written, always_dict=True)
+    assert list(blocks) == ["particles"] and "rlnOpticsGroup" not in blocks["particles"].columns
+
+
+def test_convert_refuses_two_files_whose_optics_group_differs(tmp_path: Path) -> None:
+    first = write_text(tmp_path / "a.star", RELION_5_MICROGRAPH_PICKS)
+    second = write_text(tmp_path / "b.star", RELION_5_MICROGRAPH_PICKS.replace("3.320000", "1.660000"))
+    with pytest.raises(UserInputError, match=r"b\.star: its optics group 1 differs from a\.star's"):
+        convert_coordinates([first, second], tmp_path / "both.star")
+    assert not (tmp_path / "both.star").exists()
+    same = convert_coordinates([first, write_text(tmp_path / "c.star", RELION_5_MICROGRAPH_PICKS)],
+                               tmp_path / "same.star")[0]
+    assert same.read_text().count("opticsGroup1") == 1
 
 
 # ------------------------------------------------------------------------------------- label checks

@@ -53,7 +53,13 @@ STAR_EXTRA_COLUMNS: dict[str, str] = {
     "rlnDefocusU": "defocus_u",
     "rlnDefocusV": "defocus_v",
     "rlnClassNumber": "class_number",
+    "rlnOpticsGroup": "optics_group",
 }
+#: Extra columns that RELION reads as integers (a missing value drops the column when writing).
+STAR_INTEGER_COLUMNS: frozenset[str] = frozenset({"rlnClassNumber", "rlnOpticsGroup"})
+#: The optics block of RELION 3.1+ STAR files, and its column of the micrographs' pixel size (Å/px).
+STAR_OPTICS_BLOCK = "optics"
+STAR_MICROGRAPH_PIXEL_SIZE = "rlnMicrographPixelSize"
 #: Names that CSV files from other tools use for our columns.
 CSV_ALIASES: dict[str, tuple[str, ...]] = {
     "micrograph": ("micrograph", "image_name", "micrograph_name", "rlnmicrographname", "name", "image"),
@@ -138,7 +144,8 @@ def _read_star(path: Path, box_size: float | None) -> pd.DataFrame:
         if "rlnAutopickFigureOfMerit" in coords.columns else None,
     )
     if "rlnMicrographName" in coords.columns:
-        table[FILE_NAME_COLUMN] = coords["rlnMicrographName"].astype(str).map(lambda n: Path(n).name).to_numpy()
+        # As written (with RELION's job folders): RELION matches picks to micrographs by this whole name.
+        table[FILE_NAME_COLUMN] = coords["rlnMicrographName"].astype(str).to_numpy()
     for star_name, our_name in STAR_EXTRA_COLUMNS.items():
         if star_name in coords.columns:
             table[our_name] = pd.to_numeric(coords[star_name], errors="coerce").to_numpy()
@@ -277,7 +284,9 @@ READERS: dict[str, Reader] = {
 # ----------------------------------------------------------------------------------------------- writers
 
 
-def _write_star(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
+def _write_star(table: pd.DataFrame, path: Path, box_size: float | None,
+                optics: pd.DataFrame | None = None) -> None:
+    """``optics`` (RELION 3.1+'s optics block) is written only when every pick names its optics group."""
     file_names = (table[FILE_NAME_COLUMN].astype(str) if FILE_NAME_COLUMN in table.columns
                   else table["micrograph"].astype(str) + ".mrc")
     frame = pd.DataFrame({
@@ -288,9 +297,18 @@ def _write_star(table: pd.DataFrame, path: Path, box_size: float | None) -> None
     if table["score"].notna().any():
         frame[STAR_COLUMNS["score"]] = table["score"].fillna(0.0).to_numpy(float)
     for star_name, our_name in STAR_EXTRA_COLUMNS.items():
-        if our_name in table.columns:
-            frame[star_name] = table[our_name].to_numpy()
-    starfile.write({"particles": frame}, path)
+        if our_name not in table.columns:
+            continue
+        values = table[our_name]
+        if star_name in STAR_INTEGER_COLUMNS:
+            if values.isna().any():  # "1.000000" or "nan" where RELION reads an integer: leave the column out
+                continue
+            values = values.astype(int)
+        frame[star_name] = values.to_numpy()
+    blocks = {"particles": frame}
+    if optics is not None and "rlnOpticsGroup" in frame.columns:
+        blocks = {STAR_OPTICS_BLOCK: optics, **blocks}
+    starfile.write(blocks, path)
 
 
 def _write_box(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
@@ -523,14 +541,19 @@ def write_coordinates(
     fmt: str | None = None,
     box_size: float | None = None,
     overwrite: bool = True,
+    star_optics: pd.DataFrame | None = None,
 ) -> Path:
-    """Write ``table`` to one file, atomically (temp file + rename). BOX needs ``box_size`` in pixels."""
+    """Write ``table`` to one file, atomically (temp file + rename). BOX needs ``box_size`` in pixels;
+    ``star_optics`` is the optics block a STAR file carries (:func:`read_star_optics`)."""
     path = Path(path)
     file_format = _check_writable_format(table, path, fmt, box_size)
     if "score" not in table.columns:  # tables built by hand may lack scores; every writer expects the column
         table = table.assign(score=np.nan)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        WRITERS[file_format](table, tmp, box_size)
+        if file_format == "star":
+            _write_star(table, tmp, box_size, optics=star_optics)
+        else:
+            WRITERS[file_format](table, tmp, box_size)
     return path
 
 
@@ -788,6 +811,35 @@ def scale_coordinates(table: pd.DataFrame, factor: float) -> pd.DataFrame:
     return scaled
 
 
+def read_star_optics(paths: str | Path | Sequence[str | Path], fmt: str | None = None) -> pd.DataFrame | None:
+    """The optics block of the STAR inputs (RELION 3.1+), one row per optics group; ``None`` when none has one.
+
+    Two files that give one optics group different values cannot be merged into one STAR file."""
+    blocks: list[tuple[Path, pd.DataFrame]] = []
+    for path in _expand(paths):
+        if path.is_file() and not _is_blank(path) and (fmt or detect_format(path)) == "star":
+            optics = read_star_tables(path).get(STAR_OPTICS_BLOCK)
+            if optics is not None and "rlnOpticsGroup" in optics.columns:
+                blocks.append((path, optics))
+    if not blocks:
+        return None
+    merged = blocks[0][1]
+    for path, optics in blocks[1:]:
+        merged = pd.concat([merged, optics], ignore_index=True).drop_duplicates(ignore_index=True)
+        repeated = merged["rlnOpticsGroup"][merged["rlnOpticsGroup"].duplicated()]
+        if len(repeated):
+            raise UserInputError(path, f"its optics group {repeated.iloc[0]} differs from {blocks[0][0].name}'s; "
+                                 "convert the files apart")
+    return merged.sort_values("rlnOpticsGroup", kind="stable").reset_index(drop=True)
+
+
+def scale_optics(optics: pd.DataFrame | None, factor: float) -> pd.DataFrame | None:
+    """Coordinates ``factor`` times finer are on micrographs of a ``factor`` times smaller pixel size."""
+    if optics is None or factor == 1.0 or STAR_MICROGRAPH_PIXEL_SIZE not in optics.columns:
+        return optics
+    return optics.assign(**{STAR_MICROGRAPH_PIXEL_SIZE: optics[STAR_MICROGRAPH_PIXEL_SIZE].astype(float) / factor})
+
+
 def convert_coordinates(
     inputs: str | Path | Sequence[str | Path],
     output: str | Path,
@@ -803,6 +855,8 @@ def convert_coordinates(
     A folder is used when ``output`` has no suffix or is an existing folder; then ``out_fmt`` is required.
     ``micrographs`` (paths) give each micrograph's path and size, which cryoSPARC ``.cs`` files need.
     ``scale`` brings picks made on micrographs of another size to these (:func:`scale_coordinates`).
+    A STAR file written from STAR inputs keeps their micrograph names (with folders), optics groups and optics
+    block (RELION 3.1+), its micrograph pixel size divided by ``scale``; per-micrograph files carry no optics.
     """
     check_number(box_size, "--box-size", above=0)
     check_number(scale, "--scale", above=0)
@@ -822,4 +876,5 @@ def convert_coordinates(
         if out_fmt not in WRITERS:
             raise UserInputError(output, f"cannot write format '{out_fmt}' (known: {', '.join(WRITERS)})")
         return write_coordinates_per_micrograph(table, output, out_fmt, box_size=box_size, overwrite=overwrite)
-    return [write_coordinates(table, output, out_fmt, box_size, overwrite)]
+    optics = scale_optics(read_star_optics(inputs, in_fmt), scale)
+    return [write_coordinates(table, output, out_fmt, box_size, overwrite, star_optics=optics)]
