@@ -21,9 +21,9 @@ from cryojoint._atomic import atomic_path, check_can_write
 from cryojoint.errors import UserInputError, check_number
 from cryojoint.inference import CANDIDATE_DIR
 from cryojoint.io.coords import (
-    SUFFIX_OF_FORMAT,
     WRITERS,
     empty_table,
+    per_micrograph_file,
     read_coordinates,
     write_coordinates,
     write_coordinates_per_micrograph,
@@ -154,7 +154,7 @@ def pick_files(prediction: str | Path, out: str | Path, threshold: float | None 
     if out.resolve() == run.folder.resolve():
         raise UserInputError(out, "is the predict folder itself; write the re-cut picks to another folder")
     targets = [out / COMBINED_STAR, out / RECORD_NAME]
-    targets += [out / "picks" / fmt / f"{name}{SUFFIX_OF_FORMAT[fmt]}" for fmt in formats for name in run.micrographs]
+    targets += [per_micrograph_file(out / "picks" / fmt, name, fmt) for fmt in formats for name in run.micrographs]
     for target in targets:  # every check before the first write: no half-written output folder
         check_can_write(target, overwrite)
     written = []

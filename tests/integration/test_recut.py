@@ -79,7 +79,7 @@ def test_a_cutoff_above_every_score_writes_empty_files_for_every_micrograph(
     assert code == 0, err
     assert out.startswith("0 picks (cut-off 1e+06) in 0 of 3 micrograph(s)")
     assert sorted(p.name for p in (tmp_path / "none" / "picks" / "star").iterdir()) == [
-        "mic_0000.star", "mic_0001.star", "mic_0002.star"]
+        "mic_0000_autopick.star", "mic_0001_autopick.star", "mic_0002_autopick.star"]
 
 
 def test_threshold_counts_agree_with_the_candidates_and_the_histogram_is_written(

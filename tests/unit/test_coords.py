@@ -662,12 +662,12 @@ def test_writer_raising_midway_keeps_the_old_file(tmp_path: Path) -> None:
 
 def test_per_micrograph_output_checks_every_file_before_writing(tmp_path: Path) -> None:
     folder = tmp_path / "picks"
-    existing = write_text(folder / "m3.star", "kept")
+    existing = write_text(folder / "m3_autopick.star", "kept")
     table = make_table(["m1", "m2", "m3"], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
     with pytest.raises(UserInputError) as err:
         write_coordinates_per_micrograph(table, folder, "star", overwrite=False)
     assert err.value.source == str(existing)
-    assert sorted(p.name for p in folder.iterdir()) == ["m3.star"] and existing.read_text() == "kept"
+    assert sorted(p.name for p in folder.iterdir()) == ["m3_autopick.star"] and existing.read_text() == "kept"
 
 
 def test_convert_api_star_to_box_folder_and_back(tmp_path: Path) -> None:

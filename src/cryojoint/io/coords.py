@@ -70,6 +70,9 @@ CSV_ALIASES: dict[str, tuple[str, ...]] = {
 TOPAZ_HEADER: tuple[str, ...] = ("image_name", "x_coord", "y_coord")
 #: What RELION appends to a micrograph's name in its per-micrograph coordinate STAR files.
 RELION_COORDINATE_FILE_SUFFIXES: tuple[str, ...] = ("_autopick", "_manualpick", "_pick", "_coords")
+#: The one cryojoint writes (``<mic>_autopick.star``): RELION's import of coordinates takes the text after the
+#: micrograph's name as the files' suffix, and an empty one does not work there.
+RELION_COORDINATE_SUFFIX = RELION_COORDINATE_FILE_SUFFIXES[0]
 #: Files up to this size are checked for holding only whitespace; larger ones go through their format's reader.
 _BLANK_FILE_MAX_BYTES = 4096
 #: How text files spell a missing number (lower case).
@@ -557,6 +560,11 @@ def write_coordinates(
     return path
 
 
+def per_micrograph_file(folder: str | Path, name: str, fmt: str) -> Path:
+    """Where :func:`write_coordinates_per_micrograph` puts micrograph ``name``'s file of format ``fmt``."""
+    return Path(folder) / f"{name}{RELION_COORDINATE_SUFFIX if fmt == 'star' else ''}{SUFFIX_OF_FORMAT[fmt]}"
+
+
 def write_coordinates_per_micrograph(
     table: pd.DataFrame,
     folder: str | Path,
@@ -565,11 +573,11 @@ def write_coordinates_per_micrograph(
     box_size: float | None = None,
     overwrite: bool = True,
 ) -> list[Path]:
-    """One file per micrograph, ``<folder>/<name><suffix>``; ``names`` adds empty files for pick-less ones."""
+    """One file per micrograph, ``<folder>/<name><suffix>`` (STAR: ``<name>_autopick.star``, as RELION names them);
+    ``names`` adds empty files for pick-less ones."""
     folder = Path(folder)
     all_names = list(dict.fromkeys([*(names or []), *table["micrograph"].astype(str)]))
-    suffix = SUFFIX_OF_FORMAT[fmt]
-    targets = {name: folder / f"{name}{suffix}" for name in all_names}
+    targets = {name: per_micrograph_file(folder, name, fmt) for name in all_names}
     for target in targets.values():  # every check before the first write: no half-converted folder
         _check_writable_format(table.iloc[:0], target, fmt, box_size)
         check_can_write(target, overwrite)
