@@ -13,7 +13,7 @@ import starfile
 
 from conftest import TWO_STEP_TRAINING
 from cryojoint.config import CryojointConfig
-from cryojoint.io.coords import read_coordinates
+from cryojoint.io.coords import read_coordinates, write_coordinates
 from cryojoint.io.mrc import write_mrc
 from cryojoint.prediction import predict_files
 from cryojoint.runtime import native_bfloat16
@@ -384,3 +384,16 @@ def test_a_downsample_that_bins_the_image_to_nothing_is_that_micrographs_one_cle
     assert "is smaller than the network's" in summary.failures["mic_0000"]
     assert "a smaller --downsample or particle diameter bins it less" in summary.failures["mic_0000"]
     assert not (tmp_path / "p").exists()
+
+
+def test_evaluating_the_folder_at_its_cutoff_counts_the_picks_predict_wrote(prediction: Path, tmp_path: Path) -> None:
+    """The demo's table and its run summary count the same picks: the folder is scored with the candidates' full
+    precision scores (candidates.star's 6 decimals could lift candidates just under the cut-off onto it)."""
+    from cryojoint.evaluation import evaluate_files
+
+    picks = read_coordinates(prediction / "picks.star")
+    truth = read_coordinates(prediction / "candidates.star")[["micrograph", "x", "y"]]
+    cut = json.loads((prediction / "predict.json").read_text())["threshold"]
+    report = evaluate_files(picks=prediction, truth=write_coordinates(truth, tmp_path / "truth.star"),
+                            match_radius=5.0, threshold=cut)
+    assert report["picking"].overall.n_picks == len(picks)
