@@ -28,6 +28,7 @@ from cryojoint.io.coords import (
     write_coordinates,
     write_coordinates_per_micrograph,
 )
+from cryojoint.io.inputs import read_star_tables
 
 PROPERTY_SETTINGS = settings(max_examples=40, deadline=None,
                              suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -261,6 +262,9 @@ def test_relion_coordinate_index_with_project_relative_paths(tmp_path: Path, mon
 
     assert list(table["micrograph"]) == ["mic_001", "mic_001", "mic_002", "mic_002"]
     np.testing.assert_allclose(table["x"], [1476.0, 844.0, 1500.0, 844.0])
+    # One particles STAR from the index names each micrograph as the index does (RELION matches the whole name).
+    merged = read_star_tables(write_coordinates(table, tmp_path / "particles.star"))["particles"]
+    assert merged["rlnMicrographName"].iloc[0] == "MotionCorr/job002/Movies/mic_001.mrc"
 
 
 def test_relion_coordinate_index_run_from_the_project(tmp_path: Path, monkeypatch) -> None:

@@ -128,6 +128,7 @@ def _read_star(path: Path, box_size: float | None) -> pd.DataFrame:
             coord_path = _resolve_listed_file(str(coord_file), path, bases)
             part = _read_star(coord_path, box_size)
             part["micrograph"] = micrograph_name(mic_name)
+            part[FILE_NAME_COLUMN] = str(mic_name)  # the index's whole name, as the coordinates' own STARs would
             parts.append(part)
         return pd.concat(parts, ignore_index=True) if parts else empty_table()
     coords = next((t for t in tables if {"rlnCoordinateX", "rlnCoordinateY"} <= set(t.columns)), None)
