@@ -168,7 +168,8 @@ def convert(
     scale: Annotated[float, typer.Option(help="Multiply the coordinates by this: picks made on micrographs of "
                                               "another size, e.g. 4 for picks on 4x-binned copies used with the "
                                               "full-size micrographs, 0.25 the other way (a STAR's optics "
-                                              "pixel size is divided by it too).")] = 1.0,
+                                              "pixel size is divided by it too; --micrographs names the "
+                                              "micrographs the picks are now on).")] = 1.0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
 ) -> None:
     """Convert particle coordinates between RELION STAR, EMAN BOX, crYOLO CBOX, CSV, Topaz, IMOD and cryoSPARC .cs.
@@ -181,16 +182,17 @@ def convert(
     from cryojoint.recut import is_prediction_folder
 
     if len(inputs) == 1 and is_prediction_folder(inputs[0]):  # its picks, not picks + candidates + picks.cs
-        if box_size is None:  # the boxes predict itself writes, from the diameter its run used
-            box_size = _predicted_box_size(inputs[0], output, out_fmt)
+        if box_size is None:  # the boxes predict itself writes, from the diameter its run used (rescaled)
+            box_size = _predicted_box_size(inputs[0], output, out_fmt, scale)
         inputs = [inputs[0] / COMBINED_STAR]
     paths = _micrograph_paths(micrographs) if micrographs else None
     written = convert_coordinates(inputs, output, in_fmt, out_fmt, box_size, overwrite, paths, scale)
     typer.echo(f"wrote {len(written)} file(s): {written[0]}{' ...' if len(written) > 1 else ''}")
 
 
-def _predicted_box_size(folder: Path, output: Path, out_fmt: str | None) -> float | None:
-    """The box size ``predict`` writes for a boxed format (predict.json's diameter), ``None`` when it does not say."""
+def _predicted_box_size(folder: Path, output: Path, out_fmt: str | None, scale: float = 1.0) -> float | None:
+    """The box size ``predict`` writes for a boxed format (predict.json's diameter, times ``scale`` for picks
+    rescaled to other micrographs), ``None`` when it does not say."""
     from cryojoint.io.coords import FORMAT_OF_SUFFIX
     from cryojoint.prediction import box_size_px, read_run_record
 
@@ -199,7 +201,7 @@ def _predicted_box_size(folder: Path, output: Path, out_fmt: str | None) -> floa
         diameter = (read_run_record(folder) or {}).get("particle_diameter_px_input")
     except UserInputError:
         return None
-    return box_size_px(fmt, float(diameter)) if fmt and isinstance(diameter, (int, float)) else None
+    return box_size_px(fmt, float(diameter) * scale) if fmt and isinstance(diameter, (int, float)) else None
 
 
 MICROGRAPHS_HELP = ("Micrographs (MRC): files, folders, quoted globs ('mics/*.mrc'), @list.txt files (one path a "

@@ -302,7 +302,8 @@ def predict_files(
     if model.is_general:
         _warn_if_filtered(todo, settings)
     _warn_if_other_pixel_size(todo, model, downsample is not None)
-    if pick and model.meta.get("count_pending") and not isinstance(threshold, (int, float)):
+    if pick and model.meta.get("count_pending") and settings.threshold is None \
+            and settings.automatic_rule == "expected-count":
         warnings.warn(f"{model_path}: its training stopped before it counted the particles from the labels' scores, "
                       "so the automatic cut-off keeps the labels' density estimate "
                       f"({float(model.meta.get('expected_particles', 0)):.0f} per micrograph): `cryojoint train ... "

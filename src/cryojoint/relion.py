@@ -42,7 +42,7 @@ from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import is_shipped_model
 from cryojoint.config import CryojointConfig
 from cryojoint.errors import StopRequested, UserInputError
-from cryojoint.io.coords import RELION_COORDINATE_SUFFIX, read_coordinates
+from cryojoint.io.coords import per_micrograph_file, read_coordinates
 from cryojoint.io.inputs import MicrographsStar, read_micrographs_star
 from cryojoint.io.mrc import micrograph_name
 
@@ -254,7 +254,7 @@ def write_coordinate_files(out_dir: Path, mics: MicrographsStar, picks: pd.DataF
     by_name = {str(name): group for name, group in picks.groupby("micrograph", sort=False)}
     for listed in mics.micrographs["rlnMicrographName"].astype(str):
         name = micrograph_name(listed)
-        target = out_dir / mirrored_folder(listed) / f"{name}{RELION_COORDINATE_SUFFIX}.star"
+        target = per_micrograph_file(out_dir / mirrored_folder(listed), name, "star")
         mine = by_name.get(name, picks.iloc[:0])
         table = pd.DataFrame({"rlnCoordinateX": mine["x"].to_numpy(float),
                               "rlnCoordinateY": mine["y"].to_numpy(float),

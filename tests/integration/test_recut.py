@@ -257,6 +257,10 @@ def test_evaluate_and_convert_read_a_predict_folder_as_its_own_files(
     diameter = json.loads((prediction / "predict.json").read_text())["particle_diameter_px_input"]
     first = next(f for f in sorted((tmp_path / "boxes").glob("*.box")) if f.read_text().strip())
     assert float(first.read_text().split()[2]) == round(2 * diameter)
+    # Rescaled onto micrographs twice the size: the boxes grow with the picks.
+    code, _, err = cryojoint_main(["convert", prediction, tmp_path / "boxes2", "--to", "box", "--scale", "2"])
+    assert code == 0, err
+    assert float((tmp_path / "boxes2" / first.name).read_text().split()[2]) == round(4 * diameter)
 
 
 def test_evaluate_scores_a_predict_folder_on_the_micrographs_it_predicted(

@@ -229,6 +229,21 @@ def test_a_prediction_folder_shows_what_it_holds_and_not_what_it_never_does(tmp_
         assert "sources.json" in _section(page, "micrographs") and "model.pt" in _section(page, "summary")
 
 
+def test_a_scored_prediction_folder_shows_its_scores_and_still_no_training(tmp_path: Path) -> None:
+    """The evaluation.json the page suggests adds the scores; it does not make training files or sources due."""
+    run = build_run(tmp_path, benchmark=False)
+    for name in ("metrics.csv", "model.pt", "config.yaml", "sources.json"):
+        (run / name).unlink()
+    record = json.loads((run / "pred" / "predict.json").read_text())
+    record["micrograph_files"] = {name: str(tmp_path / "data" / "dose_020" / f"{name}.mrc") for name in NAMES}
+    record["general_model"] = True
+    (run / "pred" / "predict.json").write_text(json.dumps(record))
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "Picking" in _section(page, "tables") and "AP" in _section(page, "summary")
+    assert '<section id="training">' not in page
+    assert "Missing:" not in page
+
+
 def test_a_prediction_folder_reads_the_trained_model_predict_ran(tmp_path: Path) -> None:
     run = build_run(tmp_path, benchmark=False)
     (run / "model.pt").rename(tmp_path / "elsewhere.pt")

@@ -666,6 +666,7 @@ def test_an_interrupted_run_hands_over_a_model_whose_count_is_pending(dataset, t
     with warnings.catch_warnings(record=True) as caught:  # a cut-off given: nothing to say
         warnings.simplefilter("always")
         predict_files(run / "model.pt", [path], tmp_path / "p2", progress=False, threshold=0.0)
+        predict_files(run / "model.pt", [path], tmp_path / "p2q", progress=False, threshold="quantile")  # no count
     assert not [w for w in caught if "counted the particles" in str(w.message)]
     training.train(dataset.micrographs["dose_060"], dataset.labels, run, _config(), resume=True, progress=False)
     assert read_model_file(run / "model.pt")["meta"]["count_pending"] is False

@@ -736,6 +736,31 @@ def test_convert_writes_no_optics_block_when_some_picks_have_no_group(tmp_path: 
     assert list(blocks) == ["particles"] and "rlnOpticsGroup" not in blocks["particles"].columns
 
 
+def test_convert_with_micrographs_names_them_in_the_star(tmp_path: Path) -> None:
+    """Picks rescaled onto other micrographs: --micrographs says which, and the STAR names those."""
+    from cryojoint.io.mrc import write_mrc
+
+    source = write_text(tmp_path / "picks.star", RELION_5_MICROGRAPH_PICKS)
+    mics = [write_mrc(tmp_path / "full" / f"{n}.mrc", np.zeros((2048, 2048), np.float32), 0.83)
+            for n in ("grid2_0007", "grid2_0008")]
+    written = convert_coordinates(source, tmp_path / "full.star", scale=4.0, micrographs=mics)[0]
+    assert read_star_tables(written)["particles"]["rlnMicrographName"].tolist() == [str(m) for m in mics]
+
+
+def test_scaled_cryosparc_picks_forget_the_micrographs_they_no_longer_fit() -> None:
+    table = make_table("m", [10.0], [20.0]).assign(micrograph_path="J1/m.mrc", micrograph_shape_y=100,
+                                                   micrograph_shape_x=100)
+    assert {"micrograph_path", SHAPE_Y_COLUMN, SHAPE_X_COLUMN}.isdisjoint(scale_coordinates(table, 4.0).columns)
+    assert "micrograph_path" in scale_coordinates(table, 1.0).columns
+
+
+def test_convert_to_a_format_without_optics_ignores_them(tmp_path: Path) -> None:
+    first = write_text(tmp_path / "a.star", RELION_5_MICROGRAPH_PICKS)
+    second = write_text(tmp_path / "b.star", RELION_5_MICROGRAPH_PICKS.replace("3.320000", "1.660000"))
+    written = convert_coordinates([first, second], tmp_path / "both.csv")[0]
+    assert len(read_coordinates(written)) == 4
+
+
 def test_convert_refuses_two_files_whose_optics_group_differs(tmp_path: Path) -> None:
     first = write_text(tmp_path / "a.star", RELION_5_MICROGRAPH_PICKS)
     second = write_text(tmp_path / "b.star", RELION_5_MICROGRAPH_PICKS.replace("3.320000", "1.660000"))

@@ -811,10 +811,12 @@ def _numeric(column: pd.Series, path: Path, name: str) -> np.ndarray:
 def scale_coordinates(table: pd.DataFrame, factor: float) -> pd.DataFrame:
     """Picks made on micrographs ``1 / factor`` times the size of the ones they are for (``factor`` 4: picked on
     4x-binned copies, used with the full-size micrographs; 0.25 the other way). Pixel edges scale, not centres: the
-    centre of a binned pixel lies at the middle of the block it covers (as :func:`cryojoint.imaging.bin_image`)."""
+    centre of a binned pixel lies at the middle of the block it covers (as a block mean, whole factors in
+    :func:`cryojoint.imaging.bin_image`, places it; its fractional resampling centres samples on i * factor)."""
     if factor == 1.0:
         return table
-    scaled = table.copy()
+    # The micrographs a .cs named (path, size, UID) are the ones the picks no longer fit: --micrographs gives theirs.
+    scaled = table.drop(columns=[PATH_COLUMN, SHAPE_Y_COLUMN, SHAPE_X_COLUMN, UID_COLUMN], errors="ignore")
     for column in ("x", "y"):
         scaled[column] = (scaled[column].astype(float) + 0.5) * factor - 0.5
     return scaled
@@ -823,23 +825,28 @@ def scale_coordinates(table: pd.DataFrame, factor: float) -> pd.DataFrame:
 def read_star_optics(paths: str | Path | Sequence[str | Path], fmt: str | None = None) -> pd.DataFrame | None:
     """The optics block of the STAR inputs (RELION 3.1+), one row per optics group; ``None`` when none has one.
 
-    Two files that give one optics group different values cannot be merged into one STAR file."""
-    blocks: list[tuple[Path, pd.DataFrame]] = []
+    Two files that give one optics group different values (in a column both have) cannot share one STAR file."""
+    groups: dict[object, tuple[Path, pd.Series]] = {}
     for path in _expand(paths):
-        if path.is_file() and not _is_blank(path) and (fmt or detect_format(path)) == "star":
-            optics = read_star_tables(path).get(STAR_OPTICS_BLOCK)
-            if optics is not None and "rlnOpticsGroup" in optics.columns:
-                blocks.append((path, optics))
-    if not blocks:
+        if not path.is_file() or _is_blank(path) or (fmt.lower() if fmt else detect_format(path)) != "star":
+            continue
+        optics = read_star_tables(path).get(STAR_OPTICS_BLOCK)
+        if optics is None or "rlnOpticsGroup" not in optics.columns:
+            continue
+        for _, row in optics.iterrows():
+            group = row["rlnOpticsGroup"]
+            if group not in groups:
+                groups[group] = (path, row)
+                continue
+            first_path, first = groups[group]
+            shared = [c for c in row.index if c in first.index]
+            if any(str(row[c]) != str(first[c]) for c in shared):
+                raise UserInputError(path, f"its optics group {group} differs from {first_path.name}'s; convert the "
+                                     "files apart")
+    if not groups:
         return None
-    merged = blocks[0][1]
-    for path, optics in blocks[1:]:
-        merged = pd.concat([merged, optics], ignore_index=True).drop_duplicates(ignore_index=True)
-        repeated = merged["rlnOpticsGroup"][merged["rlnOpticsGroup"].duplicated()]
-        if len(repeated):
-            raise UserInputError(path, f"its optics group {repeated.iloc[0]} differs from {blocks[0][0].name}'s; "
-                                 "convert the files apart")
-    return merged.sort_values("rlnOpticsGroup", kind="stable").reset_index(drop=True)
+    return pd.DataFrame([row for _, row in groups.values()]).sort_values("rlnOpticsGroup", kind="stable") \
+        .reset_index(drop=True)
 
 
 def scale_optics(optics: pd.DataFrame | None, factor: float) -> pd.DataFrame | None:
@@ -874,6 +881,7 @@ def convert_coordinates(
         given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
         source = given[0] if len(given) == 1 else None
         table = attach_micrographs(table, micrographs, source)
+        table[FILE_NAME_COLUMN] = table[PATH_COLUMN]  # a STAR names the micrographs as given (RELION: the whole name)
         # Picks at another pixel size than these micrographs would be written as fractions beyond 1.
         check_inside(table, {str(n): (int(y), int(x)) for n, y, x in table.groupby("micrograph")[
             [SHAPE_Y_COLUMN, SHAPE_X_COLUMN]].first().itertuples()}, source, remedy=" (see --scale)")
@@ -885,5 +893,6 @@ def convert_coordinates(
         if out_fmt not in WRITERS:
             raise UserInputError(output, f"cannot write format '{out_fmt}' (known: {', '.join(WRITERS)})")
         return write_coordinates_per_micrograph(table, output, out_fmt, box_size=box_size, overwrite=overwrite)
-    optics = scale_optics(read_star_optics(inputs, in_fmt), scale)
+    writes_star = (out_fmt.lower() if out_fmt else detect_format(output)) == "star"
+    optics = scale_optics(read_star_optics(inputs, in_fmt), scale) if writes_star else None
     return [write_coordinates(table, output, out_fmt, box_size, overwrite, star_optics=optics)]

@@ -220,9 +220,10 @@ def load_run(run_dir: str | Path) -> RunContents:
     contents.benchmark = _try_read(contents, "benchmark", run_dir / "benchmark.json", _read_json_object,
                                    "written by the benchmark driver")
     record = contents.predict_record or {}
+    # A user's own evaluation.json (the page suggests one) adds scores; it does not make training files due.
     contents.prediction_only = record != {} and all(
-        value is None for value in (contents.config, contents.metrics, contents.model_meta, contents.evaluation,
-                                    contents.sources, contents.benchmark))
+        value is None for value in (contents.config, contents.metrics, contents.model_meta, contents.sources,
+                                    contents.benchmark))
     files = record.get("micrograph_files")
     if isinstance(files, dict):
         contents.input_files = {str(name): Path(path) for name, path in files.items()

@@ -92,8 +92,9 @@ def _summary_section(contents: RunContents) -> str:
     elif contents.prediction_only:  # a user's predictions: there is rarely a truth, nothing is missing
         folder = _esc(_relative(contents.pred_dir, Path.cwd()))
         parts.append(_note("Not scored against a truth. With known particle positions, <code>cryojoint evaluate "
-                           f"--picks {folder} --truth TRUTH.star --json {folder}/evaluation.json</code> adds AP, F1 "
-                           "and precision-recall curves to this page."))
+                           f"--picks {folder} --truth TRUTH.star --match-radius R --json "
+                           f"{folder}/evaluation.json</code> (R: the particle radius in pixels) adds AP, F1 and "
+                           "precision-recall curves to this page."))
     else:
         parts.append(_missing("headline AP/F1/PSNR: no evaluation.json (run <code>cryojoint evaluate --json</code> "
                               "with the truth and references)."))
@@ -324,10 +325,11 @@ def _tables_section(contents: RunContents) -> str:
     from cryojoint.metrics.denoising import DENOISING_METRICS
 
     parts: list[str] = []
-    if contents.prediction_only:
+    picking, denoising = _picking(contents), _denoising(contents)
+    scored = bool(picking and isinstance(picking.get("overall"), dict))
+    if contents.prediction_only and not scored and not denoising:
         return ""  # nothing scored (the summary says how to score)
-    picking = _picking(contents)
-    if picking and isinstance(picking.get("overall"), dict):
+    if scored:
         edge = _number(picking.get("edge_px"))
         columns = ["micrograph", "picks", "true", "TP", "precision", "recall", "F1", "AP", "best F1",
                    "cut-off of best F1", f"edge recall (<{edge:g} px)" if edge else "edge recall", "picks in masks"]
@@ -340,9 +342,8 @@ def _tables_section(contents: RunContents) -> str:
         radius = _number(picking.get("match_radius"))
         parts.append("<h3>Picking</h3>")
         parts.append(_table_html(columns, rows, f"match radius {_fmt(radius, 1)} px; {cut}", highlight_last=True))
-    else:
+    elif not contents.prediction_only:
         parts.append(_missing("picking table: evaluation.json has no picking results."))
-    denoising = _denoising(contents)
     if denoising and isinstance(denoising.get("mean"), dict):
         metrics = [m for m in DENOISING_METRICS if m in denoising["mean"]]
         rows = [[r.get("micrograph"), *[r.get(m) for m in metrics]]
@@ -357,7 +358,7 @@ def _tables_section(contents: RunContents) -> str:
         parts.append(_note("PSNR against the full-dose image is capped by that image's own noise and dominated by "
                            "high-contrast features; judge denoisers by PSNR against the noise-free image outside "
                            "masks and by FRC when those are available."))
-    else:
+    elif not contents.prediction_only:  # a user's predictions are scored on picking alone
         parts.append(_missing("denoising table: evaluation.json has no denoising results."))
     if contents.benchmark is not None:
         parts.append(_benchmark_tables(contents.benchmark))
