@@ -169,7 +169,7 @@ def _prediction_as_candidates(picks: Any, threshold: float | None,
     every candidate ranked (AP), P/R/F1 at the run's own cut-off unless told one, on the micrographs it covered
     (returned third; ``None`` for other picks, which pass unchanged). A folder's micrographs whose prediction failed
     are covered too, as picking nothing (returned fourth): left out, they would flatter recall."""
-    from cryojoint.prediction import Predictions
+    from cryojoint.prediction import CANDIDATES_STAR, Predictions
     from cryojoint.recut import is_prediction_folder, read_prediction_folder
 
     if isinstance(picks, Predictions):
@@ -182,6 +182,11 @@ def _prediction_as_candidates(picks: Any, threshold: float | None,
         run = read_prediction_folder(picks)
         return (run.candidates, run.threshold if threshold is None else threshold, run.micrographs + run.failed,
                 run.failed)
+    if isinstance(picks, (str, Path)) and Path(picks).name == CANDIDATES_STAR and is_prediction_folder(
+            Path(picks).parent):
+        # The file as asked (no cut-off unless given), with the scores predict compared at full precision: the
+        # STAR's 6 decimals would put candidates just under a cut-off on it.
+        return read_prediction_folder(Path(picks).parent).candidates, threshold, None, []
     return picks, threshold, None, []
 
 

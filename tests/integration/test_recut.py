@@ -398,6 +398,7 @@ def test_evaluating_the_folder_at_its_cutoff_counts_the_picks_predict_wrote(pred
     picks = read_coordinates(prediction / "picks.star")
     truth = read_coordinates(prediction / "candidates.star")[["micrograph", "x", "y"]]
     cut = json.loads((prediction / "predict.json").read_text())["threshold"]
-    report = evaluate_files(picks=prediction, truth=write_coordinates(truth, tmp_path / "truth.star"),
-                            match_radius=5.0, threshold=cut)
-    assert report["picking"].overall.n_picks == len(picks)
+    truth_path = write_coordinates(truth, tmp_path / "truth.star")
+    for scored in (prediction, prediction / "candidates.star"):  # the STAR itself: its scores at full precision
+        report = evaluate_files(picks=scored, truth=truth_path, match_radius=5.0, threshold=cut)
+        assert report["picking"].overall.n_picks == len(picks), scored
