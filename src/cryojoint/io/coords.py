@@ -828,7 +828,7 @@ def read_star_optics(paths: str | Path | Sequence[str | Path], fmt: str | None =
     Two files that give one optics group different values (in a column both have) cannot share one STAR file."""
     groups: dict[object, tuple[Path, pd.Series]] = {}
     for path in _expand(paths):
-        if not path.is_file() or _is_blank(path) or (fmt.lower() if fmt else detect_format(path)) != "star":
+        if not path.is_file() or _is_blank(path) or _check_format(fmt, path, READERS) != "star":
             continue
         optics = read_star_tables(path).get(STAR_OPTICS_BLOCK)
         if optics is None or "rlnOpticsGroup" not in optics.columns:
@@ -893,6 +893,6 @@ def convert_coordinates(
         if out_fmt not in WRITERS:
             raise UserInputError(output, f"cannot write format '{out_fmt}' (known: {', '.join(WRITERS)})")
         return write_coordinates_per_micrograph(table, output, out_fmt, box_size=box_size, overwrite=overwrite)
-    writes_star = (out_fmt.lower() if out_fmt else detect_format(output)) == "star"
+    writes_star = _check_format(out_fmt, output, WRITERS) == "star"
     optics = scale_optics(read_star_optics(inputs, in_fmt), scale) if writes_star else None
     return [write_coordinates(table, output, out_fmt, box_size, overwrite, star_optics=optics)]
