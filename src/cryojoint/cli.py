@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cryojoint.config import DataConfig, TrainConfig
+from cryojoint.config import AUTO_THRESHOLD_RULES, QUANTILE_RULE, DataConfig, TrainConfig
 from cryojoint.errors import UserInputError, first_names
 
 if TYPE_CHECKING:
@@ -229,7 +229,7 @@ def _threshold(value: str | None) -> float | str | None:
     """'auto' -> the model's rule; 'expected-count' / 'quantile' -> that rule; a number -> fixed cut-off."""
     if value is None or value.lower() == "auto":
         return None
-    if value.lower() in ("expected-count", "quantile"):
+    if value.lower() in AUTO_THRESHOLD_RULES:
         return value.lower()
     try:
         return float(value)
@@ -414,7 +414,7 @@ def predict(
                             detector_window_stride_fraction=detector_window_stride, precision=precision,
                             particle_diameter_px=diameter, particle_contrast=particle_contrast)
     how = "fixed" if not summary.threshold_was_automatic else \
-        "quantile-rule" if str(threshold).strip().lower() == "quantile" else "automatic"
+        "quantile-rule" if str(threshold).strip().lower() == QUANTILE_RULE else "automatic"
     if len(summary.failures) < summary.n_micrographs:  # when every micrograph failed, only their errors say so
         typer.echo(f"{summary.n_picks} picks in {summary.n_micrographs - len(summary.failures)} micrograph(s) "
                f"({summary.n_skipped} already done); {how} cut-off {summary.threshold:.3f}; "

@@ -195,12 +195,18 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads; None = all cores
 
 
+#: The automatic cut-off rules a user or a config names: keep as many picks as particles expected (the labels'
+#: density or scores), or the quantile rule's top share of the candidates (the paper's advice).
+EXPECTED_COUNT_RULE, QUANTILE_RULE = "expected-count", "quantile"
+AUTO_THRESHOLD_RULES: tuple[str, ...] = (EXPECTED_COUNT_RULE, QUANTILE_RULE)
+
+
 @dataclass
 class PredictConfig:
     """Inference and picking."""
 
     threshold: float | None = None  # log-odds score cut-off (0 = probability 0.5); None = automatic
-    auto_threshold_rule: str = "expected-count"  # keep expected particles x micrographs; or "quantile"
+    auto_threshold_rule: str = EXPECTED_COUNT_RULE  # keep expected particles x micrographs; or QUANTILE_RULE
     auto_threshold_top_fraction: float = 0.25  # "quantile" rule (appendix): top 25-30% of candidate scores
     nms_radius_px: float | None = None  # None: particle radius
     border_px: float = 0.0  # drop peaks closer than this to the image edge
@@ -401,8 +407,8 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (config.model.unet_depth >= 1, "model.unet_depth must be >= 1"),
         (config.model.noise_model in ("constant", "estimator"), "model.noise_model must be constant|estimator"),
         (config.model.detector_output_stride >= 1, "model.detector_output_stride must be >= 1"),
-        (config.predict.auto_threshold_rule in ("expected-count", "quantile"),
-         "predict.auto_threshold_rule must be expected-count or quantile"),
+        (config.predict.auto_threshold_rule in AUTO_THRESHOLD_RULES,
+         f"predict.auto_threshold_rule must be one of {', '.join(AUTO_THRESHOLD_RULES)}"),
         (0.0 < config.predict.auto_threshold_top_fraction < 1.0,
          "predict.auto_threshold_top_fraction must be in (0, 1)"),
         (config.predict.tile_size_px >= 64, "predict.tile_size_px must be >= 64"),

@@ -76,9 +76,8 @@ def run_demo(out: str | Path, steps: int | None = None, dose: str = "dose_020", 
     from cryojoint.io.coords import write_coordinates
 
     write_coordinates(truth, truth_path)
-    # AP over every candidate peak; precision/recall/F1 at the cut-off the run chose. The folder, not its
-    # candidates.star: that file's 6 decimals put candidates just under the cut-off on it, so the table would count
-    # more picks than picks.star holds (the per-micrograph CSVs keep the scores predict compared).
+    # AP over every candidate peak; precision/recall/F1 at the cut-off the run chose, on the folder: it counts the
+    # picks picks.star holds (the per-micrograph CSVs keep the scores predict compared).
     results = evaluate_files(picks=pred_dir, truth=truth_path, threshold=prediction.threshold,
                              match_radius=dataset.particle_diameter_px / 2, mask_dir=data_dir / "masks",
                              denoised_dir=pred_dir / "denoised", reference_dir=data_dir / "dose_100",

@@ -185,7 +185,7 @@ def _prediction_as_candidates(picks: Any, threshold: float | None,
     if isinstance(picks, (str, Path)) and Path(picks).name == CANDIDATES_STAR and is_prediction_folder(
             Path(picks).parent):
         # The file as asked (no cut-off unless given), with the scores predict compared at full precision: the
-        # STAR's 6 decimals would put candidates just under a cut-off on it.
+        # 6 decimals of a STAR predicted before it was written at full precision put candidates under a cut-off.
         return read_prediction_folder(Path(picks).parent).candidates, threshold, None, []
     return picks, threshold, None, []
 

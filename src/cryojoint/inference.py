@@ -23,10 +23,13 @@ import torch
 from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import LoadedModel
 from cryojoint.config import (
+    AUTO_THRESHOLD_RULES,
+    EXPECTED_COUNT_RULE,
     GENERAL_PARTICLE_PX,
     PARTICLE_CONTRASTS,
     PRECISIONS,
     PROBABILITY_SUM_RULE,
+    QUANTILE_RULE,
     CryojointConfig,
 )
 from cryojoint.contrast import AS_RECORDED, contrast_from_tails, vote_sample
@@ -47,7 +50,6 @@ from cryojoint.models.unet import posterior_mean
 from cryojoint.progress import counted_progress
 from cryojoint.runtime import inference_precision
 
-AUTO_THRESHOLD_RULES: tuple[str, ...] = ("expected-count", "quantile")
 DENOISED_DIR, HEATMAP_DIR, CANDIDATE_DIR = "denoised", "heatmaps", "candidates"
 #: Most window pixels per network pass. The U-Net's four branches and its merge hold ~2 kB per window pixel
 #: (float32). At 256² every buffer stays under glibc's 32 MB heap ceiling, so with
@@ -420,7 +422,7 @@ class PickingSettings:
     border_px: float
     threshold: float | None
     top_fraction: float
-    threshold_rule: str  # "expected-count" or "quantile" (used when threshold is None)
+    threshold_rule: str  # one of AUTO_THRESHOLD_RULES (used when threshold is None)
     expected_per_micrograph: float | None  # for a micrograph of the training micrographs' mean area
     expected_density_per_px2: float | None = None  # particles per network px^2 (scales to any image size)
     tile_size_px: int | None = None  # overrides the model config's predict.tile_size_px (memory vs speed)
@@ -449,10 +451,10 @@ class PickingSettings:
     def automatic_rule(self) -> str:
         """The automatic rule that applies: expected-count needs an expected count; without one (the general model
         told no labels) probability-sum; quantile when asked for."""
-        if self.threshold_rule == "quantile":
-            return "quantile"
+        if self.threshold_rule == QUANTILE_RULE:
+            return QUANTILE_RULE
         if self.expected_per_micrograph:
-            return "expected-count"
+            return EXPECTED_COUNT_RULE
         return PROBABILITY_SUM_RULE
 
     @classmethod

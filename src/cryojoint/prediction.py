@@ -29,6 +29,7 @@ from cryojoint.checkpoint import (
     load_model,
     model_file_sha256,
 )
+from cryojoint.config import EXPECTED_COUNT_RULE, QUANTILE_RULE
 from cryojoint.contrast import AS_RECORDED
 from cryojoint.data import check_unique_names
 from cryojoint.errors import StopRequested, UserInputError, first_names
@@ -123,14 +124,14 @@ def choose_threshold(candidate_scores: Sequence[np.ndarray], settings: PickingSe
         return 0.0, True  # log-odds 0 = probability 0.5
     ranked = np.sort(np.concatenate(values))[::-1]
     rule = settings.automatic_rule
-    if rule == "expected-count":
+    if rule == EXPECTED_COUNT_RULE:
         if settings.expected_density_per_px2 and areas_px2 is not None:
             keep = int(round(settings.expected_density_per_px2 * float(np.sum(areas_px2))))
         else:
             keep = int(round(settings.expected_per_micrograph * len(candidate_scores)))
         return _score_keeping(ranked, keep), True
     cut = float(auto_threshold(values, settings.top_fraction))
-    if rule == "quantile":
+    if rule == QUANTILE_RULE:
         return cut, True
     return min(cut, _score_keeping(ranked, int(round(count_from_probabilities(ranked))))), True
 
@@ -303,7 +304,7 @@ def predict_files(
         _warn_if_filtered(todo, settings)
     _warn_if_other_pixel_size(todo, model, downsample is not None)
     if pick and model.meta.get("count_pending") and settings.threshold is None \
-            and settings.automatic_rule == "expected-count":
+            and settings.automatic_rule == EXPECTED_COUNT_RULE:
         warnings.warn(f"{model_path}: its training stopped before it counted the particles from the labels' scores, "
                       "so the automatic cut-off keeps the labels' density estimate "
                       f"({float(model.meta.get('expected_particles', 0)):.0f} per micrograph): `cryojoint train ... "
@@ -340,7 +341,7 @@ def predict_files(
         if name in failures or not candidate_path.exists():
             continue
         table = read_candidates(candidate_path)
-        table[FILE_NAME_COLUMN] = Path(path).name
+        table[FILE_NAME_COLUMN] = str(path)  # as given: RELION matches picks to micrographs by the whole name
         candidate_tables.append(table)
         areas.append(float(np.prod(binned_shape(micrograph_shape(path), settings.downsample))))
     cut, automatic = choose_threshold([t["score"].to_numpy() for t in candidate_tables], settings, areas)

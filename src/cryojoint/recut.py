@@ -107,9 +107,10 @@ def read_prediction_folder(folder: str | Path) -> PredictionFolder:
 
 
 def _with_full_precision_scores(candidates: pd.DataFrame, per_micrograph: list[Path]) -> pd.DataFrame:
-    """``candidates`` with the scores of the per-micrograph CSVs (10 significant digits), what predict chose its
-    cut-off on. The STAR keeps 6 decimals, and bfloat16 logits put distinct scores closer than that (measured:
-    -3.40625 and a cut-off of -3.406249762 became equal), so a re-cut at the run's own cut-off kept extra picks."""
+    """``candidates`` with the scores of the per-micrograph CSVs, what predict chose its cut-off on. Folders
+    predicted before the STAR was written with the CSVs' digits (io.coords.FLOAT_FORMAT)
+    hold 6 decimals there, and bfloat16 logits put distinct scores closer than that (measured: -3.40625 and a
+    cut-off of -3.406249762 became equal), so a re-cut at the run's own cut-off kept extra picks."""
     tables = [table for table in map(read_candidates, per_micrograph) if len(table)]
     if not tables or not len(candidates):
         return candidates

@@ -51,6 +51,19 @@ def test_train_from_a_micrographs_star_and_predict_from_a_list(
                           "--outputs", "picks"])
     assert code == 0, err
     assert sorted(p.stem for p in (pred / "candidates").glob("*.csv")) == ["mic_0000", "mic_0001"]
+    # picks.star names each micrograph as it was given (the list's paths), not by its bare file name.
+    picked = starfile.read(pred / "picks.star")
+    assert len(picked) and set(picked["rlnMicrographName"]) <= {str(p) for p in sorted(movies.glob("*.mrc"))[:2]}
+
+    # From the micrographs STAR: the names RELION gave them (project-relative, with the job's folders), so RELION
+    # matches the picks to its micrographs.
+    pred_star = tmp_path / "pred_star"
+    code, out, err = cryojoint_main(["predict", run_dir / "model.pt", relion_project["mics_star"], "--out", pred_star,
+                                     "--device", "cpu", "--outputs", "picks", "--threshold", "-1000"])
+    assert code == 0, err
+    listed = set(starfile.read(relion_project["mics_star"], always_dict=True)["micrographs"]["rlnMicrographName"])
+    assert all("/" in name for name in listed)
+    assert set(starfile.read(pred_star / "picks.star")["rlnMicrographName"]) == listed
 
 
 @pytest.mark.parametrize("problem", ["missing list", "listed file missing", "star without micrographs"])

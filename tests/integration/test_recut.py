@@ -4,6 +4,7 @@ own picks at its cut-off, counts per micrograph agree with the candidates, and m
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -236,8 +237,8 @@ def test_evaluate_and_convert_read_a_predict_folder_as_its_own_files(
     half[["micrograph", "x", "y"]].to_csv(truth, index=False)  # a truth the picks half match, on every micrograph
     cut = json.loads((prediction / "predict.json").read_text())["threshold"]
     from_folder = evaluate_files(picks=prediction, truth=truth, match_radius=5)["picking"].overall
-    # By hand from the per-micrograph CSVs: the 10 digits predict cut on. candidates.star keeps 6 decimals, and
-    # bfloat16 logits tie there: a cut-off on a tied value kept 13 more of its 6-decimal copies than predict did.
+    # By hand from the per-micrograph CSVs: the digits predict cut on (candidates.star before it had them kept 6
+    # decimals, and bfloat16 logits tie there: a cut-off on a tied value kept 13 more of its copies than predict).
     from cryojoint.prediction import read_candidates
 
     every_peak = pd.concat([read_candidates(p) for p in sorted((prediction / "candidates").glob("*.csv"))])
@@ -400,5 +401,16 @@ def test_evaluating_the_folder_at_its_cutoff_counts_the_picks_predict_wrote(pred
     cut = json.loads((prediction / "predict.json").read_text())["threshold"]
     truth_path = write_coordinates(truth, tmp_path / "truth.star")
     for scored in (prediction, prediction / "candidates.star"):  # the STAR itself: its scores at full precision
+        report = evaluate_files(picks=scored, truth=truth_path, match_radius=5.0, threshold=cut)
+        assert report["picking"].overall.n_picks == len(picks), scored
+    # candidates.star is written with the scores predict compared: read as a plain STAR, its cut-off keeps picks.star.
+    star_scores = read_coordinates(prediction / "candidates.star")["score"].to_numpy(float)
+    assert int((star_scores >= cut).sum()) == len(picks)
+    # A folder predicted before that (6 decimals in candidates.star) is still scored at the CSVs' precision.
+    old = tmp_path / "old_prediction"
+    shutil.copytree(prediction, old)
+    blocks = starfile.read(old / "candidates.star", always_dict=True)
+    starfile.write(blocks, old / "candidates.star", float_format="%.6f", overwrite=True)
+    for scored in (old, old / "candidates.star"):
         report = evaluate_files(picks=scored, truth=truth_path, match_radius=5.0, threshold=cut)
         assert report["picking"].overall.n_picks == len(picks), scored

@@ -32,15 +32,14 @@ from cryojoint.io.inputs import read_star_tables
 
 PROPERTY_SETTINGS = settings(max_examples=40, deadline=None,
                              suppress_health_check=[HealthCheck.function_scoped_fixture])
-#: STAR is written with six decimals.
+#: STAR and CSV keep twelve significant digits (io.coords.FLOAT_FORMAT); coordinates here stay below 2e4 px.
 STAR_TOLERANCE_PX = 1e-6
-#: CSV keeps ten significant digits; coordinates here stay below 2e4 px.
 CSV_TOLERANCE_PX = 1e-5
 #: Topaz stores integer pixel coordinates.
 TOPAZ_TOLERANCE_PX = 0.5
 #: BOX corners are written with two decimals.
 BOX_TOLERANCE_PX = 0.005 + 1e-9
-#: STAR scores keep six decimals, Topaz scores six significant digits, CSV scores ten.
+#: STAR and CSV scores keep twelve significant digits, Topaz scores six.
 STAR_SCORE_ATOL = 5e-7 + 1e-12
 TOPAZ_SCORE_RTOL = 1e-5
 CSV_SCORE_RTOL = 1e-9

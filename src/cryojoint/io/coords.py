@@ -77,8 +77,10 @@ RELION_COORDINATE_SUFFIX = RELION_COORDINATE_FILE_SUFFIXES[0]
 _BLANK_FILE_MAX_BYTES = 4096
 #: How text files spell a missing number (lower case).
 MISSING_VALUE_SPELLINGS: frozenset[str] = frozenset({"", "nan", "na", "n/a", "null", "none", "<na>"})
-#: Ten significant digits keep coordinates of micrographs up to 10^5 px to 10^-4 px.
-CSV_FLOAT_FORMAT = "%.10g"
+#: Twelve significant digits keep coordinates of micrographs up to 10^6 px to 10^-6 px (as RELION's 6 decimals) and
+#: scores as predict compared them. One format for CSV and STAR, so a score reads back the same from either (predict
+#: cuts on the per-micrograph CSVs' values; starfile's default of 6 decimals put candidates just under that cut-off).
+FLOAT_FORMAT = "%.12g"
 #: The column that, when present, holds the micrograph file name to write into STAR files.
 FILE_NAME_COLUMN = "micrograph_file"
 #: Columns that, when present, carry what a cryoSPARC ``.cs`` file needs beyond the centres: the micrograph's
@@ -312,7 +314,7 @@ def _write_star(table: pd.DataFrame, path: Path, box_size: float | None,
     blocks = {"particles": frame}
     if optics is not None and "rlnOpticsGroup" in frame.columns:
         blocks = {STAR_OPTICS_BLOCK: optics, **blocks}
-    starfile.write(blocks, path)
+    starfile.write(blocks, path, float_format=FLOAT_FORMAT)
 
 
 def _write_box(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
@@ -340,7 +342,7 @@ def _write_cbox(table: pd.DataFrame, path: Path, box_size: float | None) -> None
 
 
 def _write_csv(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
-    table.loc[:, list(COLUMNS)].to_csv(path, index=False, float_format=CSV_FLOAT_FORMAT)
+    table.loc[:, list(COLUMNS)].to_csv(path, index=False, float_format=FLOAT_FORMAT)
 
 
 def _write_topaz(table: pd.DataFrame, path: Path, box_size: float | None) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cryojoint.config import PROBABILITY_SUM_RULE
+from cryojoint.config import EXPECTED_COUNT_RULE, PROBABILITY_SUM_RULE, QUANTILE_RULE
 from cryojoint.errors import UserInputError
 from cryojoint.report.figures import (
     CONTRAST_PERCENTILES,
@@ -132,9 +132,9 @@ def _summary_section(contents: RunContents) -> str:
     threshold = _threshold(contents)
     if threshold is not None:
         expected = _number(record.get("expected_particles_per_micrograph"))
-        rule = record.get("auto_threshold_rule_used") or (
-            "expected-count" if record.get("auto_threshold_rule") == "expected-count" and expected else "quantile")
-        if record.get("threshold_was_automatic") and rule == "expected-count" and expected:
+        counted = record.get("auto_threshold_rule") == EXPECTED_COUNT_RULE and expected
+        rule = record.get("auto_threshold_rule_used") or (EXPECTED_COUNT_RULE if counted else QUANTILE_RULE)
+        if record.get("threshold_was_automatic") and rule == EXPECTED_COUNT_RULE and expected:
             how = (f"automatic: keeps as many picks as the expected particle density predicts "
                    f"({_fmt(expected, 1)} per micrograph of the training micrographs' size)")
         elif record.get("threshold_was_automatic"):
