@@ -12,10 +12,8 @@
 micrographs with the labels kept, predicts its training and test micrographs, and keeps both folders. ``table``
 scores, on the test micrographs (truth, true radius, as the benchmark scores), F1 at the count each rule gives:
 *density* keeps ``expected_particles_prior`` per micrograph (the label density of training's prior, the cut-off
-before session 24), *every label* the count measured after training from where the labelled picks rank among the
-candidates on every labelled training micrograph (session 24's rule), *held-out* the same from the labels
-validation held out (never trained on; session 34's rule when there are enough), beside the best F1 any cut-off
-reaches and AP.
+before session 24), *scores* the count the model file holds (measured after training from where the labelled
+picks rank among the candidates on the training micrographs), beside the best F1 any cut-off reaches and AP.
 The datasets are the benchmark's cached ones (``benchmarks/run.py`` builds them; real-bgal:
 ``python -m benchmarks.real_bgal``).
 """
@@ -77,10 +75,7 @@ def run(data_dir: Path, dose: str, labels_per_micrograph: int, seed: int, steps:
               "steps": steps, "n_labels": len(labels), "train_seconds": result.seconds,
               "expected_particles": meta.get("expected_particles"),
               "expected_particles_prior": meta.get("expected_particles_prior"),
-              "expected_particles_from": meta.get("expected_particles_from"),
-              "expected_particles_every_label": meta.get("expected_particles_every_label"),
-              "expected_particles_held_out": meta.get("expected_particles_held_out"),
-              "held_out_labels": meta.get("held_out_labels")}
+              "expected_particles_from": meta.get("expected_particles_from")}
     (out / "run.json").write_text(json.dumps(record, indent=1))
 
 
@@ -102,44 +97,27 @@ def score_run(out: Path) -> dict:
         return score_picks(data, candidates, float(ranked[keep - 1]))["f1_at_own"]
 
     sweep = score_picks(data, candidates, None)
-    every_label, held_out = record.get("expected_particles_every_label"), record.get("expected_particles_held_out")
     return {**record, "true_per_micrograph": len(data.test_truth) / n_test,
             "average_precision": sweep["average_precision"], "best_f1": sweep["best_f1"],
             "f1_density": f1_keeping(record["expected_particles_prior"]),
-            "f1_scores": f1_keeping(record["expected_particles"]),
-            "f1_every_label": None if every_label is None else f1_keeping(every_label),
-            "f1_held_out": None if held_out is None else f1_keeping(held_out)}
-
-
-def _number(value: float | None, digits: int) -> str:
-    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+            "f1_scores": f1_keeping(record["expected_particles"])}
 
 
 def table(md_path: Path, outs: list[Path]) -> None:
     rows = [score_run(out) for out in outs if (out / "run.json").is_file()]
     frame = pd.DataFrame(rows)
-    lines = ["| data | labels / micrograph | steps | seed | true / mic | density count | F1 | every-label count | F1 "
-             "| held-out labels | held-out count | F1 | best F1 | AP |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| data | labels / micrograph | steps | seed | true / mic | density count | F1 | scores count | F1 | "
+             "best F1 | AP |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         kept = "all" if row["labels_per_micrograph"] == 0 else row["labels_per_micrograph"]
-        every_label = row.get("expected_particles_every_label", row["expected_particles"])
-        f1_every_label = row.get("f1_every_label")
-        f1_every_label = row["f1_scores"] if f1_every_label is None else f1_every_label
         lines.append(f"| {row['dataset']} | {kept} | {row['steps']} | {row['seed']} | "
                      f"{row['true_per_micrograph']:.0f} | {row['expected_particles_prior']:.0f} | "
-                     f"{row['f1_density']:.3f} | {_number(every_label, 0)} | {_number(f1_every_label, 3)} | "
-                     f"{row.get('held_out_labels') or 0} | {_number(row.get('expected_particles_held_out'), 0)} | "
-                     f"{_number(row.get('f1_held_out'), 3)} | {row['best_f1']:.3f} | {row['average_precision']:.3f} |")
-    lines += ["", "Mean ± sd over seeds (F1 at the density count / every label's scores / the held-out labels' "
-              "scores / best):", ""]
-    if "f1_every_label" not in frame.columns:
-        frame["f1_every_label"] = frame["f1_scores"]
-    frame["f1_every_label"] = frame["f1_every_label"].fillna(frame["f1_scores"])
+                     f"{row['f1_density']:.3f} | {row['expected_particles']:.0f} | {row['f1_scores']:.3f} | "
+                     f"{row['best_f1']:.3f} | {row['average_precision']:.3f} |")
+    lines += ["", "Mean ± sd over seeds (F1 at the density count / at the scores count / best):", ""]
     for (dataset, kept, steps), group in frame.groupby(["dataset", "labels_per_micrograph", "steps"]):
-        columns = ["f1_density", "f1_every_label", "f1_held_out", "best_f1"]
         parts = [f"{group[c].mean():.3f} ± {group[c].std(ddof=1) if len(group) > 1 else 0:.3f}"
-                 if c in group and group[c].notna().all() else "–" for c in columns]
+                 for c in ("f1_density", "f1_scores", "best_f1")]
         lines.append(f"- {dataset}, {'all' if kept == 0 else kept} labels / micrograph, {steps} steps, "
                      f"{len(group)} seed(s): {' / '.join(parts)}")
     md_path.parent.mkdir(parents=True, exist_ok=True)

@@ -250,9 +250,6 @@ def count_from_probabilities(scores: np.ndarray | Sequence[float]) -> float:
 LABEL_SCORE_QUANTILE = 0.5
 #: Fewest labelled picks whose scores are trusted to place that median.
 MIN_LABELS_FOR_SCORE_COUNT = 5
-#: Fewest held-out labelled picks (never trained on) that set the count alone; with fewer, every labelled image
-#: does, training's included (whose labels the network learned to score above other particles).
-MIN_HELD_OUT_LABELS_FOR_COUNT = 10
 
 
 def count_from_label_scores(candidates: Sequence[tuple[np.ndarray, np.ndarray]], labels_xy: Sequence[np.ndarray],

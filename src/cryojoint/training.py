@@ -779,61 +779,40 @@ def _count_particles_from_label_scores(model_path: Path, prepared: PreparedData,
     The label density needs the share of the region's particles the user picked (``--label-completeness``) and
     a region outlined by the picks; a few picks spread over a crowded field break both (5 picks per real
     β-galactosidase micrograph made 149 particles expected of 679, F1 0.32 at the cut-off). Where the labels
-    rank needs neither. The candidates are found as prediction finds them (same windows, NMS radius).
-
-    The network was trained to score its training labels high, above the particles it was not shown, so there they
-    rank higher than a user's unlabelled particles do and the count falls short (the demo: 124 per micrograph where
-    186 lie). Held-out labels (validation's micrographs or strips, never trained on) rank as any particle does: they
-    set the count when there are :data:`~cryojoint.picking.MIN_HELD_OUT_LABELS_FOR_COUNT` of them, else every
-    labelled image does. Both counts are kept in the model's meta.
+    rank needs neither. The candidates are found on the training micrographs as prediction finds them (same
+    windows, NMS radius).
     """
     from cryojoint.inference import candidate_peaks, run_network_on_image
-    from cryojoint.picking import MIN_HELD_OUT_LABELS_FOR_COUNT, count_from_label_scores
+    from cryojoint.picking import count_from_label_scores
     from cryojoint.progress import counted_progress
 
     model = load_model(model_path, device)
     window = model.meta.get("training_patch_px")
-    trained_on = [im for im in prepared.train if len(im.picks_xy)]
-    held_out = [im for im in prepared.validation if len(im.picks_xy)]
+    labelled = [im for im in [*prepared.train, *prepared.validation] if len(im.picks_xy)]
     radius = model.config.predict.nms_radius_px or prepared.particle_diameter_px / 2
     candidates = []
-    with counted_progress(len(trained_on) + len(held_out), progress, "count particles") as advance:
-        for image in [*trained_on, *held_out]:
+    with counted_progress(len(labelled), progress, "count particles") as advance:
+        for image in labelled:
             result = run_network_on_image(model.network, image.image, model.config, device, keep=("logits",),
                                           window_px=None if window is None else int(window))
             candidates.append(candidate_peaks(result.logits, radius, model.config.model.sigmoid_clamp))
             advance()
-
-    def density_from(first: int, images: list[LabelledImage]) -> float | None:
-        count = count_from_label_scores(candidates[first:first + len(images)], [im.picks_xy for im in images],
-                                        prepared.particle_diameter_px / 2)
-        if count is None:
-            return None
-        # A poor picker counts its false peaks too: never more particles than discs of the diameter fit.
-        return min(count / float(sum(im.image.size for im in images)),
-                   close_packed_density(prepared.particle_diameter_px))
-
-    every_label = density_from(0, [*trained_on, *held_out])
-    n_held_out = sum(len(im.picks_xy) for im in held_out)
-    from_held_out = density_from(len(trained_on), held_out) if n_held_out >= MIN_HELD_OUT_LABELS_FOR_COUNT else None
-    density = every_label if from_held_out is None else from_held_out
-    if density is None:
+    count = count_from_label_scores(candidates, [im.picks_xy for im in labelled], prepared.particle_diameter_px / 2)
+    if count is None:
         save_model(model_path, model.network, model.config, {**model.meta, "count_pending": False})
         return (f"too few labelled picks were found among the candidates to count the particles: the cut-off "
                 f"keeps the prior's {prepared.expected_particles:.0f} per micrograph (pass --threshold or "
                 "--expected-particles)")
+    # A poor picker counts its false peaks too: never more particles than discs of the diameter fit.
+    density = min(count / float(sum(im.image.size for im in labelled)),
+                  close_packed_density(prepared.particle_diameter_px))
     expected = density * prepared.mean_area_px2
-    counts = {"expected_particles_every_label": None if every_label is None else every_label * prepared.mean_area_px2,
-              "expected_particles_held_out": None if from_held_out is None else from_held_out * prepared.mean_area_px2,
-              "held_out_labels": n_held_out}
-    source = "held-out label scores" if from_held_out is not None else "label scores"
     save_model(model_path, model.network, model.config,
                {**model.meta, "expected_particles": expected, "expected_density_per_px2": density,
-                "expected_particles_from": source, "count_pending": False,
-                "expected_particles_prior": float(prepared.expected_particles), **counts})
-    which = f"the {n_held_out} held-out labelled picks'" if from_held_out is not None else "the labelled picks'"
-    return f"expected particles per micrograph measured from {which} scores: {expected:.0f} (the automatic " \
-           "cut-off keeps that many)"
+                "expected_particles_from": "label scores", "count_pending": False,
+                "expected_particles_prior": float(prepared.expected_particles)})
+    return (f"expected particles per micrograph measured from the labelled picks' scores: {expected:.0f} (the "
+            "automatic cut-off keeps that many)")
 
 
 def average_precision_pooled(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], radius: float,

@@ -122,10 +122,8 @@ def _summary_section(contents: RunContents) -> str:
     if downsample > 1:
         rows.append(("binning inside the network", f"{downsample:g}× (coordinates are in input pixels)"))
     if "expected_particles" in meta:
-        measured = {"label scores": "measured from the labelled picks' scores",
-                    "held-out label scores": "measured from the held-out labelled picks' scores"}
-        how = measured.get(str(meta.get("expected_particles_from")),
-                           "estimated" if meta.get("expected_particles_estimated") else "given")
+        how = ("measured from the labelled picks' scores" if meta.get("expected_particles_from") == "label scores"
+               else "estimated" if meta.get("expected_particles_estimated") else "given")
         rows.append(("expected particles per micrograph", f"{_fmt(meta['expected_particles'], 1)} ({how})"))
     if meta.get("best_step") is not None:
         rows.append(("best step (model kept)", _fmt(meta["best_step"])))
