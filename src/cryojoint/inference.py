@@ -636,7 +636,7 @@ def detector_logits(model: LoadedModel, micrograph: Micrograph, settings: Pickin
 
 def _named_table(candidates: pd.DataFrame, micrograph: Micrograph) -> pd.DataFrame:
     if micrograph.path is not None:
-        candidates[FILE_NAME_COLUMN] = Path(micrograph.path).name
+        candidates[FILE_NAME_COLUMN] = str(micrograph.path)  # as given, as predict_files names it
     return candidates
 
 

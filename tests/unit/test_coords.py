@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from cryojoint.errors import UserInputError
 from cryojoint.imaging import from_binned_coordinates
 from cryojoint.io.coords import (
+    FILE_NAME_COLUMN,
     READERS,
     SHAPE_X_COLUMN,
     SHAPE_Y_COLUMN,
@@ -25,6 +26,7 @@ from cryojoint.io.coords import (
     make_table,
     read_coordinates,
     scale_coordinates,
+    star_safe_name,
     write_coordinates,
     write_coordinates_per_micrograph,
 )
@@ -234,6 +236,20 @@ def test_relion_31_scores_and_angles_survive_a_star_round_trip(tmp_path: Path) -
                                   table[["micrograph", "x", "y", "score", "angle_psi", "class_number"]],
                                   check_dtype=False)
     assert "rlnMicrographName" in (tmp_path / "copy.star").read_text()
+
+
+@pytest.mark.parametrize("folder", ["data_2024", "Data_2024", "_raw", "loop_runs", "#scratch", "a#b", "with space"])
+def test_micrograph_paths_that_begin_like_star_syntax_read_back(tmp_path: Path, folder: str) -> None:
+    """A folder named like a STAR keyword or label at the start of a row, or holding a comment's "#", would end the
+    loop on reading."""
+    table = make_table(["mic_1", "mic_2"], [10.5, 20.0], [30.0, 40.25], [0.5, -1.0])
+    table[FILE_NAME_COLUMN] = [f"{folder}/mic_1.mrc", f"{folder}/mic_2.mrc"]
+    read = read_coordinates(write_coordinates(table, tmp_path / "picks.star"))
+    assert list(read["micrograph"]) == ["mic_1", "mic_2"]
+    assert list(read["x"]) == [10.5, 20.0] and list(read["score"]) == [0.5, -1.0]
+    assert all(Path(name) == Path(f"{folder}/{mic}.mrc")
+               for name, mic in zip(read[FILE_NAME_COLUMN], ["mic_1", "mic_2"]))  # "./" names the same file
+    assert star_safe_name("MotionCorr/job002/mic.mrc") == "MotionCorr/job002/mic.mrc"  # RELION's names untouched
 
 
 @pytest.mark.parametrize("file_name", ["mic_017_autopick.star", "mic_017_manualpick.star", "mic_017.star"])

@@ -290,11 +290,23 @@ READERS: dict[str, Reader] = {
 # ----------------------------------------------------------------------------------------------- writers
 
 
+#: What a STAR row must not begin with: a block, loop or save-frame keyword, a column label, a quote or a text
+#: field would be read as such (lower case; STAR keywords are case-insensitive). A "#" anywhere starts a comment
+#: unless the value is quoted.
+_STAR_RESERVED_STARTS: tuple[str, ...] = ("data_", "loop_", "save_", "global_", "stop_", "_", "'", '"', ";")
+
+
+def star_safe_name(name: str) -> str:
+    """A micrograph path a STAR row can start with: ``./`` before one that begins like STAR syntax (a folder
+    ``data_2024/``, ``_raw/``), which names the same file and the same micrograph."""
+    return f"./{name}" if name.lower().startswith(_STAR_RESERVED_STARTS) else name
+
+
 def _write_star(table: pd.DataFrame, path: Path, box_size: float | None,
                 optics: pd.DataFrame | None = None) -> None:
     """``optics`` (RELION 3.1+'s optics block) is written only when every pick names its optics group."""
     file_names = (table[FILE_NAME_COLUMN].astype(str) if FILE_NAME_COLUMN in table.columns
-                  else table["micrograph"].astype(str) + ".mrc")
+                  else table["micrograph"].astype(str) + ".mrc").map(star_safe_name)
     frame = pd.DataFrame({
         STAR_COLUMNS["micrograph"]: file_names.to_numpy(),
         STAR_COLUMNS["x"]: table["x"].to_numpy(float),
@@ -314,7 +326,7 @@ def _write_star(table: pd.DataFrame, path: Path, box_size: float | None,
     blocks = {"particles": frame}
     if optics is not None and "rlnOpticsGroup" in frame.columns:
         blocks = {STAR_OPTICS_BLOCK: optics, **blocks}
-    starfile.write(blocks, path, float_format=FLOAT_FORMAT)
+    starfile.write(blocks, path, float_format=FLOAT_FORMAT, quote_all_strings=bool(file_names.str.contains("#").any()))
 
 
 def _write_box(table: pd.DataFrame, path: Path, box_size: float | None) -> None:
