@@ -42,7 +42,7 @@ from cryojoint._atomic import atomic_path
 from cryojoint.checkpoint import is_shipped_model
 from cryojoint.config import CryojointConfig
 from cryojoint.errors import StopRequested, UserInputError
-from cryojoint.io.coords import FLOAT_FORMAT, per_micrograph_file, read_coordinates
+from cryojoint.io.coords import per_micrograph_file, read_coordinates
 from cryojoint.io.inputs import MicrographsStar, read_micrographs_star
 from cryojoint.io.mrc import micrograph_name
 
@@ -308,7 +308,7 @@ def write_output_nodes(out_dir: Path, nodes: dict[Path, str], relion_version: st
 
 def _write_star(blocks: dict[str, pd.DataFrame], path: Path) -> None:
     with atomic_path(path) as tmp:
-        starfile.write(blocks, tmp, float_format=FLOAT_FORMAT)
+        starfile.write(blocks, tmp)
 
 
 def unknown_options(args: Sequence[str]) -> list[str]:
