@@ -415,10 +415,14 @@ def predict(
                             particle_diameter_px=diameter, particle_contrast=particle_contrast)
     how = "fixed" if not summary.threshold_was_automatic else \
         "quantile-rule" if str(threshold).strip().lower() == QUANTILE_RULE else "automatic"
-    if len(summary.failures) < summary.n_micrographs:  # when every micrograph failed, only their errors say so
-        typer.echo(f"{summary.n_picks} picks in {summary.n_micrographs - len(summary.failures)} micrograph(s) "
-               f"({summary.n_skipped} already done); {how} cut-off {summary.threshold:.3f}; "
-                   f"{summary.seconds_per_micrograph:.1f} s/micrograph; picks: {summary.out_dir / 'picks.star'}")
+    done = summary.n_micrographs - len(summary.failures)
+    if done and summary.threshold is None:  # --outputs without picks: nothing was cut
+        typer.echo(f"{done} micrograph(s) ({summary.n_skipped} already done); no picks asked for; "
+                   f"{summary.seconds_per_micrograph:.1f} s/micrograph; outputs: {summary.out_dir}")
+    elif done:  # when every micrograph failed, only their errors say so
+        typer.echo(f"{summary.n_picks} picks in {done} micrograph(s) ({summary.n_skipped} already done); {how} "
+                   f"cut-off {summary.threshold:.3f}; {summary.seconds_per_micrograph:.1f} s/micrograph; picks: "
+                   f"{summary.out_dir / 'picks.star'}")
     _exit_on_failures(summary.failures)
 
 

@@ -61,6 +61,11 @@ def test_train_from_a_micrographs_star_and_predict_from_a_list(
     code, out, err = cryojoint_main(["predict", run_dir / "model.pt", relion_project["mics_star"], "--out", pred_star,
                                      "--device", "cpu", "--outputs", "picks", "--threshold", "-1000"])
     assert code == 0, err
+    # Denoising only: no cut-off to report, and no traceback over it.
+    code, out, err = cryojoint_main(["predict", run_dir / "model.pt", relion_project["mics_star"], "--out",
+                                     tmp_path / "denoised_only", "--device", "cpu", "--outputs", "denoised"])
+    assert code == 0 and "no picks asked for" in out, err
+    assert not (tmp_path / "denoised_only" / "picks.star").exists()
     listed = set(starfile.read(relion_project["mics_star"], always_dict=True)["micrographs"]["rlnMicrographName"])
     assert all("/" in name for name in listed)
     assert set(starfile.read(pred_star / "picks.star")["rlnMicrographName"]) == listed

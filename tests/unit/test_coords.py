@@ -746,9 +746,25 @@ def test_convert_writes_no_optics_block_when_some_picks_have_no_group(tmp_path: 
 
     with_groups = write_text(tmp_path / "a.star", RELION_5_MICROGRAPH_PICKS)
     without = write_text(tmp_path / "b.star", RELION_30_PARTICLES)
-    written = convert_coordinates([with_groups, without], tmp_path / "both.star")[0]
+    with pytest.warns(UserWarning, match="without RELION optics groups: the optics block and rlnOpticsGroup are left"):
+        written = convert_coordinates([with_groups, without], tmp_path / "both.star")[0]
     blocks = starfile.read(written, always_dict=True)
     assert list(blocks) == ["particles"] and "rlnOpticsGroup" not in blocks["particles"].columns
+
+
+@pytest.mark.parametrize("csv_first", [True, False])
+def test_convert_a_csv_beside_a_star_names_its_micrographs(tmp_path: Path, csv_first: bool) -> None:
+    """Rows from a format that names no micrograph file (CSV) beside a STAR's: ``<name>.mrc``, not a missing value."""
+    import starfile
+
+    picks = write_text(tmp_path / "a.csv", "micrograph,x,y,score\nmic_0030,10,20,1\n")
+    star = write_text(tmp_path / "b.star", RELION_5_MICROGRAPH_PICKS)
+    inputs = [picks, star] if csv_first else [star, picks]
+    with pytest.warns(UserWarning, match="without RELION optics groups"):
+        written = convert_coordinates(inputs, tmp_path / "both.star")[0]
+    names = starfile.read(written, always_dict=True)["particles"]["rlnMicrographName"].tolist()
+    assert sorted(names) == ["MotionCorr/job002/Movies/grid2_0007.mrc", "MotionCorr/job002/Movies/grid2_0008.mrc",
+                             "mic_0030.mrc"]
 
 
 def test_convert_with_micrographs_names_them_in_the_star(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import csv
 import hashlib
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -305,8 +306,7 @@ def star_safe_name(name: str) -> str:
 def _write_star(table: pd.DataFrame, path: Path, box_size: float | None,
                 optics: pd.DataFrame | None = None) -> None:
     """``optics`` (RELION 3.1+'s optics block) is written only when every pick names its optics group."""
-    file_names = (table[FILE_NAME_COLUMN].astype(str) if FILE_NAME_COLUMN in table.columns
-                  else table["micrograph"].astype(str) + ".mrc").map(star_safe_name)
+    file_names = _micrograph_file_names(table).map(star_safe_name)
     frame = pd.DataFrame({
         STAR_COLUMNS["micrograph"]: file_names.to_numpy(),
         STAR_COLUMNS["x"]: table["x"].to_numpy(float),
@@ -412,12 +412,20 @@ def name_uid(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
 
 
+def _micrograph_file_names(table: pd.DataFrame) -> pd.Series:
+    """Each row's micrograph file as its source named it, else ``<name>.mrc`` (rows read from a format that names
+    none, such as a CSV converted beside a STAR)."""
+    default = table["micrograph"].astype(str) + ".mrc"
+    if FILE_NAME_COLUMN not in table.columns:
+        return default
+    return table[FILE_NAME_COLUMN].where(table[FILE_NAME_COLUMN].notna(), default).astype(str)
+
+
 def _micrograph_paths(table: pd.DataFrame) -> pd.Series:
+    names = _micrograph_file_names(table)
     if PATH_COLUMN in table.columns:
-        return table[PATH_COLUMN].astype(str)
-    if FILE_NAME_COLUMN in table.columns:
-        return table[FILE_NAME_COLUMN].astype(str)
-    return table["micrograph"].astype(str) + ".mrc"
+        return table[PATH_COLUMN].where(table[PATH_COLUMN].notna(), names).astype(str)
+    return names
 
 
 def attach_micrographs(table: pd.DataFrame, paths: Sequence[str | Path], source: str | Path | None) -> pd.DataFrame:
@@ -909,4 +917,9 @@ def convert_coordinates(
         return write_coordinates_per_micrograph(table, output, out_fmt, box_size=box_size, overwrite=overwrite)
     writes_star = _check_format(out_fmt, output, WRITERS) == "star"
     optics = scale_optics(read_star_optics(inputs, in_fmt), scale) if writes_star else None
+    group = STAR_EXTRA_COLUMNS["rlnOpticsGroup"]
+    if optics is not None and (group not in table.columns or table[group].isna().any()):
+        warnings.warn(f"{output}: some picks come from files without RELION optics groups: the optics block and "
+                      "rlnOpticsGroup are left out (convert the STAR files apart to keep them)", UserWarning,
+                      stacklevel=2)
     return [write_coordinates(table, output, out_fmt, box_size, overwrite, star_optics=optics)]
