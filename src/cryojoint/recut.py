@@ -62,9 +62,10 @@ class PredictionFolder:
 
 def is_prediction_folder(path: str | Path) -> bool:
     """Whether ``path`` is a ``predict`` output folder. Read as a folder of coordinate files it would give the same
-    picks several times (``picks.star``, ``candidates.star``, ``picks.cs``): its readers take the file they mean."""
+    picks several times (``picks.star``, ``candidates.star``, ``picks.cs``): its readers take the file they mean.
+    One whose run stopped before writing ``candidates.star`` is one too, so that its readers say so."""
     path = Path(path)
-    return path.is_dir() and (path / CANDIDATE_DIR).is_dir() and (path / CANDIDATES_STAR).is_file()
+    return path.is_dir() and (path / CANDIDATE_DIR).is_dir()
 
 
 def _picked(folder: Path) -> bool:

@@ -414,3 +414,16 @@ def test_evaluating_the_folder_at_its_cutoff_counts_the_picks_predict_wrote(pred
     for scored in (old, old / "candidates.star"):
         report = evaluate_files(picks=scored, truth=truth_path, match_radius=5.0, threshold=cut)
         assert report["picking"].overall.n_picks == len(picks), scored
+
+
+def test_a_predict_folder_without_candidates_star_is_said_to_be_unfinished(prediction: Path, tmp_path: Path,
+                                                                           cryojoint_main) -> None:
+    """Read as a folder of coordinate files it gave 'holds two coordinate files with picks of micrograph ...'."""
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(prediction, unfinished)
+    (unfinished / "candidates.star").unlink()
+    truth = write_coordinates(read_coordinates(prediction / "picks.star"), tmp_path / "truth.star")
+    for command in (["evaluate", "--picks", unfinished, "--truth", truth], ["threshold", unfinished]):
+        code, _, err = cryojoint_main(command)
+        assert code == 2 and err.startswith(f"error: {unfinished / 'candidates.star'}: not found: the predict run "
+                                            "did not finish"), err
