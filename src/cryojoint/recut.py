@@ -10,6 +10,7 @@ Scores are log-odds (0 = probability 0.5), as everywhere in cryojoint.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,8 @@ def pick_files(prediction: str | Path, out: str | Path, threshold: float | None 
     targets += [per_micrograph_file(out / "picks" / fmt, name, fmt) for fmt in formats for name in run.micrographs]
     for target in targets:  # every check before the first write: no half-written output folder
         check_can_write(target, overwrite)
+    if overwrite and (out / RECORD_NAME).is_file():
+        _remove_earlier_formats(out / "picks", formats)
     written = []
     for fmt in formats:
         written += write_coordinates_per_micrograph(picks, out / "picks" / fmt, fmt, names=run.micrographs,
@@ -171,6 +174,16 @@ def pick_files(prediction: str | Path, out: str | Path, threshold: float | None 
     with atomic_path(out / RECORD_NAME, overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
     return picks, [*written, out / RECORD_NAME]
+
+
+def _remove_earlier_formats(folder: Path, formats: Sequence[str]) -> None:
+    """An earlier ``pick`` into this folder wrote other formats: left, they would hold its cut-off's picks beside
+    this one's ``pick.json``."""
+    if not folder.is_dir():
+        return
+    for sub in folder.iterdir():
+        if sub.is_dir() and sub.name in WRITERS and sub.name not in formats:
+            shutil.rmtree(sub)
 
 
 def default_cutoffs(scores: np.ndarray, run_threshold: float | None) -> list[float]:

@@ -60,6 +60,11 @@ def test_pick_at_the_runs_own_cutoff_reproduces_predict_picks(
     assert set(boxes["Width"]) == {round(diameter)}
     record = json.loads((tmp_path / "same" / "pick.json").read_text())
     assert record["threshold"] == cut and record["count_per_micrograph"] is None
+    # Re-cut into the same folder in STAR only: the boxes of the earlier cut-off do not stay beside it.
+    code, out, err = cryojoint_main(["pick", prediction, "--count", "2", "--out", tmp_path / "same", "--overwrite"])
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "same" / "picks").iterdir()) == ["star"]
+    assert len(read_coordinates(tmp_path / "same" / "picks" / "star")) == 6
 
 
 def test_pick_count_keeps_the_best_n_of_each_micrograph(
