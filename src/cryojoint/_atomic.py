@@ -33,6 +33,16 @@ def check_can_write(path: str | Path, overwrite: bool) -> None:
                              else f"cannot create output folder ({existing} is not writable)")
 
 
+def check_report_file(path: str | Path, suffix: str, option: str) -> None:
+    """A report file (``--png``, ``--json``) replaces what its name holds: only a name with its own suffix, so a
+    mistyped option cannot turn a STAR or MRC file (a predict folder's ``candidates.star``) into a figure."""
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise UserInputError(path, f"{option} writes a {suffix} file: give a name ending in {suffix}")
+    if path.is_dir():
+        raise UserInputError(path, "is a folder; expected an output file name")
+
+
 def make_output_folder(folder: str | Path) -> None:
     """Create an output folder and its parents; a file in the way or a refusal is the user's one-line error."""
     folder = Path(folder)

@@ -409,6 +409,10 @@ def evaluate_files(
     check_number(match_radius, "--match-radius", above=0)
     check_number(threshold, "--threshold")
     check_number(lowpass_angstrom, "--lowpass-angstrom", above=0)
+    if json_path is not None:
+        from cryojoint._atomic import check_report_file
+
+        check_report_file(json_path, ".json", "--json")
     reports = evaluate(picks=picks, truth=truth, denoised=denoised_dir, reference=reference_dir, clean=clean_dir,
                        masks=mask_dir,
                        match_radius=match_radius, threshold=threshold, exclude_mask_values=exclude_mask_values,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryojoint._atomic import atomic_path, check_can_write
+from cryojoint._atomic import atomic_path, check_can_write, check_report_file
 from cryojoint.errors import UserInputError, check_number
 from cryojoint.inference import CANDIDATE_DIR
 from cryojoint.io.coords import (
@@ -223,6 +223,7 @@ def threshold_summary(prediction: str | Path, cutoffs: Sequence[float] | None = 
     if not chosen:
         raise UserInputError(run.folder, "no candidate scores to cut (no peak was found in any micrograph)")
     png_path = Path(png) if png is not None else run.folder / HISTOGRAM_NAME
+    check_report_file(png_path, ".png", "--png")
     if not np.isfinite(scores).any():
         raise UserInputError(run.folder, "no candidate scores to draw")
     figure = score_histogram_figure(scores, run.threshold)

@@ -432,3 +432,20 @@ def test_a_predict_folder_without_candidates_star_is_said_to_be_unfinished(predi
         code, _, err = cryojoint_main(command)
         assert code == 2 and err.startswith(f"error: {unfinished / 'candidates.star'}: not found: the predict run "
                                             "did not finish"), err
+
+
+def test_report_files_keep_their_own_suffix_so_a_slip_cannot_overwrite_the_predict_folder(
+        prediction: Path, tmp_path: Path, cryojoint_main) -> None:
+    """`threshold --png pred/candidates.star` made the folder's candidates a PNG, and every reader of it failed."""
+    folder = tmp_path / "pred"
+    shutil.copytree(prediction, folder)
+    before = (folder / "candidates.star").read_bytes()
+    code, _, err = cryojoint_main(["threshold", folder, "--png", folder / "candidates.star"])
+    assert code == 2 and err.strip() == (f"error: {folder / 'candidates.star'}: --png writes a .png file: give a name "
+                                         "ending in .png")
+    truth = write_coordinates(read_coordinates(prediction / "picks.star"), tmp_path / "truth.star")
+    code, _, err = cryojoint_main(["evaluate", "--picks", folder, "--truth", truth, "--json", folder / "picks.star"])
+    assert code == 2 and "--json writes a .json file" in err
+    assert (folder / "candidates.star").read_bytes() == before
+    code, _, err = cryojoint_main(["threshold", folder, "--png", tmp_path / "scores.png"])
+    assert code == 0 and (tmp_path / "scores.png").is_file(), err
