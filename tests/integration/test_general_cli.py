@@ -224,6 +224,15 @@ def test_denoise_adapts_the_general_denoiser_without_labels(data_dir: Path, tmp_
     for path in (data_dir / "dose_020").glob("*.mrc"):
         assert read_micrograph(tmp_path / "d" / "denoised" / path.name).shape == read_micrograph(path).shape
     assert len(list((tmp_path / "d" / "denoised").glob("*.mrc"))) == 2
+    # Its report shows a denoising run: no picks, cut-off, expected count or diameter it was never told.
+    code, _, err = cli_in_process(["report", tmp_path / "d"])
+    assert code == 0, err
+    page = (tmp_path / "d" / "report.html").read_text()
+    assert "Denoising only: no picks" in page and "--denoised" in page
+    for absent in ("expected particles per micrograph", "NMS radius", "Score distribution", "picks for mic_",
+                   "candidate peaks"):
+        assert absent not in page, absent
+    assert ("particle diameter" in page) is sized  # the size it binned to, when it was told one
 
 
 def test_adaptation_is_for_shipped_models(data_dir: Path, tmp_path: Path, cli_in_process: CliRunner) -> None:

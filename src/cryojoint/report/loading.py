@@ -62,6 +62,8 @@ class RunContents:
     #: A ``cryojoint predict`` / ``denoise`` output folder alone: no training run, no evaluation, demo or benchmark
     #: records. Its page leaves out what such a folder never holds instead of listing it as missing.
     prediction_only: bool = False
+    #: A folder written by ``cryojoint denoise`` (or ``predict`` without picks): no picks, scores or cut-off to show.
+    denoise_only: bool = False
     inputs: list[InputStatus] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -201,9 +203,12 @@ def load_run(run_dir: str | Path) -> RunContents:
     predict_hint = "written by cryojoint predict"
     contents.predict_record = _try_read(contents, "prediction record", pred_dir / "predict.json",
                                         _read_json_object, predict_hint)
-    contents.candidates = _try_read(contents, "candidate peaks", pred_dir / "candidates", _read_candidate_folder,
-                                    predict_hint)
-    contents.picks = _try_read(contents, "picks", pred_dir / "picks.star", _read_coordinates_or_empty, predict_hint)
+    contents.denoise_only = (contents.predict_record or {}).get("picked") is False
+    if not contents.denoise_only:
+        contents.candidates = _try_read(contents, "candidate peaks", pred_dir / "candidates", _read_candidate_folder,
+                                        predict_hint)
+        contents.picks = _try_read(contents, "picks", pred_dir / "picks.star", _read_coordinates_or_empty,
+                                   predict_hint)
     denoised_dir = pred_dir / "denoised"
     files = _try_read(contents, "denoised micrographs", denoised_dir, _list_mrc_files, predict_hint)
     contents.denoised_files = files or {}

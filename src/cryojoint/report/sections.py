@@ -89,6 +89,12 @@ def _summary_section(contents: RunContents) -> str:
             f'<div class="card"><div class="card-value">{_esc(value)}</div><div class="card-label">'
             f'{_esc(label)}</div><div class="card-detail">{_esc(detail)}</div></div>'
             for label, value, detail in cards) + "</div>")
+    elif contents.denoise_only:
+        folder = _esc(_relative(contents.pred_dir, Path.cwd()))
+        parts.append(_note("Denoising only: no picks. With full-dose or noise-free copies of the micrographs, "
+                           f"<code>cryojoint evaluate --denoised {folder}/denoised --reference FULL_DOSE_DIR --json "
+                           f"{folder}/evaluation.json</code> (or <code>--clean NOISE_FREE_DIR</code>) adds PSNR and "
+                           "FRC to this page."))
     elif contents.prediction_only:  # a user's predictions: there is rarely a truth, nothing is missing
         folder = _esc(_relative(contents.pred_dir, Path.cwd()))
         parts.append(_note("Not scored against a truth. With known particle positions, <code>cryojoint evaluate "
@@ -108,7 +114,8 @@ def _summary_section(contents: RunContents) -> str:
     if mode:
         rows.append(("mode", str(mode)))
     diameter = _particle_diameter_input_px(contents)
-    if diameter is not None:
+    # Denoising uses the particle's size only to bin (the general model told it, or a network that bins).
+    if diameter is not None and (not contents.denoise_only or _downsample(contents) > 1):
         if "particle_diameter_estimated" in meta:
             how = "estimated from the labels" if meta["particle_diameter_estimated"] else "given by the user"
         elif (contents.predict_record or {}).get("general_model"):
@@ -121,7 +128,7 @@ def _summary_section(contents: RunContents) -> str:
     downsample = _downsample(contents)
     if downsample > 1:
         rows.append(("binning inside the network", f"{downsample:g}× (coordinates are in input pixels)"))
-    if "expected_particles" in meta:
+    if "expected_particles" in meta and not contents.denoise_only:
         how = ("measured from the labelled picks' scores" if meta.get("expected_particles_from") == "label scores"
                else "estimated" if meta.get("expected_particles_estimated") else "given")
         rows.append(("expected particles per micrograph", f"{_fmt(meta['expected_particles'], 1)} ({how})"))
@@ -146,12 +153,12 @@ def _summary_section(contents: RunContents) -> str:
         else:
             how = "fixed (given with --threshold or in the config)"
         rows.append(("score cut-off", f"{_fmt(threshold)} — {how}"))
-    if _number(record.get("nms_radius_px_input")):
+    if _number(record.get("nms_radius_px_input")) and not contents.denoise_only:
         rows.append(("NMS radius", f"{_fmt(record['nms_radius_px_input'], 1)} px"))
     n_picks = record.get("n_picks")
     if n_picks is None and contents.picks is not None:
         n_picks = len(contents.picks)
-    if n_picks is not None:
+    if n_picks is not None and not contents.denoise_only:
         n_micrographs = record.get("n_micrographs")
         on = f" on {n_micrographs} micrograph(s)" if n_micrographs is not None else ""
         rows.append(("picks", f"{_fmt(n_picks)}{on}"))
@@ -227,11 +234,14 @@ def _micrographs_section(contents: RunContents) -> str:
         reference = _read_image(reference_path, f"reference {name}", contents)
         parts.append(f'<h3 id="mic-{_esc(name)}">{_esc(name)}</h3>')
         parts.append(_triptych(name, dose, low_dose, denoised, reference, with_reference=bool(contents.sources)))
-        parts.append(_overlay(contents, name, low_dose, denoised, truth, radius))
+        if not contents.denoise_only:
+            parts.append(_overlay(contents, name, low_dose, denoised, truth, radius))
     return "".join(parts)
 
 
 def _score_section(contents: RunContents) -> str:
+    if contents.denoise_only:
+        return ""
     candidates = contents.candidates
     if candidates is None or not len(candidates):
         return _missing("pred/candidates/: the scores of all candidate peaks (run <code>cryojoint predict</code>).")
@@ -283,7 +293,7 @@ def _pr_section(contents: RunContents) -> str:
     picking = _picking(contents)
     if not (picking and isinstance(picking.get("overall"), dict)):
         picking = None
-        if contents.prediction_only:
+        if contents.prediction_only or contents.denoise_only:
             return ""  # nothing scored (the summary says how to score)
         parts.append(_missing("evaluation.json with picking results: no PR curve of the evaluated picks."))
     candidate_curve = _candidate_curve(contents)
