@@ -466,11 +466,13 @@ def denoise(
     at_input_size = diameter is not None and downsample is None
     if adapt_steps:
         from cryojoint.config import SHIPPED_MODEL_NAMES
-        from cryojoint.pretraining import adapt_denoiser
+        from cryojoint.pretraining import adapt_denoiser, adaptation_request, finished_adaptation
 
         if str(model) not in SHIPPED_MODEL_NAMES:
             _fail(f"--adapt-steps adapts a shipped model ({', '.join(SHIPPED_MODEL_NAMES)}), not {model}")
-        if not overwrite and holds_earlier_outputs(out):  # said before minutes of adapting, not after
+        request = adaptation_request(paths, adapt_steps, str(model), diameter, downsample, seed, particle_contrast)
+        same_again = not overwrite and finished_adaptation(out / "adapted", request) is not None
+        if not overwrite and not same_again and holds_earlier_outputs(out):  # said before minutes of adapting
             _fail(f"{out}: holds the outputs of another run, and --adapt-steps makes new weights whose outputs "
                   "would mix with them: rerun with --overwrite to replace them, or write to another folder")
         model = adapt_denoiser(paths, out / "adapted", adapt_steps, str(model), diameter, downsample, seed,

@@ -25,6 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from cryojoint._atomic import atomic_path
 from cryojoint.config import GENERAL_PARTICLE_PX, default_config
 from cryojoint.contrast import AS_RECORDED
 from cryojoint.corpus import (  # the corpus's names, where pretraining's users have always found them
@@ -140,6 +141,32 @@ def _contrast_as_the_model_reads(micrographs: list[str | Path], model: str, part
     return settings.particle_contrast
 
 
+#: What an adaptation was asked to do, written beside its model when it finishes: the same request reuses it.
+ADAPTATION_RECORD = "adaptation.json"
+
+
+def adaptation_request(micrographs: list[str | Path], steps: int, model: str, particle_diameter_px: float | None,
+                       downsample: float | None, seed: int, particle_contrast: str | None) -> dict:
+    """The arguments of :func:`adapt_denoiser` as a record (micrographs by name)."""
+    from cryojoint.io.mrc import micrograph_name
+
+    return {"model": str(model), "steps": int(steps), "seed": int(seed),
+            "particle_diameter_px": None if particle_diameter_px is None else float(particle_diameter_px),
+            "downsample": None if downsample is None else float(downsample), "particle_contrast": particle_contrast,
+            "micrographs": sorted(micrograph_name(p) for p in micrographs)}
+
+
+def finished_adaptation(out: str | Path, request: dict) -> Path | None:
+    """``out/model.pt`` when an adaptation asked the same finished there (a rerun of a ``denoise`` stopped while
+    denoising goes on with those weights), else ``None``."""
+    out = Path(out)
+    try:
+        earlier = json.loads((out / ADAPTATION_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return out / "model.pt" if earlier == request and (out / "model.pt").is_file() else None
+
+
 def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, model: str = "general",
                    particle_diameter_px: float | None = None, downsample: float | None = None, seed: int = 0,
                    overwrite: bool = False, progress: bool = True, particle_contrast: str | None = None) -> Path:
@@ -152,6 +179,10 @@ def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, m
 
     if steps < 1:
         raise UserInputError(None, f"--adapt-steps must be >= 1 (or 0: no adapting), got {steps}")
+    request = adaptation_request(micrographs, steps, model, particle_diameter_px, downsample, seed, particle_contrast)
+    done = None if overwrite else finished_adaptation(out, request)
+    if done is not None:
+        return done
     # Filtered micrographs' spectrum is flattened beyond the particle's band (data.flatten_filtered_spectrum), so
     # only when the particle's size is known: an assumed one could cut into a smaller particle's band.
     size_known = particle_diameter_px is not None
@@ -171,4 +202,6 @@ def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, m
                                        checkpoint_every=max(int(steps), 1))
     result = train(micrographs, empty_table(), out, config, overwrite=overwrite, progress=progress,
                    command_line=f"cryojoint denoise --adapt-steps {steps}")
+    with atomic_path(Path(out) / ADAPTATION_RECORD, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(request, indent=2))
     return result.model_path

@@ -224,6 +224,15 @@ def test_denoise_adapts_the_general_denoiser_without_labels(data_dir: Path, tmp_
     for path in (data_dir / "dose_020").glob("*.mrc"):
         assert read_micrograph(tmp_path / "d" / "denoised" / path.name).shape == read_micrograph(path).shape
     assert len(list((tmp_path / "d" / "denoised").glob("*.mrc"))) == 2
+    # The same command again (as after Ctrl-C while denoising) goes on with the adapted weights; other steps refuse.
+    weights = (tmp_path / "d" / "adapted" / "model.pt").read_bytes()
+    code, out, err = cli_in_process(["denoise", data_dir / "dose_020", "--out", tmp_path / "d", "--adapt-steps", "3",
+                                     *extra])
+    assert code == 0 and "0 micrograph(s) denoised (2 already done)" in out, err
+    assert (tmp_path / "d" / "adapted" / "model.pt").read_bytes() == weights
+    code, _, err = cli_in_process(["denoise", data_dir / "dose_020", "--out", tmp_path / "d", "--adapt-steps", "4",
+                                   *extra])
+    assert code == 2 and "--adapt-steps makes new weights" in err
     # Its report shows a denoising run: no picks, cut-off, expected count or diameter it was never told.
     code, _, err = cli_in_process(["report", tmp_path / "d"])
     assert code == 0, err
