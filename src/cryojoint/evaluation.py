@@ -413,6 +413,13 @@ def evaluate_files(
         from cryojoint._atomic import check_report_file
 
         check_report_file(json_path, ".json", "--json")
+    run_folder = Path(picks) if isinstance(picks, (str, Path)) else None
+    if run_folder is not None and (run_folder / "model.pt").is_file() and not (run_folder / "picks.star").exists():
+        predicted = run_folder / "pred"
+        remedy = (f"its predictions are in {predicted}: --picks {predicted}" if (predicted / "candidates").is_dir()
+                  else f"predict with it first (cryojoint predict {run_folder / 'model.pt'} MICROGRAPHS --out PRED) "
+                  "and evaluate --picks PRED")
+        raise UserInputError(picks, f"is a training run (model.pt), which holds no picks; {remedy}")
     reports = evaluate(picks=picks, truth=truth, denoised=denoised_dir, reference=reference_dir, clean=clean_dir,
                        masks=mask_dir,
                        match_radius=match_radius, threshold=threshold, exclude_mask_values=exclude_mask_values,

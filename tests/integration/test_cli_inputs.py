@@ -70,6 +70,23 @@ def test_train_from_a_micrographs_star_and_predict_from_a_list(
     assert all("/" in name for name in listed)
     assert set(starfile.read(pred_star / "picks.star")["rlnMicrographName"]) == listed
 
+    # Mistakes that used to end in a misleading line.
+    first = sorted(movies.glob("*.mrc"))[0]
+    code, _, err = cryojoint_main(["predict", run_dir / "model.pt", first, str(first), "--out", tmp_path / "twice"])
+    assert code == EXIT_USER_ERROR and err.strip() == f"error: {first}: given 2 times; give each micrograph once"
+    code, _, err = cryojoint_main(["evaluate", "--picks", run_dir, "--truth", labels])
+    assert code == EXIT_USER_ERROR and err.startswith(f"error: {run_dir}: is a training run (model.pt), which holds "
+                                                      "no picks; predict with it first"), err
+    code, _, err = cryojoint_main(["convert", pred / "picks.star", tmp_path / "huge.star", "--scale", "1e300"])
+    assert code == EXIT_USER_ERROR and "--scale must be between 0.001 and 1000" in err
+    strangers_only = tmp_path / "strangers.star"
+    starfile.write({"particles": pd.DataFrame({"rlnMicrographName": ["Other/ghost.mrc"], "rlnCoordinateX": [1.0],
+                                               "rlnCoordinateY": [2.0]})}, strangers_only)
+    code, _, err = cryojoint_main(["train", relion_project["mics_star"], "--labels", strangers_only, "--out",
+                                   tmp_path / "none", "--steps", "2", "--config", tiny_config, "--device", "cpu",
+                                   "--ignore-unknown-labels"])
+    assert code == EXIT_USER_ERROR and "no label names a micrograph given (skipped 1 label(s)" in err, err
+
 
 @pytest.mark.parametrize("problem", ["missing list", "listed file missing", "star without micrographs"])
 def test_bad_micrograph_inputs_are_one_line_errors_and_write_nothing(

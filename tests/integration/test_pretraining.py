@@ -104,7 +104,7 @@ def test_real_micrographs_join_the_corpus_for_the_denoiser_at_user_pixel_sizes(t
     with pytest.raises(UserInputError, match="corpus differs"):  # resuming with other real files
         pretrain(tmp_path / "general", steps=2, corpus_config=dataclasses.replace(config, real_micrographs=()),
                  threads=1, progress=False, resume=True)
-    with pytest.raises(UserInputError, match="several micrographs share the name 'exposure'"):
+    with pytest.raises(UserInputError, match="given 2 times; give each micrograph once"):
         build_corpus(dataclasses.replace(config, real_micrographs=(str(exposure), str(exposure))), progress=False)
 
     no_pixel_size = write_mrc(tmp_path / "bare.mrc", counts)

@@ -74,6 +74,8 @@ RELION_COORDINATE_FILE_SUFFIXES: tuple[str, ...] = ("_autopick", "_manualpick", 
 #: The one cryojoint writes (``<mic>_autopick.star``): RELION's import of coordinates takes the text after the
 #: micrograph's name as the files' suffix, and an empty one does not work there.
 RELION_COORDINATE_SUFFIX = RELION_COORDINATE_FILE_SUFFIXES[0]
+#: The largest binning factor ``convert --scale`` takes either way: binned previews are a few to tens of times smaller.
+MAX_SCALE = 1000.0
 #: Files up to this size are checked for holding only whitespace; larger ones go through their format's reader.
 _BLANK_FILE_MAX_BYTES = 4096
 #: How text files spell a missing number (lower case).
@@ -898,6 +900,9 @@ def convert_coordinates(
     """
     check_number(box_size, "--box-size", above=0)
     check_number(scale, "--scale", above=0)
+    if not 1.0 / MAX_SCALE <= scale <= MAX_SCALE:
+        raise UserInputError(None, f"--scale must be between {1.0 / MAX_SCALE:g} and {MAX_SCALE:g} (the binning "
+                             f"between the picks' micrographs and these), got {scale:g}")
     table = scale_coordinates(read_coordinates(inputs, in_fmt), scale)
     if micrographs:
         given = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
