@@ -118,6 +118,9 @@ def test_a_diameter_without_unit_is_pixels_only_where_no_header_says_otherwise(t
     with pytest.raises(UserInputError, match=r"no unit .*sized.mrc: 5 Å/px\): give 250A \(Ångström, 50 px there\) or "
                                              r"250px"):
         particle_diameter_in_pixels("250", [with_size])
+    # A number that, read as Ångström, would be too small to see: only pixels are offered.
+    with pytest.raises(UserInputError, match=r"give 12px \(as Ångström it would be 2.4 px there, too small to see\)$"):
+        particle_diameter_in_pixels("12", [with_size])
 
 
 @pytest.mark.parametrize(("text", "problem"), [("0.001px", "smaller than the 4 px"), ("10A", "smaller than the 4 px"),
