@@ -182,6 +182,9 @@ def convert(
     from cryojoint.recut import is_prediction_folder
 
     if len(inputs) == 1 and is_prediction_folder(inputs[0]):  # its picks, not picks + candidates + picks.cs
+        if not (inputs[0] / COMBINED_STAR).is_file():
+            _fail(f"{inputs[0] / COMBINED_STAR}: not found: the predict run did not finish (rerun predict to "
+                  "complete it)")
         if box_size is None:  # the boxes predict itself writes, from the diameter its run used (rescaled)
             box_size = _predicted_box_size(inputs[0], output, out_fmt, scale)
         inputs = [inputs[0] / COMBINED_STAR]

@@ -493,9 +493,13 @@ def particle_diameter_in_pixels(text: str, paths: Sequence[str | Path]) -> float
     distinct = sorted({round(float(s), 4) for s in sizes.values()})
     if unit == NO_UNIT and distinct:
         example, in_px = next(iter(sizes)), value / distinct[0]
-        choices = (f"{value:g}px (as Ångström it would be {in_px:.2g} px there, too small to see)"
-                   if in_px < SMALLEST_PARTICLE_DIAMETER_PX else
-                   f"{value:g}A (Ångström, {in_px:.0f} px there) or {value:g}px")
+        if max(value, in_px) < SMALLEST_PARTICLE_DIAMETER_PX:
+            choices = (f"a larger size: as pixels or as Ångström ({in_px:.3g} px there) it is smaller than the "
+                       f"{SMALLEST_PARTICLE_DIAMETER_PX:g} px a particle needs to be seen")
+        elif in_px < SMALLEST_PARTICLE_DIAMETER_PX:
+            choices = f"{value:g}px (as Ångström it would be {in_px:.3g} px there, too small to see)"
+        else:
+            choices = f"{value:g}A (Ångström, {in_px:.0f} px there) or {value:g}px"
         raise UserInputError(None, f"--particle-diameter {text} has no unit and the MRC headers give a pixel size "
                              f"({example.name}: {distinct[0]:g} Å/px): give {choices}")
     if unit == "angstrom" and len(distinct) > 1:

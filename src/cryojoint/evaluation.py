@@ -415,8 +415,9 @@ def evaluate_files(
         check_report_file(json_path, ".json", "--json")
     run_folder = Path(picks) if isinstance(picks, (str, Path)) else None
     if run_folder is not None and (run_folder / "model.pt").is_file() and not (run_folder / "picks.star").exists():
-        predicted = run_folder / "pred"
-        remedy = (f"its predictions are in {predicted}: --picks {predicted}" if (predicted / "candidates").is_dir()
+        predicted = next((folder for folder in (run_folder / "pred", run_folder.parent)  # the demo's; a RELION job's
+                          if (folder / "candidates").is_dir()), None)
+        remedy = (f"its predictions are in {predicted}: --picks {predicted}" if predicted is not None
                   else f"predict with it first (cryojoint predict {run_folder / 'model.pt'} MICROGRAPHS --out PRED) "
                   "and evaluate --picks PRED")
         raise UserInputError(picks, f"is a training run (model.pt), which holds no picks; {remedy}")

@@ -200,6 +200,7 @@ def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, m
     config.train = dataclasses.replace(config.train, mode="denoise-only", init=model, steps=int(steps),
                                        seed=int(seed), eval_every=max(int(steps), 1),
                                        checkpoint_every=max(int(steps), 1))
+    (Path(out) / ADAPTATION_RECORD).unlink(missing_ok=True)  # written again only when this adaptation finishes
     result = train(micrographs, empty_table(), out, config, overwrite=overwrite, progress=progress,
                    command_line=f"cryojoint denoise --adapt-steps {steps}")
     with atomic_path(Path(out) / ADAPTATION_RECORD, overwrite=True) as tmp:

@@ -9,8 +9,8 @@ Scores are log-odds (0 = probability 0.5), as everywhere in cryojoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,8 +160,8 @@ def pick_files(prediction: str | Path, out: str | Path, threshold: float | None 
     targets += [per_micrograph_file(out / "picks" / fmt, name, fmt) for fmt in formats for name in run.micrographs]
     for target in targets:  # every check before the first write: no half-written output folder
         check_can_write(target, overwrite)
-    if overwrite and (out / RECORD_NAME).is_file():
-        _remove_earlier_formats(out / "picks", formats)
+    if overwrite:
+        _remove_earlier_picks(out, set(targets))
     written = []
     for fmt in formats:
         written += write_coordinates_per_micrograph(picks, out / "picks" / fmt, fmt, names=run.micrographs,
@@ -170,20 +170,25 @@ def pick_files(prediction: str | Path, out: str | Path, threshold: float | None 
     written.append(write_coordinates(picks, out / COMBINED_STAR, "star", overwrite=overwrite))
     record = {"source": str(run.folder), "threshold": threshold, "count_per_micrograph": count,
               "n_picks": int(len(picks)), "n_micrographs": len(run.micrographs),
-              "predict_threshold": run.threshold}
+              "predict_threshold": run.threshold, "files": [str(p.relative_to(out)) for p in written]}
     with atomic_path(out / RECORD_NAME, overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
     return picks, [*written, out / RECORD_NAME]
 
 
-def _remove_earlier_formats(folder: Path, formats: Sequence[str]) -> None:
-    """An earlier ``pick`` into this folder wrote other formats: left, they would hold its cut-off's picks beside
-    this one's ``pick.json``."""
-    if not folder.is_dir():
-        return
-    for sub in folder.iterdir():
-        if sub.is_dir() and sub.name in WRITERS and sub.name not in formats:
-            shutil.rmtree(sub)
+def _remove_earlier_picks(out: Path, targets: set[Path]) -> None:
+    """The files an earlier ``pick`` into ``out`` wrote (its ``pick.json`` lists them) that this one will not
+    replace: left, they would hold its cut-off's picks (other formats, other micrographs) beside this one's."""
+    try:
+        earlier = json.loads((out / RECORD_NAME).read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return  # no record (or one from before it listed its files): nothing is known to be ours
+    for name in earlier if isinstance(earlier, list) else []:
+        path = out / str(name)
+        if path not in targets and path.is_file() and out.resolve() in path.resolve().parents:
+            path.unlink()
+            with contextlib.suppress(OSError):  # its format's folder, when nothing else is left in it
+                path.parent.rmdir()
 
 
 def default_cutoffs(scores: np.ndarray, run_threshold: float | None) -> list[float]:

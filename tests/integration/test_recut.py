@@ -432,6 +432,10 @@ def test_a_predict_folder_without_candidates_star_is_said_to_be_unfinished(predi
         code, _, err = cryojoint_main(command)
         assert code == 2 and err.startswith(f"error: {unfinished / 'candidates.star'}: not found: the predict run "
                                             "did not finish"), err
+    (unfinished / "picks.star").unlink()
+    code, _, err = cryojoint_main(["convert", unfinished, tmp_path / "out.csv"])
+    assert code == 2 and err.startswith(f"error: {unfinished / 'picks.star'}: not found: the predict run did not "
+                                        "finish"), err
 
 
 def test_report_files_keep_their_own_suffix_so_a_slip_cannot_overwrite_the_predict_folder(

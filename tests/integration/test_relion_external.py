@@ -65,6 +65,12 @@ def test_train_and_predict_write_every_file_relion_reads(relion_project: dict[st
         n_picks += len(coords)
     assert n_picks == len(read_coordinates(job / "picks.star")) > 0
     assert len(read_coordinates(job / "autopick.star")) == n_picks  # our own reader follows the index too
+    # The job's training folder holds no picks: evaluating it points at the job's own.
+    from cryojoint.errors import UserInputError
+    from cryojoint.evaluation import evaluate_files
+
+    with pytest.raises(UserInputError, match=f"its predictions are in {job}: --picks {job}"):
+        evaluate_files(picks=job / "train", truth=job / "picks.star")
 
     denoised = _star(job / relion.DENOISED_STAR)
     pd.testing.assert_frame_equal(denoised["optics"], inputs["optics"])

@@ -121,6 +121,8 @@ def test_a_diameter_without_unit_is_pixels_only_where_no_header_says_otherwise(t
     # A number that, read as Ångström, would be too small to see: only pixels are offered.
     with pytest.raises(UserInputError, match=r"give 12px \(as Ångström it would be 2.4 px there, too small to see\)$"):
         particle_diameter_in_pixels("12", [with_size])
+    with pytest.raises(UserInputError, match=r"give a larger size: as pixels or as Ångström \(0.6 px there\)"):
+        particle_diameter_in_pixels("3", [with_size])
 
 
 @pytest.mark.parametrize(("text", "problem"), [("0.001px", "smaller than the 4 px"), ("10A", "smaller than the 4 px"),

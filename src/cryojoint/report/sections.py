@@ -91,10 +91,11 @@ def _summary_section(contents: RunContents) -> str:
             for label, value, detail in cards) + "</div>")
     elif contents.denoise_only:
         folder = _esc(_relative(contents.pred_dir, Path.cwd()))
+        run_folder = _esc(_relative(contents.run_dir, Path.cwd()))  # where this page reads evaluation.json
         parts.append(_note("Denoising only: no picks. With full-dose or noise-free copies of the micrographs, "
                            f"<code>cryojoint evaluate --denoised {folder}/denoised --reference FULL_DOSE_DIR --json "
-                           f"{folder}/evaluation.json</code> (or <code>--clean NOISE_FREE_DIR</code>) adds PSNR and "
-                           "FRC to this page."))
+                           f"{run_folder}/evaluation.json</code> (or <code>--clean NOISE_FREE_DIR</code>) adds PSNR "
+                           "and FRC to this page."))
     elif contents.prediction_only:  # a user's predictions: there is rarely a truth, nothing is missing
         folder = _esc(_relative(contents.pred_dir, Path.cwd()))
         parts.append(_note("Not scored against a truth. With known particle positions, <code>cryojoint evaluate "
