@@ -179,12 +179,11 @@ def convert(
     """
     from cryojoint.io.coords import convert_coordinates
     from cryojoint.prediction import COMBINED_STAR
-    from cryojoint.recut import is_prediction_folder
+    from cryojoint.recut import UNFINISHED_RUN, is_prediction_folder
 
     if len(inputs) == 1 and is_prediction_folder(inputs[0]):  # its picks, not picks + candidates + picks.cs
         if not (inputs[0] / COMBINED_STAR).is_file():
-            _fail(f"{inputs[0] / COMBINED_STAR}: not found: the predict run did not finish (rerun predict to "
-                  "complete it)")
+            raise UserInputError(inputs[0] / COMBINED_STAR, UNFINISHED_RUN)
         if box_size is None:  # the boxes predict itself writes, from the diameter its run used (rescaled)
             box_size = _predicted_box_size(inputs[0], output, out_fmt, scale)
         inputs = [inputs[0] / COMBINED_STAR]

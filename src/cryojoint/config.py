@@ -366,6 +366,7 @@ def default_config(preset: str = "default") -> CryojointConfig:
 
 def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
     """Reject values that cannot work, with the option's name in the message."""
+    pooled_px = 2 ** max(config.model.unet_depth, 0)  # the U-Net's inputs are multiples of this
     checks: list[tuple[bool, str]] = [
         (config.train.mode in TRAINING_MODES, f"train.mode must be one of {', '.join(TRAINING_MODES)}"),
         (0.0 <= config.loss.alpha <= 1.0, "loss.alpha must be in [0, 1]"),
@@ -397,9 +398,9 @@ def validate(config: CryojointConfig, source: str | Path | None = None) -> None:
         (config.model.unet_encoder_channels >= 1, "model.unet_encoder_channels must be >= 1"),
         (len(config.model.detector_channels) == 3 and all(c >= 1 for c in config.model.detector_channels),
          "model.detector_channels must list three channel counts >= 1 (the ResNet8's three stages)"),
-        (config.data.patch_size_px is None or config.data.patch_size_px % 2 ** max(config.model.unet_depth, 0) == 0,
-         f"data.patch_size_px must be a multiple of 2**model.unet_depth ({2 ** max(config.model.unet_depth, 0)}; "
-         "or null: from the particle size)"),
+        (config.data.patch_size_px is None or config.data.patch_size_px % pooled_px == 0,
+         f"data.patch_size_px must be a multiple of 2**model.unet_depth ({pooled_px}; or null: from the particle "
+         "size)"),
         (config.train.seed >= 0, "train.seed must be >= 0"),
         (config.train.validation_smoothing >= 1, "train.validation_smoothing must be >= 1"),
         (config.train.checkpoint_seconds > 0, "train.checkpoint_seconds must be > 0"),

@@ -246,13 +246,11 @@ def check_unique_names(names: Sequence[str], paths: Sequence[str | Path] | None 
     """Micrographs are joined to their labels and outputs by name: two with one name is a user error (``paths``, in
     the order of ``names``, let it say which files)."""
     duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates and paths is not None:
-        same = [Path(p) for n, p in zip(names, paths, strict=True) if n == duplicates[0]]
-        if len({p.resolve() for p in same}) == 1:  # one file twice (a glob and a folder, a list and a STAR)
-            raise UserInputError(same[0], f"given {len(same)} times; give each micrograph once")
     if duplicates:
-        files = "" if paths is None else \
-            f": {first_names([str(p) for n, p in zip(names, paths, strict=True) if n == duplicates[0]], 2)}"
+        same = [] if paths is None else [p for n, p in zip(names, paths, strict=True) if n == duplicates[0]]
+        if same and len({Path(p).resolve() for p in same}) == 1:  # one file twice (a glob and a folder, a list...)
+            raise UserInputError(Path(same[0]), f"given {len(same)} times; give each micrograph once")
+        files = f": {first_names([str(p) for p in same], 2)}" if same else ""
         raise UserInputError(None, f"several micrographs share the name '{duplicates[0]}'{files} (names must be "
                              "unique: outputs and labels are matched by file name)")
 

@@ -190,6 +190,22 @@ def _prediction_as_candidates(picks: Any, threshold: float | None,
     return picks, threshold, None, []
 
 
+def _check_not_a_training_run(folder: Path) -> None:
+    """A training run's folder holds no picks (read as coordinate files, its metrics.csv lacked x and y): say where
+    its predictions are, or how to make them."""
+    from cryojoint.prediction import COMBINED_STAR
+    from cryojoint.recut import is_prediction_folder
+    from cryojoint.training import MODEL_NAME
+
+    if not (folder / MODEL_NAME).is_file() or (folder / COMBINED_STAR).exists():
+        return
+    predicted = next((f for f in (folder / "pred", folder.parent) if is_prediction_folder(f)), None)  # demo; RELION
+    remedy = (f"its predictions are in {predicted}: --picks {predicted}" if predicted is not None
+              else f"predict with it first (cryojoint predict {folder / MODEL_NAME} MICROGRAPHS --out PRED) and "
+              "evaluate --picks PRED")
+    raise UserInputError(folder, f"is a training run ({MODEL_NAME}), which holds no picks; {remedy}")
+
+
 def _shapes_of_predicted_inputs(picks: Any) -> dict[str, tuple[int, int]] | None:
     """Image sizes, from the headers of the input micrographs a predict folder's run record names (those still
     there); ``None`` for other picks, or a record from before it named them."""
@@ -413,14 +429,8 @@ def evaluate_files(
         from cryojoint._atomic import check_report_file
 
         check_report_file(json_path, ".json", "--json")
-    run_folder = Path(picks) if isinstance(picks, (str, Path)) else None
-    if run_folder is not None and (run_folder / "model.pt").is_file() and not (run_folder / "picks.star").exists():
-        predicted = next((folder for folder in (run_folder / "pred", run_folder.parent)  # the demo's; a RELION job's
-                          if (folder / "candidates").is_dir()), None)
-        remedy = (f"its predictions are in {predicted}: --picks {predicted}" if predicted is not None
-                  else f"predict with it first (cryojoint predict {run_folder / 'model.pt'} MICROGRAPHS --out PRED) "
-                  "and evaluate --picks PRED")
-        raise UserInputError(picks, f"is a training run (model.pt), which holds no picks; {remedy}")
+    if isinstance(picks, (str, Path)):
+        _check_not_a_training_run(Path(picks))
     reports = evaluate(picks=picks, truth=truth, denoised=denoised_dir, reference=reference_dir, clean=clean_dir,
                        masks=mask_dir,
                        match_radius=match_radius, threshold=threshold, exclude_mask_values=exclude_mask_values,

@@ -61,6 +61,10 @@ class PredictionFolder:
     failed: list[str] = field(default_factory=list)
 
 
+#: What a predict folder's readers say when a file its run writes last is missing.
+UNFINISHED_RUN = "not found: the predict run did not finish (rerun predict to complete it)"
+
+
 def is_prediction_folder(path: str | Path) -> bool:
     """Whether ``path`` is a ``predict`` output folder. Read as a folder of coordinate files it would give the same
     picks several times (``picks.star``, ``candidates.star``, ``picks.cs``): its readers take the file they mean.
@@ -90,7 +94,7 @@ def read_prediction_folder(folder: str | Path) -> PredictionFolder:
     names = [p.stem for p in per_micrograph]
     star = folder / CANDIDATES_STAR
     if not star.is_file():
-        raise UserInputError(star, "not found: the predict run did not finish (rerun predict to complete it)")
+        raise UserInputError(star, UNFINISHED_RUN)
     try:
         candidates = read_coordinates(star, "star")
     except UserInputError as err:

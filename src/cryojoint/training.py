@@ -257,10 +257,10 @@ def _train(
         flatten = flattening_a_run_began_with(run_dir / CONFIG_NAME) if resume else None
         config = dataclasses.replace(config, data=dataclasses.replace(
             config.data, flatten_filtered_spectrum=init != "scratch" if flatten is None else flatten))
-    if model_parts(config.train.mode)[1] and not len(label_table) and skipped_note:
-        raise UserInputError(labels_source, f"no label names a micrograph given ({skipped_note}); check the "
-                             "micrographs and the labels' micrograph names")
     if model_parts(config.train.mode)[1] and not len(label_table):
+        if skipped_note:
+            raise UserInputError(labels_source, f"no label names a micrograph given ({skipped_note}); check the "
+                                 "micrographs and the labels' micrograph names")
         raise UserInputError(labels_source, "no labels: picking is learned from some labelled particles (only "
                              "--mode denoise-only trains without them)")
     torch.manual_seed(config.train.seed)
