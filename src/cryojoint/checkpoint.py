@@ -18,6 +18,8 @@ from cryojoint.errors import UserInputError
 
 MODEL_FORMAT_VERSION = 1
 MODEL_KIND = "cryojoint-model"
+#: The file a training run writes its model to (``RUN/model.pt``).
+MODEL_NAME = "model.pt"
 #: Models shipped in the package, by the name users give instead of a path (``cryojoint predict general ...``),
 #: each a versioned file in ``cryojoint/weights/`` made by ``cryojoint pretrain``. ``general`` is the current version;
 #: earlier ones stay loadable by their own name, so that a run started from one can be repeated.
@@ -107,7 +109,7 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     """The payload of a model file, or of a shipped model given by name (:data:`SHIPPED_MODELS`)."""
     path = resolve_model_path(path)
     if path.is_dir():
-        hint = f": give {path / 'model.pt'}" if (path / "model.pt").is_file() else ""
+        hint = f": give {path / MODEL_NAME}" if (path / MODEL_NAME).is_file() else ""
         raise UserInputError(path, f"is a folder, not a model file{hint}")
     if not path.is_file():
         raise UserInputError(path, "model file not found")

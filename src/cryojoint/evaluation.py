@@ -193,9 +193,9 @@ def _prediction_as_candidates(picks: Any, threshold: float | None,
 def _check_not_a_training_run(folder: Path) -> None:
     """A training run's folder holds no picks (read as coordinate files, its metrics.csv lacked x and y): say where
     its predictions are, or how to make them."""
+    from cryojoint.checkpoint import MODEL_NAME
     from cryojoint.prediction import COMBINED_STAR
     from cryojoint.recut import is_prediction_folder
-    from cryojoint.training import MODEL_NAME
 
     if not (folder / MODEL_NAME).is_file() or (folder / COMBINED_STAR).exists():
         return

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from cryojoint._atomic import atomic_path
+from cryojoint.checkpoint import MODEL_NAME
 from cryojoint.config import GENERAL_PARTICLE_PX, default_config
 from cryojoint.contrast import AS_RECORDED
 from cryojoint.corpus import (  # the corpus's names, where pretraining's users have always found them
@@ -164,7 +165,7 @@ def finished_adaptation(out: str | Path, request: dict) -> Path | None:
         earlier = json.loads((out / ADAPTATION_RECORD).read_text())
     except (OSError, ValueError):
         return None
-    return out / "model.pt" if earlier == request and (out / "model.pt").is_file() else None
+    return out / MODEL_NAME if earlier == request and (out / MODEL_NAME).is_file() else None
 
 
 def adapt_denoiser(micrographs: list[str | Path], out: str | Path, steps: int, model: str = "general",

@@ -39,7 +39,14 @@ import torch
 
 from cryojoint import distributed, losses
 from cryojoint._atomic import atomic_path, check_can_write
-from cryojoint.checkpoint import build_network, load_model, read_model_file, resolve_model_path, save_model
+from cryojoint.checkpoint import (
+    MODEL_NAME,
+    build_network,
+    load_model,
+    read_model_file,
+    resolve_model_path,
+    save_model,
+)
 from cryojoint.config import (
     GENERAL_PARTICLE_PX,
     SHIPPED_MODEL_NAMES,
@@ -77,7 +84,6 @@ from cryojoint.size_reading import read_size_with_model
 __all__ = ["TrainResult", "learning_rate_at", "load_model", "train", "training_patch_size"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-MODEL_NAME = "model.pt"
 METRICS_NAME = "metrics.csv"
 CONFIG_NAME = "config.yaml"
 TENSORBOARD_DIR = "tensorboard"
